@@ -1,0 +1,292 @@
+//! The HTTP API's JSON bodies (`/api/v1/...`), shared by the broker, the desktop helper and the
+//! tests. Request bodies refuse unknown fields so that a typo is an error, not a silent default.
+
+use serde::{Deserialize, Serialize};
+
+use crate::close::EndReason;
+use crate::ids::{AgentId, ServiceName, TenantName};
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads the audit and plays recordings.
+    Auditor,
+    /// Opens and stops sessions, reads presence.
+    Helpdesk,
+    /// Everything in its tenant: agents, keys, sessions, settings.
+    Admin,
+}
+
+impl Role {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auditor => "auditor",
+            Self::Helpdesk => "helpdesk",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Parses the snake_case name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Auditor, Self::Helpdesk, Self::Admin].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// `POST /api/v1/sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// The agent whose service to open.
+    pub agent: AgentId,
+    /// The service, e.g. `vnc`.
+    pub service: ServiceName,
+    /// The human operator's login, as the console knows it; recorded in the audit.
+    pub operator: String,
+    /// Record the session (defaults to the tenant's setting).
+    #[serde(default)]
+    pub record: Option<bool>,
+    /// Drop the viewer's input (VNC).
+    #[serde(default)]
+    pub view_only: bool,
+    /// Legacy flow: the agent will connect later with a numeric `-R PORT:...` forward.
+    #[serde(default)]
+    pub legacy: bool,
+    /// The session's maximum lifetime in seconds.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A session's life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Created; no viewer has connected yet.
+    Pending,
+    /// At least one viewer connection has been bridged.
+    Active,
+    /// Over; `end_reason` says why.
+    Ended,
+}
+
+impl SessionState {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Active => "active",
+            Self::Ended => "ended",
+        }
+    }
+
+    /// Parses the snake_case name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pending, Self::Active, Self::Ended].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A session as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub tenant: TenantName,
+    pub agent: AgentId,
+    pub service: ServiceName,
+    pub operator: String,
+    pub state: SessionState,
+    pub record: bool,
+    pub view_only: bool,
+    pub legacy: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub legacy_port: Option<u16>,
+    /// RFC 3339 times.
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub expires_at: String,
+    pub end_reason: Option<EndReason>,
+    /// Who or what ended it: an operator for `stopped`, otherwise the broker.
+    pub ended_by: Option<String>,
+    pub client_addr: Option<String>,
+    /// Bytes from the viewer to the workstation.
+    pub bytes_up: u64,
+    /// Bytes from the workstation to the viewer.
+    pub bytes_down: u64,
+}
+
+/// The answer to `POST /api/v1/sessions` (201).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedSession {
+    pub id: String,
+    pub state: SessionState,
+    /// A one-time viewer token.
+    pub token: String,
+    pub token_expires_at: String,
+    pub viewer_url: String,
+    pub ws_url: String,
+    pub raw_ws_url: String,
+    pub launch_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub legacy_port: Option<u16>,
+}
+
+/// The answer to `POST /api/v1/sessions/{id}/tokens` (201).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssuedToken {
+    pub token: String,
+    pub token_expires_at: String,
+    pub viewer_url: String,
+    pub ws_url: String,
+    pub raw_ws_url: String,
+    pub launch_url: String,
+}
+
+/// `POST /api/v1/agents`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterAgent {
+    pub id: AgentId,
+    /// An OpenSSH public key line, e.g. `ssh-ed25519 AAAA... comment`.
+    pub public_key: String,
+    /// Write-only: the workstation's VNC password.
+    #[serde(default)]
+    pub vnc_password: Option<String>,
+}
+
+/// `PATCH /api/v1/agents/{id}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchAgent {
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// `Some(None)` is not expressible in JSON here: an empty string clears the password.
+    #[serde(default)]
+    pub vnc_password: Option<String>,
+}
+
+/// One announced service of a connected agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentService {
+    pub name: ServiceName,
+    /// The port number the broker told the agent (a placeholder: nothing listens on it).
+    pub port: u32,
+}
+
+/// An agent as the API shows it (presence included). Secrets never appear.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub id: AgentId,
+    /// SHA256 fingerprint of its public key, as `ssh-keygen -l` prints it.
+    pub key_fingerprint: String,
+    pub has_vnc_password: bool,
+    pub online: bool,
+    pub services: Vec<AgentService>,
+    pub connected_since: Option<String>,
+    pub last_seen: Option<String>,
+    pub peer_addr: Option<String>,
+    pub created_at: String,
+}
+
+/// `GET /api/v1/tenant`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantInfo {
+    pub name: TenantName,
+    pub has_vnc_password: bool,
+    pub record_by_default: bool,
+    pub recording_policy: RecordingPolicy,
+    pub retention_days: u32,
+}
+
+/// What to do when a recording cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingPolicy {
+    /// End the session (the default for audit).
+    FailClosed,
+    /// Continue unrecorded, audited as such.
+    FailOpen,
+}
+
+/// `PATCH /api/v1/tenant`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchTenant {
+    #[serde(default)]
+    pub vnc_password: Option<String>,
+    #[serde(default)]
+    pub record_by_default: Option<bool>,
+    #[serde(default)]
+    pub recording_policy: Option<RecordingPolicy>,
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+}
+
+/// One row of `GET /api/v1/audit`: a security or session event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub at: String,
+    /// e.g. `agent_connected`, `auth_failed`, `request_refused`, `token_refused`,
+    /// `session_created`, `session_started`, `session_ended`.
+    pub kind: String,
+    pub tenant: Option<TenantName>,
+    pub agent: Option<String>,
+    pub session: Option<String>,
+    pub operator: Option<String>,
+    pub peer_addr: Option<String>,
+    pub detail: String,
+}
+
+/// `GET /api/v1/audit`: sessions and events that match the filters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub sessions: Vec<SessionInfo>,
+    pub events: Vec<AuditEvent>,
+}
+
+/// Every error body: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, snake_case: what a program branches on.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_session_refuses_unknown_fields_and_bad_ids() {
+        let ok: CreateSession =
+            serde_json::from_str(r#"{"agent":"pc1","service":"vnc","operator":"alice"}"#).unwrap();
+        assert!(!ok.legacy && !ok.view_only && ok.record.is_none());
+        let typo = serde_json::from_str::<CreateSession>(
+            r#"{"agent":"pc1","service":"vnc","operator":"alice","legcy":true}"#,
+        );
+        assert!(typo.unwrap_err().to_string().contains("unknown field `legcy`"));
+        let bad = serde_json::from_str::<CreateSession>(
+            r#"{"agent":"../etc","service":"vnc","operator":"alice"}"#,
+        );
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn roles_and_states_parse() {
+        for r in [Role::Auditor, Role::Helpdesk, Role::Admin] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        for s in [SessionState::Pending, SessionState::Active, SessionState::Ended] {
+            assert_eq!(SessionState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+}

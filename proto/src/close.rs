@@ -1,0 +1,192 @@
+//! WebSocket close codes the broker sends, and the end reasons recorded in the audit.
+//!
+//! Codes 4000–4999 are Passerelle's own (RFC 6455 leaves them to applications). Every close
+//! frame also carries a human reason, e.g. "session stopped by alice"; the code is what a program
+//! branches on, the reason is what a person reads.
+
+use serde::{Deserialize, Serialize};
+
+/// A close code and the fixed part of its human reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseCode {
+    /// The numeric code in the close frame.
+    pub code: u16,
+    /// A short English description, used when no more specific reason is given.
+    pub reason: &'static str,
+}
+
+macro_rules! codes {
+    ($($(#[$doc:meta])* $name:ident = $code:literal, $reason:literal;)*) => {
+        $($(#[$doc])* pub const $name: CloseCode = CloseCode { code: $code, reason: $reason };)*
+        /// Every code this module names, for lookups and tests.
+        pub const ALL: &[CloseCode] = &[$($name),*];
+    };
+}
+
+codes! {
+    /// The session ended normally (the workstation's service closed its connection).
+    SERVICE_CLOSED = 4000, "the workstation's service closed the connection";
+    /// The token is unknown, already used, or for another session.
+    TOKEN_INVALID = 4001, "token invalid or already used";
+    /// The token's lifetime is over.
+    TOKEN_EXPIRED = 4002, "token expired";
+    /// The session has already ended; no token opens it any more.
+    SESSION_ENDED = 4003, "session has ended";
+    /// The agent is not connected.
+    AGENT_OFFLINE = 4010, "agent offline";
+    /// The agent is connected but does not offer the service, or refused the channel.
+    SERVICE_UNAVAILABLE = 4011, "the workstation's service is not available";
+    /// Legacy flow: the agent did not connect in time.
+    AGENT_TIMEOUT = 4012, "the agent did not connect in time";
+    /// The agent's SSH connection went away during the session.
+    AGENT_DISCONNECTED = 4013, "the agent disconnected";
+    /// Someone stopped the session through the API.
+    STOPPED = 4020, "session stopped";
+    /// The session reached its time-to-live.
+    TTL_EXPIRED = 4021, "session time limit reached";
+    /// The broker is shutting down.
+    BROKER_SHUTDOWN = 4022, "broker shutting down";
+    /// The viewer read too slowly and the session's buffer limit was reached.
+    VIEWER_TOO_SLOW = 4023, "viewer too slow: buffer limit reached";
+    /// The agent was revoked.
+    AGENT_REVOKED = 4024, "agent revoked";
+    /// The viewer sent something other than binary frames.
+    PROTOCOL_ERROR = 4030, "protocol error: binary frames only";
+    /// A frame or message over the size limit (RFC 6455's own code).
+    MESSAGE_TOO_BIG = 1009, "message too big";
+}
+
+/// Looks a code up by number.
+pub fn by_code(code: u16) -> Option<CloseCode> {
+    ALL.iter().copied().find(|c| c.code == code)
+}
+
+/// Why a session ended, as recorded in the audit and returned by the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The viewer closed its connection.
+    ViewerClosed,
+    /// The workstation's service closed its side.
+    ServiceClosed,
+    /// Stopped through `DELETE /api/v1/sessions/{id}`; `ended_by` says who.
+    Stopped,
+    /// The agent was offline or lacked the service when the viewer came.
+    AgentOffline,
+    /// The agent refused to open the channel (its local service is down, typically).
+    ServiceUnavailable,
+    /// The agent's connection went away during the session.
+    AgentDisconnected,
+    /// The agent was revoked during the session.
+    AgentRevoked,
+    /// Legacy flow: the agent never came.
+    AgentTimeout,
+    /// No viewer joined before the session's tokens and grace period ran out.
+    NotJoined,
+    /// The session reached its `ttl_secs`.
+    TtlExpired,
+    /// A viewer stopped reading and the buffer limit was reached.
+    ViewerTooSlow,
+    /// The viewer broke the protocol (text frames, oversized frames).
+    ProtocolError,
+    /// The broker was shut down cleanly.
+    BrokerShutdown,
+    /// The broker stopped without ending the session (found on the next start).
+    BrokerCrash,
+}
+
+impl EndReason {
+    /// The snake_case name used in JSON and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ViewerClosed => "viewer_closed",
+            Self::ServiceClosed => "service_closed",
+            Self::Stopped => "stopped",
+            Self::AgentOffline => "agent_offline",
+            Self::ServiceUnavailable => "service_unavailable",
+            Self::AgentDisconnected => "agent_disconnected",
+            Self::AgentRevoked => "agent_revoked",
+            Self::AgentTimeout => "agent_timeout",
+            Self::NotJoined => "not_joined",
+            Self::TtlExpired => "ttl_expired",
+            Self::ViewerTooSlow => "viewer_too_slow",
+            Self::ProtocolError => "protocol_error",
+            Self::BrokerShutdown => "broker_shutdown",
+            Self::BrokerCrash => "broker_crash",
+        }
+    }
+
+    /// Parses the snake_case name.
+    pub fn parse(s: &str) -> Option<Self> {
+        ALL_REASONS.iter().copied().find(|r| r.as_str() == s)
+    }
+
+    /// The close code a viewer receives for this end.
+    pub fn close_code(self) -> CloseCode {
+        match self {
+            Self::ViewerClosed | Self::ServiceClosed => SERVICE_CLOSED,
+            Self::Stopped => STOPPED,
+            Self::AgentOffline => AGENT_OFFLINE,
+            Self::ServiceUnavailable => SERVICE_UNAVAILABLE,
+            Self::AgentDisconnected => AGENT_DISCONNECTED,
+            Self::AgentRevoked => AGENT_REVOKED,
+            Self::AgentTimeout => AGENT_TIMEOUT,
+            Self::NotJoined | Self::BrokerCrash => SESSION_ENDED,
+            Self::TtlExpired => TTL_EXPIRED,
+            Self::ViewerTooSlow => VIEWER_TOO_SLOW,
+            Self::ProtocolError => PROTOCOL_ERROR,
+            Self::BrokerShutdown => BROKER_SHUTDOWN,
+        }
+    }
+}
+
+const ALL_REASONS: [EndReason; 14] = [
+    EndReason::ViewerClosed,
+    EndReason::ServiceClosed,
+    EndReason::Stopped,
+    EndReason::AgentOffline,
+    EndReason::ServiceUnavailable,
+    EndReason::AgentDisconnected,
+    EndReason::AgentRevoked,
+    EndReason::AgentTimeout,
+    EndReason::NotJoined,
+    EndReason::TtlExpired,
+    EndReason::ViewerTooSlow,
+    EndReason::ProtocolError,
+    EndReason::BrokerShutdown,
+    EndReason::BrokerCrash,
+];
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_in_range() {
+        for (i, a) in ALL.iter().enumerate() {
+            assert!((4000..5000).contains(&a.code) || a.code == 1009, "{a:?}");
+            for b in &ALL[i + 1..] {
+                assert_ne!(a.code, b.code, "{a:?} and {b:?} share a code");
+            }
+            assert_eq!(by_code(a.code), Some(*a));
+        }
+        assert_eq!(by_code(4999), None);
+    }
+
+    #[test]
+    fn end_reasons_round_trip_through_text_and_json() {
+        for r in ALL_REASONS {
+            assert_eq!(EndReason::parse(r.as_str()), Some(r));
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+            assert!(by_code(r.close_code().code).is_some());
+        }
+        assert_eq!(EndReason::parse("nope"), None);
+    }
+}

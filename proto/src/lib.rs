@@ -1,0 +1,12 @@
+//! Passerelle's shared vocabulary: identifiers, service names, the HTTP API's JSON types, the
+//! WebSocket close codes and the desktop helper's launch URL.
+//!
+//! Nothing here does I/O, so every type can be unit- and fuzz-tested on its own. The broker, the
+//! desktop helper and the tests all speak through these types.
+
+pub mod api;
+pub mod close;
+pub mod ids;
+pub mod launch;
+
+pub use ids::{AgentId, IdError, ServiceName, TenantName};
