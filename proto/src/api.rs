@@ -30,7 +30,9 @@ impl Role {
 
     /// Parses the snake_case name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Auditor, Self::Helpdesk, Self::Admin].into_iter().find(|r| r.as_str() == s)
+        [Self::Auditor, Self::Helpdesk, Self::Admin]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
 }
 
@@ -82,7 +84,9 @@ impl SessionState {
 
     /// Parses the snake_case name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Pending, Self::Active, Self::Ended].into_iter().find(|r| r.as_str() == s)
+        [Self::Pending, Self::Active, Self::Ended]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
 }
 
@@ -272,7 +276,11 @@ mod tests {
         let typo = serde_json::from_str::<CreateSession>(
             r#"{"agent":"pc1","service":"vnc","operator":"alice","legcy":true}"#,
         );
-        assert!(typo.unwrap_err().to_string().contains("unknown field `legcy`"));
+        assert!(
+            typo.unwrap_err()
+                .to_string()
+                .contains("unknown field `legcy`")
+        );
         let bad = serde_json::from_str::<CreateSession>(
             r#"{"agent":"../etc","service":"vnc","operator":"alice"}"#,
         );
@@ -284,7 +292,11 @@ mod tests {
         for r in [Role::Auditor, Role::Helpdesk, Role::Admin] {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
-        for s in [SessionState::Pending, SessionState::Active, SessionState::Ended] {
+        for s in [
+            SessionState::Pending,
+            SessionState::Active,
+            SessionState::Ended,
+        ] {
             assert_eq!(SessionState::parse(s.as_str()), Some(s));
         }
         assert_eq!(Role::parse("root"), None);

@@ -18,7 +18,9 @@ pub enum IdError {
     Empty { kind: &'static str },
     #[error("{kind} is longer than {MAX_ID_LEN} characters")]
     TooLong { kind: &'static str },
-    #[error("{kind} may only contain ASCII letters, digits, '.', '_' and '-', and may not start with '.' or '-'")]
+    #[error(
+        "{kind} may only contain ASCII letters, digits, '.', '_' and '-', and may not start with '.' or '-'"
+    )]
     BadCharacter { kind: &'static str },
 }
 
@@ -140,9 +142,15 @@ mod tests {
     #[test]
     fn refuses_bad_ids() {
         assert_eq!(AgentId::new(""), Err(IdError::Empty { kind: "agent id" }));
-        assert!(matches!(AgentId::new("x".repeat(65)), Err(IdError::TooLong { .. })));
+        assert!(matches!(
+            AgentId::new("x".repeat(65)),
+            Err(IdError::TooLong { .. })
+        ));
         for bad in ["-rf", ".hidden", "a b", "a/b", "é", "a:b", "a\nb", "a@b"] {
-            assert!(matches!(AgentId::new(bad), Err(IdError::BadCharacter { .. })), "{bad}");
+            assert!(
+                matches!(AgentId::new(bad), Err(IdError::BadCharacter { .. })),
+                "{bad}"
+            );
         }
     }
 

@@ -151,14 +151,15 @@ impl LaunchUrl {
             .or_else(|| broker.strip_prefix("http://"))
             .ok_or(LaunchUrlError::BadBroker)?;
         let authority = rest.split('/').next().unwrap_or("");
-        if authority.is_empty() || authority.contains('@') || broker.contains(char::is_whitespace)
-        {
+        if authority.is_empty() || authority.contains('@') || broker.contains(char::is_whitespace) {
             return Err(LaunchUrlError::BadBroker);
         }
         let session = session.ok_or(LaunchUrlError::Missing("session"))?;
         if session.is_empty()
             || session.len() > 64
-            || !session.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            || !session
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
             return Err(LaunchUrlError::BadValue("session"));
         }
@@ -175,7 +176,13 @@ impl LaunchUrl {
             }
         }
         let fingerprint = fp.map(|f| f.replace(':', "").to_ascii_lowercase());
-        Ok(Self { broker: broker.trim_end_matches('/').to_owned(), session, token, service, fingerprint })
+        Ok(Self {
+            broker: broker.trim_end_matches('/').to_owned(),
+            session,
+            token,
+            service,
+            fingerprint,
+        })
     }
 }
 
@@ -199,7 +206,10 @@ mod tests {
         let text = u.to_url();
         assert!(text.starts_with("passerelle://open?broker=https%3A%2F%2Fbroker.example%3A8443&"));
         assert_eq!(LaunchUrl::parse(&text).unwrap(), u);
-        let no_fp = LaunchUrl { fingerprint: None, ..sample() };
+        let no_fp = LaunchUrl {
+            fingerprint: None,
+            ..sample()
+        };
         assert_eq!(LaunchUrl::parse(&no_fp.to_url()).unwrap(), no_fp);
     }
 
@@ -207,16 +217,46 @@ mod tests {
     fn refuses_foreign_and_malformed_urls() {
         let good = sample().to_url();
         let cases: Vec<(String, LaunchUrlError)> = vec![
-            ("https://evil.example/open?x=1".into(), LaunchUrlError::WrongScheme),
-            (good.replace("&token=", "&tok="), LaunchUrlError::Unknown("tok".into())),
-            (format!("{good}&token=again"), LaunchUrlError::Repeated("token".into())),
-            (good.replace("broker=https%3A", "broker=file%3A"), LaunchUrlError::BadBroker),
-            (good.replace("broker=https%3A%2F%2F", "broker=https%3A%2F%2Fme%40"), LaunchUrlError::BadBroker),
-            (good.replace("service=rdp", "service=r%20p"), LaunchUrlError::BadValue("service")),
-            (good.replace("&fp=", "&fp=zz"), LaunchUrlError::BadValue("fp")),
-            (good.replace("session=abc-123", "session=..%2F"), LaunchUrlError::BadValue("session")),
-            (good.replace("token=tok", "token=%ZZ"), LaunchUrlError::BadEscape),
-            ("passerelle://open?".into(), LaunchUrlError::Missing("broker")),
+            (
+                "https://evil.example/open?x=1".into(),
+                LaunchUrlError::WrongScheme,
+            ),
+            (
+                good.replace("&token=", "&tok="),
+                LaunchUrlError::Unknown("tok".into()),
+            ),
+            (
+                format!("{good}&token=again"),
+                LaunchUrlError::Repeated("token".into()),
+            ),
+            (
+                good.replace("broker=https%3A", "broker=file%3A"),
+                LaunchUrlError::BadBroker,
+            ),
+            (
+                good.replace("broker=https%3A%2F%2F", "broker=https%3A%2F%2Fme%40"),
+                LaunchUrlError::BadBroker,
+            ),
+            (
+                good.replace("service=rdp", "service=r%20p"),
+                LaunchUrlError::BadValue("service"),
+            ),
+            (
+                good.replace("&fp=", "&fp=zz"),
+                LaunchUrlError::BadValue("fp"),
+            ),
+            (
+                good.replace("session=abc-123", "session=..%2F"),
+                LaunchUrlError::BadValue("session"),
+            ),
+            (
+                good.replace("token=tok", "token=%ZZ"),
+                LaunchUrlError::BadEscape,
+            ),
+            (
+                "passerelle://open?".into(),
+                LaunchUrlError::Missing("broker"),
+            ),
             ("x".repeat(MAX_LEN + 1), LaunchUrlError::TooLong),
         ];
         for (url, want) in cases {

@@ -1,1 +1,30 @@
-//! Passerelle broker.
+//! Passerelle broker: workstation agents connect over SSH and announce their VNC, RDP or SSH
+//! service with a remote forward; operators open sessions through the HTTP API and reach the
+//! service over a WebSocket, through a channel opened on the agent's own connection.
+//!
+//! Modules, one concern each:
+//! - [`config`]: flags, file and defaults, validated into [`config::Config`].
+//! - [`broker`]: start-up, shared state, shutdown, cross-cutting operations.
+//! - [`ssh`]: the agents' listener and SSH handler.
+//! - [`registry`]: presence (who is connected, what they announce).
+//! - [`sessions`]: live sessions, tokens, legacy ports (no SSH or WebSocket types).
+//! - [`bridge`]: the bytes between a viewer's WebSocket and an agent's channel.
+//! - [`http`]: the JSON API and WebSocket endpoints.
+//! - [`store`]: SQLite: tenants, keys, agents, sessions, audit.
+//! - [`keys`], [`secrets`], [`metrics`].
+
+pub mod bridge;
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod registry;
+pub mod secrets;
+pub mod sessions;
+pub mod ssh;
+pub mod store;
+
+pub use broker::Broker;
+pub use config::{Config, TlsMode};
+pub use store::Store;

@@ -1,1 +1,283 @@
-fn main() {}
+//! The `passerelle` command: `serve` runs the broker; the other subcommands administer the same
+//! store (tenants, API keys, agents) and print the host key.
+
+#![expect(
+    clippy::print_stdout,
+    reason = "a command-line tool prints its results"
+)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use passerelle::config::FileConfig;
+use passerelle::{Broker, Store, keys};
+use passerelle_proto::api::Role;
+use passerelle_proto::ids::{AgentId, TenantName};
+
+#[derive(Parser)]
+#[command(name = "passerelle", version, about = "Remote-control tunnel broker")]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "PASSERELLE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (store, keys, certificate) [default: ./passerelle-data].
+    #[arg(long, global = true, env = "PASSERELLE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Manage API keys.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCmd),
+    /// Manage agents (a running broker learns of removals at the agent's next connection; use
+    /// the API's DELETE /api/v1/agents/{id} to disconnect at once).
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// Print the SSH host key's fingerprint and a known_hosts line for agents.
+    HostKey {
+        /// host:port agents use to reach the broker, for the known_hosts line.
+        #[arg(long, default_value = "BROKER:2222")]
+        known_hosts_host: String,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Agents' SSH listener [default: 0.0.0.0:2222].
+    #[arg(long, env = "PASSERELLE_SSH_LISTEN")]
+    ssh_listen: Option<SocketAddr>,
+    /// HTTP(S) listener [default: 0.0.0.0:8443].
+    #[arg(long, env = "PASSERELLE_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// PEM certificate chain (with --tls-key); without both, a self-signed one is made.
+    #[arg(
+        long,
+        env = "PASSERELLE_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "insecure_http"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(
+        long,
+        env = "PASSERELLE_TLS_KEY",
+        requires = "tls_cert",
+        conflicts_with = "insecure_http"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP (behind a TLS-terminating proxy, or for tests).
+    #[arg(long, env = "PASSERELLE_INSECURE_HTTP")]
+    insecure_http: bool,
+    /// Base URL put in the URLs the API returns (e.g. https://broker.example.com).
+    #[arg(long, env = "PASSERELLE_PUBLIC_URL")]
+    public_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Create a tenant.
+    Add { name: TenantName },
+    /// List tenants.
+    List,
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCmd {
+    /// Create an API key; prints the key alone on stdout.
+    Add {
+        #[arg(long)]
+        tenant: TenantName,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCmd {
+    /// Register an agent with its OpenSSH public key.
+    Add {
+        #[arg(long, default_value = "default")]
+        tenant: TenantName,
+        id: AgentId,
+        /// The key line, or @FILE to read it from a file.
+        #[arg(long)]
+        public_key: String,
+    },
+    /// Remove an agent.
+    Remove {
+        #[arg(long, default_value = "default")]
+        tenant: TenantName,
+        id: AgentId,
+    },
+    /// List a tenant's agents.
+    List {
+        #[arg(long, default_value = "default")]
+        tenant: TenantName,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("role must be admin, helpdesk or auditor, not {s:?}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("passerelle: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn file_config(cli: &Cli) -> anyhow::Result<FileConfig> {
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    Ok(file.merge(FileConfig {
+        data_dir: cli.data_dir.clone(),
+        ..FileConfig::default()
+    }))
+}
+
+fn open_store(cli: &Cli) -> anyhow::Result<Store> {
+    let config = file_config(cli)?.into_config()?;
+    if !config.data_dir.join("passerelle.db").exists() {
+        anyhow::bail!(
+            "no store in {}: run `passerelle serve` once to create it (or pass --data-dir)",
+            config.data_dir.display()
+        );
+    }
+    Store::open(&config.data_dir)
+}
+
+fn tenant_id(store: &Store, name: &TenantName) -> anyhow::Result<i64> {
+    store
+        .tenant_id(name)?
+        .with_context(|| format!("no tenant named {name}"))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Serve(args) => {
+            let flags = FileConfig {
+                ssh_listen: args.ssh_listen,
+                http_listen: args.http_listen,
+                tls_cert: args.tls_cert.clone(),
+                tls_key: args.tls_key.clone(),
+                insecure_http: args.insecure_http.then_some(true),
+                public_url: args.public_url.clone(),
+                ..FileConfig::default()
+            };
+            let config = file_config(&cli)?.merge(flags).into_config()?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(serve(config))
+        }
+        Command::Tenant(TenantCmd::Add { name }) => {
+            open_store(&cli)?.create_tenant(name)?;
+            println!("tenant {name} created");
+            Ok(())
+        }
+        Command::Tenant(TenantCmd::List) => {
+            for name in open_store(&cli)?.tenants()? {
+                println!("{name}");
+            }
+            Ok(())
+        }
+        Command::ApiKey(ApiKeyCmd::Add { tenant, role }) => {
+            println!("{}", open_store(&cli)?.create_api_key(tenant, *role)?);
+            Ok(())
+        }
+        Command::Agent(AgentCmd::Add {
+            tenant,
+            id,
+            public_key,
+        }) => {
+            let store = open_store(&cli)?;
+            let key = match public_key.strip_prefix('@') {
+                Some(path) => {
+                    std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+                }
+                None => public_key.clone(),
+            };
+            let rec = store.create_agent(tenant_id(&store, tenant)?, id, &key, None)?;
+            println!(
+                "agent {} registered in {tenant} with key {}",
+                rec.id, rec.key_fingerprint
+            );
+            Ok(())
+        }
+        Command::Agent(AgentCmd::Remove { tenant, id }) => {
+            let store = open_store(&cli)?;
+            if !store.delete_agent(tenant_id(&store, tenant)?, id)? {
+                anyhow::bail!("no agent {id} in tenant {tenant}");
+            }
+            println!("agent {id} removed from {tenant}");
+            Ok(())
+        }
+        Command::Agent(AgentCmd::List { tenant }) => {
+            let store = open_store(&cli)?;
+            for a in store.agents(tenant_id(&store, tenant)?)? {
+                println!("{}\t{}", a.id, a.key_fingerprint);
+            }
+            Ok(())
+        }
+        Command::HostKey { known_hosts_host } => {
+            let config = file_config(&cli)?.into_config()?;
+            std::fs::create_dir_all(&config.data_dir)?;
+            let key = keys::load_or_create_host_key(&config.data_dir)?;
+            let (host, port) = known_hosts_host
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                .context("--known-hosts-host must be HOST:PORT")?;
+            println!("host key fingerprint: {}", keys::fingerprint(&key));
+            println!("{}", keys::known_hosts_line(host, port, &key));
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: passerelle::Config) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let broker = Broker::start(config).await?;
+    if let Some(key) = broker.admin_key() {
+        println!(
+            "admin API key (tenant default, shown once, also in {}): {key}",
+            data_dir.join(passerelle::broker::ADMIN_KEY_FILE).display()
+        );
+    }
+    println!("ssh listening on {}", broker.ssh_addr());
+    println!("http listening on {}", broker.base_url());
+    println!("host key fingerprint: {}", broker.host_key_fingerprint());
+    if let Some(fp) = broker.tls_fingerprint() {
+        println!("tls certificate sha256: {fp}");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    broker.shutdown().await;
+    Ok(())
+}

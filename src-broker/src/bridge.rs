@@ -1,0 +1,280 @@
+//! The data path: one viewer WebSocket bridged to one forwarded-tcpip channel of an agent.
+//!
+//! russh hands channel data to a bounded per-channel queue from inside the connection's loop, and
+//! grants the agent more window as data *arrives*, not as it is consumed: a channel that nobody
+//! reads freezes every channel of that agent, keepalives included. So the agent-to-viewer side
+//! is always drained at once into a per-session buffer, and a viewer that lets this buffer grow
+//! past `session_buffer_bytes` ends its session (`viewer_too_slow`) instead of stalling anyone
+//! else. Memory per bridge is therefore bounded by that limit plus one WebSocket frame. The
+//! viewer-to-agent side writes into the channel, which waits for the agent's SSH window: the
+//! viewer gets back-pressure through TCP.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt as _, StreamExt as _};
+use passerelle_proto::close::{self, CloseCode, EndReason};
+use russh::ChannelMsg;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::sessions::LiveSession;
+
+/// The agent side of a bridge: an SSH channel to the workstation's service.
+pub type AgentStream = russh::Channel<russh::server::Msg>;
+
+/// Largest WebSocket frame the broker sends: several SSH packets are coalesced up to this.
+const MAX_OUT_FRAME: usize = 256 * 1024;
+
+/// How a bridge ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// What the session's end reason would be if this ends it.
+    pub reason: EndReason,
+    /// The close frame the viewer got (or would have).
+    pub code: CloseCode,
+    pub message: String,
+}
+
+impl Outcome {
+    fn new(reason: EndReason, code: CloseCode) -> Self {
+        Self {
+            reason,
+            code,
+            message: code.reason.to_owned(),
+        }
+    }
+}
+
+/// A byte-counted FIFO between the channel reader and the WebSocket writer.
+struct Buffer {
+    queue: std::sync::Mutex<(VecDeque<Bytes>, usize, bool)>,
+    ready: Notify,
+    limit: usize,
+}
+
+impl Buffer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<Bytes>, usize, bool)> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues data; false when the limit is exceeded.
+    fn push(&self, data: Bytes) -> bool {
+        let mut q = self.lock();
+        q.1 += data.len();
+        q.0.push_back(data);
+        let ok = q.1 <= self.limit;
+        drop(q);
+        self.ready.notify_one();
+        ok
+    }
+
+    fn close(&self) {
+        self.lock().2 = true;
+        self.ready.notify_one();
+    }
+
+    /// Takes up to `max` bytes in one piece; `None` once closed and empty.
+    async fn pop(&self, max: usize) -> Option<Bytes> {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut q = self.lock();
+                if let Some(first) = q.0.pop_front() {
+                    let mut len = first.len();
+                    if q.0.front().is_none_or(|next| len + next.len() > max) {
+                        q.1 -= len;
+                        return Some(first);
+                    }
+                    let mut out = BytesMut::with_capacity(max.min(q.1));
+                    out.extend_from_slice(&first);
+                    while let Some(next) = q.0.front() {
+                        if len + next.len() > max {
+                            break;
+                        }
+                        len += next.len();
+                        if let Some(next) = q.0.pop_front() {
+                            out.extend_from_slice(&next);
+                        }
+                    }
+                    q.1 -= len;
+                    return Some(out.freeze());
+                }
+                if q.2 {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Bridges `ws` and `channel` until one side ends, the session ends, or the agent goes away.
+/// Sends the viewer a close frame with the outcome's code and reason.
+pub async fn run(
+    ws: WebSocket,
+    channel: AgentStream,
+    session: Arc<LiveSession>,
+    agent_gone: CancellationToken,
+    buffer_limit: usize,
+    metrics: Arc<Metrics>,
+) -> Outcome {
+    let (mut ws_tx, mut ws_rx) = ws.split();
+    let (mut ch_rx, ch_tx) = channel.split();
+    let buffer = Arc::new(Buffer {
+        queue: std::sync::Mutex::new((VecDeque::new(), 0, false)),
+        ready: Notify::new(),
+        limit: buffer_limit,
+    });
+
+    // Agent -> buffer: never waits on the viewer.
+    let drain = {
+        let buffer = buffer.clone();
+        let session = session.clone();
+        let metrics = metrics.clone();
+        async move {
+            while let Some(msg) = ch_rx.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        let n = data.len() as u64;
+                        session.bytes_down.fetch_add(n, Ordering::Relaxed);
+                        metrics.bytes_down.fetch_add(n, Ordering::Relaxed);
+                        if !buffer.push(data) {
+                            return Outcome::new(EndReason::ViewerTooSlow, close::VIEWER_TOO_SLOW);
+                        }
+                    }
+                    ChannelMsg::Eof | ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            buffer.close();
+            // Let the writer flush what the service sent before it closed.
+            std::future::pending::<Outcome>().await
+        }
+    };
+
+    // Buffer -> viewer.
+    let write = async {
+        while let Some(chunk) = buffer.pop(MAX_OUT_FRAME).await {
+            if ws_tx.send(Message::Binary(chunk)).await.is_err() {
+                return Outcome::new(EndReason::ViewerClosed, close::SERVICE_CLOSED);
+            }
+        }
+        Outcome::new(EndReason::ServiceClosed, close::SERVICE_CLOSED)
+    };
+
+    // Viewer -> agent.
+    let read = {
+        let session = session.clone();
+        let metrics = metrics.clone();
+        async move {
+            loop {
+                match ws_rx.next().await {
+                    Some(Ok(Message::Binary(data))) => {
+                        let n = data.len() as u64;
+                        if ch_tx.data_bytes(data).await.is_err() {
+                            return Outcome::new(EndReason::ServiceClosed, close::SERVICE_CLOSED);
+                        }
+                        session.bytes_up.fetch_add(n, Ordering::Relaxed);
+                        metrics.bytes_up.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        return Outcome::new(EndReason::ProtocolError, close::PROTOCOL_ERROR);
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => {
+                        let _ = ch_tx.eof().await;
+                        return Outcome::new(EndReason::ViewerClosed, close::SERVICE_CLOSED);
+                    }
+                    Some(Err(e)) => {
+                        let text = e.to_string();
+                        if text.contains("too long")
+                            || text.contains("Space limit")
+                            || text.contains("capacity")
+                        {
+                            return Outcome::new(EndReason::ProtocolError, close::MESSAGE_TOO_BIG);
+                        }
+                        tracing::debug!(error = %text, "viewer connection ended");
+                        return Outcome::new(EndReason::ViewerClosed, close::SERVICE_CLOSED);
+                    }
+                }
+            }
+        }
+    };
+
+    let outcome = tokio::select! {
+        o = drain => o,
+        o = write => o,
+        o = read => o,
+        () = session.ended.cancelled() => {
+            let (code, message) = session.close_reason();
+            let reason = session.end_state().map_or(EndReason::Stopped, |(r, _)| r);
+            Outcome { reason, code, message }
+        }
+        () = agent_gone.cancelled() => Outcome::new(EndReason::AgentDisconnected, close::AGENT_DISCONNECTED),
+    };
+    // The channel halves are dropped with the futures above, which closes the channel.
+    let frame = CloseFrame {
+        code: outcome.code.code,
+        reason: outcome.message.clone().into(),
+    };
+    let closing = async {
+        let _ = ws_tx.send(Message::Close(Some(frame))).await;
+        let _ = ws_tx.close().await;
+    };
+    if tokio::time::timeout(std::time::Duration::from_millis(500), closing)
+        .await
+        .is_err()
+    {
+        tracing::debug!("viewer did not take the close frame in time");
+    }
+    outcome
+}
+
+/// Sends a close frame on a WebSocket that never got bridged (refused token, offline agent).
+pub async fn refuse(mut ws: WebSocket, code: CloseCode, reason: &str) {
+    let frame = CloseFrame {
+        code: code.code,
+        reason: reason.to_owned().into(),
+    };
+    let closing = async {
+        let _ = ws.send(Message::Close(Some(frame))).await;
+        // Wait briefly for the viewer's close reply so the frame is not lost to a reset.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), ws.next()).await;
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), closing).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn buffer_coalesces_counts_and_limits() {
+        let b = Buffer {
+            queue: std::sync::Mutex::new((VecDeque::new(), 0, false)),
+            ready: Notify::new(),
+            limit: 10,
+        };
+        assert!(b.push(Bytes::from_static(b"abc")));
+        assert!(b.push(Bytes::from_static(b"def")));
+        assert_eq!(b.pop(100).await.unwrap(), Bytes::from_static(b"abcdef"));
+        assert!(b.push(Bytes::from_static(b"0123456789")));
+        assert!(
+            !b.push(Bytes::from_static(b"x")),
+            "11 bytes buffered is over the limit of 10"
+        );
+        assert_eq!(
+            b.pop(4).await.unwrap().len(),
+            10,
+            "a single chunk is never split"
+        );
+        b.close();
+        assert_eq!(b.pop(100).await.unwrap(), Bytes::from_static(b"x"));
+        assert!(b.pop(100).await.is_none());
+    }
+}

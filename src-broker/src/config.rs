@@ -1,0 +1,277 @@
+//! Configuration: the TOML file's shape, the defaults, and the validated runtime [`Config`].
+//!
+//! Precedence is CLI flag > environment variable > config file > default. `main.rs` parses the
+//! flags (clap, each with an env var) into a [`FileConfig`]-shaped overlay; [`FileConfig::merge`]
+//! applies it over the file and [`FileConfig::into_config`] validates the result.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+/// How the HTTP listener speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain HTTP (behind a TLS-terminating proxy, or in tests).
+    Insecure,
+    /// HTTPS with a self-signed certificate created in the data dir on first start.
+    SelfSigned,
+    /// HTTPS with the given PEM certificate chain and private key.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+/// The broker's validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the SQLite store, host key, certificate and admin key live.
+    pub data_dir: PathBuf,
+    /// Where agents connect (SSH).
+    pub ssh_listen: SocketAddr,
+    /// Where the console, browsers and the desktop helper connect (HTTP/WS).
+    pub http_listen: SocketAddr,
+    /// HTTPS or not.
+    pub tls: TlsMode,
+    /// The base URL put in `viewer_url` & co; derived from the bound address when `None`.
+    pub public_url: Option<String>,
+    /// Lifetime of a viewer token.
+    pub token_ttl: Duration,
+    /// Keepalive period toward agents; `keepalive_max` unanswered ones end the connection.
+    pub keepalive_interval: Duration,
+    /// See `keepalive_interval`.
+    pub keepalive_max: usize,
+    /// How long a viewer waits for a legacy agent to connect.
+    pub legacy_wait: Duration,
+    /// A session nobody joined ends (`not_joined`) after this.
+    pub join_grace: Duration,
+    /// Bytes a session may hold for a viewer that reads slowly before it is ended.
+    pub session_buffer_bytes: usize,
+    /// Largest WebSocket frame or message a viewer may send.
+    pub max_ws_message_bytes: usize,
+    /// SSH version exchange, key exchange and authentication must be done within this.
+    pub preauth_timeout: Duration,
+    /// Remote forwards one agent connection may hold.
+    pub max_forwards_per_connection: usize,
+    /// Agent connections at once (pre- and post-authentication).
+    pub max_agent_connections: usize,
+    /// Lifetime of a session when the API call gives none.
+    pub default_session_ttl: Duration,
+    /// Upper bound for `ttl_secs`.
+    pub max_session_ttl: Duration,
+    /// How long a graceful shutdown waits for tasks before giving up on them.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Defaults for a data dir, listening where the design says.
+    pub fn with_data_dir(data_dir: &Path) -> Self {
+        FileConfig::default()
+            .into_config_at(data_dir.to_path_buf())
+            .unwrap_or_else(|_| unreachable!("the built-in defaults are valid"))
+    }
+
+    /// A broker for tests: loopback, ports chosen by the OS, plain HTTP, short waits.
+    pub fn for_tests(data_dir: &Path) -> Self {
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Self {
+            ssh_listen: loopback,
+            http_listen: loopback,
+            tls: TlsMode::Insecure,
+            preauth_timeout: Duration::from_secs(10),
+            legacy_wait: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(3),
+            ..Self::with_data_dir(data_dir)
+        }
+    }
+}
+
+/// The TOML file (`passerelle serve --config FILE`). Every key is optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub ssh_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub insecure_http: Option<bool>,
+    pub public_url: Option<String>,
+    pub token_ttl_secs: Option<u64>,
+    pub keepalive_interval_secs: Option<u64>,
+    pub keepalive_max: Option<usize>,
+    pub legacy_wait_secs: Option<u64>,
+    pub join_grace_secs: Option<u64>,
+    pub session_buffer_bytes: Option<usize>,
+    pub max_ws_message_bytes: Option<usize>,
+    pub preauth_timeout_secs: Option<u64>,
+    pub max_forwards_per_connection: Option<usize>,
+    pub max_agent_connections: Option<usize>,
+    pub default_session_ttl_secs: Option<u64>,
+    pub max_session_ttl_secs: Option<u64>,
+}
+
+macro_rules! overlay {
+    ($base:ident, $over:ident, $($field:ident),*) => {
+        $( if $over.$field.is_some() { $base.$field = $over.$field; } )*
+    };
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// `over`'s set keys replace this file's.
+    pub fn merge(mut self, over: FileConfig) -> Self {
+        overlay!(
+            self,
+            over,
+            data_dir,
+            ssh_listen,
+            http_listen,
+            tls_cert,
+            tls_key,
+            insecure_http,
+            public_url,
+            token_ttl_secs,
+            keepalive_interval_secs,
+            keepalive_max,
+            legacy_wait_secs,
+            join_grace_secs,
+            session_buffer_bytes,
+            max_ws_message_bytes,
+            preauth_timeout_secs,
+            max_forwards_per_connection,
+            max_agent_connections,
+            default_session_ttl_secs,
+            max_session_ttl_secs
+        );
+        self
+    }
+
+    /// Validates into a runtime [`Config`].
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./passerelle-data"));
+        self.into_config_at(dir)
+    }
+
+    fn into_config_at(self, data_dir: PathBuf) -> anyhow::Result<Config> {
+        let secs = |v: Option<u64>, d: u64| Duration::from_secs(v.unwrap_or(d));
+        let tls = match (
+            self.insecure_http.unwrap_or(false),
+            self.tls_cert,
+            self.tls_key,
+        ) {
+            (true, None, None) => TlsMode::Insecure,
+            (true, _, _) => bail!("--insecure-http and --tls-cert/--tls-key exclude each other"),
+            (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
+            (false, None, None) => TlsMode::SelfSigned,
+            (false, _, _) => bail!("--tls-cert and --tls-key go together"),
+        };
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            bail!("public_url must start with https:// or http://, got {url:?}");
+        }
+        let config = Config {
+            data_dir,
+            ssh_listen: self
+                .ssh_listen
+                .unwrap_or_else(|| ([0, 0, 0, 0], 2222).into()),
+            http_listen: self
+                .http_listen
+                .unwrap_or_else(|| ([0, 0, 0, 0], 8443).into()),
+            tls,
+            public_url: self.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            token_ttl: secs(self.token_ttl_secs, 60),
+            keepalive_interval: secs(self.keepalive_interval_secs, 15),
+            keepalive_max: self.keepalive_max.unwrap_or(2),
+            legacy_wait: secs(self.legacy_wait_secs, 30),
+            join_grace: secs(self.join_grace_secs, 300),
+            session_buffer_bytes: self.session_buffer_bytes.unwrap_or(8 << 20),
+            max_ws_message_bytes: self.max_ws_message_bytes.unwrap_or(1 << 20),
+            preauth_timeout: secs(self.preauth_timeout_secs, 20),
+            max_forwards_per_connection: self.max_forwards_per_connection.unwrap_or(16),
+            max_agent_connections: self.max_agent_connections.unwrap_or(20_000),
+            default_session_ttl: secs(self.default_session_ttl_secs, 8 * 3600),
+            max_session_ttl: secs(self.max_session_ttl_secs, 24 * 3600),
+            shutdown_grace: Duration::from_secs(10),
+        };
+        if config.token_ttl.is_zero() || config.keepalive_interval.is_zero() {
+            bail!("token_ttl_secs and keepalive_interval_secs must be at least 1");
+        }
+        if config.session_buffer_bytes < 64 * 1024 || config.max_ws_message_bytes < 1024 {
+            bail!("session_buffer_bytes must be at least 65536 and max_ws_message_bytes 1024");
+        }
+        if config.default_session_ttl > config.max_session_ttl {
+            bail!("default_session_ttl_secs exceeds max_session_ttl_secs");
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = FileConfig::default().into_config().unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./passerelle-data"));
+        assert_eq!(c.ssh_listen.port(), 2222);
+        assert_eq!(c.http_listen.port(), 8443);
+        assert_eq!(c.tls, TlsMode::SelfSigned);
+        assert_eq!(c.token_ttl, Duration::from_secs(60));
+        assert_eq!(c.max_forwards_per_connection, 16);
+        // A dead agent is offline within 45 s.
+        assert!(c.keepalive_interval * (c.keepalive_max as u32 + 1) <= Duration::from_secs(45));
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_contradictions() {
+        let err = toml::from_str::<FileConfig>("ssh_listn = \"0.0.0.0:22\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"));
+        let both = FileConfig {
+            insecure_http: Some(true),
+            tls_cert: Some("c".into()),
+            tls_key: Some("k".into()),
+            ..Default::default()
+        };
+        assert!(both.into_config().is_err());
+        let half = FileConfig {
+            tls_cert: Some("c".into()),
+            ..Default::default()
+        };
+        assert!(half.into_config().is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = FileConfig {
+            token_ttl_secs: Some(30),
+            ..Default::default()
+        };
+        let flags = FileConfig {
+            token_ttl_secs: Some(5),
+            insecure_http: Some(true),
+            ..Default::default()
+        };
+        let c = file.merge(flags).into_config().unwrap();
+        assert_eq!(c.token_ttl, Duration::from_secs(5));
+        assert_eq!(c.tls, TlsMode::Insecure);
+    }
+
+    #[test]
+    fn shipped_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../passerelle.example.toml");
+        let c = FileConfig::load(&path).unwrap().into_config().unwrap();
+        assert_eq!(c.ssh_listen.port(), 2222);
+    }
+}

@@ -1,0 +1,220 @@
+//! The viewers' WebSocket endpoints. The upgrade is always accepted so that every refusal
+//! (bad token, offline agent, ended session) reaches the viewer as a close frame with a named
+//! code and a human reason; then the session's agent is located and the bridge runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State as AxState};
+use axum::response::Response;
+use passerelle_proto::close::{self, CloseCode, EndReason};
+use serde::Deserialize;
+use tracing::Instrument as _;
+
+use crate::bridge;
+use crate::broker::State;
+use crate::registry::AgentConn;
+use crate::sessions::{LiveSession, TokenKind};
+use crate::store::{AuditKind, NewEvent, now_ms};
+
+/// How long the agent has to accept a channel.
+const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Deserialize)]
+pub struct TokenQuery {
+    #[serde(default)]
+    token: String,
+}
+
+pub async fn viewer(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    upgrade(state, id, q.token, peer, ws)
+}
+
+pub async fn raw(
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    upgrade(state, id, q.token, peer, ws)
+}
+
+fn upgrade(
+    state: Arc<State>,
+    id: String,
+    token: String,
+    peer: SocketAddr,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let max = state.config.max_ws_message_bytes;
+    let span =
+        tracing::info_span!("viewer", session = %id.chars().take(36).collect::<String>(), %peer);
+    let tasks = state.tasks.clone();
+    ws.protocols(["binary"])
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| {
+            let fut = serve(state, id, token, peer, socket).instrument(span);
+            // Tracked so that shutdown waits for the viewer's close frame.
+            let handle = tasks.spawn(fut);
+            async move {
+                let _ = handle.await;
+            }
+        })
+}
+
+async fn serve(state: Arc<State>, id: String, token: String, peer: SocketAddr, ws: WebSocket) {
+    let (session, kind) = match state.sessions.admit(&id, &token) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            state
+                .metrics
+                .token_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut ev = NewEvent::new(AuditKind::TokenRefused, refusal.reason.clone());
+            ev.peer_addr = Some(peer.to_string());
+            if let Some(live) = state.sessions.get(&id) {
+                ev.tenant_id = Some(live.tenant_id);
+                ev.session = Some(live.id.clone());
+                ev.agent = Some(live.agent.to_string());
+            }
+            state.store.audit(ev);
+            tracing::info!(reason = %refusal.reason, "viewer refused");
+            return bridge::refuse(ws, refusal.code, &refusal.reason).await;
+        }
+    };
+    // A viewer token that cannot be bridged ends its session; a launch token only this attempt.
+    let target = locate(&state, &session).await;
+    let (conn, address, port) = match target {
+        Ok(t) => t,
+        Err((reason, code, message)) => {
+            if kind == TokenKind::Viewer {
+                state.end_session_later(&session, reason, "broker");
+            }
+            tracing::info!(%message, "viewer not bridged");
+            return bridge::refuse(ws, code, &message).await;
+        }
+    };
+    let opened = tokio::select! {
+        r = tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, conn.open(address, port, peer)) => r,
+        () = session.ended.cancelled() => {
+            let (code, message) = session.close_reason();
+            return bridge::refuse(ws, code, &message).await;
+        }
+    };
+    let channel = match opened {
+        Ok(Ok(channel)) => channel,
+        other => {
+            let why = match other {
+                Err(_) => "the agent did not open the channel in time".to_owned(),
+                Ok(Err(e)) => format!(
+                    "the agent could not reach its {} service ({e})",
+                    session.service
+                ),
+                Ok(Ok(_)) => String::new(),
+            };
+            if kind == TokenKind::Viewer {
+                state.end_session_later(&session, EndReason::ServiceUnavailable, "broker");
+            }
+            tracing::info!(%why, "viewer not bridged");
+            return bridge::refuse(ws, close::SERVICE_UNAVAILABLE, &why).await;
+        }
+    };
+    let guard = session.connection();
+    if session.mark_started() {
+        if let Err(e) = state
+            .store
+            .session_started(&session.id, now_ms(), &peer.to_string())
+        {
+            tracing::error!(error = %e, "could not record the start of a session");
+        }
+        let mut ev = NewEvent::new(AuditKind::SessionStarted, format!("viewer {peer}"));
+        ev.tenant_id = Some(session.tenant_id);
+        ev.agent = Some(session.agent.to_string());
+        ev.session = Some(session.id.clone());
+        ev.operator = Some(session.operator.clone());
+        ev.peer_addr = Some(peer.to_string());
+        state.store.audit(ev);
+    }
+    tracing::info!(agent = %session.agent, service = %session.service, "bridging");
+    let outcome = bridge::run(
+        ws,
+        channel,
+        session.clone(),
+        conn.gone.clone(),
+        state.config.session_buffer_bytes,
+        state.metrics.clone(),
+    )
+    .await;
+    drop(guard);
+    tracing::info!(reason = %outcome.reason, code = outcome.code.code, "bridge ended");
+    let reconnectable = matches!(
+        outcome.reason,
+        EndReason::ViewerClosed | EndReason::ServiceClosed
+    );
+    if kind == TokenKind::Launch && reconnectable {
+        return;
+    }
+    let by = match outcome.reason {
+        EndReason::ViewerClosed | EndReason::ProtocolError | EndReason::ViewerTooSlow => "viewer",
+        EndReason::ServiceClosed => "workstation",
+        EndReason::AgentDisconnected => "agent",
+        _ => "broker",
+    };
+    state.end_session(&session, outcome.reason, by).await;
+}
+
+type Target = (Arc<AgentConn>, String, u32);
+
+/// Finds the agent connection and forward for a session (waiting, bounded, in the legacy flow).
+async fn locate(
+    state: &State,
+    session: &LiveSession,
+) -> Result<Target, (EndReason, CloseCode, String)> {
+    if session.legacy_port.is_some() {
+        return match session.legacy_link(state.config.legacy_wait).await {
+            Some(link) => Ok((link.conn, link.address, link.port)),
+            None if session.ended.is_cancelled() => {
+                let (code, message) = session.close_reason();
+                Err((EndReason::Stopped, code, message))
+            }
+            None => Err((
+                EndReason::AgentTimeout,
+                close::AGENT_TIMEOUT,
+                format!(
+                    "agent {} did not connect within {}s",
+                    session.agent,
+                    state.config.legacy_wait.as_secs()
+                ),
+            )),
+        };
+    }
+    let Some(conn) = state.registry.get(session.tenant_id, &session.agent) else {
+        return Err((
+            EndReason::AgentOffline,
+            close::AGENT_OFFLINE,
+            format!("agent {} is offline", session.agent),
+        ));
+    };
+    let Some(port) = conn.service_port(&session.service) else {
+        return Err((
+            EndReason::ServiceUnavailable,
+            close::SERVICE_UNAVAILABLE,
+            format!(
+                "agent {} does not announce the {} service",
+                session.agent, session.service
+            ),
+        ));
+    };
+    Ok((conn.clone(), session.service.to_string(), port))
+}

@@ -1,0 +1,158 @@
+//! The broker's long-lived keys, created once in the data dir: the SSH host key (ed25519, so
+//! agents can pin it) and the HTTPS certificate (self-signed unless the operator gives one).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use rand::RngCore as _;
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::{HashAlg, PrivateKey};
+use sha2::{Digest as _, Sha256};
+
+use crate::secrets::write_private_file;
+
+/// File name of the host key inside the data dir.
+pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
+
+/// Loads the host key, creating it on first start.
+pub fn load_or_create_host_key(data_dir: &Path) -> anyhow::Result<PrivateKey> {
+    let path = data_dir.join(HOST_KEY_FILE);
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading host key {}", path.display()))?;
+        return PrivateKey::from_openssh(text)
+            .with_context(|| format!("parsing host key {}", path.display()));
+    }
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+    let text = key
+        .to_openssh(LineEnding::LF)
+        .context("encoding host key")?;
+    write_private_file(&path, text.as_bytes())?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .context("encoding host public key")?;
+    std::fs::write(
+        data_dir.join(format!("{HOST_KEY_FILE}.pub")),
+        format!("{public}\n"),
+    )?;
+    Ok(key)
+}
+
+/// `SHA256:...`, as `ssh-keygen -l` prints it.
+pub fn fingerprint(key: &PrivateKey) -> String {
+    key.public_key().fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// `ssh-ed25519 AAAA...` without a comment.
+pub fn public_openssh(key: &PrivateKey) -> String {
+    let mut public = key.public_key().clone();
+    public.set_comment("");
+    public.to_openssh().unwrap_or_default().trim().to_owned()
+}
+
+/// A `known_hosts` line for agents: `[host]:port ssh-ed25519 AAAA...` (port 22 needs no brackets).
+pub fn known_hosts_line(host: &str, port: u16, key: &PrivateKey) -> String {
+    let host = if port == 22 {
+        host.to_owned()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    format!("{host} {}", public_openssh(key))
+}
+
+/// The TLS material the HTTP listener uses.
+pub struct Tls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// Hex SHA-256 of the leaf certificate (DER), for the desktop helper's pinning.
+    pub fingerprint: String,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads PEM files, or creates a self-signed pair in the data dir when `files` is `None`.
+pub fn load_tls(data_dir: &Path, files: Option<(&Path, &Path)>) -> anyhow::Result<Tls> {
+    let (cert_path, key_path) = match files {
+        Some((c, k)) => (c.to_path_buf(), k.to_path_buf()),
+        None => {
+            let cert = data_dir.join("tls-cert.pem");
+            let key = data_dir.join("tls-key.pem");
+            if !cert.exists() {
+                let mut names = vec![
+                    "localhost".to_owned(),
+                    "127.0.0.1".to_owned(),
+                    "::1".to_owned(),
+                ];
+                if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+                    let host = host.trim();
+                    if !host.is_empty() {
+                        names.push(host.to_owned());
+                    }
+                }
+                let made = rcgen::generate_simple_self_signed(names)
+                    .context("creating self-signed certificate")?;
+                write_private_file(&key, made.signing_key.serialize_pem().as_bytes())?;
+                std::fs::write(&cert, made.cert.pem())?;
+            }
+            (cert, key)
+        }
+    };
+    let cert_pem =
+        std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
+    let key_pem =
+        std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+    let certs = rustls::pki_types::pem::PemObject::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<rustls::pki_types::CertificateDer<'static>>, _>>()
+        .with_context(|| format!("parsing certificates in {}", cert_path.display()))?;
+    let Some(leaf) = certs.first() else {
+        bail!("no certificate in {}", cert_path.display())
+    };
+    let fingerprint = hex::encode(Sha256::digest(leaf.as_ref()));
+    let key = <rustls::pki_types::PrivateKeyDer<'static> as rustls::pki_types::pem::PemObject>::from_pem_slice(&key_pem)
+        .with_context(|| format!("parsing private key in {}", key_path.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("certificate and key do not match")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Tls {
+        config: Arc::new(config),
+        fingerprint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_key_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_host_key(dir.path()).unwrap();
+        let b = load_or_create_host_key(dir.path()).unwrap();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert!(fingerprint(&a).starts_with("SHA256:"));
+        assert!(known_hosts_line("example", 2222, &a).starts_with("[example]:2222 ssh-ed25519 "));
+    }
+
+    #[test]
+    fn self_signed_certificate_is_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_tls(dir.path(), None).unwrap();
+        let b = load_tls(dir.path(), None).unwrap();
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_eq!(a.fingerprint.len(), 64);
+    }
+}

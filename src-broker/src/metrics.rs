@@ -1,0 +1,144 @@
+//! Counters for `GET /metrics`, in Prometheus' text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use passerelle_proto::close::EndReason;
+
+/// Process-wide counters. Gauges (agents online, sessions live) are read from their owners.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub sessions_created: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub token_failures: AtomicU64,
+    pub refused_requests: AtomicU64,
+    pub agent_connections: AtomicU64,
+    ended: [AtomicU64; 14],
+}
+
+const REASONS: [EndReason; 14] = [
+    EndReason::ViewerClosed,
+    EndReason::ServiceClosed,
+    EndReason::Stopped,
+    EndReason::AgentOffline,
+    EndReason::ServiceUnavailable,
+    EndReason::AgentDisconnected,
+    EndReason::AgentRevoked,
+    EndReason::AgentTimeout,
+    EndReason::NotJoined,
+    EndReason::TtlExpired,
+    EndReason::ViewerTooSlow,
+    EndReason::ProtocolError,
+    EndReason::BrokerShutdown,
+    EndReason::BrokerCrash,
+];
+
+impl Metrics {
+    /// Counts an ended session.
+    pub fn session_ended(&self, reason: EndReason) {
+        if let Some(i) = REASONS.iter().position(|r| *r == reason) {
+            self.ended[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self, agents_online: usize, sessions_live: usize) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        metric(
+            "passerelle_agents_online",
+            "gauge",
+            "Agents with a live SSH connection.",
+            agents_online as u64,
+        );
+        metric(
+            "passerelle_sessions_active",
+            "gauge",
+            "Sessions created and not yet ended.",
+            sessions_live as u64,
+        );
+        metric(
+            "passerelle_sessions_created_total",
+            "counter",
+            "Sessions created.",
+            get(&self.sessions_created),
+        );
+        metric(
+            "passerelle_bytes_up_total",
+            "counter",
+            "Bytes from viewers to workstations.",
+            get(&self.bytes_up),
+        );
+        metric(
+            "passerelle_bytes_down_total",
+            "counter",
+            "Bytes from workstations to viewers.",
+            get(&self.bytes_down),
+        );
+        metric(
+            "passerelle_agent_connections_total",
+            "counter",
+            "Authenticated agent connections.",
+            get(&self.agent_connections),
+        );
+        metric(
+            "passerelle_auth_failures_total",
+            "counter",
+            "Failed agent authentications.",
+            get(&self.auth_failures),
+        );
+        metric(
+            "passerelle_token_failures_total",
+            "counter",
+            "Refused viewer tokens.",
+            get(&self.token_failures),
+        );
+        metric(
+            "passerelle_refused_requests_total",
+            "counter",
+            "Refused agent SSH requests.",
+            get(&self.refused_requests),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP passerelle_sessions_ended_total Sessions ended, by reason.\n\
+             # TYPE passerelle_sessions_ended_total counter"
+        );
+        for (reason, count) in REASONS.iter().zip(&self.ended) {
+            let _ = writeln!(
+                out,
+                "passerelle_sessions_ended_total{{reason=\"{reason}\"}} {}",
+                get(count)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.session_ended(EndReason::Stopped);
+        m.bytes_up.fetch_add(42, Ordering::Relaxed);
+        let text = m.render(3, 1);
+        assert!(text.contains("passerelle_agents_online 3\n"));
+        assert!(text.contains("passerelle_bytes_up_total 42\n"));
+        assert!(text.contains("passerelle_sessions_ended_total{reason=\"stopped\"} 1\n"));
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with('#') || l.split_whitespace().count() == 2)
+        );
+    }
+}

@@ -1,0 +1,419 @@
+//! One agent connection's SSH handler: public-key authentication against the store, remote
+//! forwards as service announcements (or legacy numeric ports), and the refusal, with a reason
+//! and an audit event, of everything else an SSH client may ask.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::FutureExt as _;
+use passerelle_proto::ids::ServiceName;
+use russh::keys::HashAlg;
+use russh::server::{
+    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, ChannelOpenFailure};
+use tokio::sync::oneshot;
+
+use super::Killer;
+use crate::broker::State;
+use crate::registry::{AgentConn, AgentLink};
+use crate::sessions::LegacyLink;
+use crate::store::{AgentRecord, AuditKind, NewEvent};
+
+/// Placeholder ports told to agents for named services start here.
+const PLACEHOLDER_PORT_BASE: u32 = 10_000;
+
+pub(super) struct AgentHandler {
+    state: Arc<State>,
+    peer: SocketAddr,
+    killer: Arc<Killer>,
+    authed: Option<oneshot::Sender<Arc<AgentConn>>>,
+    record: Option<AgentRecord>,
+    conn: Option<Arc<AgentConn>>,
+    forwards: usize,
+}
+
+struct SshLink {
+    handle: russh::server::Handle,
+    killer: Arc<Killer>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl AgentLink for SshLink {
+    fn open(
+        &self,
+        address: String,
+        port: u32,
+        originator: SocketAddr,
+    ) -> futures_util::future::BoxFuture<'static, anyhow::Result<crate::bridge::AgentStream>> {
+        let handle = self.handle.clone();
+        async move {
+            let channel = handle
+                .channel_open_forwarded_tcpip(
+                    address,
+                    port,
+                    originator.ip().to_string(),
+                    u32::from(originator.port()),
+                )
+                .await?;
+            Ok(channel)
+        }
+        .boxed()
+    }
+
+    fn disconnect(&self, reason: &str) {
+        let handle = self.handle.clone();
+        let killer = self.killer.clone();
+        let reason = reason.to_owned();
+        self.tasks.spawn(async move {
+            let send = handle.disconnect(russh::Disconnect::ByApplication, reason, "en".into());
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(300), send).await;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            killer.kill();
+        });
+    }
+}
+
+impl AgentHandler {
+    pub(super) fn new(
+        state: Arc<State>,
+        peer: SocketAddr,
+        killer: Arc<Killer>,
+        authed: oneshot::Sender<Arc<AgentConn>>,
+    ) -> Self {
+        Self {
+            state,
+            peer,
+            killer,
+            authed: Some(authed),
+            record: None,
+            conn: None,
+            forwards: 0,
+        }
+    }
+
+    fn event(&self, kind: AuditKind, detail: String) -> NewEvent {
+        let mut ev = NewEvent::new(kind, detail);
+        ev.tenant_id = self.record.as_ref().map(|r| r.tenant_id);
+        ev.agent = self.record.as_ref().map(|r| r.id.to_string());
+        ev.peer_addr = Some(self.peer.to_string());
+        ev
+    }
+
+    /// Audits and counts a refused request; returns the text to show the agent.
+    fn refuse(&self, what: String) -> String {
+        self.state
+            .metrics
+            .refused_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(refused = %what, "refused agent request");
+        let text = format!("passerelle: refused: {what}");
+        self.state
+            .store
+            .audit(self.event(AuditKind::RequestRefused, what));
+        text
+    }
+
+    async fn refuse_channel(&self, reply: ChannelOpenHandle, what: String) {
+        let reason = self.refuse(what);
+        reply
+            .reject(ChannelOpenFailure::Other { code: 1, reason })
+            .await;
+    }
+
+    fn auth_failed(&mut self, user: &str, fingerprint: &str) {
+        self.state
+            .metrics
+            .auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut ev = self.event(AuditKind::AuthFailed, String::new());
+        ev.agent = Some(user.chars().take(64).collect());
+        ev.detail = match self.state.store.agent_for_fingerprint(fingerprint) {
+            Ok(Some(owner)) => {
+                ev.tenant_id = Some(owner.tenant_id);
+                format!("key {fingerprint} belongs to another agent")
+            }
+            _ => format!("key {fingerprint} is not registered for this agent"),
+        };
+        tracing::info!(user = %ev.agent.as_deref().unwrap_or(""), detail = %ev.detail, "agent authentication failed");
+        self.state.store.audit(ev);
+    }
+
+    fn lookup(&self, user: &str, key: &russh::keys::PublicKey) -> Option<AgentRecord> {
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        match self.state.store.agent_for_key(user, &fingerprint) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "agent lookup failed");
+                None
+            }
+        }
+    }
+}
+
+impl Handler for AgentHandler {
+    type Error = anyhow::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.lookup(user, offer.public_key).is_some() {
+            return Ok(Auth::Accept);
+        }
+        self.auth_failed(
+            user,
+            &offer.public_key.fingerprint(HashAlg::Sha256).to_string(),
+        );
+        Ok(Auth::reject())
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match self.lookup(user, key.public_key) {
+            Some(record) => {
+                self.record = Some(record);
+                Ok(Auth::Accept)
+            }
+            None => {
+                self.auth_failed(
+                    user,
+                    &key.public_key.fingerprint(HashAlg::Sha256).to_string(),
+                );
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let Some(record) = self.record.clone() else {
+            anyhow::bail!("authenticated without a record")
+        };
+        let link = SshLink {
+            handle: session.handle(),
+            killer: self.killer.clone(),
+            tasks: self.state.tasks.clone(),
+        };
+        let conn = Arc::new(AgentConn::new(
+            self.state.next_conn_id(),
+            &record,
+            self.peer,
+            Box::new(link),
+        ));
+        if let Some(old) = self.state.registry.insert(conn.clone()) {
+            old.disconnect("replaced by a newer connection of the same agent");
+        }
+        self.state
+            .metrics
+            .agent_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.state
+            .store
+            .audit(self.event(AuditKind::AgentConnected, "authenticated".into()));
+        tracing::info!(agent = %record.id, "agent connected");
+        self.conn = Some(conn.clone());
+        if let Some(tx) = self.authed.take() {
+            let _ = tx.send(conn);
+        }
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Some(conn) = self.conn.clone() else {
+            return Ok(false);
+        };
+        let limit = self.state.config.max_forwards_per_connection;
+        let what = if self.forwards >= limit {
+            format!("too many forwards (at most {limit} per connection)")
+        } else if let Ok(name) = ServiceName::new(address)
+            .map_err(|_| ())
+            .and_then(|n| if n.is_builtin() { Ok(n) } else { Err(()) })
+        {
+            if *port == 0 {
+                *port = PLACEHOLDER_PORT_BASE + u32::try_from(self.forwards).unwrap_or(0);
+            }
+            self.forwards += 1;
+            conn.add_service(name, *port);
+            return Ok(true);
+        } else if *port == 0 {
+            format!(
+                "unknown service {address:?} (use vnc, rdp or ssh as the bind address: -R vnc:0:localhost:5900)"
+            )
+        } else {
+            match self
+                .state
+                .sessions
+                .legacy_claim(*port, conn.tenant_id, &conn.agent)
+            {
+                Ok(live) => {
+                    self.forwards += 1;
+                    let link = LegacyLink {
+                        conn: conn.clone(),
+                        address: address.to_owned(),
+                        port: *port,
+                    };
+                    self.state.sessions.legacy_attach(&live, link);
+                    return Ok(true);
+                }
+                Err(why) => why,
+            }
+        };
+        let text = self.refuse(what);
+        let _ = session.debug(true, &text, "en");
+        Ok(false)
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        _port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if let (Some(conn), Ok(name)) = (&self.conn, ServiceName::new(address)) {
+            conn.remove_service(&name);
+        }
+        Ok(true)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _c: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel(reply, "session channel: agents may not run a shell, commands or subsystems; connect with ssh -N".into()).await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _c: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _oa: &str,
+        _op: u32,
+        reply: ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let host: String = host.chars().take(255).collect();
+        self.refuse_channel(
+            reply,
+            format!("direct-tcpip to {host}:{port}: the broker is not a proxy"),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _c: Channel<Msg>,
+        _a: &str,
+        _p: u32,
+        reply: ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel(reply, "x11 channel".into()).await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _c: Channel<Msg>,
+        path: &str,
+        reply: ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let path: String = path.chars().take(255).collect();
+        self.refuse_channel(reply, format!("direct-streamlocal to {path}"))
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _c: Channel<Msg>,
+        _h: &str,
+        _p: u32,
+        _oa: &str,
+        _op: u32,
+        reply: ChannelOpenHandle,
+        _s: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_channel(reply, "forwarded-tcpip channel from an agent".into())
+            .await;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("shell".into());
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("exec".into());
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let name: String = name.chars().take(64).collect();
+        self.refuse(format!("subsystem {name}"));
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse("agent forwarding".into());
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let path: String = path.chars().take(255).collect();
+        self.refuse(format!("streamlocal forward {path}"));
+        Ok(false)
+    }
+
+    async fn data(
+        &mut self,
+        _channel: ChannelId,
+        _data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(conn) = &self.conn {
+            conn.touch();
+        }
+        Ok(())
+    }
+}

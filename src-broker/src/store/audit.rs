@@ -1,0 +1,200 @@
+//! The audit log: security events (connections, refusals, token failures) and session events.
+//! Session rows themselves (who, what, when, bytes, end reason) live in `sessions`; the audit
+//! query returns both.
+
+use passerelle_proto::api::{AuditEvent, AuditPage};
+use passerelle_proto::ids::TenantName;
+use rusqlite::params_from_iter;
+use rusqlite::types::Value;
+
+use super::{Store, TenantId, now_ms, rfc3339};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditKind {
+    AgentConnected,
+    AgentDisconnected,
+    AuthFailed,
+    RequestRefused,
+    TokenRefused,
+    SessionCreated,
+    SessionStarted,
+    SessionEnded,
+    AgentRegistered,
+    AgentChanged,
+    AgentRevoked,
+    TenantChanged,
+}
+
+impl AuditKind {
+    /// The snake_case name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AgentConnected => "agent_connected",
+            Self::AgentDisconnected => "agent_disconnected",
+            Self::AuthFailed => "auth_failed",
+            Self::RequestRefused => "request_refused",
+            Self::TokenRefused => "token_refused",
+            Self::SessionCreated => "session_created",
+            Self::SessionStarted => "session_started",
+            Self::SessionEnded => "session_ended",
+            Self::AgentRegistered => "agent_registered",
+            Self::AgentChanged => "agent_changed",
+            Self::AgentRevoked => "agent_revoked",
+            Self::TenantChanged => "tenant_changed",
+        }
+    }
+}
+
+/// An event to record. `detail` is for people and must never hold a secret.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: AuditKind,
+    pub tenant_id: Option<TenantId>,
+    pub agent: Option<String>,
+    pub session: Option<String>,
+    pub operator: Option<String>,
+    pub peer_addr: Option<String>,
+    pub detail: String,
+}
+
+impl NewEvent {
+    /// An event with only a kind and a detail.
+    pub fn new(kind: AuditKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            tenant_id: None,
+            agent: None,
+            session: None,
+            operator: None,
+            peer_addr: None,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Filters of `GET /api/v1/audit`; times in ms since the epoch.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub agent: Option<String>,
+    pub operator: Option<String>,
+    pub session: Option<String>,
+    pub kind: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+impl Store {
+    /// Appends an event. Failing to audit is logged, never fatal to the caller.
+    pub fn audit(&self, event: NewEvent) {
+        let result = self.conn().execute(
+            "INSERT INTO audit (at, kind, tenant_id, agent, session_id, operator, peer_addr, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            rusqlite::params![
+                now_ms(),
+                event.kind.as_str(),
+                event.tenant_id,
+                event.agent,
+                event.session,
+                event.operator,
+                event.peer_addr,
+                event.detail
+            ],
+        );
+        if let Err(e) = result {
+            tracing::error!(error = %e, kind = event.kind.as_str(), "could not write audit event");
+        }
+    }
+
+    /// Events and sessions of a tenant matching the filter, newest first.
+    pub fn audit_page(&self, tenant_id: TenantId, f: &AuditFilter) -> anyhow::Result<AuditPage> {
+        let limit = i64::from(f.limit.unwrap_or(200).clamp(1, 1000));
+        let mut clauses = vec!["tenant_id = ?".to_owned()];
+        let mut args: Vec<Value> = vec![Value::Integer(tenant_id)];
+        let mut add = |clause: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                clauses.push(clause.to_owned());
+                args.push(v);
+            }
+        };
+        add("agent = ?", f.agent.clone().map(Value::Text));
+        add("operator = ?", f.operator.clone().map(Value::Text));
+        add("session_id = ?", f.session.clone().map(Value::Text));
+        add("kind = ?", f.kind.clone().map(Value::Text));
+        add("at >= ?", f.since.map(Value::Integer));
+        add("at <= ?", f.until.map(Value::Integer));
+        let sql = format!(
+            "SELECT id, at, kind, agent, session_id, operator, peer_addr, detail FROM audit
+             WHERE {} ORDER BY id DESC LIMIT {limit}",
+            clauses.join(" AND ")
+        );
+        let tenant: TenantName = self.tenant_name(tenant_id)?;
+        let events = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(params_from_iter(args.iter()), |r| {
+                Ok(AuditEvent {
+                    id: r.get(0)?,
+                    at: rfc3339(r.get(1)?),
+                    kind: r.get(2)?,
+                    tenant: Some(tenant.clone()),
+                    agent: r.get(3)?,
+                    session: r.get(4)?,
+                    operator: r.get(5)?,
+                    peer_addr: r.get(6)?,
+                    detail: r.get(7)?,
+                })
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let sessions = self.sessions_matching(tenant_id, f, limit)?;
+        Ok(AuditPage { sessions, events })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_filtered_by_tenant_and_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for name in ["a", "b"] {
+            store
+                .create_tenant(&TenantName::new(name).unwrap())
+                .unwrap();
+        }
+        let a = store
+            .tenant_id(&TenantName::new("a").unwrap())
+            .unwrap()
+            .unwrap();
+        let b = store
+            .tenant_id(&TenantName::new("b").unwrap())
+            .unwrap()
+            .unwrap();
+        let mut ev = NewEvent::new(AuditKind::AuthFailed, "unknown key");
+        ev.tenant_id = Some(a);
+        ev.agent = Some("pc1".into());
+        store.audit(ev.clone());
+        ev.kind = AuditKind::AgentConnected;
+        store.audit(ev.clone());
+        ev.tenant_id = Some(b);
+        store.audit(ev);
+        let all_a = store.audit_page(a, &AuditFilter::default()).unwrap();
+        assert_eq!(all_a.events.len(), 2);
+        let f = AuditFilter {
+            kind: Some("auth_failed".into()),
+            ..Default::default()
+        };
+        let page = store.audit_page(a, &f).unwrap();
+        assert_eq!(page.events.len(), 1);
+        assert_eq!(page.events[0].detail, "unknown key");
+        let since = AuditFilter {
+            since: Some(now_ms() + 60_000),
+            ..Default::default()
+        };
+        assert!(store.audit_page(a, &since).unwrap().events.is_empty());
+    }
+}

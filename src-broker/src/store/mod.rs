@@ -1,0 +1,362 @@
+//! The embedded store: SQLite in the data dir, schema migrations applied at start.
+//!
+//! One connection behind a mutex: every statement is short (indexed lookups and single-row
+//! writes), WAL mode keeps readers of other processes (the CLI subcommands) from blocking. The
+//! store knows tenants, API keys, agents, sessions and the audit log; live state (who is online,
+//! which viewer is bridged) is in memory, in [`crate::registry`] and [`crate::sessions`].
+
+mod agents;
+mod audit;
+mod sessions;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::{Context as _, bail};
+use passerelle_proto::api::{RecordingPolicy, Role, TenantInfo};
+use passerelle_proto::ids::TenantName;
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+pub use agents::AgentRecord;
+/// The errors store calls return that the API maps to 400 and 409.
+pub mod agents_errors {
+    pub use super::agents::{Conflict, Invalid};
+}
+pub use audit::{AuditFilter, AuditKind, NewEvent};
+
+use crate::secrets::{self, ApiKey, SecretBox};
+
+/// A tenant's row id.
+pub type TenantId = i64;
+
+/// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tenants (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    vnc_password BLOB,
+    record_by_default INTEGER NOT NULL DEFAULT 0,
+    recording_policy TEXT NOT NULL DEFAULT 'fail_closed',
+    retention_days INTEGER NOT NULL DEFAULT 90,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    role TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE agents (
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    id TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    key_fingerprint TEXT NOT NULL UNIQUE,
+    vnc_password BLOB,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE INDEX agents_by_id ON agents(id);
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    agent TEXT NOT NULL,
+    service TEXT NOT NULL,
+    operator TEXT NOT NULL,
+    state TEXT NOT NULL,
+    record INTEGER NOT NULL,
+    view_only INTEGER NOT NULL,
+    legacy INTEGER NOT NULL,
+    legacy_port INTEGER,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    ended_at INTEGER,
+    expires_at INTEGER NOT NULL,
+    end_reason TEXT,
+    ended_by TEXT,
+    client_addr TEXT,
+    bytes_up INTEGER NOT NULL DEFAULT 0,
+    bytes_down INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX sessions_by_tenant ON sessions(tenant_id, created_at);
+CREATE INDEX sessions_by_state ON sessions(state);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    tenant_id INTEGER,
+    agent TEXT,
+    session_id TEXT,
+    operator TEXT,
+    peer_addr TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_by_tenant ON audit(tenant_id, at);
+"#];
+
+/// The store. Cheap to share behind an `Arc`.
+pub struct Store {
+    conn: Mutex<Connection>,
+    secret_box: SecretBox,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC, millisecond precision).
+pub fn rfc3339(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt).unwrap_or_default()
+}
+
+/// Parses RFC 3339 into milliseconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+impl Store {
+    /// Opens (creating if needed) `<data_dir>/passerelle.db` and applies pending migrations.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let path = data_dir.join("passerelle.db");
+        let conn = Connection::open(&path)
+            .with_context(|| format!("opening database {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let secret_box = SecretBox::load_or_create(&data_dir.join("secret.key"))?;
+        let store = Self {
+            conn: Mutex::new(conn),
+            secret_box,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if done > MIGRATIONS.len() {
+            bail!(
+                "the database schema (version {done}) is newer than this broker knows ({}); \
+                 upgrade the broker",
+                MIGRATIONS.len()
+            );
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)
+                .with_context(|| format!("applying migration {}", i + 1))?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (statements are atomic).
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn secret_box(&self) -> &SecretBox {
+        &self.secret_box
+    }
+
+    /// Creates a tenant; an error if it exists.
+    pub fn create_tenant(&self, name: &TenantName) -> anyhow::Result<()> {
+        let n = self.conn().execute(
+            "INSERT INTO tenants (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+            params![name.as_str(), now_ms()],
+        )?;
+        if n == 0 {
+            bail!("tenant {name} already exists");
+        }
+        Ok(())
+    }
+
+    /// The tenant's row id, if it exists.
+    pub fn tenant_id(&self, name: &TenantName) -> anyhow::Result<Option<TenantId>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id FROM tenants WHERE name = ?1",
+                [name.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The tenant's name.
+    pub fn tenant_name(&self, id: TenantId) -> anyhow::Result<TenantName> {
+        let name: String =
+            self.conn()
+                .query_row("SELECT name FROM tenants WHERE id = ?1", [id], |r| r.get(0))?;
+        Ok(TenantName::new(name)?)
+    }
+
+    /// Every tenant's name.
+    pub fn tenants(&self) -> anyhow::Result<Vec<TenantName>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name FROM tenants ORDER BY name")?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        names.map(|n| Ok(TenantName::new(n?)?)).collect()
+    }
+
+    /// Creates an API key for a tenant and returns its secret text (shown once).
+    pub fn create_api_key(&self, tenant: &TenantName, role: Role) -> anyhow::Result<String> {
+        let tenant_id = self
+            .tenant_id(tenant)?
+            .with_context(|| format!("no tenant named {tenant}"))?;
+        let key = ApiKey::generate();
+        self.conn().execute(
+            "INSERT INTO api_keys (id, tenant_id, role, hash, created_at) VALUES (?1,?2,?3,?4,?5)",
+            params![
+                key.id(),
+                tenant_id,
+                role.as_str(),
+                key.hash().to_vec(),
+                now_ms()
+            ],
+        )?;
+        Ok(key.expose().to_owned())
+    }
+
+    /// Checks an API key; `Some((tenant, key id, role))` when valid.
+    pub fn check_api_key(&self, text: &str) -> anyhow::Result<Option<(TenantId, String, Role)>> {
+        let Some((id, hash)) = secrets::parse_api_key(text) else {
+            return Ok(None);
+        };
+        let row: Option<(TenantId, String, Vec<u8>)> = self
+            .conn()
+            .query_row(
+                "SELECT tenant_id, role, hash FROM api_keys WHERE id = ?1 AND revoked_at IS NULL",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(row.and_then(|(tenant, role, stored)| {
+            (secrets::ct_eq(&stored, &hash)).then_some(())?;
+            Some((tenant, id, Role::parse(&role)?))
+        }))
+    }
+
+    /// The tenant's settings as the API shows them.
+    pub fn tenant_info(&self, id: TenantId) -> anyhow::Result<TenantInfo> {
+        let (name, has_pw, record, policy, days): (String, bool, bool, String, u32) =
+            self.conn().query_row(
+                "SELECT name, vnc_password IS NOT NULL, record_by_default, recording_policy,
+                        retention_days FROM tenants WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?;
+        Ok(TenantInfo {
+            name: TenantName::new(name)?,
+            has_vnc_password: has_pw,
+            record_by_default: record,
+            recording_policy: if policy == "fail_open" {
+                RecordingPolicy::FailOpen
+            } else {
+                RecordingPolicy::FailClosed
+            },
+            retention_days: days,
+        })
+    }
+
+    /// Changes a tenant's settings (`None` leaves a field alone; an empty password clears it).
+    pub fn patch_tenant(
+        &self,
+        id: TenantId,
+        patch: &passerelle_proto::api::PatchTenant,
+    ) -> anyhow::Result<()> {
+        let conn = self.conn();
+        if let Some(pw) = &patch.vnc_password {
+            let sealed = (!pw.is_empty()).then(|| self.secret_box.seal(pw.as_bytes()));
+            conn.execute(
+                "UPDATE tenants SET vnc_password = ?1 WHERE id = ?2",
+                params![sealed, id],
+            )?;
+        }
+        if let Some(v) = patch.record_by_default {
+            conn.execute(
+                "UPDATE tenants SET record_by_default = ?1 WHERE id = ?2",
+                params![v, id],
+            )?;
+        }
+        if let Some(p) = patch.recording_policy {
+            let p = match p {
+                RecordingPolicy::FailClosed => "fail_closed",
+                RecordingPolicy::FailOpen => "fail_open",
+            };
+            conn.execute(
+                "UPDATE tenants SET recording_policy = ?1 WHERE id = ?2",
+                params![p, id],
+            )?;
+        }
+        if let Some(d) = patch.retention_days {
+            conn.execute(
+                "UPDATE tenants SET retention_days = ?1 WHERE id = ?2",
+                params![d, id],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_run_once_and_keys_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let t = TenantName::new("default").unwrap();
+        store.create_tenant(&t).unwrap();
+        assert!(store.create_tenant(&t).is_err());
+        let key = store.create_api_key(&t, Role::Helpdesk).unwrap();
+        let (tid, _, role) = store.check_api_key(&key).unwrap().unwrap();
+        assert_eq!(
+            (tid, role),
+            (store.tenant_id(&t).unwrap().unwrap(), Role::Helpdesk)
+        );
+        let mut forged = key.clone();
+        forged.pop();
+        forged.push(if key.ends_with('A') { 'B' } else { 'A' });
+        assert!(store.check_api_key(&forged).unwrap().is_none());
+        assert!(store.check_api_key("nonsense").unwrap().is_none());
+        drop(store);
+        // Reopening applies nothing twice and keeps the data.
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.check_api_key(&key).unwrap().is_some());
+    }
+
+    #[test]
+    fn times_format_and_parse() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            parse_rfc3339(&rfc3339(1_700_000_000_123)),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+}
