@@ -50,8 +50,12 @@ codes! {
     VIEWER_TOO_SLOW = 4023, "viewer too slow: buffer limit reached";
     /// The agent was revoked.
     AGENT_REVOKED = 4024, "agent revoked";
-    /// The viewer sent something other than binary frames.
+    /// The viewer sent something other than binary frames, or malformed RFB.
     PROTOCOL_ERROR = 4030, "protocol error: binary frames only";
+    /// The workstation's VNC server refused the broker's password.
+    VNC_AUTH_FAILED = 4040, "VNC authentication failed";
+    /// The RFB handshake with the workstation's VNC server failed otherwise.
+    VNC_HANDSHAKE_FAILED = 4041, "VNC handshake failed";
     /// A frame or message over the size limit (RFC 6455's own code).
     MESSAGE_TOO_BIG = 1009, "message too big";
 }
@@ -89,6 +93,10 @@ pub enum EndReason {
     ViewerTooSlow,
     /// The viewer broke the protocol (text frames, oversized frames).
     ProtocolError,
+    /// The workstation's VNC server refused the stored password.
+    VncAuthFailed,
+    /// The RFB handshake with the workstation failed (refusal, unsupported security, bad data).
+    VncHandshakeFailed,
     /// The broker was shut down cleanly.
     BrokerShutdown,
     /// The broker stopped without ending the session (found on the next start).
@@ -111,6 +119,8 @@ impl EndReason {
             Self::TtlExpired => "ttl_expired",
             Self::ViewerTooSlow => "viewer_too_slow",
             Self::ProtocolError => "protocol_error",
+            Self::VncAuthFailed => "vnc_auth_failed",
+            Self::VncHandshakeFailed => "vnc_handshake_failed",
             Self::BrokerShutdown => "broker_shutdown",
             Self::BrokerCrash => "broker_crash",
         }
@@ -135,12 +145,15 @@ impl EndReason {
             Self::TtlExpired => TTL_EXPIRED,
             Self::ViewerTooSlow => VIEWER_TOO_SLOW,
             Self::ProtocolError => PROTOCOL_ERROR,
+            Self::VncAuthFailed => VNC_AUTH_FAILED,
+            Self::VncHandshakeFailed => VNC_HANDSHAKE_FAILED,
             Self::BrokerShutdown => BROKER_SHUTDOWN,
         }
     }
 }
 
-const ALL_REASONS: [EndReason; 14] = [
+/// Every end reason.
+pub const ALL_REASONS: [EndReason; 16] = [
     EndReason::ViewerClosed,
     EndReason::ServiceClosed,
     EndReason::Stopped,
@@ -153,6 +166,8 @@ const ALL_REASONS: [EndReason; 14] = [
     EndReason::TtlExpired,
     EndReason::ViewerTooSlow,
     EndReason::ProtocolError,
+    EndReason::VncAuthFailed,
+    EndReason::VncHandshakeFailed,
     EndReason::BrokerShutdown,
     EndReason::BrokerCrash,
 ];

@@ -8,5 +8,6 @@ pub mod api;
 pub mod close;
 pub mod ids;
 pub mod launch;
+pub mod rfb;
 
 pub use ids::{AgentId, IdError, ServiceName, TenantName};

@@ -17,6 +17,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt as _, StreamExt as _};
 use passerelle_proto::close::{self, CloseCode, EndReason};
+use passerelle_proto::rfb::ClientFilter;
 use russh::ChannelMsg;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -113,6 +114,31 @@ impl Buffer {
     }
 }
 
+/// How a bridge treats its bytes.
+#[derive(Debug)]
+pub struct Options {
+    /// Bytes a session may hold for a slow viewer.
+    pub buffer_limit: usize,
+    /// Bytes for the viewer that arrived before the bridge started (after an RFB handshake).
+    pub first_down: Bytes,
+    /// Bytes for the agent that arrived before the bridge started.
+    pub first_up: Bytes,
+    /// Frames and filters the viewer's RFB messages (view-only sessions).
+    pub filter: Option<ClientFilter>,
+}
+
+impl Options {
+    /// Bytes as they are, both ways.
+    pub fn raw(buffer_limit: usize) -> Self {
+        Self {
+            buffer_limit,
+            first_down: Bytes::new(),
+            first_up: Bytes::new(),
+            filter: None,
+        }
+    }
+}
+
 /// Bridges `ws` and `channel` until one side ends, the session ends, or the agent goes away.
 /// Sends the viewer a close frame with the outcome's code and reason.
 pub async fn run(
@@ -120,9 +146,15 @@ pub async fn run(
     channel: AgentStream,
     session: Arc<LiveSession>,
     agent_gone: CancellationToken,
-    buffer_limit: usize,
+    opts: Options,
     metrics: Arc<Metrics>,
 ) -> Outcome {
+    let Options {
+        buffer_limit,
+        first_down,
+        first_up,
+        mut filter,
+    } = opts;
     let (mut ws_tx, mut ws_rx) = ws.split();
     let (mut ch_rx, ch_tx) = channel.split();
     let buffer = Arc::new(Buffer {
@@ -130,6 +162,9 @@ pub async fn run(
         ready: Notify::new(),
         limit: buffer_limit,
     });
+    if !first_down.is_empty() {
+        buffer.push(first_down);
+    }
 
     // Agent -> buffer: never waits on the viewer.
     let drain = {
@@ -172,11 +207,31 @@ pub async fn run(
         let session = session.clone();
         let metrics = metrics.clone();
         async move {
+            let mut pending = Some(first_up);
             loop {
-                match ws_rx.next().await {
+                let next = match pending.take() {
+                    Some(first) if !first.is_empty() => Some(Ok(Message::Binary(first))),
+                    _ => ws_rx.next().await,
+                };
+                match next {
                     Some(Ok(Message::Binary(data))) => {
                         let n = data.len() as u64;
-                        if ch_tx.data_bytes(data).await.is_err() {
+                        let data = match filter.as_mut() {
+                            None => data,
+                            Some(f) => {
+                                let mut out = Vec::with_capacity(data.len());
+                                if let Err(e) = f.feed(&data, &mut out) {
+                                    let mut o = Outcome::new(
+                                        EndReason::ProtocolError,
+                                        close::PROTOCOL_ERROR,
+                                    );
+                                    o.message = format!("protocol error: {e}");
+                                    return o;
+                                }
+                                Bytes::from(out)
+                            }
+                        };
+                        if !data.is_empty() && ch_tx.data_bytes(data).await.is_err() {
                             return Outcome::new(EndReason::ServiceClosed, close::SERVICE_CLOSED);
                         }
                         session.bytes_up.fetch_add(n, Ordering::Relaxed);

@@ -9,6 +9,7 @@
 //! - [`registry`]: presence (who is connected, what they announce).
 //! - [`sessions`]: live sessions, tokens, legacy ports (no SSH or WebSocket types).
 //! - [`bridge`]: the bytes between a viewer's WebSocket and an agent's channel.
+//! - [`rfb`]: RFB handshake termination for `vnc` sessions.
 //! - [`http`]: the JSON API and WebSocket endpoints.
 //! - [`store`]: SQLite: tenants, keys, agents, sessions, audit.
 //! - [`keys`], [`secrets`], [`metrics`].
@@ -20,6 +21,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod registry;
+pub mod rfb;
 pub mod secrets;
 pub mod sessions;
 pub mod ssh;

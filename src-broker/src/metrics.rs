@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use passerelle_proto::close::EndReason;
+use passerelle_proto::close::{ALL_REASONS as REASONS, EndReason};
 
 /// Process-wide counters. Gauges (agents online, sessions live) are read from their owners.
 #[derive(Debug, Default)]
@@ -15,25 +15,8 @@ pub struct Metrics {
     pub token_failures: AtomicU64,
     pub refused_requests: AtomicU64,
     pub agent_connections: AtomicU64,
-    ended: [AtomicU64; 14],
+    ended: [AtomicU64; REASONS.len()],
 }
-
-const REASONS: [EndReason; 14] = [
-    EndReason::ViewerClosed,
-    EndReason::ServiceClosed,
-    EndReason::Stopped,
-    EndReason::AgentOffline,
-    EndReason::ServiceUnavailable,
-    EndReason::AgentDisconnected,
-    EndReason::AgentRevoked,
-    EndReason::AgentTimeout,
-    EndReason::NotJoined,
-    EndReason::TtlExpired,
-    EndReason::ViewerTooSlow,
-    EndReason::ProtocolError,
-    EndReason::BrokerShutdown,
-    EndReason::BrokerCrash,
-];
 
 impl Metrics {
     /// Counts an ended session.

@@ -111,6 +111,11 @@ pub async fn create_session(
         Some(s) => Duration::from_secs(s),
         None => state.config.default_session_ttl,
     };
+    if req.view_only && req.service.as_str() != "vnc" {
+        return Err(ApiError::bad_request(
+            "view_only is enforced for vnc sessions only",
+        ));
+    }
     if req.legacy && req.service.default_port().is_none() {
         return Err(ApiError::bad_request(
             "the legacy flow carries vnc, rdp or ssh only",

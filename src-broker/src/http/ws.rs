@@ -10,12 +10,14 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State as AxState};
 use axum::response::Response;
 use passerelle_proto::close::{self, CloseCode, EndReason};
+use passerelle_proto::rfb::ClientFilter;
 use serde::Deserialize;
 use tracing::Instrument as _;
 
 use crate::bridge;
 use crate::broker::State;
 use crate::registry::AgentConn;
+use crate::rfb;
 use crate::sessions::{LiveSession, TokenKind};
 use crate::store::{AuditKind, NewEvent, now_ms};
 
@@ -35,7 +37,7 @@ pub async fn viewer(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(state, id, q.token, peer, ws)
+    upgrade(state, id, q.token, peer, ws, false)
 }
 
 pub async fn raw(
@@ -45,7 +47,7 @@ pub async fn raw(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(state, id, q.token, peer, ws)
+    upgrade(state, id, q.token, peer, ws, true)
 }
 
 fn upgrade(
@@ -54,6 +56,7 @@ fn upgrade(
     token: String,
     peer: SocketAddr,
     ws: WebSocketUpgrade,
+    raw: bool,
 ) -> Response {
     let max = state.config.max_ws_message_bytes;
     let span =
@@ -64,7 +67,7 @@ fn upgrade(
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| {
-            let fut = serve(state, id, token, peer, socket).instrument(span);
+            let fut = serve(state, id, token, peer, socket, raw).instrument(span);
             // Tracked so that shutdown waits for the viewer's close frame.
             let handle = tasks.spawn(fut);
             async move {
@@ -73,7 +76,14 @@ fn upgrade(
         })
 }
 
-async fn serve(state: Arc<State>, id: String, token: String, peer: SocketAddr, ws: WebSocket) {
+async fn serve(
+    state: Arc<State>,
+    id: String,
+    token: String,
+    peer: SocketAddr,
+    mut ws: WebSocket,
+    raw: bool,
+) {
     let (session, kind) = match state.sessions.admit(&id, &token) {
         Ok(admitted) => admitted,
         Err(refusal) => {
@@ -93,6 +103,10 @@ async fn serve(state: Arc<State>, id: String, token: String, peer: SocketAddr, w
             return bridge::refuse(ws, refusal.code, &refusal.reason).await;
         }
     };
+    if raw && session.view_only {
+        let message = "a view-only session is served on /ws/sessions/{id} only";
+        return bridge::refuse(ws, close::PROTOCOL_ERROR, message).await;
+    }
     // A viewer token that cannot be bridged ends its session; a launch token only this attempt.
     let target = locate(&state, &session).await;
     let (conn, address, port) = match target {
@@ -112,7 +126,7 @@ async fn serve(state: Arc<State>, id: String, token: String, peer: SocketAddr, w
             return bridge::refuse(ws, code, &message).await;
         }
     };
-    let channel = match opened {
+    let mut channel = match opened {
         Ok(Ok(channel)) => channel,
         other => {
             let why = match other {
@@ -129,6 +143,26 @@ async fn serve(state: Arc<State>, id: String, token: String, peer: SocketAddr, w
             tracing::info!(%why, "viewer not bridged");
             return bridge::refuse(ws, close::SERVICE_UNAVAILABLE, &why).await;
         }
+    };
+    let opts = if !raw && session.service.as_str() == "vnc" {
+        match terminate_rfb(&state, &session, &mut channel, &mut ws).await {
+            Ok(opts) => opts,
+            Err(f) => {
+                let mut ev = NewEvent::new(AuditKind::VncFailed, f.message.clone());
+                ev.tenant_id = Some(session.tenant_id);
+                ev.agent = Some(session.agent.to_string());
+                ev.session = Some(session.id.clone());
+                ev.peer_addr = Some(peer.to_string());
+                state.store.audit(ev);
+                if kind == TokenKind::Viewer {
+                    state.end_session_later(&session, f.reason, "broker");
+                }
+                tracing::info!(message = %f.message, "rfb handshake failed");
+                return bridge::refuse(ws, f.code, &f.message).await;
+            }
+        }
+    } else {
+        bridge::Options::raw(state.config.session_buffer_bytes)
     };
     let guard = session.connection();
     if session.mark_started() {
@@ -152,7 +186,7 @@ async fn serve(state: Arc<State>, id: String, token: String, peer: SocketAddr, w
         channel,
         session.clone(),
         conn.gone.clone(),
-        state.config.session_buffer_bytes,
+        opts,
         state.metrics.clone(),
     )
     .await;
@@ -217,4 +251,28 @@ async fn locate(
         ));
     };
     Ok((conn.clone(), session.service.to_string(), port))
+}
+
+/// Completes the RFB security handshake with the workstation, then with the viewer.
+async fn terminate_rfb(
+    state: &State,
+    session: &LiveSession,
+    channel: &mut bridge::AgentStream,
+    ws: &mut WebSocket,
+) -> Result<bridge::Options, rfb::Failure> {
+    let password = state
+        .store
+        .vnc_password(session.tenant_id, &session.agent)
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "could not read the VNC password");
+            None
+        });
+    let first_down = rfb::with_server(channel, password).await?;
+    let first_up = rfb::with_viewer(ws).await?;
+    Ok(bridge::Options {
+        buffer_limit: state.config.session_buffer_bytes,
+        first_down,
+        first_up,
+        filter: session.view_only.then(|| ClientFilter::new(true)),
+    })
 }

@@ -24,6 +24,7 @@ pub enum AuditKind {
     AgentChanged,
     AgentRevoked,
     TenantChanged,
+    VncFailed,
 }
 
 impl AuditKind {
@@ -42,6 +43,7 @@ impl AuditKind {
             Self::AgentChanged => "agent_changed",
             Self::AgentRevoked => "agent_revoked",
             Self::TenantChanged => "tenant_changed",
+            Self::VncFailed => "vnc_failed",
         }
     }
 }
