@@ -63,8 +63,20 @@ fn urls(
         service: session.service.clone(),
         fingerprint: state.tls_fingerprint.clone(),
     };
+    let mut viewer = format!("{base}/view/{id}#token={token}");
+    if session.view_only {
+        viewer.push_str("&view_only=1");
+    }
+    viewer.push_str("&launch=");
+    for b in launch.to_url().bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            viewer.push(char::from(b));
+        } else {
+            viewer.push_str(&format!("%{b:02X}"));
+        }
+    }
     (
-        format!("{base}/view/{id}#token={token}"),
+        viewer,
         format!("{ws_base}/ws/sessions/{id}?token={token}"),
         format!("{ws_base}/ws/sessions/{id}/raw?token={token}"),
         launch.to_url(),

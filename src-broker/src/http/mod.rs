@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod error;
+mod pages;
 mod ws;
 
 use std::net::SocketAddr;
@@ -54,6 +55,10 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/api/v1/audit", get(api::audit))
         .route("/ws/sessions/{id}", get(ws::viewer))
         .route("/ws/sessions/{id}/raw", get(ws::raw))
+        .route("/", get(pages::root))
+        .route("/console", get(pages::console))
+        .route("/view/{id}", get(pages::view))
+        .route("/static/{*path}", get(pages::static_file))
         .route(
             "/api/{*rest}",
             delete(api::not_found)

@@ -1,0 +1,127 @@
+// A small console for trying Passerelle without the platform's: agents and their services,
+// open a session in the browser or the desktop app, live sessions with a stop button, audit.
+// The API key stays in this tab's sessionStorage.
+const $ = (id) => document.getElementById(id);
+let key = sessionStorage.getItem('passerelle-key') || '';
+let operator = sessionStorage.getItem('passerelle-operator') || '';
+
+function el(tag, text, attrs = {}) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  return e;
+}
+
+function showError(msg) {
+  $('error').textContent = msg;
+  $('error').hidden = !msg;
+}
+
+async function api(method, path, body) {
+  const res = await fetch(path, {
+    method,
+    headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json', 'X-Passerelle-Operator': operator },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  if (res.status === 204) return null;
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error((data.error && data.error.message) || `HTTP ${res.status}`);
+  return data;
+}
+
+async function open(agent, service, inBrowser) {
+  try {
+    const s = await api('POST', '/api/v1/sessions', { agent, service, operator });
+    if (inBrowser) window.open(s.viewer_url, '_blank', 'noopener');
+    else location.href = s.launch_url;
+    refresh();
+  } catch (e) { showError(`Could not open ${service} on ${agent}: ${e.message}`); }
+}
+
+async function stop(id) {
+  try { await api('DELETE', `/api/v1/sessions/${encodeURIComponent(id)}`); refresh(); }
+  catch (e) { showError(`Could not stop the session: ${e.message}`); }
+}
+
+function renderAgents(agents) {
+  const body = $('agents');
+  body.replaceChildren();
+  for (const a of agents) {
+    const tr = el('tr');
+    tr.append(el('td', a.id));
+    tr.append(el('td', a.online ? 'online' : 'offline', { class: a.online ? 'online' : 'offline' }));
+    const svc = el('td');
+    for (const s of a.services) {
+      const name = s.name;
+      if (name === 'vnc') {
+        const b = el('button', 'vnc in browser');
+        b.addEventListener('click', () => open(a.id, name, true));
+        svc.append(b, ' ');
+      }
+      const d = el('button', `${name} in desktop app`);
+      d.addEventListener('click', () => open(a.id, name, false));
+      svc.append(d, ' ');
+    }
+    tr.append(svc, el('td', a.connected_since || ''), el('td', a.peer_addr || ''));
+    body.append(tr);
+  }
+}
+
+function renderSessions(sessions) {
+  const body = $('sessions');
+  body.replaceChildren();
+  for (const s of sessions) {
+    const tr = el('tr');
+    tr.append(el('td', s.id.slice(0, 8)), el('td', s.agent), el('td', s.service + (s.view_only ? ' (view only)' : '')),
+      el('td', s.operator), el('td', s.state), el('td', s.created_at));
+    const td = el('td');
+    const b = el('button', 'Stop', { class: 'danger' });
+    b.addEventListener('click', () => stop(s.id));
+    td.append(b);
+    tr.append(td);
+    body.append(tr);
+  }
+}
+
+function renderAudit(page) {
+  const body = $('audit');
+  body.replaceChildren();
+  for (const e of page.events.slice(0, 50)) {
+    const tr = el('tr');
+    tr.append(el('td', e.at), el('td', e.kind), el('td', e.agent || ''), el('td', e.operator || ''), el('td', e.detail));
+    body.append(tr);
+  }
+}
+
+async function refresh() {
+  if (!key) return;
+  try {
+    const [agents, pending, active] = await Promise.all([
+      api('GET', '/api/v1/agents'), api('GET', '/api/v1/sessions?state=pending'), api('GET', '/api/v1/sessions?state=active'),
+    ]);
+    renderAgents(agents);
+    renderSessions(active.concat(pending));
+    $('app').hidden = false;
+    showError('');
+  } catch (e) { showError(e.message); return; }
+  try { renderAudit(await api('GET', '/api/v1/audit?limit=50')); } catch { $('audit').replaceChildren(); }
+}
+
+$('key').value = key;
+$('operator').value = operator;
+$('login').addEventListener('submit', (e) => {
+  e.preventDefault();
+  key = $('key').value.trim();
+  operator = $('operator').value.trim();
+  sessionStorage.setItem('passerelle-key', key);
+  sessionStorage.setItem('passerelle-operator', operator);
+  refresh();
+});
+$('forget').addEventListener('click', () => {
+  sessionStorage.clear();
+  key = '';
+  $('key').value = '';
+  $('app').hidden = true;
+});
+refresh();
+setInterval(refresh, 5000);
