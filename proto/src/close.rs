@@ -50,6 +50,8 @@ codes! {
     VIEWER_TOO_SLOW = 4023, "viewer too slow: buffer limit reached";
     /// The agent was revoked.
     AGENT_REVOKED = 4024, "agent revoked";
+    /// The session's recording failed and the tenant's policy is fail_closed.
+    RECORDING_FAILED = 4025, "the session's recording failed";
     /// The viewer sent something other than binary frames, or malformed RFB.
     PROTOCOL_ERROR = 4030, "protocol error: binary frames only";
     /// The workstation's VNC server refused the broker's password.
@@ -97,6 +99,8 @@ pub enum EndReason {
     VncAuthFailed,
     /// The RFB handshake with the workstation failed (refusal, unsupported security, bad data).
     VncHandshakeFailed,
+    /// Recording failed under the `fail_closed` policy.
+    RecordingFailed,
     /// The broker was shut down cleanly.
     BrokerShutdown,
     /// The broker stopped without ending the session (found on the next start).
@@ -121,6 +125,7 @@ impl EndReason {
             Self::ProtocolError => "protocol_error",
             Self::VncAuthFailed => "vnc_auth_failed",
             Self::VncHandshakeFailed => "vnc_handshake_failed",
+            Self::RecordingFailed => "recording_failed",
             Self::BrokerShutdown => "broker_shutdown",
             Self::BrokerCrash => "broker_crash",
         }
@@ -147,13 +152,14 @@ impl EndReason {
             Self::ProtocolError => PROTOCOL_ERROR,
             Self::VncAuthFailed => VNC_AUTH_FAILED,
             Self::VncHandshakeFailed => VNC_HANDSHAKE_FAILED,
+            Self::RecordingFailed => RECORDING_FAILED,
             Self::BrokerShutdown => BROKER_SHUTDOWN,
         }
     }
 }
 
 /// Every end reason.
-pub const ALL_REASONS: [EndReason; 16] = [
+pub const ALL_REASONS: [EndReason; 17] = [
     EndReason::ViewerClosed,
     EndReason::ServiceClosed,
     EndReason::Stopped,
@@ -168,6 +174,7 @@ pub const ALL_REASONS: [EndReason; 16] = [
     EndReason::ProtocolError,
     EndReason::VncAuthFailed,
     EndReason::VncHandshakeFailed,
+    EndReason::RecordingFailed,
     EndReason::BrokerShutdown,
     EndReason::BrokerCrash,
 ];

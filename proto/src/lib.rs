@@ -8,6 +8,7 @@ pub mod api;
 pub mod close;
 pub mod ids;
 pub mod launch;
+pub mod recording;
 pub mod rfb;
 
 pub use ids::{AgentId, IdError, ServiceName, TenantName};

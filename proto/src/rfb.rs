@@ -517,6 +517,8 @@ pub struct ClientFilter {
     dropping: bool,
     /// Input messages dropped so far.
     pub dropped: u64,
+    /// Input messages (key, pointer, clipboard...) seen so far, dropped or not.
+    pub input: u64,
 }
 
 impl ClientFilter {
@@ -529,6 +531,7 @@ impl ClientFilter {
             remaining: 0,
             dropping: false,
             dropped: 0,
+            input: 0,
         }
     }
 
@@ -553,7 +556,9 @@ impl ClientFilter {
             self.header.push(data[0]);
             data = &data[1..];
             if let Some(len) = message_len(&self.header)? {
-                self.dropping = self.view_only && is_input(&self.header);
+                let input = is_input(&self.header);
+                self.input += u64::from(input);
+                self.dropping = self.view_only && input;
                 if self.dropping {
                     self.dropped += 1;
                 } else {
@@ -746,6 +751,7 @@ mod tests {
         let mut out = Vec::new();
         f.feed(&stream, &mut out).unwrap();
         assert_eq!(out, stream, "a normal session passes everything");
+        assert_eq!((f.dropped, f.input), (0, 5), "and counts the input it saw");
     }
 
     #[test]

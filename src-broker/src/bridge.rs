@@ -28,8 +28,13 @@ use crate::sessions::LiveSession;
 /// The agent side of a bridge: an SSH channel to the workstation's service.
 pub type AgentStream = russh::Channel<russh::server::Msg>;
 
-/// Largest WebSocket frame the broker sends: several SSH packets are coalesced up to this.
-const MAX_OUT_FRAME: usize = 256 * 1024;
+/// Largest WebSocket frame the broker makes by joining small SSH packets. Kept under glibc's
+/// mmap threshold (128 KiB) so that freeing frames does not trim the heap (seen in profiles).
+const MAX_OUT_FRAME: usize = 64 * 1024;
+/// How long a finished bridge waits for the viewer to take its close frame.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A chunk at least this big is sent as it is, without a copy.
+const NO_COALESCE: usize = 16 * 1024;
 
 /// How a bridge ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +92,7 @@ impl Buffer {
                 let mut q = self.lock();
                 if let Some(first) = q.0.pop_front() {
                     let mut len = first.len();
-                    if q.0.front().is_none_or(|next| len + next.len() > max) {
+                    if len >= NO_COALESCE || q.0.front().is_none_or(|next| len + next.len() > max) {
                         q.1 -= len;
                         return Some(first);
                     }
@@ -139,8 +144,46 @@ impl Options {
     }
 }
 
+/// The viewer's side of a finished bridge, still to be closed with the outcome's code.
+pub struct Closer {
+    tx: futures_util::stream::SplitSink<WebSocket, Message>,
+    rx: futures_util::stream::SplitStream<WebSocket>,
+    frame: CloseFrame,
+}
+
+impl std::fmt::Debug for Closer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Closer")
+            .field("code", &self.frame.code)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Closer {
+    /// Sends the close frame and waits (at most [`CLOSE_WAIT`]) for the viewer's reply. A viewer
+    /// that stopped reading gets the frame after the data queued before it, if it reads again in
+    /// time; nothing else waits for this.
+    pub async fn close(mut self) {
+        let closing = async {
+            let _ = self.tx.send(Message::Close(Some(self.frame))).await;
+            // Read until the viewer's close reply: dropping a socket with unread input resets
+            // it, and a reset can destroy our close frame before the viewer reads it.
+            while let Some(Ok(msg)) = self.rx.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+            let _ = self.tx.close().await;
+        };
+        if tokio::time::timeout(CLOSE_WAIT, closing).await.is_err() {
+            tracing::debug!("viewer did not complete the close handshake in time");
+        }
+    }
+}
+
 /// Bridges `ws` and `channel` until one side ends, the session ends, or the agent goes away.
-/// Sends the viewer a close frame with the outcome's code and reason.
+/// When it returns, no more bytes move and the session's counters are final; the [`Closer`]
+/// then tells the viewer why, with the outcome's close code and reason.
 pub async fn run(
     ws: WebSocket,
     channel: AgentStream,
@@ -148,7 +191,7 @@ pub async fn run(
     agent_gone: CancellationToken,
     opts: Options,
     metrics: Arc<Metrics>,
-) -> Outcome {
+) -> (Outcome, Closer) {
     let Options {
         buffer_limit,
         first_down,
@@ -182,13 +225,16 @@ pub async fn run(
                             return Outcome::new(EndReason::ViewerTooSlow, close::VIEWER_TOO_SLOW);
                         }
                     }
-                    ChannelMsg::Eof | ChannelMsg::Close => break,
+                    ChannelMsg::Eof | ChannelMsg::Close => {
+                        buffer.close();
+                        // Let the writer flush what the service sent before it closed.
+                        return std::future::pending::<Outcome>().await;
+                    }
                     _ => {}
                 }
             }
-            buffer.close();
-            // Let the writer flush what the service sent before it closed.
-            std::future::pending::<Outcome>().await
+            // The channel vanished without EOF or close: the agent's connection is gone.
+            Outcome::new(EndReason::AgentDisconnected, close::AGENT_DISCONNECTED)
         }
     };
 
@@ -204,8 +250,8 @@ pub async fn run(
 
     // Viewer -> agent.
     let read = {
-        let session = session.clone();
-        let metrics = metrics.clone();
+        let (session, metrics, ch_tx, ws_rx) =
+            (session.clone(), metrics.clone(), &ch_tx, &mut ws_rx);
         async move {
             let mut pending = Some(first_up);
             loop {
@@ -272,22 +318,21 @@ pub async fn run(
         }
         () = agent_gone.cancelled() => Outcome::new(EndReason::AgentDisconnected, close::AGENT_DISCONNECTED),
     };
-    // The channel halves are dropped with the futures above, which closes the channel.
+    // Close the channel first, so the workstation's service sees the end at once.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), ch_tx.close()).await;
+    drop(ch_tx);
     let frame = CloseFrame {
         code: outcome.code.code,
         reason: outcome.message.clone().into(),
     };
-    let closing = async {
-        let _ = ws_tx.send(Message::Close(Some(frame))).await;
-        let _ = ws_tx.close().await;
-    };
-    if tokio::time::timeout(std::time::Duration::from_millis(500), closing)
-        .await
-        .is_err()
-    {
-        tracing::debug!("viewer did not take the close frame in time");
-    }
-    outcome
+    (
+        outcome,
+        Closer {
+            tx: ws_tx,
+            rx: ws_rx,
+            frame,
+        },
+    )
 }
 
 /// Sends a close frame on a WebSocket that never got bridged (refused token, offline agent).

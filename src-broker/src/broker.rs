@@ -249,7 +249,7 @@ impl Broker {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => sweeper.sessions.sweep_tokens(Duration::from_secs(600)),
+                    _ = tick.tick() => sweeper.sessions.sweep(Duration::from_secs(600)),
                     () = sweeper.shutdown.cancelled() => return,
                 }
             }

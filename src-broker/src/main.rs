@@ -257,7 +257,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: each agent holds a socket.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "could not raise the open-file limit");
+    }
+}
+
 async fn serve(config: passerelle::Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     let data_dir = config.data_dir.clone();
     let broker = Broker::start(config).await?;
     if let Some(key) = broker.admin_key() {

@@ -172,6 +172,8 @@ impl Refusal {
 #[derive(Default)]
 struct Inner {
     live: HashMap<String, Arc<LiveSession>>,
+    /// Sessions that ended recently: their tokens still answer "session has ended".
+    ended: HashMap<String, (Instant, String)>,
     tokens: HashMap<[u8; 32], TokenEntry>,
     legacy_ports: HashMap<u16, String>,
 }
@@ -289,7 +291,14 @@ impl Sessions {
         }
         entry.used = true;
         let Some(session) = inner.live.get(id).cloned() else {
-            return Err(Refusal::new(close::SESSION_ENDED));
+            let reason = match inner.ended.get(id) {
+                Some((_, why)) => format!("session has ended ({why})"),
+                None => close::SESSION_ENDED.reason.to_owned(),
+            };
+            return Err(Refusal {
+                code: close::SESSION_ENDED,
+                reason,
+            });
         };
         if session.ended.is_cancelled() {
             let (code, reason) = session.close_reason();
@@ -343,18 +352,32 @@ impl Sessions {
         true
     }
 
-    /// Drops an ended session and its tokens from memory.
+    /// Drops an ended session from the live ones; its tokens answer "session has ended" until
+    /// [`Sessions::sweep`] forgets them.
     pub fn forget(&self, id: &str) {
         let mut inner = self.inner();
-        inner.live.remove(id);
-        inner.tokens.retain(|_, t| t.session != id);
+        if let Some(session) = inner.live.remove(id) {
+            let why = session.close_reason().1;
+            inner.ended.insert(id.to_owned(), (Instant::now(), why));
+        }
     }
 
-    /// Removes tokens that expired unused long ago (their sessions stay).
-    pub fn sweep_tokens(&self, older_than: Duration) {
+    /// Forgets sessions ended more than `older_than` ago with their tokens, and tokens that
+    /// expired unused as long ago.
+    pub fn sweep(&self, older_than: Duration) {
         let now = Instant::now();
-        self.inner().tokens.retain(|_, t| {
-            t.used && t.kind == TokenKind::Launch || t.expires_at + older_than > now
+        let mut inner = self.inner();
+        inner.ended.retain(|_, (at, _)| *at + older_than > now);
+        let Inner {
+            live,
+            ended,
+            tokens,
+            ..
+        } = &mut *inner;
+        tokens.retain(|_, t| {
+            let session_known = live.contains_key(&t.session) || ended.contains_key(&t.session);
+            let unused_expired = !t.used && t.expires_at + older_than <= now;
+            session_known && !unused_expired
         });
     }
 }
@@ -439,6 +462,19 @@ mod tests {
             (close::STOPPED, "session stopped by bob".into())
         );
         sessions.forget(&s.id);
+        let late = sessions.admit(&s.id, &t).unwrap_err();
+        assert_eq!(
+            late.code,
+            close::SESSION_ENDED,
+            "an ended session's tokens say so"
+        );
+        assert!(late.reason.contains("stopped by bob"), "{late:?}");
+        tokio::time::advance(Duration::from_secs(601)).await;
+        sessions.sweep(Duration::from_secs(600));
+        assert_eq!(
+            sessions.admit(&s.id, &t).unwrap_err().code,
+            close::TOKEN_INVALID
+        );
         assert_eq!(
             sessions.admit(&s.id, &t).unwrap_err().code,
             close::TOKEN_INVALID

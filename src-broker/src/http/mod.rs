@@ -94,8 +94,9 @@ pub async fn serve(
                 stopper.graceful_shutdown(Some(Duration::from_secs(2)));
             });
             let rustls = axum_server::tls_rustls::RustlsConfig::from_config(config);
-            match axum_server::from_tcp_rustls(listener, rustls) {
-                Ok(server) => server.handle(handle).serve(app).await,
+            let acceptor = NoDelay(axum_server::tls_rustls::RustlsAcceptor::new(rustls));
+            match axum_server::from_tcp(listener) {
+                Ok(server) => server.acceptor(acceptor).handle(handle).serve(app).await,
                 Err(e) => Err(e),
             }
         }
@@ -110,5 +111,24 @@ pub async fn serve(
     };
     if let Err(e) = result {
         tracing::error!(error = %e, "the HTTP listener stopped");
+    }
+}
+
+/// Sets TCP_NODELAY on each accepted connection before TLS: viewers' small frames (RFB input,
+/// the RFB greeting) must not wait for a delayed ACK.
+#[derive(Debug, Clone)]
+struct NoDelay<A>(A);
+
+impl<A, S> axum_server::accept::Accept<tokio::net::TcpStream, S> for NoDelay<A>
+where
+    A: axum_server::accept::Accept<tokio::net::TcpStream, S>,
+{
+    type Stream = A::Stream;
+    type Service = A::Service;
+    type Future = A::Future;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        let _ = stream.set_nodelay(true);
+        self.0.accept(stream, service)
     }
 }

@@ -181,7 +181,7 @@ async fn serve(
         state.store.audit(ev);
     }
     tracing::info!(agent = %session.agent, service = %session.service, "bridging");
-    let outcome = bridge::run(
+    let (outcome, closer) = bridge::run(
         ws,
         channel,
         session.clone(),
@@ -205,7 +205,10 @@ async fn serve(
         EndReason::AgentDisconnected => "agent",
         _ => "broker",
     };
-    state.end_session(&session, outcome.reason, by).await;
+    tokio::join!(
+        closer.close(),
+        state.end_session(&session, outcome.reason, by)
+    );
 }
 
 type Target = (Arc<AgentConn>, String, u32);

@@ -121,22 +121,49 @@ impl AgentHandler {
             .await;
     }
 
+    /// Audits a refused key in the tenant of the agent it claimed to be (or of the agent the key
+    /// belongs to), so that each tenant sees attempts on its own agents.
     fn auth_failed(&mut self, user: &str, fingerprint: &str) {
         self.state
             .metrics
             .auth_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut ev = self.event(AuditKind::AuthFailed, String::new());
-        ev.agent = Some(user.chars().take(64).collect());
-        ev.detail = match self.state.store.agent_for_fingerprint(fingerprint) {
-            Ok(Some(owner)) => {
-                ev.tenant_id = Some(owner.tenant_id);
-                format!("key {fingerprint} belongs to another agent")
-            }
-            _ => format!("key {fingerprint} is not registered for this agent"),
+        let user: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
+        let owner = self
+            .state
+            .store
+            .agent_for_fingerprint(fingerprint)
+            .ok()
+            .flatten();
+        let detail = match &owner {
+            Some(o) => format!(
+                "key {fingerprint} belongs to agent {} but was offered for {user}",
+                o.id
+            ),
+            None => format!("key {fingerprint} is not registered for {user}"),
         };
-        tracing::info!(user = %ev.agent.as_deref().unwrap_or(""), detail = %ev.detail, "agent authentication failed");
-        self.state.store.audit(ev);
+        tracing::info!(%user, %detail, "agent authentication failed");
+        let mut tenants = self
+            .state
+            .store
+            .tenants_with_agent(&user)
+            .unwrap_or_default();
+        if let Some(o) = &owner
+            && !tenants.contains(&o.tenant_id)
+        {
+            tenants.push(o.tenant_id);
+        }
+        let targets: Vec<Option<i64>> = if tenants.is_empty() {
+            vec![None]
+        } else {
+            tenants.into_iter().map(Some).collect()
+        };
+        for tenant_id in targets {
+            let mut ev = self.event(AuditKind::AuthFailed, detail.clone());
+            ev.agent = Some(user.clone());
+            ev.tenant_id = tenant_id;
+            self.state.store.audit(ev);
+        }
     }
 
     fn lookup(&self, user: &str, key: &russh::keys::PublicKey) -> Option<AgentRecord> {

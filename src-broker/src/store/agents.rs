@@ -221,6 +221,14 @@ impl Store {
 }
 
 impl Store {
+    /// The tenants that have an agent with this id.
+    pub fn tenants_with_agent(&self, id: &str) -> anyhow::Result<Vec<TenantId>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT tenant_id FROM agents WHERE id = ?1")?;
+        let rows = stmt.query_map([id], |r| r.get(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     /// The agent a key belongs to, whatever its id (to tell "wrong agent" from "unknown key").
     pub fn agent_for_fingerprint(&self, fingerprint: &str) -> anyhow::Result<Option<AgentRecord>> {
         let sql = format!("SELECT {COLUMNS} FROM agents WHERE key_fingerprint = ?1");
