@@ -17,12 +17,14 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt as _, StreamExt as _};
 use passerelle_proto::close::{self, CloseCode, EndReason};
+use passerelle_proto::recording::Kind;
 use passerelle_proto::rfb::ClientFilter;
 use russh::ChannelMsg;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::recorder::Recording;
 use crate::sessions::LiveSession;
 
 /// The agent side of a bridge: an SSH channel to the workstation's service.
@@ -31,6 +33,8 @@ pub type AgentStream = russh::Channel<russh::server::Msg>;
 /// Largest WebSocket frame the broker makes by joining small SSH packets. Kept under glibc's
 /// mmap threshold (128 KiB) so that freeing frames does not trim the heap (seen in profiles).
 const MAX_OUT_FRAME: usize = 64 * 1024;
+/// Input activity is noted in a recording at most this often.
+const INPUT_EVENT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// How long a finished bridge waits for the viewer to take its close frame.
 pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A chunk at least this big is sent as it is, without a copy.
@@ -128,8 +132,10 @@ pub struct Options {
     pub first_down: Bytes,
     /// Bytes for the agent that arrived before the bridge started.
     pub first_up: Bytes,
-    /// Frames and filters the viewer's RFB messages (view-only sessions).
+    /// Frames and filters the viewer's RFB messages (view-only and recorded sessions).
     pub filter: Option<ClientFilter>,
+    /// Receives both directions' bytes, and input activity as events.
+    pub recording: Option<Arc<Recording>>,
 }
 
 impl Options {
@@ -140,6 +146,7 @@ impl Options {
             first_down: Bytes::new(),
             first_up: Bytes::new(),
             filter: None,
+            recording: None,
         }
     }
 }
@@ -197,7 +204,9 @@ pub async fn run(
         first_down,
         first_up,
         mut filter,
+        recording,
     } = opts;
+    let recording = recording.as_deref();
     let (mut ws_tx, mut ws_rx) = ws.split();
     let (mut ch_rx, ch_tx) = channel.split();
     let buffer = Arc::new(Buffer {
@@ -206,6 +215,9 @@ pub async fn run(
         limit: buffer_limit,
     });
     if !first_down.is_empty() {
+        if let Some(rec) = recording {
+            rec.record(Kind::Down, first_down.clone());
+        }
         buffer.push(first_down);
     }
 
@@ -221,6 +233,9 @@ pub async fn run(
                         let n = data.len() as u64;
                         session.bytes_down.fetch_add(n, Ordering::Relaxed);
                         metrics.bytes_down.fetch_add(n, Ordering::Relaxed);
+                        if let Some(rec) = recording {
+                            rec.record(Kind::Down, data.clone());
+                        }
                         if !buffer.push(data) {
                             return Outcome::new(EndReason::ViewerTooSlow, close::VIEWER_TOO_SLOW);
                         }
@@ -254,6 +269,7 @@ pub async fn run(
             (session.clone(), metrics.clone(), &ch_tx, &mut ws_rx);
         async move {
             let mut pending = Some(first_up);
+            let (mut inputs_seen, mut last_input_event) = (0u64, None::<std::time::Instant>);
             loop {
                 let next = match pending.take() {
                     Some(first) if !first.is_empty() => Some(Ok(Message::Binary(first))),
@@ -277,6 +293,18 @@ pub async fn run(
                                 Bytes::from(out)
                             }
                         };
+                        if let (Some(rec), Some(f)) = (recording, filter.as_ref()) {
+                            if !data.is_empty() {
+                                rec.record(Kind::Up, data.clone());
+                            }
+                            let quiet =
+                                last_input_event.is_none_or(|t| t.elapsed() >= INPUT_EVENT_EVERY);
+                            if f.input > inputs_seen && quiet {
+                                rec.event(&serde_json::json!({ "input": f.input - inputs_seen }));
+                                (inputs_seen, last_input_event) =
+                                    (f.input, Some(std::time::Instant::now()));
+                            }
+                        }
                         if !data.is_empty() && ch_tx.data_bytes(data).await.is_err() {
                             return Outcome::new(EndReason::ServiceClosed, close::SERVICE_CLOSED);
                         }

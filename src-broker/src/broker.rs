@@ -41,6 +41,8 @@ pub struct State {
     /// Hex SHA-256 of the HTTPS certificate, when serving HTTPS.
     pub tls_fingerprint: Option<String>,
     pub host_key: PrivateKey,
+    /// Signs recordings.
+    pub recording_key: Arc<crate::recorder::SigningKey>,
     next_conn_id: AtomicU64,
 }
 
@@ -74,6 +76,7 @@ impl State {
             session.bytes_up.load(Ordering::Relaxed),
             session.bytes_down.load(Ordering::Relaxed),
         );
+        self.finish_recording(session, reason).await;
         if let Err(e) = self
             .store
             .session_ended(&session.id, now_ms(), reason, by, up, down)
@@ -196,6 +199,9 @@ impl Broker {
             );
         }
         let host_key = keys::load_or_create_host_key(&config.data_dir)?;
+        let recording_key = Arc::new(crate::recorder::SigningKey::load_or_create(
+            &config.data_dir,
+        )?);
         let tls = match &config.tls {
             TlsMode::Insecure => None,
             TlsMode::SelfSigned => Some(keys::load_tls(&config.data_dir, None)?),
@@ -236,6 +242,7 @@ impl Broker {
             base_url,
             tls_fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
             host_key,
+            recording_key,
             next_conn_id: AtomicU64::new(1),
         });
         state.tasks.spawn(ssh::run(ssh_listener, state.clone()));
@@ -247,9 +254,17 @@ impl Broker {
         let sweeper = state.clone();
         state.tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let mut ticks = 0u64;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => sweeper.sessions.sweep(Duration::from_secs(600)),
+                    _ = tick.tick() => {
+                        sweeper.sessions.sweep(Duration::from_secs(600));
+                        // Retention: at start, then hourly.
+                        if ticks.is_multiple_of(60) {
+                            sweeper.sweep_recordings();
+                        }
+                        ticks += 1;
+                    }
                     () = sweeper.shutdown.cancelled() => return,
                 }
             }

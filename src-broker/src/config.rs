@@ -61,6 +61,10 @@ pub struct Config {
     pub max_session_ttl: Duration,
     /// How long a graceful shutdown waits for tasks before giving up on them.
     pub shutdown_grace: Duration,
+    /// Where recordings are written (`<data_dir>/recordings` by default).
+    pub recordings_dir: PathBuf,
+    /// Bytes a recording may queue for a slow disk before it fails.
+    pub recording_buffer_bytes: usize,
 }
 
 impl Config {
@@ -109,6 +113,8 @@ pub struct FileConfig {
     pub max_agent_connections: Option<usize>,
     pub default_session_ttl_secs: Option<u64>,
     pub max_session_ttl_secs: Option<u64>,
+    pub recordings_dir: Option<PathBuf>,
+    pub recording_buffer_bytes: Option<usize>,
 }
 
 macro_rules! overlay {
@@ -148,7 +154,9 @@ impl FileConfig {
             max_forwards_per_connection,
             max_agent_connections,
             default_session_ttl_secs,
-            max_session_ttl_secs
+            max_session_ttl_secs,
+            recordings_dir,
+            recording_buffer_bytes
         );
         self
     }
@@ -181,7 +189,6 @@ impl FileConfig {
             bail!("public_url must start with https:// or http://, got {url:?}");
         }
         let config = Config {
-            data_dir,
             ssh_listen: self
                 .ssh_listen
                 .unwrap_or_else(|| ([0, 0, 0, 0], 2222).into()),
@@ -203,6 +210,11 @@ impl FileConfig {
             default_session_ttl: secs(self.default_session_ttl_secs, 8 * 3600),
             max_session_ttl: secs(self.max_session_ttl_secs, 24 * 3600),
             shutdown_grace: Duration::from_secs(10),
+            recordings_dir: self
+                .recordings_dir
+                .unwrap_or_else(|| data_dir.join("recordings")),
+            recording_buffer_bytes: self.recording_buffer_bytes.unwrap_or(32 << 20),
+            data_dir,
         };
         if config.token_ttl.is_zero() || config.keepalive_interval.is_zero() {
             bail!("token_ttl_secs and keepalive_interval_secs must be at least 1");

@@ -24,6 +24,7 @@ pub mod recorder;
 pub mod registry;
 pub mod rfb;
 pub mod secrets;
+pub mod session_recording;
 pub mod sessions;
 pub mod ssh;
 pub mod store;

@@ -44,6 +44,9 @@ enum Command {
     /// the API's DELETE /api/v1/agents/{id} to disconnect at once).
     #[command(subcommand)]
     Agent(AgentCmd),
+    /// Work with session recordings.
+    #[command(subcommand)]
+    Recording(RecordingCmd),
     /// Print the SSH host key's fingerprint and a known_hosts line for agents.
     HostKey {
         /// host:port agents use to reach the broker, for the known_hosts line.
@@ -124,6 +127,19 @@ enum AgentCmd {
     List {
         #[arg(long, default_value = "default")]
         tenant: TenantName,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecordingCmd {
+    /// Check a recording's hash chain and signatures. Exit status: 0 intact, 3 truncated but
+    /// consistent (the broker stopped during the session), 1 tampered or unreadable.
+    Verify {
+        /// The .psrec file.
+        file: PathBuf,
+        /// Hex Ed25519 public key to check against [default: this data dir's recording key].
+        #[arg(long)]
+        public_key: Option<String>,
     },
 }
 
@@ -242,6 +258,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Recording(RecordingCmd::Verify { file, public_key }) => {
+            verify_recording(&cli, file, public_key.as_deref())
+        }
         Command::HostKey { known_hosts_host } => {
             let config = file_config(&cli)?.into_config()?;
             std::fs::create_dir_all(&config.data_dir)?;
@@ -265,6 +284,70 @@ fn raise_fd_limit() {
         && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
     {
         tracing::warn!(error = %e, soft, hard, "could not raise the open-file limit");
+    }
+}
+
+fn verify_recording(
+    cli: &Cli,
+    file: &std::path::Path,
+    public_key: Option<&str>,
+) -> anyhow::Result<()> {
+    use passerelle_proto::recording::{Verdict, verify};
+    let public = match public_key {
+        Some(k) => k.to_owned(),
+        None => {
+            let config = file_config(cli)?.into_config()?;
+            if !config
+                .data_dir
+                .join(passerelle::recorder::KEY_FILE)
+                .exists()
+            {
+                anyhow::bail!(
+                    "no recording key in {}: pass --data-dir or --public-key",
+                    config.data_dir.display()
+                );
+            }
+            passerelle::recorder::SigningKey::load_or_create(&config.data_dir)?.public_hex()
+        }
+    };
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    match verify(&bytes, |m, s| {
+        passerelle::recorder::check_signature(&public, m, s)
+    }) {
+        Verdict::Intact {
+            header,
+            summary,
+            frames,
+        } => {
+            println!(
+                "intact: session {} ({} on {}, operator {}), {frames} frames, ended {} ({}), {} bytes down, {} up",
+                header.session,
+                header.service,
+                header.agent,
+                header.operator,
+                summary.ended_at,
+                summary.end_reason,
+                summary.bytes_down,
+                summary.bytes_up
+            );
+            Ok(())
+        }
+        Verdict::Truncated {
+            header,
+            frames,
+            signed_frames,
+            trailing_bytes,
+        } => {
+            println!(
+                "truncated but consistent: session {} has {frames} whole frames, the first {signed_frames} signed;                  no trailer (the broker stopped during the session); {trailing_bytes} bytes of a partial frame ignored",
+                header.session
+            );
+            std::process::exit(3);
+        }
+        Verdict::Tampered(damage) => {
+            println!("TAMPERED: {damage}");
+            std::process::exit(1);
+        }
     }
 }
 

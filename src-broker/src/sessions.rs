@@ -52,6 +52,10 @@ pub struct LiveSession {
     pub service: ServiceName,
     pub operator: String,
     pub view_only: bool,
+    /// Whether the session is recorded.
+    pub record: bool,
+    /// The recording, once the first viewer is bridged.
+    pub recording: std::sync::OnceLock<Arc<crate::recorder::Recording>>,
     pub legacy_port: Option<u16>,
     pub expires_at: Instant,
     /// Cancelled when the session ends.
@@ -82,6 +86,7 @@ pub struct NewSession {
     pub service: ServiceName,
     pub operator: String,
     pub view_only: bool,
+    pub record: bool,
     pub legacy: bool,
     pub ttl: Duration,
 }
@@ -217,6 +222,8 @@ impl Sessions {
             service: new.service,
             operator: new.operator,
             view_only: new.view_only,
+            record: new.record,
+            recording: std::sync::OnceLock::new(),
             legacy_port,
             expires_at: Instant::now() + new.ttl,
             ended: CancellationToken::new(),
@@ -407,6 +414,7 @@ mod tests {
             service: ServiceName::new("vnc").unwrap(),
             operator: "alice".into(),
             view_only: false,
+            record: false,
             legacy,
             ttl: Duration::from_secs(60),
         })

@@ -154,12 +154,14 @@ pub async fn create_session(
         }
     }
     let tenant = state.store.tenant_info(caller.tenant_id)?;
+    let record = req.record.unwrap_or(tenant.record_by_default);
     let live = state.sessions.create(NewSession {
         tenant_id: caller.tenant_id,
         agent: req.agent.clone(),
         service: req.service.clone(),
         operator: operator.to_owned(),
         view_only: req.view_only,
+        record,
         legacy: req.legacy,
         ttl,
     });
@@ -171,7 +173,7 @@ pub async fn create_session(
         service: req.service.clone(),
         operator: operator.to_owned(),
         state: SessionState::Pending,
-        record: req.record.unwrap_or(tenant.record_by_default),
+        record,
         view_only: req.view_only,
         legacy: req.legacy,
         legacy_port: live.legacy_port,
@@ -495,4 +497,45 @@ pub async fn audit(
         limit: q.limit,
     };
     Ok(Json(state.store.audit_page(caller.tenant_id, &filter)?))
+}
+
+/// `GET /api/v1/recordings/{session_id}`: the recording file, streamed. Every download is
+/// audited (replays fetch through here too).
+pub async fn recording(
+    caller: Caller,
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::response::Response> {
+    caller.require(&[Role::Admin, Role::Auditor])?;
+    let session = session_of(&state, &caller, &id)?;
+    let path =
+        crate::recorder::path_for(&state.config.recordings_dir, caller.tenant_id, &session.id);
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::not_found("recording"));
+        }
+        Err(e) => return Err(anyhow::Error::from(e).context("opening a recording").into()),
+    };
+    let mut ev = event(
+        AuditKind::RecordingViewed,
+        &caller,
+        "recording fetched".into(),
+    );
+    ev.session = Some(session.id.clone());
+    ev.agent = Some(session.agent.to_string());
+    state.store.audit(ev);
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let headers = [
+        (
+            axum::http::header::CONTENT_TYPE,
+            "application/vnd.passerelle.recording".to_owned(),
+        ),
+        (
+            axum::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{}.psrec\"", session.id),
+        ),
+        (axum::http::header::CACHE_CONTROL, "no-store".to_owned()),
+    ];
+    Ok(axum::response::IntoResponse::into_response((headers, body)))
 }

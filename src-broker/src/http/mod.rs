@@ -53,6 +53,8 @@ pub fn router(state: Arc<State>) -> Router {
             get(api::get_tenant).patch(api::patch_tenant),
         )
         .route("/api/v1/audit", get(api::audit))
+        .route("/api/v1/recordings/{id}", get(api::recording))
+        .route("/replay/{id}", get(pages::replay))
         .route("/ws/sessions/{id}", get(ws::viewer))
         .route("/ws/sessions/{id}/raw", get(ws::raw))
         .route("/", get(pages::root))

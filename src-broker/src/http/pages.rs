@@ -70,6 +70,17 @@ pub async fn view(Path(_id): Path<String>) -> Response {
     page("viewer.html")
 }
 
+pub async fn replay(Path(_id): Path<String>) -> Response {
+    if !embedded::HAS_NOVNC {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this broker was built without noVNC",
+        )
+            .into_response();
+    }
+    page("replay.html")
+}
+
 pub async fn console() -> Response {
     page("console.html")
 }

@@ -10,6 +10,7 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State as AxState};
 use axum::response::Response;
 use passerelle_proto::close::{self, CloseCode, EndReason};
+use passerelle_proto::recording::Content;
 use passerelle_proto::rfb::ClientFilter;
 use serde::Deserialize;
 use tracing::Instrument as _;
@@ -165,7 +166,8 @@ async fn serve(
         bridge::Options::raw(state.config.session_buffer_bytes)
     };
     let guard = session.connection();
-    if session.mark_started() {
+    let first = session.mark_started();
+    if first {
         if let Err(e) = state
             .store
             .session_started(&session.id, now_ms(), &peer.to_string())
@@ -179,6 +181,21 @@ async fn serve(
         ev.operator = Some(session.operator.clone());
         ev.peer_addr = Some(peer.to_string());
         state.store.audit(ev);
+    }
+    let mut opts = opts;
+    if first {
+        let rfb = opts.filter.is_some() && !raw;
+        match state.start_recording(&session, rfb) {
+            // Only the connection that started an RFB recording feeds it: another stream
+            // interleaved in the same file could not be replayed.
+            Ok(rec) => opts.recording = rec.filter(|r| r.content == Content::Rfb),
+            Err(why) => {
+                drop(guard);
+                state.end_session_later(&session, EndReason::RecordingFailed, "broker");
+                let message = format!("the session's recording could not start: {why}");
+                return bridge::refuse(ws, close::RECORDING_FAILED, &message).await;
+            }
+        }
     }
     tracing::info!(agent = %session.agent, service = %session.service, "bridging");
     let (outcome, closer) = bridge::run(
@@ -276,6 +293,7 @@ async fn terminate_rfb(
         buffer_limit: state.config.session_buffer_bytes,
         first_down,
         first_up,
-        filter: session.view_only.then(|| ClientFilter::new(true)),
+        filter: (session.view_only || session.record).then(|| ClientFilter::new(session.view_only)),
+        recording: None,
     })
 }

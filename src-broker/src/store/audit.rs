@@ -25,6 +25,10 @@ pub enum AuditKind {
     AgentRevoked,
     TenantChanged,
     VncFailed,
+    RecordingStarted,
+    RecordingFailed,
+    RecordingDeleted,
+    RecordingViewed,
 }
 
 impl AuditKind {
@@ -44,6 +48,10 @@ impl AuditKind {
             Self::AgentRevoked => "agent_revoked",
             Self::TenantChanged => "tenant_changed",
             Self::VncFailed => "vnc_failed",
+            Self::RecordingStarted => "recording_started",
+            Self::RecordingFailed => "recording_failed",
+            Self::RecordingDeleted => "recording_deleted",
+            Self::RecordingViewed => "recording_viewed",
         }
     }
 }
