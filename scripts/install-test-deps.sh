@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs the system packages the end-to-end tests drive (Debian/Ubuntu). Idempotent: when
+# every package is already installed it returns at once, without touching apt.
+set -euo pipefail
+
+# One list: add packages here.
+PACKAGES=(
+  openssh-client
+  openssh-server
+  ca-certificates
+  # VNC in the browser and recordings: a real desktop, real VNC servers, a real browser.
+  xvfb
+  x11vnc
+  x11-xserver-utils
+  tigervnc-standalone-server
+  tigervnc-tools
+  xterm
+  chromium
+  fonts-dejavu-core
+)
+# Node.js drives Chromium (playwright-core, no browser download); the image may bring its own.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg -s "$pkg" >/dev/null 2>&1; then
+    missing+=("$pkg")
+  fi
+done
+
+install_page_driver() {
+  local dir
+  dir="$(dirname "${BASH_SOURCE[0]}")/../tests/browser"
+  if [ ! -d "$dir/node_modules/playwright-core" ]; then
+    echo "install-test-deps: npm ci in tests/browser" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  install_page_driver
+  exit 0
+fi
+
+echo "install-test-deps: installing ${missing[*]}" >&2
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update
+"${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+install_page_driver

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The one test command: system test dependencies, formatting, lints, then every test of the
+# workspace (with cargo-nextest when it is installed).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/passerelle/target}"
+
+bash scripts/install-test-deps.sh
+bash scripts/install-desktop-deps.sh   # Tauri's GUI libraries; FreeRDP, D-Bus for the desktop tests
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The e2e tests run the broker's binary, which `cargo test` does not build for another package.
+cargo build --workspace --bin passerelle
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace
+else
+  cargo test --workspace
+fi

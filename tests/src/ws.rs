@@ -1,0 +1,187 @@
+//! [`Ws`]: the operator's side of a session, a WebSocket client (tokio-tungstenite 0.29, the
+//! version axum uses) that sends binary frames, reads byte counts across frames and expects
+//! close codes, every wait bounded.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::WAIT;
+
+/// The largest binary message [`Ws::send`] makes; bigger payloads go out as several messages.
+pub const CHUNK: usize = 64 * 1024;
+
+/// A close frame as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// The close code (1005 when the frame had none).
+    pub code: u16,
+    /// The human reason.
+    pub reason: String,
+    /// Binary payload bytes that arrived before the close frame and were discarded.
+    pub discarded: usize,
+}
+
+/// A connected WebSocket viewer.
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pending: Vec<u8>,
+    /// The subprotocol the server answered with, if any.
+    pub subprotocol: Option<String>,
+}
+
+fn describe(frame: Option<&CloseFrame>) -> String {
+    match frame {
+        Some(f) => format!("close {} {:?}", u16::from(f.code), f.reason.as_str()),
+        None => "close without code".into(),
+    }
+}
+
+impl Ws {
+    /// Connects to `url` (a `ws_url` or `raw_ws_url`), offering no subprotocol.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, None).await
+    }
+
+    /// Connects to `url` offering the subprotocol `protocol`.
+    pub async fn connect_with(url: &str, protocol: Option<&str>) -> Result<Self> {
+        let mut req = url.into_client_request().context("websocket url")?;
+        if let Some(p) = protocol {
+            req.headers_mut()
+                .insert("sec-websocket-protocol", p.parse()?);
+        }
+        let (stream, resp) = timeout(WAIT, connect_async(req))
+            .await
+            .context("websocket connect timed out")?
+            .with_context(|| format!("websocket connect to {}", redact(url)))?;
+        let subprotocol = resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        Ok(Self {
+            stream,
+            pending: Vec::new(),
+            subprotocol,
+        })
+    }
+
+    /// Sends one message, bounded in time.
+    pub async fn send_message(&mut self, msg: Message) -> Result<()> {
+        timeout(WAIT, self.stream.send(msg))
+            .await
+            .context("websocket send timed out")??;
+        Ok(())
+    }
+
+    /// Sends `data` as binary messages of at most [`CHUNK`] bytes.
+    pub async fn send(&mut self, data: &[u8]) -> Result<()> {
+        for chunk in data.chunks(CHUNK) {
+            self.send_message(Message::Binary(Bytes::copy_from_slice(chunk)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Reads exactly `n` bytes of binary payload, across as many frames as it takes.
+    pub async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>> {
+        self.read_exact_within(n, WAIT).await
+    }
+
+    /// [`Self::read_exact`] with a deadline of `within`.
+    pub async fn read_exact_within(&mut self, n: usize, within: Duration) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + within;
+        while self.pending.len() < n {
+            let got = self.pending.len();
+            let msg = timeout_at(deadline, self.stream.next())
+                .await
+                .map_err(|_| anyhow!("websocket: {got} of {n} bytes after {within:?}"))?;
+            match msg {
+                None => bail!("websocket ended without close frame after {got} of {n} bytes"),
+                Some(Err(e)) => bail!("websocket error after {got} of {n} bytes: {e}"),
+                Some(Ok(Message::Binary(b))) => self.pending.extend_from_slice(&b),
+                Some(Ok(Message::Close(f))) => {
+                    bail!(
+                        "websocket {} after {got} of {n} bytes",
+                        describe(f.as_ref())
+                    )
+                }
+                Some(Ok(Message::Text(t))) => bail!("unexpected text frame {:?}", t.as_str()),
+                Some(Ok(_)) => {}
+            }
+        }
+        Ok(self.pending.drain(..n).collect())
+    }
+
+    /// Sends `data` and reads as many bytes back; they must be identical (an echo service).
+    pub async fn round_trip(&mut self, data: &[u8]) -> Result<()> {
+        self.send(data).await?;
+        let back = self.read_exact(data.len()).await?;
+        if let Some(i) = back.iter().zip(data).position(|(a, b)| a != b) {
+            bail!("echoed bytes differ from offset {i} of {}", data.len());
+        }
+        Ok(())
+    }
+
+    /// Reads until a close frame arrives (discarding binary data) and returns it.
+    pub async fn expect_close(&mut self) -> Result<Closed> {
+        self.expect_close_within(WAIT).await
+    }
+
+    /// [`Self::expect_close`] with a deadline of `within`.
+    pub async fn expect_close_within(&mut self, within: Duration) -> Result<Closed> {
+        let deadline = Instant::now() + within;
+        let mut discarded = std::mem::take(&mut self.pending).len();
+        loop {
+            let msg = timeout_at(deadline, self.stream.next())
+                .await
+                .map_err(|_| {
+                    anyhow!("no close frame within {within:?} ({discarded} bytes read)")
+                })?;
+            match msg {
+                None => bail!("websocket ended without a close frame ({discarded} bytes read)"),
+                Some(Err(e)) => bail!("websocket error instead of a close frame: {e}"),
+                Some(Ok(Message::Binary(b))) => discarded += b.len(),
+                Some(Ok(Message::Close(f))) => {
+                    return Ok(Closed {
+                        code: f.as_ref().map_or(1005, |f| u16::from(f.code)),
+                        reason: f.map(|f| f.reason.as_str().to_owned()).unwrap_or_default(),
+                        discarded,
+                    });
+                }
+                Some(Ok(Message::Text(t))) => bail!("unexpected text frame {:?}", t.as_str()),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Closes from the viewer's side (code 1000) and waits for the broker's answer.
+    pub async fn close(mut self) -> Result<()> {
+        timeout(WAIT, self.stream.close(None))
+            .await
+            .context("websocket close timed out")??;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match timeout_at(deadline, self.stream.next()).await {
+                Err(_) => bail!("broker never answered the viewer's close"),
+                Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return Ok(()),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+}
+
+/// `url` without its token, for error messages.
+fn redact(url: &str) -> String {
+    match url.split_once("token=") {
+        Some((head, _)) => format!("{head}token=<redacted>"),
+        None => url.to_owned(),
+    }
+}
