@@ -1,0 +1,219 @@
+//! The real Tauri app under Xvfb (with its own D-Bus session bus): started with a launch URL it
+//! opens a tunnel and shows it in its window; a second start with another URL hands it to the
+//! running instance and exits; a session the broker stops leaves the list. Screenshots of the
+//! window are saved for a person to look at.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use common::Setup;
+use common::x11::{Proc, Xvfb, share_of};
+use passerelle_e2e::{EchoServer, TestBroker, WAIT};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, sleep, timeout};
+
+/// How long the first window may take (WebKitGTK's first start is slow on a loaded machine).
+const WINDOW_WAIT: Duration = Duration::from_secs(90);
+
+/// A private session bus for the app (single-instance and notifications use D-Bus).
+struct Bus {
+    _child: Child,
+    address: String,
+}
+
+impl Bus {
+    async fn start() -> Result<Self> {
+        let mut child = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting dbus-daemon (run scripts/install-desktop-deps.sh)")?;
+        let out = child.stdout.take().context("dbus stdout")?;
+        let address = timeout(WAIT, BufReader::new(out).lines().next_line())
+            .await
+            .context("dbus-daemon printed no address")??
+            .context("dbus-daemon exited")?;
+        Ok(Self {
+            _child: child,
+            address,
+        })
+    }
+}
+
+/// The app's command line with a private environment.
+fn app(url: &str, display: &str, bus: &Bus, home: &tempfile::TempDir) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_passerelle-desktop-app"));
+    let h = home.path();
+    cmd.arg(url)
+        .env("DISPLAY", display)
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+        .env("HOME", h)
+        .env("XDG_CONFIG_HOME", h.join("config"))
+        .env("XDG_DATA_HOME", h.join("data"))
+        .env("XDG_CACHE_HOME", h.join("cache"))
+        .env("XDG_RUNTIME_DIR", h)
+        .env("PASSERELLE_DESKTOP_CONFIG", h.join("desktop.toml"))
+        // No GPU under Xvfb.
+        .env("WEBKIT_DISABLE_COMPOSITING_MODE", "1")
+        .env("LIBGL_ALWAYS_SOFTWARE", "1")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+/// Polls `xdotool search --name` until a window titled exactly `title` is mapped.
+async fn wait_window(display: &Xvfb, title: &str, within: Duration, app: &mut Proc) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        app.check_running()?;
+        let pattern = format!("^{title}$");
+        if display
+            .run("xdotool", &["search", "--onlyvisible", "--name", &pattern])
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let all = display
+                .run("xdotool", &["search", "--name", "."])
+                .await
+                .unwrap_or_default();
+            bail!(
+                "no window {title:?} (windows: {}); app output:\n{}",
+                String::from_utf8_lossy(&all),
+                app.output()
+            );
+        }
+        sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The local address of the tunnel for `session`, from the app's log line "tunnel listening".
+fn local_addr(log: &str, session: &str) -> Result<SocketAddr> {
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("session={session}")) && l.contains("tunnel listening"))
+        .with_context(|| format!("no tunnel for {session} in the log:\n{log}"))?;
+    let addr = line
+        .split("local_addr=")
+        .nth(1)
+        .and_then(|rest| rest.split(['}', ' ']).next())
+        .with_context(|| format!("no local_addr in {line:?}"))?;
+    Ok(addr.parse()?)
+}
+
+fn shot_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_lists_tunnels_in_its_window() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let echo = EchoServer::start().await?;
+    let s = Setup::new(&broker, "rdp", echo.port()).await?;
+    let second = s.api.create_session(&s.agent.id, "rdp").await?;
+
+    let display = Xvfb::start(1024, 768, &["-br"]).await?;
+    let bus = Bus::start().await?;
+    let home = tempfile::tempdir()?;
+    // A client that starts and exits at once: the tunnel stays for the technician.
+    std::fs::write(
+        home.path().join("desktop.toml"),
+        "[clients]\nrdp = \"true\"\n",
+    )?;
+
+    let mut first = Proc::spawn(
+        app(&s.session.launch_url, &display.display, &bus, &home),
+        "passerelle-desktop-app",
+    )?;
+    wait_window(&display, "Passerelle — 1 tunnel", WINDOW_WAIT, &mut first).await?;
+    // The page has rendered: the header's blue is on screen, with other colours (text, table).
+    let shot = display
+        .wait_screen(WAIT, "the rendered window", |shot| {
+            share_of(shot, [0x33, 0x66, 0xcc], 4) > 0.01 && share_of(shot, [0, 0, 0], 0) < 0.95
+        })
+        .await;
+    display.save_png(&shot_path("app-window.png")).await?;
+    let shot = shot.with_context(|| first.output())?;
+    ensure!(share_of(&shot, [0, 0, 0], 0) < 0.95, "the screen is blank");
+
+    // A second start hands its URL to the running app and exits.
+    let mut cmd = app(&second.launch_url, &display.display, &bus, &home);
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let status = timeout(WINDOW_WAIT, cmd.status())
+        .await
+        .context("the second instance did not exit")??;
+    ensure!(status.success(), "second instance: {status}");
+    wait_window(&display, "Passerelle — 2 tunnels", WAIT, &mut first).await?;
+
+    // Bytes through the first tunnel reach the echo service behind the agent.
+    let addr = local_addr(&first.output(), &s.session.id)?;
+    let mut conn = TcpStream::connect(addr).await?;
+    conn.write_all(b"through the app").await?;
+    let mut back = [0u8; 15];
+    timeout(WAIT, conn.read_exact(&mut back)).await??;
+    ensure!(&back == b"through the app");
+    // Not a synchronisation: the list refreshes each second, this is for the picture.
+    sleep(Duration::from_millis(1500)).await;
+    display
+        .save_png(&shot_path("app-window-two-tunnels.png"))
+        .await?;
+
+    // The broker ends that session: the open connection learns it, the tunnel leaves the list.
+    s.api.stop(&s.session.id).await?;
+    wait_window(&display, "Passerelle — 1 tunnel", WAIT, &mut first).await?;
+
+    // The close button of the remaining row (no window manager: the window sits at the
+    // origin), once the list shows that one row only: the list empties.
+    let width = display.size.0;
+    let shot = display
+        .wait_screen(WAIT, "one close button", |shot| {
+            red_buttons(shot, width).len() == 1
+        })
+        .await?;
+    let (x, y) = red_buttons(&shot, width)[0];
+    display
+        .run(
+            "xdotool",
+            &["mousemove", "--sync", &x.to_string(), &y.to_string()],
+        )
+        .await?;
+    display.run("xdotool", &["click", "1"]).await?;
+    wait_window(&display, "Passerelle", WAIT, &mut first).await?;
+    Ok(())
+}
+
+/// The centres of the close buttons (runs of rows holding their red, #c0392b).
+fn red_buttons(rgb: &[u8], width: u32) -> Vec<(u32, u32)> {
+    let red =
+        |p: &[u8]| p[0].abs_diff(0xc0) < 8 && p[1].abs_diff(0x39) < 8 && p[2].abs_diff(0x2b) < 8;
+    let mut buttons = Vec::new();
+    let mut run: Option<(u32, u32, u32)> = None; // first row, last row, x of the first red pixel
+    for (y, row) in rgb.chunks_exact(width as usize * 3).enumerate() {
+        let y = y as u32;
+        let hit = row.chunks_exact(3).position(red).map(|x| x as u32);
+        run = match (run, hit) {
+            (Some((top, _, x)), Some(_)) => Some((top, y, x)),
+            (None, Some(x)) => Some((y, y, x)),
+            (Some((top, bottom, x)), None) => {
+                buttons.push((x + 12, (top + bottom) / 2));
+                None
+            }
+            (None, None) => None,
+        };
+    }
+    buttons
+}
