@@ -1,0 +1,148 @@
+//! The command line: every knob of a benchmark run, and the [`Plan`] it makes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::measure::Direction;
+use crate::run::Plan;
+
+/// Benchmark Passerelle against sshd + `ssh -R` + websockify on 127.0.0.1.
+#[derive(Debug, Parser)]
+#[command(version)]
+pub struct Args {
+    /// Where to write the markdown report.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    /// Small sizes and counts, 1,000 idle agents only: a smoke run of every figure.
+    #[arg(long)]
+    pub quick: bool,
+    /// Runs per figure (the median is reported). Default 5, quick 3.
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Bytes per bulk transfer, in MiB. Default 256, quick 64.
+    #[arg(long)]
+    pub bulk_mib: Option<u64>,
+    /// Also measure viewer -> workstation throughput.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub upload: bool,
+    /// 64-byte round trips per run. Default 1000, quick 200.
+    #[arg(long)]
+    pub rtt_count: Option<usize>,
+    /// Sessions set up (in total over the runs) for the set-up percentiles. Default 100, quick 30.
+    #[arg(long)]
+    pub setup_count: Option<usize>,
+    /// Concurrency levels, comma-separated (0 to skip). Default 10,100; quick 10.
+    #[arg(long, value_delimiter = ',')]
+    pub sessions: Option<Vec<usize>>,
+    /// Concurrent sessions per agent in the spread figures: N sessions use N / this agents, as
+    /// sessions of different workstations do. 1 = every session its own agent.
+    #[arg(long, default_value_t = 1)]
+    pub sessions_per_agent: usize,
+    /// Also measure each concurrency level with every session on ONE agent connection.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub one_agent: bool,
+    /// Measuring window for concurrent sessions, seconds. Default 3, quick 1.
+    #[arg(long)]
+    pub window_secs: Option<f64>,
+    /// Idle-agent scales, comma-separated (0 or empty to skip). Default 1000,10000; quick 1000.
+    #[arg(long, value_delimiter = ',')]
+    pub agents: Option<Vec<usize>>,
+    /// Source addresses 127.0.0.1..N for the idle agents' connections.
+    #[arg(long, default_value_t = 8)]
+    pub source_ips: u8,
+    /// Idle-agent connection attempts in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub parallel_connects: usize,
+    /// The broker binary. Default: `passerelle` next to this executable.
+    #[arg(long)]
+    pub passerelle_bin: Option<PathBuf>,
+    /// Cipher for every SSH connection, both stacks.
+    #[arg(long, default_value = "aes128-gcm@openssh.com", value_parser = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"])]
+    pub cipher: String,
+    /// Skip stack (a) (e.g. before the broker builds).
+    #[arg(long)]
+    pub no_passerelle: bool,
+    /// Skip stack (b) and the ceiling.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Skip the session figures (throughput, round trips, set-up, concurrency): idle agents only.
+    #[arg(long)]
+    pub no_streams: bool,
+    /// An extra `-o` option for every OpenSSH agent of both stacks (repeatable), e.g.
+    /// `--agent-option RekeyLimit=512M` to make agents rekey before the broker does.
+    #[arg(long)]
+    pub agent_option: Vec<String>,
+    /// An environment variable for the broker alone, `NAME=VALUE` (repeatable), e.g.
+    /// `--broker-env GLIBC_TUNABLES=glibc.malloc.trim_threshold=268435456`.
+    #[arg(long, value_parser = parse_env)]
+    pub broker_env: Vec<(String, String)>,
+    /// What the broker binary was built from, for the report (e.g. a commit); default: this
+    /// checkout's commit.
+    #[arg(long)]
+    pub broker_rev: Option<String>,
+    /// Before starting, wait (polling every 60 s, at most 20 minutes) until the 1-minute load
+    /// average is at most this: on a shared machine, other work skews every figure.
+    #[arg(long)]
+    pub wait_for_load: Option<f64>,
+    /// Keep the temporary directory (configs, keys, logs of every process) and print its path.
+    #[arg(long)]
+    pub keep_tmp: bool,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
+}
+
+fn cipher_name(s: &str) -> &'static str {
+    match s {
+        "aes256-gcm@openssh.com" => "aes256-gcm@openssh.com",
+        "chacha20-poly1305@openssh.com" => "chacha20-poly1305@openssh.com",
+        _ => "aes128-gcm@openssh.com",
+    }
+}
+
+impl Args {
+    pub fn plan(&self) -> Plan {
+        let q = self.quick;
+        let mut directions = vec![Direction::Down];
+        if self.upload {
+            directions.push(Direction::Up);
+        }
+        Plan {
+            runs: self.runs.unwrap_or(if q { 3 } else { 5 }).max(1),
+            bulk_bytes: self.bulk_mib.unwrap_or(if q { 64 } else { 256 }).max(1) << 20,
+            directions,
+            rtt_count: self.rtt_count.unwrap_or(if q { 200 } else { 1000 }).max(1),
+            setup_count: self.setup_count.unwrap_or(if q { 30 } else { 100 }).max(1),
+            sessions: self
+                .sessions
+                .clone()
+                .unwrap_or(if q { vec![10] } else { vec![10, 100] })
+                .into_iter()
+                .filter(|&n| n > 0)
+                .collect(),
+            window: Duration::from_secs_f64(
+                self.window_secs
+                    .unwrap_or(if q { 1.0 } else { 3.0 })
+                    .clamp(0.2, 60.0),
+            ),
+            agents: self
+                .agents
+                .clone()
+                .unwrap_or(if q { vec![1000] } else { vec![1000, 10_000] })
+                .into_iter()
+                .filter(|&n| n > 0)
+                .collect(),
+            source_ips: self.source_ips.max(1),
+            parallel_connects: self.parallel_connects,
+            cipher: cipher_name(&self.cipher),
+            sessions_per_agent: self.sessions_per_agent.max(1),
+            one_agent: self.one_agent,
+        }
+    }
+}
