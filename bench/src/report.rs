@@ -472,7 +472,9 @@ mod tests {
         ];
         let md = r.to_markdown();
         assert!(md.contains("| 10 sessions over 10 agents: aggregate MB/s | 300 | 300 | 1.00× |"));
-        assert!(md.contains("| 10 sessions on ONE agent: aggregate MB/s | 300 (3 of 5 runs) | 300 |"));
+        assert!(
+            md.contains("| 10 sessions on ONE agent: aggregate MB/s | 300 (3 of 5 runs) | 300 |")
+        );
         let spread = md.find("over 10 agents").unwrap_or(usize::MAX);
         let one = md.find("on ONE agent: aggregate").unwrap_or(0);
         assert!(spread < one, "spread lines come first");

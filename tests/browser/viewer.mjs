@@ -3,7 +3,7 @@
 // dominant colour of the remote screen as drawn on noVNC's canvas.
 //
 // usage: node viewer.mjs URL SCREENSHOT.png [--type TEXT] [--wait-close] [--timeout MS]
-import { chromium } from 'playwright-core';
+import { launch, waitForPixels } from './common.mjs';
 
 const [url, shot, ...rest] = process.argv.slice(2);
 const opt = (name) => { const i = rest.indexOf(name); return i >= 0 ? rest[i + 1] : undefined; };
@@ -11,37 +11,16 @@ const timeout = Number(opt('--timeout') || 20000);
 const typeText = opt('--type');
 const waitClose = rest.includes('--wait-close');
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
-});
+const browser = await launch();
 const result = { state: null, closeCode: null, closeReason: null, dominant: null, title: null, error: null };
 try {
   const page = await browser.newPage({ viewport: { width: 800, height: 600 } });
   page.on('pageerror', (e) => { result.error = String(e); });
   await page.goto(url);
   await page.waitForFunction(() => window.passerelle && window.passerelle.state !== 'connecting', null, { timeout });
-  const dominant = () => page.evaluate(() => {
-    const c = document.querySelector('#screen canvas');
-    if (!c || !c.width) return null;
-    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-    const counts = new Map();
-    for (let i = 0; i < d.length; i += 4 * 7) {
-      const k = `${d[i] >> 3},${d[i + 1] >> 3},${d[i + 2] >> 3}`;
-      counts.set(k, (counts.get(k) || 0) + 1);
-    }
-    let best = null; let n = 0;
-    for (const [k, v] of counts) if (v > n) { best = k; n = v; }
-    return best.split(',').map((x) => Number(x) << 3);
-  });
+
   if (await page.evaluate(() => window.passerelle.state) === 'connected') {
-    const deadline = Date.now() + timeout;
-    while (Date.now() < deadline) {
-      result.dominant = await dominant();
-      if (result.dominant && result.dominant.some((x) => x > 16)) break;
-      await page.waitForTimeout(100);
-    }
+    result.dominant = await waitForPixels(page, timeout);
     if (typeText) {
       const box = await page.locator('#screen canvas').boundingBox();
       await page.mouse.click(box.x + box.width / 2, box.y + box.height / 2);
