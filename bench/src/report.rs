@@ -14,6 +14,10 @@ use text::{HOW_TO_RUN, NOTES};
 pub struct StackFigures {
     pub down_mbs: Option<f64>,
     pub up_mbs: Option<f64>,
+    /// Bulk runs that completed, each way, of `runs`.
+    pub down_ok: usize,
+    pub up_ok: usize,
+    pub runs: usize,
     /// CPU-seconds per GB of bulk transfer, by process, most first.
     pub down_cpu: Vec<(String, f64)>,
     pub up_cpu: Vec<(String, f64)>,
@@ -256,20 +260,36 @@ impl Report {
         );
         let _ = writeln!(o, "| --- | ---: | ---: | ---: | ---: | ---: |");
         let (a, b, c) = (&self.a, &self.b, &self.ceiling);
-        let mut row = |name: &str, f: fn(&StackFigures) -> Option<f64>| {
+        // A bulk figure from fewer runs than asked says so.
+        let cell = |s: &StackFigures, v: Option<f64>, ok: Option<usize>| match ok {
+            Some(k) if v.is_some() && k < s.runs => format!("{} ({k} of {} runs)", num(v), s.runs),
+            _ => num(v),
+        };
+        let mut row_with = |name: &str,
+                            f: fn(&StackFigures) -> Option<f64>,
+                            ok: fn(&StackFigures) -> Option<usize>| {
             let (va, vb, vc) = (f(a), f(b), f(c));
             let _ = writeln!(
                 o,
                 "| {name} | {} | {} | {} | {} | {} |",
-                num(va),
-                num(vb),
+                cell(a, va, ok(a)),
+                cell(b, vb, ok(b)),
                 ratio_str(ratio(va, vb)),
-                num(vc),
+                cell(c, vc, ok(c)),
                 ratio_str(ratio(va, vc))
             );
         };
-        row("bulk workstation → viewer, MB/s", |s| s.down_mbs);
-        row("bulk viewer → workstation, MB/s", |s| s.up_mbs);
+        row_with(
+            "bulk workstation → viewer, MB/s",
+            |s| s.down_mbs,
+            |s| Some(s.down_ok),
+        );
+        row_with(
+            "bulk viewer → workstation, MB/s",
+            |s| s.up_mbs,
+            |s| Some(s.up_ok),
+        );
+        let mut row = |name: &str, f: fn(&StackFigures) -> Option<f64>| row_with(name, f, |_| None);
         row("64-byte round trip p50, ms", |s| s.rtt_p50_ms);
         row("64-byte round trip p99, ms", |s| s.rtt_p99_ms);
         row("set-up, connect → first byte p50, ms", |s| {

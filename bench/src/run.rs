@@ -106,12 +106,15 @@ pub async fn streams(
                 .map(|(k, &v)| (k.clone(), v as f64 * host::tick_secs() / gb.max(1e-9)))
                 .collect();
             per_gb.sort_by(|a, b| b.1.total_cmp(&a.1));
+            t.out.runs = plan.runs;
             match dir {
                 Direction::Down => {
+                    t.out.down_ok = s.len();
                     t.out.down_mbs = v;
                     t.out.down_cpu = per_gb;
                 }
                 Direction::Up => {
+                    t.out.up_ok = s.len();
                     t.out.up_mbs = v;
                     t.out.up_cpu = per_gb;
                 }

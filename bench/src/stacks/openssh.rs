@@ -83,6 +83,7 @@ impl Baseline {
         let known_hosts = dir.join("known_hosts_b");
         std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_pub}\n"))?;
         let mut agents = Vec::new();
+        let mut specs = Vec::new();
         let mut forwarded = Vec::new();
         for (i, key) in keys.into_iter().enumerate() {
             let fwd_port = free_port()?;
@@ -96,18 +97,33 @@ impl Baseline {
                 verbose: i == 0,
                 options: agent_options.to_vec(),
             };
-            agents.push(spawn_agent(&spec, &dir.join(format!("agent_b{i:03}.log")))?);
+            agents.push(spawn_agent(&spec, &agent_log(dir, i))?);
+            specs.push(spec);
             forwarded.push(SocketAddr::from(([127, 0, 0, 1], fwd_port)));
         }
         let limit = Duration::from_secs(15 + pool as u64 / 5);
         let mut up = vec![false; forwarded.len()];
+        let mut retries = vec![0u32; forwarded.len()];
         wait_for("the ssh -R tunnels", limit, async || {
             sshd.check_alive()?;
-            for (i, addr) in forwarded.iter().enumerate() {
-                if !up[i] {
-                    agents[i].check_alive()?;
-                    up[i] = banner_reachable(*addr).await;
+            for i in 0..forwarded.len() {
+                if up[i] {
+                    continue;
                 }
+                if let Err(e) = agents[i].check_alive() {
+                    // Most likely another process took the "free" port before sshd bound it
+                    // (see `free_port`): try again with another port, a few times.
+                    if retries[i] >= 3 {
+                        return Err(e);
+                    }
+                    retries[i] += 1;
+                    let fwd_port = free_port()?;
+                    specs[i].forward = format!("{fwd_port}:127.0.0.1:{}", service.port());
+                    forwarded[i] = SocketAddr::from(([127, 0, 0, 1], fwd_port));
+                    agents[i] = spawn_agent(&specs[i], &agent_log(dir, i))?;
+                    continue;
+                }
+                up[i] = banner_reachable(forwarded[i]).await;
             }
             Ok(up.iter().all(|&u| u).then_some(()))
         })
@@ -167,6 +183,10 @@ impl Baseline {
         }
         self.sshd.kill().await;
     }
+}
+
+fn agent_log(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("agent_b{i:03}.log"))
 }
 
 /// Starts `websockify 127.0.0.1:PORT <args>` and returns it with its base URL.
