@@ -148,15 +148,14 @@ impl Writer {
 
     /// Appends one frame's bytes to `out`. Payloads over [`MAX_PAYLOAD`] are split.
     pub fn frame(&mut self, kind: Kind, time_us: u64, payload: &[u8], out: &mut Vec<u8>) {
-        for part in
-            payload
-                .chunks(MAX_PAYLOAD)
-                .take(if payload.is_empty() { 0 } else { usize::MAX })
-        {
+        let mut rest = payload;
+        loop {
+            let (part, tail) = rest.split_at(rest.len().min(MAX_PAYLOAD));
             self.one(kind, time_us, part, out);
-        }
-        if payload.is_empty() {
-            self.one(kind, time_us, payload, out);
+            if tail.is_empty() {
+                return;
+            }
+            rest = tail;
         }
     }
 

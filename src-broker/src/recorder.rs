@@ -168,6 +168,10 @@ impl Recording {
                     }
                     Ok(Item::Finish(summary, done)) => {
                         if !broken {
+                            let summary = Summary {
+                                frames: writer.frames(),
+                                ..summary
+                            };
                             writer.finish(now_us, &summary, |m| key.sign(m), &mut buf);
                             let result = file
                                 .write_all(&buf)

@@ -151,6 +151,7 @@ impl State {
             duration_us: rec.now_us(),
             bytes_up: up,
             bytes_down: down,
+            // Filled in by the writer, which counts them.
             frames: 0,
         };
         rec.finish(summary).await;

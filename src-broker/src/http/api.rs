@@ -68,7 +68,8 @@ fn urls(
         viewer.push_str("&view_only=1");
     }
     viewer.push_str("&launch=");
-    for b in launch.to_url().bytes() {
+    let launch_url = launch.to_url();
+    for b in launch_url.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
             viewer.push(char::from(b));
         } else {
@@ -79,7 +80,7 @@ fn urls(
         viewer,
         format!("{ws_base}/ws/sessions/{id}?token={token}"),
         format!("{ws_base}/ws/sessions/{id}/raw?token={token}"),
-        launch.to_url(),
+        launch_url,
     )
 }
 
