@@ -8,6 +8,8 @@ PACKAGES=(
   openssh-client
   openssh-server
   ca-certificates
+  # Fault tests: network namespaces and veth pairs (ip), a tmpfs (mount, in util-linux).
+  iproute2
   # VNC in the browser and recordings: a real desktop, real VNC servers, a real browser.
   xvfb
   x11vnc

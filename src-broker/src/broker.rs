@@ -197,6 +197,12 @@ impl Broker {
                 count = orphans.len(),
                 "ended sessions left open by a previous run (broker_crash)"
             );
+            // The previous run stopped uncleanly: say whether the store came through.
+            match store.quick_check() {
+                Ok(result) if result == "ok" => tracing::info!("store check after a crash: ok"),
+                Ok(result) => tracing::error!(%result, "store check after a crash found damage"),
+                Err(e) => tracing::error!(error = %e, "store check after a crash failed"),
+            }
         }
         let host_key = keys::load_or_create_host_key(&config.data_dir)?;
         let recording_key = Arc::new(crate::recorder::SigningKey::load_or_create(

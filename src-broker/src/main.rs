@@ -339,7 +339,7 @@ fn verify_recording(
             trailing_bytes,
         } => {
             println!(
-                "truncated but consistent: session {} has {frames} whole frames, the first {signed_frames} signed;                  no trailer (the broker stopped during the session); {trailing_bytes} bytes of a partial frame ignored",
+                "truncated but consistent: session {} has {frames} whole frames, the first {signed_frames} signed; no trailer (the broker stopped during the session); {trailing_bytes} bytes of a partial frame ignored",
                 header.session
             );
             std::process::exit(3);

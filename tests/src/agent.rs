@@ -202,6 +202,10 @@ pub struct Agent {
     api_key: String,
     ssh_addr: SocketAddr,
     known_hosts: PathBuf,
+    /// The broker's address as ssh is given it.
+    host: String,
+    /// Runs ssh through this (e.g. `ip netns exec NAME`).
+    prefix: Vec<String>,
     process: Option<SshProcess>,
 }
 
@@ -228,8 +232,20 @@ impl Agent {
             api_key: api_key.to_owned(),
             ssh_addr,
             known_hosts,
+            host: "127.0.0.1".into(),
+            prefix: Vec::new(),
             process: None,
         })
+    }
+
+    /// Makes ssh run through `prefix` (e.g. `ip netns exec NAME`) and reach the broker at
+    /// `host` (on the broker's SSH port) instead of 127.0.0.1.
+    pub fn reach_via(&mut self, prefix: Vec<String>, host: &str, host_key: &str) -> Result<()> {
+        let line = format!("[{host}]:{} {}\n", self.ssh_addr.port(), host_key.trim());
+        std::fs::write(&self.known_hosts, line)?;
+        self.prefix = prefix;
+        self.host = host.to_owned();
+        Ok(())
     }
 
     /// A new agent registered in tenant `default` (`POST /api/v1/agents` with the admin key).
@@ -248,7 +264,14 @@ impl Agent {
 
     /// `ssh` with the options every run shares, logging in as `user`, then `args`.
     pub fn ssh_command(&self, user: &str, args: &[String]) -> Command {
-        let mut cmd = Command::new("ssh");
+        let mut cmd = match self.prefix.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg("ssh");
+                cmd
+            }
+            None => Command::new("ssh"),
+        };
         cmd.args(["-F", "/dev/null"]);
         for opt in [
             "BatchMode=yes",
@@ -266,7 +289,7 @@ impl Agent {
         cmd.arg("-i").arg(&self.key.path);
         cmd.args(["-p", &self.ssh_addr.port().to_string()]);
         cmd.args(args);
-        cmd.arg(format!("{user}@127.0.0.1"));
+        cmd.arg(format!("{user}@{}", self.host));
         cmd
     }
 

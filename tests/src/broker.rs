@@ -19,6 +19,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::time::{Instant, sleep, timeout};
 
+use crate::process::{Banner, BrokerProcess};
 use crate::{POLL, WAIT, init};
 
 /// A running broker and what a test needs to talk to it.
@@ -26,6 +27,8 @@ use crate::{POLL, WAIT, init};
 /// Dropping it cancels the broker (no graceful wait) and removes its data dir.
 pub struct TestBroker {
     broker: Option<Broker>,
+    /// The `passerelle` binary, when started with [`TestBroker::spawn_binary`].
+    process: Option<BrokerProcess>,
     dir: TempDir,
     admin_key: String,
     http: reqwest::Client,
@@ -62,6 +65,14 @@ impl TestBroker {
         Self::start_in(dir, None, tweak).await
     }
 
+    /// Starts a broker whose data dir is a new directory under `parent` (e.g. a small disk).
+    pub async fn start_under(parent: &Path, tweak: impl FnOnce(&mut Config)) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("passerelle-e2e-")
+            .tempdir_in(parent)?;
+        Self::start_in(dir, None, tweak).await
+    }
+
     async fn start_in(
         dir: TempDir,
         known_admin_key: Option<String>,
@@ -85,6 +96,7 @@ impl TestBroker {
             http_addr: broker.http_addr(),
             host_key: broker.host_key_openssh(),
             broker: Some(broker),
+            process: None,
             dir,
             admin_key,
             http,
@@ -99,8 +111,96 @@ impl TestBroker {
         Self::start_in(dir, Some(admin_key), tweak).await
     }
 
+    /// Starts the real `passerelle serve` binary (plain HTTP) in a new data dir, on ports chosen
+    /// by the OS. [`Self::broker`] and [`Self::store`] are not available on such a broker.
+    pub async fn spawn_binary() -> Result<Self> {
+        init();
+        let dir = tempfile::Builder::new()
+            .prefix("passerelle-e2e-")
+            .tempdir()?;
+        let (process, banner) = BrokerProcess::serve(
+            dir.path(),
+            &[
+                "--ssh-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--insecure-http",
+            ],
+        )
+        .await?;
+        let admin_key = banner
+            .admin_key
+            .clone()
+            .context("a first start on an empty data dir printed no admin key")?;
+        let host_key = passerelle::keys::public_openssh(
+            &passerelle::keys::load_or_create_host_key(dir.path())?,
+        );
+        let (ssh_addr, http_addr) = addrs(&banner)?;
+        Ok(Self {
+            broker: None,
+            process: Some(process),
+            base_url: banner.http.trim_end_matches('/').to_owned(),
+            ssh_addr,
+            http_addr,
+            host_key,
+            dir,
+            admin_key,
+            http: reqwest::Client::builder().timeout(WAIT).build()?,
+        })
+    }
+
+    /// Kills the broker binary with SIGKILL (no chance to clean up) and starts it again on the
+    /// same data dir and the same ports. Returns what the crashed process had logged.
+    pub async fn kill_and_restart(&mut self) -> Result<String> {
+        let process = self
+            .process
+            .take()
+            .context("kill_and_restart needs a broker from spawn_binary")?;
+        let logs = process.stderr();
+        let status = process.signal("KILL").await?;
+        if status.success() {
+            bail!("the broker exited cleanly after SIGKILL: {status}");
+        }
+        let ssh = self.ssh_addr.to_string();
+        let http = self.http_addr.to_string();
+        let (process, banner) = BrokerProcess::serve(
+            self.dir.path(),
+            &[
+                "--ssh-listen",
+                &ssh,
+                "--http-listen",
+                &http,
+                "--insecure-http",
+            ],
+        )
+        .await?;
+        if banner.admin_key.is_some() {
+            bail!("a restart printed a new admin key: the data dir was not reused");
+        }
+        if addrs(&banner)? != (self.ssh_addr, self.http_addr) {
+            bail!("the restarted broker listens elsewhere: {banner:?}");
+        }
+        self.process = Some(process);
+        Ok(logs)
+    }
+
+    /// What the broker binary has logged so far (empty for an in-process broker).
+    pub fn logs(&self) -> String {
+        self.process
+            .as_ref()
+            .map(BrokerProcess::stderr)
+            .unwrap_or_default()
+    }
+
     /// Graceful shutdown, bounded in time.
     pub async fn shutdown(&mut self) -> Result<()> {
+        if let Some(process) = self.process.take() {
+            let status = process.signal("TERM").await?;
+            if !status.success() {
+                bail!("the broker binary exited with {status} on SIGTERM");
+            }
+        }
         if let Some(broker) = self.broker.take() {
             timeout(WAIT, broker.shutdown())
                 .await
@@ -372,6 +472,19 @@ impl TestBroker {
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
+}
+
+/// The SSH and HTTP listeners a banner names.
+fn addrs(banner: &Banner) -> Result<(SocketAddr, SocketAddr)> {
+    let ssh = banner.ssh.parse().context("ssh address in the banner")?;
+    let http = banner
+        .http
+        .strip_prefix("http://")
+        .context("a plain HTTP listener")?
+        .trim_end_matches('/')
+        .parse()
+        .context("http address in the banner")?;
+    Ok((ssh, http))
 }
 
 /// Checks the status and decodes the body, or fails with both.

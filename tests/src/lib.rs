@@ -13,6 +13,8 @@
 mod agent;
 mod broker;
 pub mod desktop;
+pub mod faults;
+pub mod process;
 mod services;
 mod ws;
 

@@ -40,7 +40,15 @@ impl Server {
         F: Fn(TcpStream, watch::Sender<ConnStats>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), handler).await
+    }
+
+    async fn start_on<F, Fut>(bind: SocketAddr, handler: F) -> Result<Self>
+    where
+        F: Fn(TcpStream, watch::Sender<ConnStats>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind(bind)
             .await
             .context("binding a test service")?;
         let addr = listener.local_addr()?;
@@ -122,6 +130,11 @@ impl EchoServer {
     /// Listens on `127.0.0.1:0`.
     pub async fn start() -> Result<Self> {
         Ok(Self(Server::start(echo).await?))
+    }
+
+    /// Listens on `bind` (e.g. an address that a network namespace reaches).
+    pub async fn start_on(bind: SocketAddr) -> Result<Self> {
+        Ok(Self(Server::start_on(bind, echo).await?))
     }
 }
 

@@ -3,176 +3,26 @@
 //! subcommands, and a clean exit on SIGTERM.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use passerelle_e2e::WAIT;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use passerelle_e2e::process::{Banner, BrokerProcess, passerelle_bin};
+use tokio::process::Command;
 use tokio::time::timeout;
 
-/// The `passerelle` binary of this build profile: `target/<profile>/passerelle`, next to the
-/// `deps/` directory this test runs from. It belongs to another package, so `cargo test` does
-/// not build it: this runs `cargo build --workspace --bin passerelle` once per test process (a
-/// no-op when it is fresh, e.g. after `scripts/test.sh` has built it).
-/// `PASSERELLE_BIN` overrides all of this.
-fn passerelle_bin() -> Result<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| build().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
-
-fn build() -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("PASSERELLE_BIN") {
-        return Ok(bin.into());
+/// `passerelle serve` on `data_dir`, on ports chosen by the OS, HTTPS unless `insecure`.
+async fn start_serve(data_dir: &Path, insecure: bool) -> Result<(BrokerProcess, Banner)> {
+    let mut args = vec![
+        "--ssh-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    if insecure {
+        args.push("--insecure-http");
     }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test exe has no profile dir")?;
-    let target_dir = profile_dir.parent().context("profile dir has no parent")?;
-    let mut cargo = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
-    // `--workspace` resolves features as `cargo test --workspace` does, so this build reuses
-    // the dependencies the tests were built with.
-    cargo.args([
-        "build",
-        "--quiet",
-        "--workspace",
-        "--bin",
-        "passerelle",
-        "--target-dir",
-    ]);
-    cargo
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => {}
-        Some("release") => {
-            cargo.arg("--release");
-        }
-        Some(other) => {
-            cargo.args(["--profile", other]);
-        }
-        None => bail!("odd profile dir {}", profile_dir.display()),
-    }
-    let out = cargo
-        .output()
-        .context("running cargo build for the passerelle binary")?;
-    ensure!(
-        out.status.success(),
-        "cargo build: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bin = profile_dir.join("passerelle");
-    ensure!(bin.exists(), "{} missing after cargo build", bin.display());
-    Ok(bin)
-}
-
-/// What `passerelle serve` printed on stdout.
-#[derive(Debug)]
-struct Banner {
-    admin_key: Option<String>,
-    ssh: String,
-    http: String,
-    fingerprint: String,
-}
-
-/// A running `passerelle serve`.
-struct Serve {
-    child: Child,
-    stdout: Lines<BufReader<ChildStdout>>,
-}
-
-impl Serve {
-    async fn start(data_dir: &Path, insecure: bool) -> Result<(Self, Banner)> {
-        let mut cmd = Command::new(passerelle_bin()?);
-        cmd.arg("serve").arg("--data-dir").arg(data_dir);
-        cmd.args([
-            "--ssh-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ]);
-        if insecure {
-            cmd.arg("--insecure-http");
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().context("spawning passerelle serve")?;
-        // Logs go to stderr; keep the pipe drained so that logging never blocks the broker.
-        let mut stderr = child.stderr.take().context("stderr")?;
-        tokio::spawn(async move {
-            let mut sink = Vec::new();
-            let _ = stderr.read_to_end(&mut sink).await;
-        });
-        let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let mut serve = Self { child, stdout };
-        let mut line = serve.line().await?;
-        let mut admin_key = None;
-        if let Some(rest) = line.strip_prefix("admin API key (tenant default, shown once, also in ")
-        {
-            let (_, key) = rest
-                .rsplit_once(": ")
-                .context("admin key line without the key")?;
-            admin_key = Some(key.trim().to_owned());
-            line = serve.line().await?;
-        }
-        let ssh = line
-            .strip_prefix("ssh listening on ")
-            .context(line.clone())?
-            .to_owned();
-        let line = serve.line().await?;
-        let http = line
-            .strip_prefix("http listening on ")
-            .context(line.clone())?
-            .to_owned();
-        let line = serve.line().await?;
-        let fingerprint = line
-            .strip_prefix("host key fingerprint: ")
-            .context(line.clone())?
-            .to_owned();
-        Ok((
-            serve,
-            Banner {
-                admin_key,
-                ssh,
-                http,
-                fingerprint,
-            },
-        ))
-    }
-
-    async fn line(&mut self) -> Result<String> {
-        match timeout(WAIT, self.stdout.next_line()).await {
-            Ok(Ok(Some(line))) => Ok(line),
-            Ok(Ok(None)) => bail!(
-                "passerelle serve closed stdout (exit: {:?})",
-                self.child.try_wait()
-            ),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => bail!("passerelle serve printed nothing for {WAIT:?}"),
-        }
-    }
-
-    /// SIGTERM, then the exit status (bounded).
-    async fn terminate(mut self) -> Result<ExitStatus> {
-        let pid = self.child.id().context("already exited")?;
-        let kill = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await?;
-        ensure!(kill.success(), "kill -TERM {pid} failed");
-        Ok(timeout(WAIT, self.child.wait())
-            .await
-            .context("no exit after SIGTERM")??)
-    }
+    BrokerProcess::serve(data_dir, &args).await
 }
 
 /// Runs a `passerelle` subcommand to completion; returns its stdout.
@@ -220,7 +70,7 @@ async fn serve_first_start_restart_subcommands_and_sigterm() -> Result<()> {
     let http = client()?;
 
     // First start: self-signed HTTPS, a new admin key printed once and kept in a 0600 file.
-    let (serve, banner) = Serve::start(&data, false).await?;
+    let (serve, banner) = start_serve(&data, false).await?;
     let admin_key = banner
         .admin_key
         .clone()
@@ -255,7 +105,7 @@ async fn serve_first_start_restart_subcommands_and_sigterm() -> Result<()> {
         status == 200 && body.contains("default"),
         "the printed key is no admin key: {status} {body}"
     );
-    let exit = serve.terminate().await?;
+    let exit = serve.signal("TERM").await?;
     ensure!(exit.success(), "SIGTERM: {exit}");
 
     // Administration subcommands on the same store.
@@ -292,7 +142,7 @@ async fn serve_first_start_restart_subcommands_and_sigterm() -> Result<()> {
     );
 
     // Second start, plain HTTP: no admin key again, the same host key.
-    let (serve, again) = Serve::start(&data, true).await?;
+    let (serve, again) = start_serve(&data, true).await?;
     ensure!(again.admin_key.is_none(), "the admin key was printed twice");
     ensure!(
         again.fingerprint == banner.fingerprint,
@@ -323,7 +173,7 @@ async fn serve_first_start_restart_subcommands_and_sigterm() -> Result<()> {
         "helpdesk registering an agent: {}",
         resp.status()
     );
-    let exit = serve.terminate().await?;
+    let exit = serve.signal("TERM").await?;
     ensure!(exit.success(), "SIGTERM: {exit}");
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result, ensure};
 use passerelle::recorder::{SigningKey, check_signature};
 use passerelle_e2e::desktop::{self, VncOverWs, VncServer, XDisplay};
+use passerelle_e2e::faults::TinyDisk;
 use passerelle_e2e::{
     Agent, EchoServer, EndReason, Forward, Method, TestBroker, Ws, init, pattern, session_request,
     unique,
@@ -149,36 +150,6 @@ async fn a_recorded_session_verifies_and_replays_the_same_pixels() -> Result<()>
         .await?;
     ensure!(status == passerelle_e2e::StatusCode::NOT_FOUND, "{status}");
     Ok(())
-}
-
-/// A tmpfs of `size`, mounted until dropped.
-struct TinyDisk(tempfile::TempDir);
-
-impl TinyDisk {
-    fn mount(size: &str) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()?;
-        ensure!(
-            status.success(),
-            "mounting a tmpfs needs root (CI runs as root)"
-        );
-        Ok(Self(dir))
-    }
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl Drop for TinyDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.0.path())
-            .status();
-    }
 }
 
 #[tokio::test]

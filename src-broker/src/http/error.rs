@@ -65,6 +65,14 @@ impl From<anyhow::Error> for ApiError {
         if let Some(i) = e.downcast_ref::<Invalid>() {
             return Self::bad_request(i.0.clone());
         }
+        if disk_full(&e) {
+            tracing::error!(error = %format!("{e:#}"), "the data disk is full");
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+                "the broker's data disk is full; nothing was changed. Free space on it and retry",
+            );
+        }
         tracing::error!(error = %format!("{e:#}"), "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -72,6 +80,19 @@ impl From<anyhow::Error> for ApiError {
             "internal error; see the broker's log",
         )
     }
+}
+
+/// Whether an error comes from a full disk (SQLite's SQLITE_FULL, or ENOSPC).
+fn disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if let Some(rusqlite::Error::SqliteFailure(f, _)) = cause.downcast_ref::<rusqlite::Error>()
+        {
+            return f.code == rusqlite::ErrorCode::DiskFull;
+        }
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(28))
+    })
 }
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {

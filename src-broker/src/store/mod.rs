@@ -171,6 +171,17 @@ impl Store {
         Ok(())
     }
 
+    /// SQLite's `PRAGMA quick_check`: "ok", or what is damaged.
+    pub fn quick_check(&self) -> anyhow::Result<String> {
+        let rows: Vec<String> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare("PRAGMA quick_check")?;
+            stmt.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<_, _>>()?
+        };
+        Ok(rows.join("; "))
+    }
+
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (statements are atomic).
         self.conn

@@ -1,0 +1,191 @@
+//! The `passerelle` binary as a separate process: built once per test process, started with
+//! `serve`, its banner read from stdout and its logs (stderr) kept, killed with SIGKILL or
+//! stopped with SIGTERM. Used by tests that must crash the broker for real.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::time::timeout;
+
+use crate::WAIT;
+
+/// The `passerelle` binary of this build profile: `target/<profile>/passerelle`, next to the
+/// `deps/` directory the test runs from. It belongs to another package, so `cargo test` does
+/// not build it: this runs `cargo build --workspace --bin passerelle` once per test process (a
+/// no-op when it is fresh, e.g. after `scripts/test.sh` has built it).
+/// `PASSERELLE_BIN` overrides all of this.
+pub fn passerelle_bin() -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("PASSERELLE_BIN") {
+        return Ok(bin.into());
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test exe has no profile dir")?;
+    let target_dir = profile_dir.parent().context("profile dir has no parent")?;
+    let mut cargo = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+    // `--workspace` resolves features as `cargo test --workspace` does, so this build reuses
+    // the dependencies the tests were built with.
+    cargo.args([
+        "build",
+        "--quiet",
+        "--workspace",
+        "--bin",
+        "passerelle",
+        "--target-dir",
+    ]);
+    cargo
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            cargo.arg("--release");
+        }
+        Some(other) => {
+            cargo.args(["--profile", other]);
+        }
+        None => bail!("odd profile dir {}", profile_dir.display()),
+    }
+    let out = cargo
+        .output()
+        .context("running cargo build for the passerelle binary")?;
+    ensure!(
+        out.status.success(),
+        "cargo build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = profile_dir.join("passerelle");
+    ensure!(bin.exists(), "{} missing after cargo build", bin.display());
+    Ok(bin)
+}
+
+/// What `passerelle serve` printed on stdout.
+#[derive(Debug, Clone)]
+pub struct Banner {
+    /// Printed on a first start only.
+    pub admin_key: Option<String>,
+    /// `host:port` of the SSH listener.
+    pub ssh: String,
+    /// Base URL of the HTTP listener.
+    pub http: String,
+    /// `SHA256:...` of the host key.
+    pub fingerprint: String,
+}
+
+/// A running `passerelle serve`, killed when dropped.
+pub struct BrokerProcess {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl BrokerProcess {
+    /// `passerelle serve --data-dir DATA_DIR ARGS...`, up to its banner.
+    pub async fn serve(data_dir: &Path, args: &[&str]) -> Result<(Self, Banner)> {
+        let mut cmd = Command::new(passerelle_bin()?);
+        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("spawning passerelle serve")?;
+        // Logs go to stderr; keep the pipe drained so that logging never blocks the broker.
+        let mut pipe = child.stderr.take().context("stderr")?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = pipe.read(&mut buf).await {
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let mut serve = Self {
+            child,
+            stdout,
+            stderr,
+        };
+        let banner = serve.banner().await?;
+        Ok((serve, banner))
+    }
+
+    async fn banner(&mut self) -> Result<Banner> {
+        let mut line = self.line().await?;
+        let mut admin_key = None;
+        if let Some(rest) = line.strip_prefix("admin API key (tenant default, shown once, also in ")
+        {
+            let (_, key) = rest
+                .rsplit_once(": ")
+                .context("admin key line without the key")?;
+            admin_key = Some(key.trim().to_owned());
+            line = self.line().await?;
+        }
+        let ssh = line
+            .strip_prefix("ssh listening on ")
+            .context(line.clone())?
+            .to_owned();
+        let line = self.line().await?;
+        let http = line
+            .strip_prefix("http listening on ")
+            .context(line.clone())?
+            .to_owned();
+        let line = self.line().await?;
+        let fingerprint = line
+            .strip_prefix("host key fingerprint: ")
+            .context(line.clone())?
+            .to_owned();
+        Ok(Banner {
+            admin_key,
+            ssh,
+            http,
+            fingerprint,
+        })
+    }
+
+    async fn line(&mut self) -> Result<String> {
+        match timeout(WAIT, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => Ok(line),
+            Ok(Ok(None)) => bail!(
+                "passerelle serve closed stdout (exit: {:?}); stderr:\n{}",
+                self.child.try_wait(),
+                self.stderr()
+            ),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => bail!("passerelle serve printed nothing for {WAIT:?}"),
+        }
+    }
+
+    /// Everything the broker has logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM") and waits (bounded) for the exit.
+    pub async fn signal(mut self, signal: &str) -> Result<ExitStatus> {
+        let pid = self.child.id().context("already exited")?;
+        let kill = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .await?;
+        ensure!(kill.success(), "kill -{signal} {pid} failed");
+        Ok(timeout(WAIT, self.child.wait())
+            .await
+            .with_context(|| format!("no exit after SIG{signal}"))??)
+    }
+}
