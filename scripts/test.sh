@@ -17,3 +17,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace
 fi
+# Every parser of outside input, fuzzed for a bounded time from the committed corpus.
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-15}"

@@ -1,0 +1,114 @@
+//! The properties the fuzz targets of `fuzz/` check, one function per target, so that the
+//! committed corpus (and any crash found, once added to it) also runs as an ordinary test
+//! (`proto/tests/fuzz_corpus.rs`). Each takes arbitrary bytes and panics only when a property
+//! breaks.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{CreateSession, PatchAgent, PatchTenant, RegisterAgent};
+use crate::ids::{AgentId, ServiceName, TenantName};
+use crate::launch::LaunchUrl;
+use crate::recording::verify;
+use crate::rfb::{ClientFilter, ClientHandshake, ServerHandshake};
+
+/// Names of the targets, as in `fuzz/Cargo.toml`, with their property.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("api_bodies", api_bodies),
+    ("launch_url", launch_url),
+    ("recording_verify", recording_verify),
+    ("rfb_client_filter", rfb_client_filter),
+    ("rfb_client_handshake", rfb_client_handshake),
+    ("rfb_server_handshake", rfb_server_handshake),
+];
+
+fn round_trip<T: Serialize + DeserializeOwned>(body: &[u8]) {
+    if let Ok(value) = serde_json::from_slice::<T>(body) {
+        let once = serde_json::to_string(&value).ok();
+        let again = once
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<T>(s).ok());
+        let twice = again.and_then(|v| serde_json::to_string(&v).ok());
+        assert!(
+            once.is_some() && once == twice,
+            "a parsed body does not print back to itself"
+        );
+    }
+}
+
+/// API request bodies and ids as any client may send them: what parses prints back to JSON
+/// that parses to the same (nothing silently reinterpreted); a valid id is never empty and has
+/// no path separator or control character.
+pub fn api_bodies(data: &[u8]) {
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
+    match which % 4 {
+        0 => round_trip::<CreateSession>(body),
+        1 => round_trip::<RegisterAgent>(body),
+        2 => round_trip::<PatchAgent>(body),
+        _ => round_trip::<PatchTenant>(body),
+    }
+    if let Ok(text) = std::str::from_utf8(body) {
+        for ok in [
+            AgentId::new(text).is_ok(),
+            ServiceName::new(text).is_ok(),
+            TenantName::new(text).is_ok(),
+        ] {
+            if ok {
+                assert!(!text.is_empty() && !text.contains(['/', '\0', '\n']));
+            }
+        }
+    }
+}
+
+/// Launch URLs as a malicious web page may hand them to the desktop helper: what parses prints
+/// back to something that parses to the same.
+pub fn launch_url(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(url) = LaunchUrl::parse(text)
+    {
+        assert_eq!(LaunchUrl::parse(&url.to_url()).as_ref(), Ok(&url));
+    }
+}
+
+/// A recording file as an attacker may hand it to `passerelle recording verify`.
+pub fn recording_verify(data: &[u8]) {
+    let _ = verify(data, |_, _| true);
+}
+
+/// The view-only filter fed a hostile browser's message stream, split anywhere: it never
+/// passes more bytes than it was given.
+pub fn rfb_client_filter(data: &[u8]) {
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let mut filter = ClientFilter::new(split & 1 == 1);
+    let mut out = Vec::new();
+    for chunk in rest.chunks(usize::from(split >> 1).max(1)) {
+        if filter.feed(chunk, &mut out).is_err() {
+            break;
+        }
+    }
+    assert!(out.len() <= rest.len());
+}
+
+/// The broker's RFB client handshake fed whatever a hostile VNC server sends, split anywhere.
+pub fn rfb_client_handshake(data: &[u8]) {
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let mut hs = ClientHandshake::new(Some(b"password".to_vec()));
+    for chunk in rest.chunks(usize::from(split).max(1)) {
+        if hs.feed(chunk).is_err() || hs.is_done() {
+            break;
+        }
+    }
+}
+
+/// The broker's RFB server handshake fed whatever a hostile browser sends.
+pub fn rfb_server_handshake(data: &[u8]) {
+    let mut hs = ServerHandshake::new();
+    let _ = hs.feed(data);
+    let _ = hs.take_leftover();
+}
