@@ -12,8 +12,11 @@ use crate::launch::LaunchUrl;
 use crate::recording::verify;
 use crate::rfb::{ClientFilter, ClientHandshake, ServerHandshake};
 
+/// A target's property: arbitrary bytes in, a panic when the property breaks.
+pub type Property = fn(&[u8]);
+
 /// Names of the targets, as in `fuzz/Cargo.toml`, with their property.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Property)] = &[
     ("api_bodies", api_bodies),
     ("launch_url", launch_url),
     ("recording_verify", recording_verify),
