@@ -86,6 +86,10 @@ pub struct Args {
     /// average is at most this: on a shared machine, other work skews every figure.
     #[arg(long)]
     pub wait_for_load: Option<f64>,
+    /// Instead of the benchmarks: a soak of this many minutes (agents connecting and
+    /// disconnecting, sessions opening and closing), sampling the broker's RSS and open files.
+    #[arg(long)]
+    pub soak_minutes: Option<f64>,
     /// Keep the temporary directory (configs, keys, logs of every process) and print its path.
     #[arg(long)]
     pub keep_tmp: bool,

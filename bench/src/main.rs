@@ -19,6 +19,7 @@ mod measure;
 mod report;
 mod run;
 mod service;
+mod soak;
 mod stacks;
 
 use std::time::Duration;
@@ -157,6 +158,25 @@ async fn main() -> anyhow::Result<()> {
             )
         }
     );
+
+    if let Some(minutes) = args.soak_minutes {
+        let service = service::Service::start().await?;
+        let body = soak::soak(&plan, &broker_cmd, &dir, service.addr(), minutes).await?;
+        let md = format!(
+            "## Soak\n\n`{}` on {}\n\n{body}",
+            report.command,
+            report
+                .machine
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        std::fs::write(&args.out, &md)
+            .with_context(|| format!("writing {}", args.out.display()))?;
+        println!("{md}\nwritten to {}", args.out.display());
+        return Ok(());
+    }
 
     let mut watch = host::CpuWatch::start();
     watch.phase("start-up");

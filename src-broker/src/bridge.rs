@@ -226,6 +226,7 @@ pub async fn run(
         let buffer = buffer.clone();
         let session = session.clone();
         let metrics = metrics.clone();
+        let ch_rx = &mut ch_rx;
         async move {
             while let Some(msg) = ch_rx.wait().await {
                 match msg {
@@ -346,9 +347,10 @@ pub async fn run(
         }
         () = agent_gone.cancelled() => Outcome::new(EndReason::AgentDisconnected, close::AGENT_DISCONNECTED),
     };
-    // Close the channel first, so the workstation's service sees the end at once.
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(200), ch_tx.close()).await;
-    drop(ch_tx);
+    // EOF first, so the workstation's service sees the end at once; then let the agent close
+    // the channel (in the background, bounded).
+    let _ = tokio::time::timeout(SHORT_WAIT, ch_tx.eof()).await;
+    tokio::spawn(finish_channel(ch_rx, ch_tx));
     let frame = CloseFrame {
         code: outcome.code.code,
         reason: outcome.message.clone().into(),
@@ -361,6 +363,38 @@ pub async fn run(
             frame,
         },
     )
+}
+
+/// A bounded wait for one channel message or the EOF sent at the end.
+const SHORT_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How long the agent has to close a channel after our EOF before the broker closes it.
+const CHANNEL_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ends a bridged channel after our EOF: waits (bounded) for the agent's CLOSE, discarding what
+/// still arrives, and closes it ourselves only if none comes. The agent closing first matters:
+/// russh 0.65 ignores the peer's CLOSE reply to a channel the broker closed, so that channel's
+/// entry (a few KiB) would stay in the agent connection's channel map until it disconnects, a
+/// leak per session that a soak run shows (see BENCHMARKS.md). OpenSSH closes the channel once
+/// both directions have seen EOF, which is at once for a service that closes on EOF.
+async fn finish_channel(
+    mut rx: russh::ChannelReadHalf,
+    tx: russh::ChannelWriteHalf<russh::server::Msg>,
+) {
+    let peer_closed = tokio::time::timeout(CHANNEL_CLOSE_WAIT, async {
+        while let Some(msg) = rx.wait().await {
+            if matches!(msg, ChannelMsg::Close) {
+                return true;
+            }
+        }
+        // The channel is gone with the agent's connection: nothing left to close.
+        true
+    })
+    .await
+    .unwrap_or(false);
+    if !peer_closed {
+        let _ = tokio::time::timeout(SHORT_WAIT, tx.close()).await;
+    }
 }
 
 /// Sends a close frame on a WebSocket that never got bridged (refused token, offline agent).
