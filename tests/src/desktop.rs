@@ -370,6 +370,30 @@ pub async fn open_replay(url: &str, screenshot: &Path, args: &[&str]) -> Result<
     run_page_script("replay.mjs", url, screenshot, args).await
 }
 
+/// One row of the console's session history (see `tests/browser/console.mjs`).
+#[derive(Debug, serde::Deserialize)]
+pub struct HistoryRow {
+    pub session: Option<String>,
+    pub cells: Vec<String>,
+    pub replay: Option<String>,
+}
+
+/// What the console showed.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleReport {
+    pub rows: Vec<HistoryRow>,
+    /// The replay page's state after following the first replay link.
+    pub replay_state: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Opens the console in headless Chromium and filters its session history; `args` as
+/// `console.mjs` takes them.
+pub async fn open_console(url: &str, screenshot: &Path, args: &[&str]) -> Result<ConsoleReport> {
+    run_page_script("console.mjs", url, screenshot, args).await
+}
+
 async fn run_page_script<T: serde::de::DeserializeOwned>(
     script: &str,
     url: &str,

@@ -471,6 +471,8 @@ pub struct AuditQuery {
     kind: Option<String>,
     since: Option<String>,
     until: Option<String>,
+    min_duration_secs: Option<u64>,
+    max_duration_secs: Option<u64>,
     limit: Option<u32>,
 }
 
@@ -495,9 +497,15 @@ pub async fn audit(
         kind: q.kind,
         since: time("since", q.since)?,
         until: time("until", q.until)?,
+        min_duration_ms: q.min_duration_secs.map(secs_to_ms),
+        max_duration_ms: q.max_duration_secs.map(secs_to_ms),
         limit: q.limit,
     };
     Ok(Json(state.store.audit_page(caller.tenant_id, &filter)?))
+}
+
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// `GET /api/v1/recordings/{session_id}`: the recording file, streamed. Every download is

@@ -92,6 +92,11 @@ pub struct AuditFilter {
     pub kind: Option<String>,
     pub since: Option<i64>,
     pub until: Option<i64>,
+    /// Sessions that lasted (so far) at least this long, in milliseconds; events are not
+    /// filtered by it.
+    pub min_duration_ms: Option<i64>,
+    /// Sessions that lasted at most this long, in milliseconds.
+    pub max_duration_ms: Option<i64>,
     pub limit: Option<u32>,
 }
 

@@ -193,6 +193,16 @@ impl Store {
         add("s.id = ?", f.session.clone().map(Value::Text));
         add("s.created_at >= ?", f.since.map(Value::Integer));
         add("s.created_at <= ?", f.until.map(Value::Integer));
+        // A session's duration: from its start to its end, or to now while it lasts. Sessions
+        // that never started have none and match no duration filter.
+        let duration = "s.started_at IS NOT NULL AND COALESCE(s.ended_at, ?) - s.started_at";
+        for (op, bound) in [(">=", f.min_duration_ms), ("<=", f.max_duration_ms)] {
+            if let Some(ms) = bound {
+                clauses.push(format!("{duration} {op} ?"));
+                args.push(Value::Integer(super::now_ms()));
+                args.push(Value::Integer(ms));
+            }
+        }
         let sql = format!(
             "SELECT {COLUMNS} FROM sessions s JOIN tenants t ON t.id = s.tenant_id
              WHERE {} ORDER BY s.created_at DESC LIMIT {limit}",

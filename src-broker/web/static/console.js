@@ -93,6 +93,65 @@ function renderAudit(page) {
   }
 }
 
+function duration(s) {
+  if (!s.started_at) return '';
+  const end = s.ended_at ? Date.parse(s.ended_at) : Date.now();
+  const secs = Math.max(0, Math.round((end - Date.parse(s.started_at)) / 1000));
+  const h = Math.floor(secs / 3600);
+  const m = Math.floor((secs % 3600) / 60);
+  return `${h ? `${h} h ` : ''}${m} min ${secs % 60} s`;
+}
+
+// The history filters as API query parameters (dates in the browser's time zone).
+function historyQuery() {
+  const q = new URLSearchParams({ limit: '100' });
+  const text = (id, name) => { const v = $(id).value.trim(); if (v) q.set(name, v); };
+  text('f-agent', 'agent');
+  text('f-operator', 'operator');
+  for (const [id, name] of [['f-since', 'since'], ['f-until', 'until']]) {
+    const v = $(id).value;
+    if (v) q.set(name, new Date(v).toISOString());
+  }
+  for (const [id, name] of [['f-min', 'min_duration_secs'], ['f-max', 'max_duration_secs']]) {
+    const v = $(id).value;
+    if (v !== '') q.set(name, String(Math.round(Number(v) * 60)));
+  }
+  return q.toString();
+}
+
+function renderHistory(page) {
+  const body = $('history');
+  body.replaceChildren();
+  delete body.dataset.stale;
+  for (const s of page.sessions) {
+    const tr = el('tr', undefined, { 'data-session': s.id });
+    const ended = s.end_reason ? `${s.end_reason}${s.ended_by && s.end_reason === 'stopped' ? ` by ${s.ended_by}` : ''}` : s.state;
+    tr.append(el('td', new Date(s.created_at).toLocaleString()), el('td', s.agent), el('td', s.service), el('td', s.operator),
+      el('td', duration(s)), el('td', ended), el('td', `${s.bytes_down} / ${s.bytes_up}`));
+    const td = el('td');
+    if (s.record && s.service === 'vnc' && s.started_at) {
+      td.append(el('a', 'replay', { href: `/replay/${encodeURIComponent(s.id)}`, class: 'replay' }));
+    } else if (s.record) {
+      td.append(el('span', 'metadata only'));
+    }
+    tr.append(td);
+    body.append(tr);
+  }
+}
+
+async function refreshHistory() {
+  try {
+    renderHistory(await api('GET', `/api/v1/audit?${historyQuery()}`));
+  } catch (e) {
+    // Helpdesk keys may not read the audit: say so in the table instead of failing the page.
+    const td = el('td', `Session history: ${e.message}`, { colspan: '8' });
+    const tr = el('tr');
+    tr.append(td);
+    $('history').replaceChildren(tr);
+    delete $('history').dataset.stale;
+  }
+}
+
 async function refresh() {
   if (!key) return;
   try {
@@ -105,7 +164,13 @@ async function refresh() {
     showError('');
   } catch (e) { showError(e.message); return; }
   try { renderAudit(await api('GET', '/api/v1/audit?limit=50')); } catch { $('audit').replaceChildren(); }
+  await refreshHistory();
 }
+
+$('history-filter').addEventListener('submit', (e) => {
+  e.preventDefault();
+  refreshHistory();
+});
 
 $('key').value = key;
 $('operator').value = operator;
