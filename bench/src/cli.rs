@@ -86,6 +86,10 @@ pub struct Args {
     /// average is at most this: on a shared machine, other work skews every figure.
     #[arg(long)]
     pub wait_for_load: Option<f64>,
+    /// Instead of the benchmarks: a VNC-like stream of this many MiB per session with recording
+    /// off and on (`--runs` pairs).
+    #[arg(long)]
+    pub recording_mib: Option<u64>,
     /// Instead of the benchmarks: a soak of this many minutes (agents connecting and
     /// disconnecting, sessions opening and closing), sampling the broker's RSS and open files.
     #[arg(long)]

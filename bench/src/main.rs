@@ -16,6 +16,7 @@ mod cli;
 mod host;
 mod loadgen;
 mod measure;
+mod recording;
 mod report;
 mod run;
 mod service;
@@ -159,11 +160,23 @@ async fn main() -> anyhow::Result<()> {
         }
     );
 
-    if let Some(minutes) = args.soak_minutes {
+    let section = if let Some(mib) = args.recording_mib {
+        Some((
+            "Recording on vs off",
+            recording::recording_on_off(&broker_cmd, &dir, plan.cipher, mib, plan.runs).await?,
+        ))
+    } else if let Some(minutes) = args.soak_minutes {
         let service = service::Service::start().await?;
-        let body = soak::soak(&plan, &broker_cmd, &dir, service.addr(), minutes).await?;
+        Some((
+            "Soak",
+            soak::soak(&plan, &broker_cmd, &dir, service.addr(), minutes).await?,
+        ))
+    } else {
+        None
+    };
+    if let Some((title, body)) = section {
         let md = format!(
-            "## Soak\n\n`{}` on {}\n\n{body}",
+            "## {title}\n\n`{}` on {}\n\n{body}",
             report.command,
             report
                 .machine

@@ -186,11 +186,20 @@ impl Api {
     /// `POST /api/v1/sessions` for the agent's `vnc` service. While the agent is offline (409
     /// `agent_offline`, e.g. during its restart) the call is retried for up to 10 s.
     pub async fn create_session(&self, agent: &str) -> anyhow::Result<CreatedSession> {
+        self.create_session_with(agent, false).await
+    }
+
+    /// [`Self::create_session`], recorded or not.
+    pub async fn create_session_with(
+        &self,
+        agent: &str,
+        record: bool,
+    ) -> anyhow::Result<CreatedSession> {
         let body = CreateSession {
             agent: AgentId::new(agent)?,
             service: ServiceName::new(SERVICE)?,
             operator: "bench".to_owned(),
-            record: Some(false),
+            record: Some(record),
             view_only: false,
             legacy: false,
             ttl_secs: None,
