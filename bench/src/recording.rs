@@ -101,7 +101,9 @@ async fn serve(mut s: TcpStream, updates: usize) -> anyhow::Result<()> {
         update.extend_from_slice(&0i32.to_be_bytes()); // Raw
         // Pixels that change with each update (a recording cannot dedupe them).
         update.extend((0..usize::from(RECT) * usize::from(RECT)).flat_map(|p| {
-            let v = (p as u32).wrapping_mul(2_654_435_761).wrapping_add(i as u32);
+            let v = (p as u32)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(i as u32);
             v.to_le_bytes()
         }));
         wr.write_all(&update).await?;
@@ -209,11 +211,18 @@ pub async fn recording_on_off(
     let (mut off, mut on, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         // Alternate which goes first, so that a drift of the machine's load hits both.
-        let order = if run % 2 == 0 { [false, true] } else { [true, false] };
+        let order = if run % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         for record in order {
             match stream_once(&stack.api, &stack.agent_id, record, updates).await {
                 Ok(mbps) => {
-                    println!("recording {}: {mbps:.0} MB/s", if record { "on" } else { "off" });
+                    println!(
+                        "recording {}: {mbps:.0} MB/s",
+                        if record { "on" } else { "off" }
+                    );
                     if record { &mut on } else { &mut off }.push(mbps);
                 }
                 // The recorder fell more than its buffer behind (fail_closed): say so.
