@@ -83,6 +83,11 @@ impl Buffer {
         ok
     }
 
+    /// Whether nothing is queued.
+    fn is_empty(&self) -> bool {
+        self.lock().0.is_empty()
+    }
+
     fn close(&self) {
         self.lock().2 = true;
         self.ready.notify_one();
@@ -254,12 +259,18 @@ pub async fn run(
         }
     };
 
-    // Buffer -> viewer.
+    // Buffer -> viewer. Frames are flushed to the socket when the buffer runs dry, so that a
+    // busy stream goes out in fewer, larger writes and a lone message goes out at once.
     let write = async {
         while let Some(chunk) = buffer.pop(MAX_OUT_FRAME).await {
-            if ws_tx.send(Message::Binary(chunk)).await.is_err() {
+            if ws_tx.feed(Message::Binary(chunk)).await.is_err()
+                || (buffer.is_empty() && ws_tx.flush().await.is_err())
+            {
                 return Outcome::new(EndReason::ViewerClosed, close::SERVICE_CLOSED);
             }
+        }
+        if ws_tx.flush().await.is_err() {
+            return Outcome::new(EndReason::ViewerClosed, close::SERVICE_CLOSED);
         }
         Outcome::new(EndReason::ServiceClosed, close::SERVICE_CLOSED)
     };
