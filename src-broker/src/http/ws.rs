@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State as AxState};
 use axum::response::Response;
@@ -15,6 +16,7 @@ use passerelle_proto::rfb::ClientFilter;
 use serde::Deserialize;
 use tracing::Instrument as _;
 
+use super::server::ConnSlot;
 use crate::bridge;
 use crate::broker::State;
 use crate::registry::AgentConn;
@@ -36,9 +38,10 @@ pub async fn viewer(
     Path(id): Path<String>,
     Query(q): Query<TokenQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    slot: Option<Extension<ConnSlot>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(state, id, q.token, peer, ws, false)
+    upgrade(state, id, q.token, peer, slot, ws, false)
 }
 
 pub async fn raw(
@@ -46,9 +49,10 @@ pub async fn raw(
     Path(id): Path<String>,
     Query(q): Query<TokenQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    slot: Option<Extension<ConnSlot>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(state, id, q.token, peer, ws, true)
+    upgrade(state, id, q.token, peer, slot, ws, true)
 }
 
 fn upgrade(
@@ -56,6 +60,7 @@ fn upgrade(
     id: String,
     token: String,
     peer: SocketAddr,
+    slot: Option<Extension<ConnSlot>>,
     ws: WebSocketUpgrade,
     raw: bool,
 ) -> Response {
@@ -69,8 +74,12 @@ fn upgrade(
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| {
             let fut = serve(state, id, token, peer, socket, raw).instrument(span);
-            // Tracked so that shutdown waits for the viewer's close frame.
-            let handle = tasks.spawn(fut);
+            // Tracked so that shutdown waits for the viewer's close frame. The connection keeps
+            // its place under the connection caps until the viewer is done.
+            let handle = tasks.spawn(async move {
+                fut.await;
+                drop(slot);
+            });
             async move {
                 let _ = handle.await;
             }
