@@ -76,6 +76,13 @@ pub struct Config {
     pub http_header_timeout: Duration,
     /// The TLS handshake must be done within this.
     pub tls_handshake_timeout: Duration,
+    /// Failed credentials (unknown viewer or launch tokens, unknown API keys) one address may
+    /// present within `auth_failure_window` before it is locked out; 0 turns the limit off.
+    pub auth_failure_limit: u32,
+    /// See `auth_failure_limit`.
+    pub auth_failure_window: Duration,
+    /// How long a locked-out address is refused, even with valid credentials.
+    pub auth_lockout: Duration,
 }
 
 impl Config {
@@ -130,6 +137,9 @@ pub struct FileConfig {
     pub http_max_connections_per_ip: Option<usize>,
     pub http_header_timeout_secs: Option<u64>,
     pub tls_handshake_timeout_secs: Option<u64>,
+    pub auth_failure_limit: Option<u32>,
+    pub auth_failure_window_secs: Option<u64>,
+    pub auth_lockout_secs: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -175,7 +185,10 @@ impl FileConfig {
             http_max_connections,
             http_max_connections_per_ip,
             http_header_timeout_secs,
-            tls_handshake_timeout_secs
+            tls_handshake_timeout_secs,
+            auth_failure_limit,
+            auth_failure_window_secs,
+            auth_lockout_secs
         );
         self
     }
@@ -237,6 +250,9 @@ impl FileConfig {
             http_max_connections_per_ip: self.http_max_connections_per_ip.unwrap_or(256),
             http_header_timeout: secs(self.http_header_timeout_secs, 10),
             tls_handshake_timeout: secs(self.tls_handshake_timeout_secs, 10),
+            auth_failure_limit: self.auth_failure_limit.unwrap_or(20),
+            auth_failure_window: secs(self.auth_failure_window_secs, 60),
+            auth_lockout: secs(self.auth_lockout_secs, 60),
             data_dir,
         };
         if config.token_ttl.is_zero() || config.keepalive_interval.is_zero() {
@@ -253,6 +269,11 @@ impl FileConfig {
                 "http_max_connections, http_header_timeout_secs and tls_handshake_timeout_secs \
                  must be at least 1"
             );
+        }
+        if config.auth_failure_limit > 0
+            && (config.auth_failure_window.is_zero() || config.auth_lockout.is_zero())
+        {
+            bail!("auth_failure_window_secs and auth_lockout_secs must be at least 1");
         }
         if config.default_session_ttl > config.max_session_ttl {
             bail!("default_session_ttl_secs exceeds max_session_ttl_secs");
@@ -277,6 +298,7 @@ mod tests {
         assert_eq!(c.http_max_connections, 4096);
         assert_eq!(c.http_header_timeout, Duration::from_secs(10));
         assert_eq!(c.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.auth_failure_limit, 20);
         // A dead agent is offline within 45 s.
         assert!(c.keepalive_interval * (c.keepalive_max as u32 + 1) <= Duration::from_secs(45));
     }
@@ -326,5 +348,8 @@ mod tests {
         assert_eq!(c.http_max_connections_per_ip, d.http_max_connections_per_ip);
         assert_eq!(c.http_header_timeout, d.http_header_timeout);
         assert_eq!(c.tls_handshake_timeout, d.tls_handshake_timeout);
+        assert_eq!(c.auth_failure_limit, d.auth_failure_limit);
+        assert_eq!(c.auth_failure_window, d.auth_failure_window);
+        assert_eq!(c.auth_lockout, d.auth_lockout);
     }
 }

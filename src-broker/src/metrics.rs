@@ -20,6 +20,8 @@ pub struct Metrics {
     pub http_connections_refused: AtomicU64,
     pub http_header_timeouts: AtomicU64,
     pub http_handshake_timeouts: AtomicU64,
+    pub auth_lockouts: AtomicU64,
+    pub auth_throttled: AtomicU64,
     ended: [AtomicU64; REASONS.len()],
 }
 
@@ -118,6 +120,18 @@ impl Metrics {
             "counter",
             "Connections closed for not finishing the TLS handshake in time.",
             get(&self.http_handshake_timeouts),
+        );
+        metric(
+            "passerelle_auth_lockouts_total",
+            "counter",
+            "Addresses locked out for presenting too many unknown tokens or API keys.",
+            get(&self.auth_lockouts),
+        );
+        metric(
+            "passerelle_auth_throttled_total",
+            "counter",
+            "Requests and viewers refused because their address was locked out.",
+            get(&self.auth_throttled),
         );
         let _ = writeln!(
             out,

@@ -12,7 +12,7 @@
 //! - Shutdown: each connection is told to finish its request and close, then cut after a grace.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,24 +29,10 @@ use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
 use crate::broker::State;
+use crate::throttle::client_key;
 
 /// How long a connection may take to finish its request once shutdown has begun.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-
-/// The unit the per-address cap applies to: an IPv4 address, or an IPv6 /64 (IPv4-mapped IPv6
-/// addresses count as their IPv4 address).
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
 
 /// Open connections per client address.
 #[derive(Debug, Default)]

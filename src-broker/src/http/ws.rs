@@ -94,6 +94,15 @@ async fn serve(
     mut ws: WebSocket,
     raw: bool,
 ) {
+    if let Err(wait) = state.credentials_allowed(peer) {
+        let code = close::TOO_MANY_ATTEMPTS;
+        let message = format!(
+            "too many failed token attempts from this address; retry in {}s",
+            wait.as_secs().max(1)
+        );
+        tracing::info!("viewer refused: its address is locked out");
+        return bridge::refuse(ws, code, &message).await;
+    }
     let (session, kind) = match state.sessions.admit(&id, &token) {
         Ok(admitted) => admitted,
         Err(refusal) => {
@@ -103,12 +112,20 @@ async fn serve(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut ev = NewEvent::new(AuditKind::TokenRefused, refusal.reason.clone());
             ev.peer_addr = Some(peer.to_string());
-            if let Some(live) = state.sessions.get(&id) {
+            let live = state.sessions.get(&id);
+            if let Some(live) = &live {
                 ev.tenant_id = Some(live.tenant_id);
                 ev.session = Some(live.id.clone());
                 ev.agent = Some(live.agent.to_string());
             }
             state.store.audit(ev);
+            if refusal.unknown {
+                let what = match &live {
+                    Some(live) => format!("a token for session {}", live.id),
+                    None => "a token for an unknown session".to_owned(),
+                };
+                state.credential_failed(peer, live.map(|l| l.tenant_id), &what);
+            }
             tracing::info!(reason = %refusal.reason, "viewer refused");
             return bridge::refuse(ws, refusal.code, &refusal.reason).await;
         }
