@@ -5,11 +5,13 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use passerelle_e2e::WAIT;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader, Lines};
+use passerelle_e2e::{Agent, CreatedSession, Forward, IssuedToken, WAIT, Ws};
+use passerelle_proto::rfb::vnc_auth_response;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::time::timeout;
 
@@ -86,11 +88,23 @@ struct Banner {
 struct Serve {
     child: Child,
     stdout: Lines<BufReader<ChildStdout>>,
+    /// Everything it writes to stderr (its log), once the pipe closes.
+    stderr: tokio::task::JoinHandle<Vec<u8>>,
 }
 
 impl Serve {
     async fn start(data_dir: &Path, insecure: bool) -> Result<(Self, Banner)> {
+        Self::start_with(data_dir, insecure, &[]).await
+    }
+
+    /// [`Self::start`] with extra environment variables.
+    async fn start_with(
+        data_dir: &Path,
+        insecure: bool,
+        env: &[(&str, &str)],
+    ) -> Result<(Self, Banner)> {
         let mut cmd = Command::new(passerelle_bin()?);
+        cmd.envs(env.iter().copied());
         cmd.arg("serve").arg("--data-dir").arg(data_dir);
         cmd.args([
             "--ssh-listen",
@@ -107,13 +121,18 @@ impl Serve {
             .kill_on_drop(true);
         let mut child = cmd.spawn().context("spawning passerelle serve")?;
         // Logs go to stderr; keep the pipe drained so that logging never blocks the broker.
-        let mut stderr = child.stderr.take().context("stderr")?;
-        tokio::spawn(async move {
+        let mut pipe = child.stderr.take().context("stderr")?;
+        let stderr = tokio::spawn(async move {
             let mut sink = Vec::new();
-            let _ = stderr.read_to_end(&mut sink).await;
+            let _ = pipe.read_to_end(&mut sink).await;
+            sink
         });
         let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let mut serve = Self { child, stdout };
+        let mut serve = Self {
+            child,
+            stdout,
+            stderr,
+        };
         let mut line = serve.line().await?;
         let mut admin_key = None;
         if let Some(rest) = line.strip_prefix("admin API key (tenant default, shown once, also in ")
@@ -162,16 +181,25 @@ impl Serve {
     }
 
     /// SIGTERM, then the exit status (bounded).
-    async fn terminate(mut self) -> Result<ExitStatus> {
+    async fn terminate(self) -> Result<ExitStatus> {
+        Ok(self.terminate_with_log().await?.0)
+    }
+
+    /// SIGTERM, then the exit status and everything written to stderr (bounded).
+    async fn terminate_with_log(mut self) -> Result<(ExitStatus, String)> {
         let pid = self.child.id().context("already exited")?;
         let kill = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .await?;
         ensure!(kill.success(), "kill -TERM {pid} failed");
-        Ok(timeout(WAIT, self.child.wait())
+        let status = timeout(WAIT, self.child.wait())
             .await
-            .context("no exit after SIGTERM")??)
+            .context("no exit after SIGTERM")??;
+        let log = timeout(WAIT, self.stderr)
+            .await
+            .context("stderr still open after exit")??;
+        Ok((status, String::from_utf8_lossy(&log).into_owned()))
     }
 }
 
@@ -361,4 +389,227 @@ async fn serve_refuses_contradictory_tls_flags() -> Result<()> {
     );
     ensure!(!out.stderr.is_empty(), "no message on stderr");
     Ok(())
+}
+
+/// A VNC server that speaks just enough RFB 3.8: VNC authentication against `password`, then
+/// an echo. Counts the connections that answered the challenge right.
+async fn fake_vnc_server(password: &'static str) -> Result<(u16, Arc<AtomicUsize>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let authed = Arc::new(AtomicUsize::new(0));
+    let counter = authed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let challenge = *b"0123456789abcdef";
+                let mut version = [0u8; 12];
+                let mut chosen = [0u8; 1];
+                let mut response = [0u8; 16];
+                let ok = async {
+                    s.write_all(b"RFB 003.008\n").await?;
+                    s.read_exact(&mut version).await?;
+                    s.write_all(&[1, 2]).await?;
+                    s.read_exact(&mut chosen).await?;
+                    s.write_all(&challenge).await?;
+                    s.read_exact(&mut response).await?;
+                    std::io::Result::Ok(
+                        response == vnc_auth_response(password.as_bytes(), &challenge),
+                    )
+                }
+                .await;
+                if !matches!(ok, Ok(true)) {
+                    let _ = s
+                        .write_all(&[0, 0, 0, 1, 0, 0, 0, 3, b'b', b'a', b'd'])
+                        .await;
+                    return;
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                if s.write_all(&[0, 0, 0, 0]).await.is_err() {
+                    return;
+                }
+                let (mut rd, mut wr) = s.split();
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+            });
+        }
+    });
+    Ok((port, authed))
+}
+
+/// The `token` parameter of a URL.
+fn token_param(url: &str) -> Result<String> {
+    let (_, rest) = url
+        .split_once("token=")
+        .with_context(|| format!("no token in {url}"))?;
+    Ok(rest.split('&').next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_log_even_at_debug_level() -> Result<()> {
+    const AGENT_PW: &str = "agentVNC-pw-31337";
+    const TENANT_PW: &str = "tenantVNC-pw-4242";
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().context("utf-8 temp path")?;
+    let http = client()?;
+    let (serve, banner) = Serve::start_with(&data, true, &[("RUST_LOG", "debug")]).await?;
+    let admin = banner.admin_key.clone().context("no admin key")?;
+    let base = banner.http.clone();
+    let ssh_addr: std::net::SocketAddr = banner.ssh.parse()?;
+    let mut secrets: Vec<(&str, String)> = vec![
+        ("the admin API key", admin.clone()),
+        ("the agent's VNC password", AGENT_PW.into()),
+        ("the tenant's VNC password", TENANT_PW.into()),
+    ];
+
+    // The tenant's and the agent's VNC passwords; an agent in front of a VNC server.
+    let (vnc_port, authed) = fake_vnc_server(AGENT_PW).await?;
+    let resp = http
+        .patch(format!("{base}/api/v1/tenant"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({ "vnc_password": TENANT_PW }))
+        .send()
+        .await?;
+    ensure!(
+        resp.status().is_success(),
+        "PATCH tenant: {}",
+        resp.status()
+    );
+    let known = passerelle(&[
+        "host-key",
+        "--data-dir",
+        data_arg,
+        "--known-hosts-host",
+        &banner.ssh,
+    ])
+    .await?;
+    let host_key = known
+        .lines()
+        .find_map(|l| l.split_once(' ').filter(|(h, _)| h.starts_with('[')))
+        .map(|(_, key)| key.to_owned())
+        .context(known.clone())?;
+    let mut agent = Agent::for_broker(ssh_addr, &host_key, &admin, "pc-logs").await?;
+    let resp = http
+        .post(format!("{base}/api/v1/agents"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({
+            "id": "pc-logs",
+            "public_key": agent.key.public_key,
+            "vnc_password": AGENT_PW,
+        }))
+        .send()
+        .await?;
+    ensure!(
+        resp.status().as_u16() == 201,
+        "POST agents: {}",
+        resp.status()
+    );
+    agent.connect(&[Forward::named("vnc", vnc_port)])?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = get(
+            &http,
+            &format!("{base}/api/v1/agents/pc-logs"),
+            Some(&admin),
+        )
+        .await?;
+        ensure!(status == 200, "{status} {body}");
+        if body.contains("\"online\":true") && body.contains("\"vnc\"") {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "agent never online: {body}"
+        );
+        tokio::time::sleep(passerelle_e2e::POLL).await;
+    }
+
+    // A session, its viewer (the broker answers the VNC challenge), its launch token, a fresh
+    // token, and failed attempts.
+    let resp = http
+        .post(format!("{base}/api/v1/sessions"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"agent": "pc-logs", "service": "vnc", "operator": "alice"}))
+        .send()
+        .await?;
+    ensure!(
+        resp.status().as_u16() == 201,
+        "POST sessions: {}",
+        resp.status()
+    );
+    let created: CreatedSession = resp.json().await?;
+    secrets.push(("the viewer token", created.token.clone()));
+    let launch = token_param(&created.launch_url)?;
+    secrets.push(("the launch token", launch.clone()));
+    let mut ws = Ws::connect(&created.ws_url).await?;
+    ensure!(ws.read_exact(12).await? == b"RFB 003.008\n");
+    ws.send(b"RFB 003.008\n").await?;
+    ensure!(ws.read_exact(2).await? == [1, 1]);
+    ws.send(&[1]).await?;
+    ensure!(ws.read_exact(4).await? == [0, 0, 0, 0]);
+    ws.round_trip(&[1]).await?;
+    ensure!(
+        authed.load(Ordering::SeqCst) == 1,
+        "the VNC password was not used"
+    );
+    let raw = format!(
+        "ws://{}/ws/sessions/{}/raw?token={launch}",
+        host_port(&base),
+        created.id
+    );
+    let mut native = Ws::connect(&raw).await?;
+    ensure!(
+        native.read_exact(12).await? == b"RFB 003.008\n",
+        "launch token not bridged"
+    );
+    native.close().await?;
+    let resp = http
+        .post(format!("{base}/api/v1/sessions/{}/tokens", created.id))
+        .bearer_auth(&admin)
+        .send()
+        .await?;
+    let issued: IssuedToken = resp.json().await?;
+    secrets.push(("a fresh token", issued.token.clone()));
+    let guess = "G".repeat(43);
+    secrets.push(("a guessed token", guess.clone()));
+    let closed = Ws::connect(&created.ws_url.replace(&created.token, &guess))
+        .await?
+        .expect_close()
+        .await?;
+    ensure!(
+        closed.code == passerelle_e2e::close::TOKEN_INVALID.code,
+        "{closed:?}"
+    );
+    let (prefix, _) = admin.rsplit_once('_').context("key format")?;
+    let wrong_key = format!("{prefix}_{}", "W".repeat(43));
+    secrets.push(("a wrong API key", wrong_key.clone()));
+    let (status, _) = get(&http, &format!("{base}/api/v1/agents"), Some(&wrong_key)).await?;
+    ensure!(status == 401, "wrong key: {status}");
+    ws.close().await?;
+    agent.disconnect().await?;
+
+    let (exit, log) = serve.terminate_with_log().await?;
+    ensure!(exit.success(), "SIGTERM: {exit}");
+    ensure!(
+        log.contains("DEBUG") && log.contains("bridging"),
+        "the log is not at debug level, or the session never ran:\n{log}"
+    );
+    for (what, secret) in &secrets {
+        ensure!(!secret.is_empty(), "{what} is empty");
+        if let Some(line) = log.lines().find(|l| l.contains(secret.as_str())) {
+            bail!("{what} appears in the log: {line}");
+        }
+    }
+    // The secret part of the API key alone, too.
+    let (_, admin_secret) = admin.rsplit_once('_').context("key format")?;
+    ensure!(
+        !log.contains(admin_secret),
+        "the admin key's secret is in the log"
+    );
+    Ok(())
+}
+
+/// `http://HOST:PORT` → `HOST:PORT`.
+fn host_port(base: &str) -> &str {
+    base.trim_start_matches("http://").trim_end_matches('/')
 }
