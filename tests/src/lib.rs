@@ -13,6 +13,7 @@
 mod agent;
 mod broker;
 pub mod desktop;
+mod rfb_server;
 mod services;
 mod ws;
 
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 pub use agent::{Agent, AgentKey, Forward, SshOutput, SshProcess};
 pub use broker::{TestBroker, session_request};
+pub use rfb_server::FakeVnc;
 pub use services::{ConnStats, EchoServer, SourceServer};
 pub use ws::{Closed, Ws};
 

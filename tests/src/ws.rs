@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::net::{TcpSocket, TcpStream};
@@ -149,6 +149,20 @@ impl Ws {
             }
         }
         Ok(self.pending.drain(..n).collect())
+    }
+
+    /// The viewer's side of the RFB handshake the broker offers on a `vnc` session's `ws_url`:
+    /// version 3.8, security type None, result OK.
+    pub async fn rfb_handshake(&mut self) -> Result<()> {
+        let greeting = self.read_exact(12).await?;
+        ensure!(greeting == b"RFB 003.008\n", "greeting {greeting:?}");
+        self.send(b"RFB 003.008\n").await?;
+        let types = self.read_exact(2).await?;
+        ensure!(types == [1, 1], "security types {types:?}");
+        self.send(&[1]).await?;
+        let result = self.read_exact(4).await?;
+        ensure!(result == [0, 0, 0, 0], "security result {result:?}");
+        Ok(())
     }
 
     /// Sends `data` and reads as many bytes back; they must be identical (an echo service).

@@ -5,13 +5,11 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use passerelle_e2e::{Agent, CreatedSession, Forward, IssuedToken, WAIT, Ws};
-use passerelle_proto::rfb::vnc_auth_response;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use passerelle_e2e::{Agent, CreatedSession, FakeVnc, Forward, IssuedToken, WAIT, Ws};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::time::timeout;
 
@@ -391,51 +389,6 @@ async fn serve_refuses_contradictory_tls_flags() -> Result<()> {
     Ok(())
 }
 
-/// A VNC server that speaks just enough RFB 3.8: VNC authentication against `password`, then
-/// an echo. Counts the connections that answered the challenge right.
-async fn fake_vnc_server(password: &'static str) -> Result<(u16, Arc<AtomicUsize>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let authed = Arc::new(AtomicUsize::new(0));
-    let counter = authed.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let challenge = *b"0123456789abcdef";
-                let mut version = [0u8; 12];
-                let mut chosen = [0u8; 1];
-                let mut response = [0u8; 16];
-                let ok = async {
-                    s.write_all(b"RFB 003.008\n").await?;
-                    s.read_exact(&mut version).await?;
-                    s.write_all(&[1, 2]).await?;
-                    s.read_exact(&mut chosen).await?;
-                    s.write_all(&challenge).await?;
-                    s.read_exact(&mut response).await?;
-                    std::io::Result::Ok(
-                        response == vnc_auth_response(password.as_bytes(), &challenge),
-                    )
-                }
-                .await;
-                if !matches!(ok, Ok(true)) {
-                    let _ = s
-                        .write_all(&[0, 0, 0, 1, 0, 0, 0, 3, b'b', b'a', b'd'])
-                        .await;
-                    return;
-                }
-                counter.fetch_add(1, Ordering::SeqCst);
-                if s.write_all(&[0, 0, 0, 0]).await.is_err() {
-                    return;
-                }
-                let (mut rd, mut wr) = s.split();
-                let _ = tokio::io::copy(&mut rd, &mut wr).await;
-            });
-        }
-    });
-    Ok((port, authed))
-}
-
 /// The `token` parameter of a URL.
 fn token_param(url: &str) -> Result<String> {
     let (_, rest) = url
@@ -463,7 +416,7 @@ async fn no_secret_reaches_the_log_even_at_debug_level() -> Result<()> {
     ];
 
     // The tenant's and the agent's VNC passwords; an agent in front of a VNC server.
-    let (vnc_port, authed) = fake_vnc_server(AGENT_PW).await?;
+    let vnc = FakeVnc::start(AGENT_PW).await?;
     let resp = http
         .patch(format!("{base}/api/v1/tenant"))
         .bearer_auth(&admin)
@@ -504,7 +457,7 @@ async fn no_secret_reaches_the_log_even_at_debug_level() -> Result<()> {
         "POST agents: {}",
         resp.status()
     );
-    agent.connect(&[Forward::named("vnc", vnc_port)])?;
+    agent.connect(&[Forward::named("vnc", vnc.port())])?;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (status, body) = get(
@@ -542,16 +495,9 @@ async fn no_secret_reaches_the_log_even_at_debug_level() -> Result<()> {
     let launch = token_param(&created.launch_url)?;
     secrets.push(("the launch token", launch.clone()));
     let mut ws = Ws::connect(&created.ws_url).await?;
-    ensure!(ws.read_exact(12).await? == b"RFB 003.008\n");
-    ws.send(b"RFB 003.008\n").await?;
-    ensure!(ws.read_exact(2).await? == [1, 1]);
-    ws.send(&[1]).await?;
-    ensure!(ws.read_exact(4).await? == [0, 0, 0, 0]);
+    ws.rfb_handshake().await?;
     ws.round_trip(&[1]).await?;
-    ensure!(
-        authed.load(Ordering::SeqCst) == 1,
-        "the VNC password was not used"
-    );
+    ensure!(vnc.authed() == 1, "the VNC password was not used");
     let raw = format!(
         "ws://{}/ws/sessions/{}/raw?token={launch}",
         host_port(&base),
