@@ -526,8 +526,12 @@ async fn no_secret_reaches_the_log_even_at_debug_level() -> Result<()> {
         closed.code == passerelle_e2e::close::TOKEN_INVALID.code,
         "{closed:?}"
     );
-    let (prefix, _) = admin.rsplit_once('_').context("key format")?;
-    let wrong_key = format!("{prefix}_{}", "W".repeat(43));
+    // `psk_<id>_<secret>`; the secret is base64url and may itself hold '_'.
+    let (key_id, admin_secret) = admin
+        .strip_prefix("psk_")
+        .and_then(|rest| rest.split_once('_'))
+        .context("key format")?;
+    let wrong_key = format!("psk_{key_id}_{}", "W".repeat(43));
     secrets.push(("a wrong API key", wrong_key.clone()));
     let (status, _) = get(&http, &format!("{base}/api/v1/agents"), Some(&wrong_key)).await?;
     ensure!(status == 401, "wrong key: {status}");
@@ -547,7 +551,6 @@ async fn no_secret_reaches_the_log_even_at_debug_level() -> Result<()> {
         }
     }
     // The secret part of the API key alone, too.
-    let (_, admin_secret) = admin.rsplit_once('_').context("key format")?;
     ensure!(
         !log.contains(admin_secret),
         "the admin key's secret is in the log"

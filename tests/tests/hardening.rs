@@ -503,9 +503,13 @@ async fn api_key_guessing_is_answered_429_with_retry_after() -> Result<()> {
         ensure!(resp.status() == StatusCode::UNAUTHORIZED);
     }
     // The admin key's public id with made-up secrets.
-    let (prefix, secret) = admin.rsplit_once('_').context("key format")?;
+    // `psk_<id>_<secret>`; the secret is base64url and may itself hold '_'.
+    let (key_id, secret) = admin
+        .strip_prefix("psk_")
+        .and_then(|rest| rest.split_once('_'))
+        .context("key format")?;
     let wrong: Vec<String> = (0..3)
-        .map(|i| format!("{prefix}_{}", format!("{i}").repeat(secret.len())))
+        .map(|i| format!("psk_{key_id}_{}", format!("{i}").repeat(secret.len())))
         .collect();
     for key in &wrong {
         let (status, _, body) = get_agents(&other, &broker, key).await?;
@@ -526,7 +530,6 @@ async fn api_key_guessing_is_answered_429_with_retry_after() -> Result<()> {
                 .is_some_and(|p| p.starts_with("127.0.0.2:"))
         })
         .await?;
-    let key_id = prefix.trim_start_matches("psk_");
     ensure!(ev.detail.contains(key_id), "{ev:?}");
     ensure!(
         !ev.detail.contains(secret) && wrong.iter().all(|w| !ev.detail.contains(w)),
