@@ -76,6 +76,9 @@ pub struct Config {
     pub http_header_timeout: Duration,
     /// The TLS handshake must be done within this.
     pub tls_handshake_timeout: Duration,
+    /// A request, its body included, must be received and answered within this (a slow body
+    /// is the header timeout's blind spot). WebSockets are not concerned once upgraded.
+    pub http_request_timeout: Duration,
     /// Failed credentials (unknown viewer or launch tokens, unknown API keys) one address may
     /// present within `auth_failure_window` before it is locked out; 0 turns the limit off.
     pub auth_failure_limit: u32,
@@ -137,6 +140,7 @@ pub struct FileConfig {
     pub http_max_connections_per_ip: Option<usize>,
     pub http_header_timeout_secs: Option<u64>,
     pub tls_handshake_timeout_secs: Option<u64>,
+    pub http_request_timeout_secs: Option<u64>,
     pub auth_failure_limit: Option<u32>,
     pub auth_failure_window_secs: Option<u64>,
     pub auth_lockout_secs: Option<u64>,
@@ -186,6 +190,7 @@ impl FileConfig {
             http_max_connections_per_ip,
             http_header_timeout_secs,
             tls_handshake_timeout_secs,
+            http_request_timeout_secs,
             auth_failure_limit,
             auth_failure_window_secs,
             auth_lockout_secs
@@ -250,6 +255,7 @@ impl FileConfig {
             http_max_connections_per_ip: self.http_max_connections_per_ip.unwrap_or(256),
             http_header_timeout: secs(self.http_header_timeout_secs, 10),
             tls_handshake_timeout: secs(self.tls_handshake_timeout_secs, 10),
+            http_request_timeout: secs(self.http_request_timeout_secs, 30),
             auth_failure_limit: self.auth_failure_limit.unwrap_or(20),
             auth_failure_window: secs(self.auth_failure_window_secs, 60),
             auth_lockout: secs(self.auth_lockout_secs, 60),
@@ -264,10 +270,11 @@ impl FileConfig {
         if config.http_max_connections == 0
             || config.http_header_timeout.is_zero()
             || config.tls_handshake_timeout.is_zero()
+            || config.http_request_timeout.is_zero()
         {
             bail!(
-                "http_max_connections, http_header_timeout_secs and tls_handshake_timeout_secs \
-                 must be at least 1"
+                "http_max_connections, http_header_timeout_secs, tls_handshake_timeout_secs and \
+                 http_request_timeout_secs must be at least 1"
             );
         }
         if config.auth_failure_limit > 0
@@ -348,6 +355,7 @@ mod tests {
         assert_eq!(c.http_max_connections_per_ip, d.http_max_connections_per_ip);
         assert_eq!(c.http_header_timeout, d.http_header_timeout);
         assert_eq!(c.tls_handshake_timeout, d.tls_handshake_timeout);
+        assert_eq!(c.http_request_timeout, d.http_request_timeout);
         assert_eq!(c.auth_failure_limit, d.auth_failure_limit);
         assert_eq!(c.auth_failure_window, d.auth_failure_window);
         assert_eq!(c.auth_lockout, d.auth_lockout);

@@ -191,6 +191,54 @@ async fn slow_and_silent_http_clients_are_cut_while_others_are_served() -> Resul
 }
 
 #[tokio::test]
+async fn a_request_body_trickled_slowly_is_answered_408_and_cut() -> Result<()> {
+    let limit = Duration::from_secs(2);
+    let broker = TestBroker::start_with(|c| c.http_request_timeout = limit).await?;
+    let addr = broker.http_addr();
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST /api/v1/sessions HTTP/1.1\r\nHost: broker\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"agent\"",
+        broker.admin_key()
+    );
+    slow.write_all(head.as_bytes()).await?;
+    let (mut rd, mut wr) = slow.into_split();
+    let trickle = tokio::spawn(async move {
+        while wr.write_all(b" ").await.is_ok() {
+            sleep(TRICKLE).await;
+        }
+    });
+    // Meanwhile the API answers others.
+    let (status, body) = broker
+        .api(
+            Method::GET,
+            "/api/v1/agents",
+            Some(broker.admin_key()),
+            None,
+        )
+        .await?;
+    ensure!(status == StatusCode::OK, "{status} {body}");
+    let mut seen = Vec::new();
+    timeout(WAIT, rd.read_to_end(&mut seen))
+        .await
+        .context("a trickled body was never cut")?
+        .ok();
+    let open_for = started.elapsed();
+    trickle.abort();
+    let text = String::from_utf8_lossy(&seen);
+    ensure!(
+        text.starts_with("HTTP/1.1 408") && text.contains("request_timeout"),
+        "{text}"
+    );
+    ensure!(
+        open_for >= limit - Duration::from_millis(300),
+        "cut after {open_for:?}, before the {limit:?} request timeout"
+    );
+    assert_still_serving(&broker).await
+}
+
+#[tokio::test]
 async fn a_stalled_tls_handshake_is_dropped() -> Result<()> {
     let limit = Duration::from_secs(2);
     let broker = TestBroker::start_with(|c| {

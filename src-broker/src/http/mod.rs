@@ -69,7 +69,42 @@ pub fn router(state: Arc<State>) -> Router {
                 .patch(api::not_found),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ))
         .with_state(state)
+}
+
+/// Answers 408 `request_timeout` (and closes the connection) when a request is not received in
+/// full and handled within `http_request_timeout`: a body trickled byte by byte is cut like a
+/// slow header. A WebSocket handler returns at once with its upgrade, so bridges are unaffected.
+async fn request_deadline(
+    AxState(state): AxState<Arc<State>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let limit = state.config.http_request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::debug!("request not received and handled within {limit:?}");
+            let mut response = ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request was not received in full and answered within {}s",
+                    limit.as_secs()
+                ),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
