@@ -32,6 +32,9 @@ codes! {
     TOKEN_EXPIRED = 4002, "token expired";
     /// The session has already ended; no token opens it any more.
     SESSION_ENDED = 4003, "session has ended";
+    /// The viewer's address presented too many unknown tokens or API keys and is refused for
+    /// a while, even with a valid token (the reason says how long).
+    TOO_MANY_ATTEMPTS = 4004, "too many failed token attempts from this address; try again later";
     /// The agent is not connected.
     AGENT_OFFLINE = 4010, "agent offline";
     /// The agent is connected but does not offer the service, or refused the channel.

@@ -19,7 +19,8 @@ use crate::config::{Config, TlsMode};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::sessions::{LiveSession, Sessions};
-use crate::store::{AuditKind, NewEvent, Store, now_ms};
+use crate::store::{AuditKind, NewEvent, Store, TenantId, now_ms};
+use crate::throttle::Throttle;
 use crate::{http, keys, ssh};
 
 /// File in the data dir holding the first admin API key.
@@ -43,6 +44,8 @@ pub struct State {
     pub host_key: PrivateKey,
     /// Signs recordings.
     pub recording_key: Arc<crate::recorder::SigningKey>,
+    /// Failed credentials per client address.
+    pub throttle: Throttle,
     next_conn_id: AtomicU64,
 }
 
@@ -58,6 +61,37 @@ impl State {
     /// A fresh connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether `peer` may present credentials now; `Err(retry_after)` while it is locked out.
+    pub fn credentials_allowed(&self, peer: SocketAddr) -> Result<(), Duration> {
+        let allowed = self.throttle.check(peer.ip());
+        if allowed.is_err() {
+            self.metrics.auth_throttled.fetch_add(1, Ordering::Relaxed);
+        }
+        allowed
+    }
+
+    /// Counts an unknown token or API key presented by `peer`. When that starts a lockout, it
+    /// is logged and audited once, in `tenant` (the tenant of what the attempt named, if it
+    /// named something that exists), with `what` for people; never the credential itself.
+    pub fn credential_failed(&self, peer: SocketAddr, tenant: Option<TenantId>, what: &str) {
+        let Some(lockout) = self.throttle.failed(peer.ip()) else {
+            return;
+        };
+        self.metrics.auth_lockouts.fetch_add(1, Ordering::Relaxed);
+        let detail = format!(
+            "{} failed credentials from {} within {}s (last: {what}); refused for {}s",
+            lockout.failures,
+            lockout.client,
+            self.config.auth_failure_window.as_secs(),
+            lockout.duration.as_secs()
+        );
+        tracing::warn!(client = %lockout.client, failures = lockout.failures, "token guessing: address locked out");
+        let mut ev = NewEvent::new(AuditKind::TokenGuessing, detail);
+        ev.tenant_id = tenant;
+        ev.peer_addr = Some(peer.to_string());
+        self.store.audit(ev);
     }
 
     /// Ends a session once and persists its audit row after its bridges let go (bounded wait).
@@ -238,7 +272,6 @@ impl Broker {
             format!("{scheme}://{host}:{}", http_addr.port())
         });
         let state = Arc::new(State {
-            config,
             store: Arc::new(store),
             registry: Registry::default(),
             sessions: Sessions::default(),
@@ -249,6 +282,12 @@ impl Broker {
             tls_fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
             host_key,
             recording_key,
+            throttle: Throttle::new(
+                config.auth_failure_limit,
+                config.auth_failure_window,
+                config.auth_lockout,
+            ),
+            config,
             next_conn_id: AtomicU64::new(1),
         });
         state.tasks.spawn(ssh::run(ssh_listener, state.clone()));
@@ -265,6 +304,7 @@ impl Broker {
                 tokio::select! {
                     _ = tick.tick() => {
                         sweeper.sessions.sweep(Duration::from_secs(600));
+                        sweeper.throttle.sweep();
                         // Retention: at start, then hourly.
                         if ticks.is_multiple_of(60) {
                             sweeper.sweep_recordings();

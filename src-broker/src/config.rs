@@ -65,6 +65,27 @@ pub struct Config {
     pub recordings_dir: PathBuf,
     /// Bytes a recording may queue for a slow disk before it fails.
     pub recording_buffer_bytes: usize,
+    /// HTTP connections open at once (before and after TLS, WebSockets included); more are
+    /// accepted and closed at once.
+    pub http_max_connections: usize,
+    /// HTTP connections open at once from one address (an IPv6 /64 counts as one); 0 for no
+    /// per-address cap (e.g. behind a reverse proxy, where every client has its address).
+    pub http_max_connections_per_ip: usize,
+    /// A request's header must arrive in full within this (slow-loris); also the longest a
+    /// kept-alive connection may sit idle between requests.
+    pub http_header_timeout: Duration,
+    /// The TLS handshake must be done within this.
+    pub tls_handshake_timeout: Duration,
+    /// A request, its body included, must be received and answered within this (a slow body
+    /// is the header timeout's blind spot). WebSockets are not concerned once upgraded.
+    pub http_request_timeout: Duration,
+    /// Failed credentials (unknown viewer or launch tokens, unknown API keys) one address may
+    /// present within `auth_failure_window` before it is locked out; 0 turns the limit off.
+    pub auth_failure_limit: u32,
+    /// See `auth_failure_limit`.
+    pub auth_failure_window: Duration,
+    /// How long a locked-out address is refused, even with valid credentials.
+    pub auth_lockout: Duration,
 }
 
 impl Config {
@@ -115,6 +136,14 @@ pub struct FileConfig {
     pub max_session_ttl_secs: Option<u64>,
     pub recordings_dir: Option<PathBuf>,
     pub recording_buffer_bytes: Option<usize>,
+    pub http_max_connections: Option<usize>,
+    pub http_max_connections_per_ip: Option<usize>,
+    pub http_header_timeout_secs: Option<u64>,
+    pub tls_handshake_timeout_secs: Option<u64>,
+    pub http_request_timeout_secs: Option<u64>,
+    pub auth_failure_limit: Option<u32>,
+    pub auth_failure_window_secs: Option<u64>,
+    pub auth_lockout_secs: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -156,7 +185,15 @@ impl FileConfig {
             default_session_ttl_secs,
             max_session_ttl_secs,
             recordings_dir,
-            recording_buffer_bytes
+            recording_buffer_bytes,
+            http_max_connections,
+            http_max_connections_per_ip,
+            http_header_timeout_secs,
+            tls_handshake_timeout_secs,
+            http_request_timeout_secs,
+            auth_failure_limit,
+            auth_failure_window_secs,
+            auth_lockout_secs
         );
         self
     }
@@ -214,6 +251,14 @@ impl FileConfig {
                 .recordings_dir
                 .unwrap_or_else(|| data_dir.join("recordings")),
             recording_buffer_bytes: self.recording_buffer_bytes.unwrap_or(32 << 20),
+            http_max_connections: self.http_max_connections.unwrap_or(4096),
+            http_max_connections_per_ip: self.http_max_connections_per_ip.unwrap_or(256),
+            http_header_timeout: secs(self.http_header_timeout_secs, 10),
+            tls_handshake_timeout: secs(self.tls_handshake_timeout_secs, 10),
+            http_request_timeout: secs(self.http_request_timeout_secs, 30),
+            auth_failure_limit: self.auth_failure_limit.unwrap_or(20),
+            auth_failure_window: secs(self.auth_failure_window_secs, 60),
+            auth_lockout: secs(self.auth_lockout_secs, 60),
             data_dir,
         };
         if config.token_ttl.is_zero() || config.keepalive_interval.is_zero() {
@@ -221,6 +266,21 @@ impl FileConfig {
         }
         if config.session_buffer_bytes < 64 * 1024 || config.max_ws_message_bytes < 1024 {
             bail!("session_buffer_bytes must be at least 65536 and max_ws_message_bytes 1024");
+        }
+        if config.http_max_connections == 0
+            || config.http_header_timeout.is_zero()
+            || config.tls_handshake_timeout.is_zero()
+            || config.http_request_timeout.is_zero()
+        {
+            bail!(
+                "http_max_connections, http_header_timeout_secs, tls_handshake_timeout_secs and \
+                 http_request_timeout_secs must be at least 1"
+            );
+        }
+        if config.auth_failure_limit > 0
+            && (config.auth_failure_window.is_zero() || config.auth_lockout.is_zero())
+        {
+            bail!("auth_failure_window_secs and auth_lockout_secs must be at least 1");
         }
         if config.default_session_ttl > config.max_session_ttl {
             bail!("default_session_ttl_secs exceeds max_session_ttl_secs");
@@ -242,6 +302,10 @@ mod tests {
         assert_eq!(c.tls, TlsMode::SelfSigned);
         assert_eq!(c.token_ttl, Duration::from_secs(60));
         assert_eq!(c.max_forwards_per_connection, 16);
+        assert_eq!(c.http_max_connections, 4096);
+        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.auth_failure_limit, 20);
         // A dead agent is offline within 45 s.
         assert!(c.keepalive_interval * (c.keepalive_max as u32 + 1) <= Duration::from_secs(45));
     }
@@ -285,5 +349,15 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../passerelle.example.toml");
         let c = FileConfig::load(&path).unwrap().into_config().unwrap();
         assert_eq!(c.ssh_listen.port(), 2222);
+        // The example spells out the defaults.
+        let d = FileConfig::default().into_config().unwrap();
+        assert_eq!(c.http_max_connections, d.http_max_connections);
+        assert_eq!(c.http_max_connections_per_ip, d.http_max_connections_per_ip);
+        assert_eq!(c.http_header_timeout, d.http_header_timeout);
+        assert_eq!(c.tls_handshake_timeout, d.tls_handshake_timeout);
+        assert_eq!(c.http_request_timeout, d.http_request_timeout);
+        assert_eq!(c.auth_failure_limit, d.auth_failure_limit);
+        assert_eq!(c.auth_failure_window, d.auth_failure_window);
+        assert_eq!(c.auth_lockout, d.auth_lockout);
     }
 }

@@ -12,6 +12,7 @@
 //! - [`rfb`]: RFB handshake termination for `vnc` sessions.
 //! - [`http`]: the JSON API and WebSocket endpoints.
 //! - [`store`]: SQLite: tenants, keys, agents, sessions, audit.
+//! - [`throttle`]: per-address limits on failed credentials.
 //! - [`keys`], [`secrets`], [`metrics`].
 
 pub mod bridge;
@@ -28,6 +29,7 @@ pub mod session_recording;
 pub mod sessions;
 pub mod ssh;
 pub mod store;
+pub mod throttle;
 
 pub use broker::Broker;
 pub use config::{Config, TlsMode};

@@ -15,6 +15,13 @@ pub struct Metrics {
     pub token_failures: AtomicU64,
     pub refused_requests: AtomicU64,
     pub agent_connections: AtomicU64,
+    /// HTTP connections open now (a gauge kept here because the accept loop owns it).
+    pub http_connections_open: AtomicU64,
+    pub http_connections_refused: AtomicU64,
+    pub http_header_timeouts: AtomicU64,
+    pub http_handshake_timeouts: AtomicU64,
+    pub auth_lockouts: AtomicU64,
+    pub auth_throttled: AtomicU64,
     ended: [AtomicU64; REASONS.len()],
 }
 
@@ -89,6 +96,42 @@ impl Metrics {
             "counter",
             "Refused agent SSH requests.",
             get(&self.refused_requests),
+        );
+        metric(
+            "passerelle_http_connections_open",
+            "gauge",
+            "HTTP connections open, WebSockets included.",
+            get(&self.http_connections_open),
+        );
+        metric(
+            "passerelle_http_connections_refused_total",
+            "counter",
+            "HTTP connections closed at once: over the global or per-address cap.",
+            get(&self.http_connections_refused),
+        );
+        metric(
+            "passerelle_http_header_timeouts_total",
+            "counter",
+            "HTTP connections closed for not sending a request header in time.",
+            get(&self.http_header_timeouts),
+        );
+        metric(
+            "passerelle_tls_handshake_timeouts_total",
+            "counter",
+            "Connections closed for not finishing the TLS handshake in time.",
+            get(&self.http_handshake_timeouts),
+        );
+        metric(
+            "passerelle_auth_lockouts_total",
+            "counter",
+            "Addresses locked out for presenting too many unknown tokens or API keys.",
+            get(&self.auth_lockouts),
+        );
+        metric(
+            "passerelle_auth_throttled_total",
+            "counter",
+            "Requests and viewers refused because their address was locked out.",
+            get(&self.auth_throttled),
         );
         let _ = writeln!(
             out,

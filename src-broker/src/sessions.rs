@@ -163,6 +163,9 @@ impl Drop for ConnectionGuard {
 pub struct Refusal {
     pub code: CloseCode,
     pub reason: String,
+    /// The token was never issued for this session: what guessing looks like (as opposed to
+    /// a real token that expired, was spent, or outlived its session).
+    pub unknown: bool,
 }
 
 impl Refusal {
@@ -170,6 +173,14 @@ impl Refusal {
         Self {
             code,
             reason: code.reason.to_owned(),
+            unknown: false,
+        }
+    }
+
+    fn unknown() -> Self {
+        Self {
+            unknown: true,
+            ..Self::new(close::TOKEN_INVALID)
         }
     }
 }
@@ -280,10 +291,10 @@ impl Sessions {
         let hash = secrets::hash(token);
         let mut inner = self.inner();
         let Some(entry) = inner.tokens.get_mut(&hash) else {
-            return Err(Refusal::new(close::TOKEN_INVALID));
+            return Err(Refusal::unknown());
         };
         if !secrets::ct_eq(entry.session.as_bytes(), id.as_bytes()) {
-            return Err(Refusal::new(close::TOKEN_INVALID));
+            return Err(Refusal::unknown());
         }
         let kind = entry.kind;
         let first_use = !entry.used;
@@ -291,6 +302,7 @@ impl Sessions {
             return Err(Refusal {
                 code: close::TOKEN_INVALID,
                 reason: "token already used".into(),
+                unknown: false,
             });
         }
         if first_use && Instant::now() >= entry.expires_at {
@@ -305,6 +317,7 @@ impl Sessions {
             return Err(Refusal {
                 code: close::SESSION_ENDED,
                 reason,
+                unknown: false,
             });
         };
         if session.ended.is_cancelled() {
@@ -312,6 +325,7 @@ impl Sessions {
             return Err(Refusal {
                 code: close::SESSION_ENDED,
                 reason: format!("session has ended ({reason}, code {})", code.code),
+                unknown: false,
             });
         }
         Ok((session, kind))
@@ -425,14 +439,17 @@ mod tests {
         let sessions = Sessions::default();
         let s = new_session(&sessions, false);
         let t = sessions.issue_token(&s, TokenKind::Viewer, Duration::from_secs(60));
-        assert!(sessions.admit(&s.id, "wrong").is_err());
+        assert!(sessions.admit(&s.id, "wrong").unwrap_err().unknown);
         let other = new_session(&sessions, false);
-        assert_eq!(
-            sessions.admit(&other.id, &t).unwrap_err().code,
-            close::TOKEN_INVALID
+        let foreign = sessions.admit(&other.id, &t).unwrap_err();
+        assert_eq!(foreign.code, close::TOKEN_INVALID);
+        assert!(
+            foreign.unknown,
+            "a token of another session is a guess here"
         );
         assert!(sessions.admit(&s.id, &t).is_ok());
         let again = sessions.admit(&s.id, &t).unwrap_err();
+        assert!(!again.unknown, "a spent token is no guess");
         assert_eq!(
             (again.code, again.reason.as_str()),
             (close::TOKEN_INVALID, "token already used")

@@ -217,14 +217,20 @@ impl Agent {
 
     /// A new agent with a fresh key, not registered; presence is read with `api_key`.
     pub async fn new_in(broker: &TestBroker, api_key: &str, id: &str) -> Result<Self> {
+        Self::for_broker(broker.ssh_addr(), broker.host_key(), api_key, id).await
+    }
+
+    /// A new agent with a fresh key for any broker (e.g. the `passerelle` binary) listening
+    /// for agents on `ssh_addr` (on 127.0.0.1) with `host_key` (`ssh-ed25519 AAAA...`).
+    pub async fn for_broker(
+        ssh_addr: SocketAddr,
+        host_key: &str,
+        api_key: &str,
+        id: &str,
+    ) -> Result<Self> {
         let key = AgentKey::generate().await?;
-        let ssh_addr = broker.ssh_addr();
         let known_hosts = key.dir.path().join("known_hosts");
-        let line = format!(
-            "[127.0.0.1]:{} {}\n",
-            ssh_addr.port(),
-            broker.host_key().trim()
-        );
+        let line = format!("[127.0.0.1]:{} {}\n", ssh_addr.port(), host_key.trim());
         std::fs::write(&known_hosts, line)?;
         Ok(Self {
             id: id.to_owned(),

@@ -15,6 +15,7 @@ mod broker;
 pub mod desktop;
 pub mod faults;
 pub mod process;
+mod rfb_server;
 mod services;
 mod ws;
 
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use agent::{Agent, AgentKey, Forward, SshOutput, SshProcess};
 pub use broker::{TestBroker, session_request};
+pub use rfb_server::FakeVnc;
 pub use services::{ConnStats, EchoServer, SourceServer};
 pub use ws::{Closed, Ws};
 

@@ -91,13 +91,25 @@ pub struct BrokerProcess {
     child: Child,
     stdout: Lines<BufReader<ChildStdout>>,
     stderr: Arc<Mutex<String>>,
+    /// Reads stderr until the pipe closes.
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl BrokerProcess {
     /// `passerelle serve --data-dir DATA_DIR ARGS...`, up to its banner.
     pub async fn serve(data_dir: &Path, args: &[&str]) -> Result<(Self, Banner)> {
+        Self::serve_with_env(data_dir, args, &[]).await
+    }
+
+    /// [`Self::serve`] with extra environment variables (e.g. `RUST_LOG`).
+    pub async fn serve_with_env(
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<(Self, Banner)> {
         let mut cmd = Command::new(passerelle_bin()?);
         cmd.arg("serve").arg("--data-dir").arg(data_dir).args(args);
+        cmd.envs(env.iter().copied());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -107,7 +119,7 @@ impl BrokerProcess {
         let mut pipe = child.stderr.take().context("stderr")?;
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&stderr);
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut buf = [0u8; 8192];
             while let Ok(n @ 1..) = pipe.read(&mut buf).await {
                 if let Ok(mut s) = sink.lock() {
@@ -120,6 +132,7 @@ impl BrokerProcess {
             child,
             stdout,
             stderr,
+            reader,
         };
         let banner = serve.banner().await?;
         Ok((serve, banner))
@@ -174,6 +187,19 @@ impl BrokerProcess {
     /// Everything the broker has logged so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status and everything the broker wrote to stderr (bounded).
+    pub async fn terminate_with_log(self) -> Result<(ExitStatus, String)> {
+        let (stderr, reader) = (Arc::clone(&self.stderr), self.reader.abort_handle());
+        let status = self.signal("TERM").await?;
+        // The process has exited: its stderr reaches end of file soon.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !reader.is_finished() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let log = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        Ok((status, log))
     }
 
     /// Sends `signal` (e.g. "KILL", "TERM") and waits (bounded) for the exit.

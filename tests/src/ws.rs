@@ -2,17 +2,18 @@
 //! version axum uses) that sends binary frames, reads byte counts across frames and expects
 //! close codes, every wait bounded.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, client_async, connect_async};
 
 use crate::WAIT;
 
@@ -51,6 +52,44 @@ impl Ws {
         Self::connect_with(url, None).await
     }
 
+    /// Connects to `url` (plain `ws://` only) from the local address `from`, e.g. 127.0.0.2 to
+    /// look like another client to the broker (Linux routes all of 127/8 to the loopback).
+    pub async fn connect_from(url: &str, from: IpAddr) -> Result<Self> {
+        let req = url.into_client_request().context("websocket url")?;
+        let host = req.uri().host().context("url without host")?.to_owned();
+        let port = req.uri().port_u16().unwrap_or(80);
+        let target: SocketAddr = format!("{host}:{port}").parse().context("ws host")?;
+        let socket = if from.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(from, 0))?;
+        let tcp = timeout(WAIT, socket.connect(target))
+            .await
+            .context("tcp connect timed out")??;
+        let (stream, resp) = timeout(WAIT, client_async(req, MaybeTlsStream::Plain(tcp)))
+            .await
+            .context("websocket handshake timed out")?
+            .with_context(|| format!("websocket connect to {}", redact(url)))?;
+        Ok(Self::from_parts(stream, &resp))
+    }
+
+    fn from_parts(
+        stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        resp: &tokio_tungstenite::tungstenite::handshake::client::Response,
+    ) -> Self {
+        let subprotocol = resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        Self {
+            stream,
+            pending: Vec::new(),
+            subprotocol,
+        }
+    }
+
     /// Connects to `url` offering the subprotocol `protocol`.
     pub async fn connect_with(url: &str, protocol: Option<&str>) -> Result<Self> {
         let mut req = url.into_client_request().context("websocket url")?;
@@ -62,15 +101,7 @@ impl Ws {
             .await
             .context("websocket connect timed out")?
             .with_context(|| format!("websocket connect to {}", redact(url)))?;
-        let subprotocol = resp
-            .headers()
-            .get("sec-websocket-protocol")
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        Ok(Self {
-            stream,
-            pending: Vec::new(),
-            subprotocol,
-        })
+        Ok(Self::from_parts(stream, &resp))
     }
 
     /// Sends one message, bounded in time.
@@ -118,6 +149,20 @@ impl Ws {
             }
         }
         Ok(self.pending.drain(..n).collect())
+    }
+
+    /// The viewer's side of the RFB handshake the broker offers on a `vnc` session's `ws_url`:
+    /// version 3.8, security type None, result OK.
+    pub async fn rfb_handshake(&mut self) -> Result<()> {
+        let greeting = self.read_exact(12).await?;
+        ensure!(greeting == b"RFB 003.008\n", "greeting {greeting:?}");
+        self.send(b"RFB 003.008\n").await?;
+        let types = self.read_exact(2).await?;
+        ensure!(types == [1, 1], "security types {types:?}");
+        self.send(&[1]).await?;
+        let result = self.read_exact(4).await?;
+        ensure!(result == [0, 0, 0, 0], "security result {result:?}");
+        Ok(())
     }
 
     /// Sends `data` and reads as many bytes back; they must be identical (an echo service).

@@ -5,14 +5,23 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
-use anyhow::{Context as _, Result, ensure};
-use passerelle_e2e::WAIT;
+use anyhow::{Context as _, Result, bail, ensure};
 use passerelle_e2e::process::{Banner, BrokerProcess, passerelle_bin};
+use passerelle_e2e::{Agent, CreatedSession, FakeVnc, Forward, IssuedToken, WAIT, Ws};
 use tokio::process::Command;
 use tokio::time::timeout;
 
 /// `passerelle serve` on `data_dir`, on ports chosen by the OS, HTTPS unless `insecure`.
 async fn start_serve(data_dir: &Path, insecure: bool) -> Result<(BrokerProcess, Banner)> {
+    start_serve_env(data_dir, insecure, &[]).await
+}
+
+/// [`start_serve`] with extra environment variables.
+async fn start_serve_env(
+    data_dir: &Path,
+    insecure: bool,
+    env: &[(&str, &str)],
+) -> Result<(BrokerProcess, Banner)> {
     let mut args = vec![
         "--ssh-listen",
         "127.0.0.1:0",
@@ -22,7 +31,7 @@ async fn start_serve(data_dir: &Path, insecure: bool) -> Result<(BrokerProcess, 
     if insecure {
         args.push("--insecure-http");
     }
-    BrokerProcess::serve(data_dir, &args).await
+    BrokerProcess::serve_with_env(data_dir, &args, env).await
 }
 
 /// Runs a `passerelle` subcommand to completion; returns its stdout.
@@ -211,4 +220,178 @@ async fn serve_refuses_contradictory_tls_flags() -> Result<()> {
     );
     ensure!(!out.stderr.is_empty(), "no message on stderr");
     Ok(())
+}
+
+/// The `token` parameter of a URL.
+fn token_param(url: &str) -> Result<String> {
+    let (_, rest) = url
+        .split_once("token=")
+        .with_context(|| format!("no token in {url}"))?;
+    Ok(rest.split('&').next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_log_even_at_debug_level() -> Result<()> {
+    const AGENT_PW: &str = "agentVNC-pw-31337";
+    const TENANT_PW: &str = "tenantVNC-pw-4242";
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().context("utf-8 temp path")?;
+    let http = client()?;
+    let (serve, banner) = start_serve_env(&data, true, &[("RUST_LOG", "debug")]).await?;
+    let admin = banner.admin_key.clone().context("no admin key")?;
+    let base = banner.http.clone();
+    let ssh_addr: std::net::SocketAddr = banner.ssh.parse()?;
+    let mut secrets: Vec<(&str, String)> = vec![
+        ("the admin API key", admin.clone()),
+        ("the agent's VNC password", AGENT_PW.into()),
+        ("the tenant's VNC password", TENANT_PW.into()),
+    ];
+
+    // The tenant's and the agent's VNC passwords; an agent in front of a VNC server.
+    let vnc = FakeVnc::start(AGENT_PW).await?;
+    let resp = http
+        .patch(format!("{base}/api/v1/tenant"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({ "vnc_password": TENANT_PW }))
+        .send()
+        .await?;
+    ensure!(
+        resp.status().is_success(),
+        "PATCH tenant: {}",
+        resp.status()
+    );
+    let known = passerelle(&[
+        "host-key",
+        "--data-dir",
+        data_arg,
+        "--known-hosts-host",
+        &banner.ssh,
+    ])
+    .await?;
+    let host_key = known
+        .lines()
+        .find_map(|l| l.split_once(' ').filter(|(h, _)| h.starts_with('[')))
+        .map(|(_, key)| key.to_owned())
+        .context(known.clone())?;
+    let mut agent = Agent::for_broker(ssh_addr, &host_key, &admin, "pc-logs").await?;
+    let resp = http
+        .post(format!("{base}/api/v1/agents"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({
+            "id": "pc-logs",
+            "public_key": agent.key.public_key,
+            "vnc_password": AGENT_PW,
+        }))
+        .send()
+        .await?;
+    ensure!(
+        resp.status().as_u16() == 201,
+        "POST agents: {}",
+        resp.status()
+    );
+    agent.connect(&[Forward::named("vnc", vnc.port())])?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = get(
+            &http,
+            &format!("{base}/api/v1/agents/pc-logs"),
+            Some(&admin),
+        )
+        .await?;
+        ensure!(status == 200, "{status} {body}");
+        if body.contains("\"online\":true") && body.contains("\"vnc\"") {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "agent never online: {body}"
+        );
+        tokio::time::sleep(passerelle_e2e::POLL).await;
+    }
+
+    // A session, its viewer (the broker answers the VNC challenge), its launch token, a fresh
+    // token, and failed attempts.
+    let resp = http
+        .post(format!("{base}/api/v1/sessions"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"agent": "pc-logs", "service": "vnc", "operator": "alice"}))
+        .send()
+        .await?;
+    ensure!(
+        resp.status().as_u16() == 201,
+        "POST sessions: {}",
+        resp.status()
+    );
+    let created: CreatedSession = resp.json().await?;
+    secrets.push(("the viewer token", created.token.clone()));
+    let launch = token_param(&created.launch_url)?;
+    secrets.push(("the launch token", launch.clone()));
+    let mut ws = Ws::connect(&created.ws_url).await?;
+    ws.rfb_handshake().await?;
+    ws.round_trip(&[1]).await?;
+    ensure!(vnc.authed() == 1, "the VNC password was not used");
+    let raw = format!(
+        "ws://{}/ws/sessions/{}/raw?token={launch}",
+        host_port(&base),
+        created.id
+    );
+    let mut native = Ws::connect(&raw).await?;
+    ensure!(
+        native.read_exact(12).await? == b"RFB 003.008\n",
+        "launch token not bridged"
+    );
+    native.close().await?;
+    let resp = http
+        .post(format!("{base}/api/v1/sessions/{}/tokens", created.id))
+        .bearer_auth(&admin)
+        .send()
+        .await?;
+    let issued: IssuedToken = resp.json().await?;
+    secrets.push(("a fresh token", issued.token.clone()));
+    let guess = "G".repeat(43);
+    secrets.push(("a guessed token", guess.clone()));
+    let closed = Ws::connect(&created.ws_url.replace(&created.token, &guess))
+        .await?
+        .expect_close()
+        .await?;
+    ensure!(
+        closed.code == passerelle_e2e::close::TOKEN_INVALID.code,
+        "{closed:?}"
+    );
+    // `psk_<id>_<secret>`; the secret is base64url and may itself hold '_'.
+    let (key_id, admin_secret) = admin
+        .strip_prefix("psk_")
+        .and_then(|rest| rest.split_once('_'))
+        .context("key format")?;
+    let wrong_key = format!("psk_{key_id}_{}", "W".repeat(43));
+    secrets.push(("a wrong API key", wrong_key.clone()));
+    let (status, _) = get(&http, &format!("{base}/api/v1/agents"), Some(&wrong_key)).await?;
+    ensure!(status == 401, "wrong key: {status}");
+    ws.close().await?;
+    agent.disconnect().await?;
+
+    let (exit, log) = serve.terminate_with_log().await?;
+    ensure!(exit.success(), "SIGTERM: {exit}");
+    ensure!(
+        log.contains("DEBUG") && log.contains("bridging"),
+        "the log is not at debug level, or the session never ran:\n{log}"
+    );
+    for (what, secret) in &secrets {
+        ensure!(!secret.is_empty(), "{what} is empty");
+        if let Some(line) = log.lines().find(|l| l.contains(secret.as_str())) {
+            bail!("{what} appears in the log: {line}");
+        }
+    }
+    // The secret part of the API key alone, too.
+    ensure!(
+        !log.contains(admin_secret),
+        "the admin key's secret is in the log"
+    );
+    Ok(())
+}
+
+/// `http://HOST:PORT` → `HOST:PORT`.
+fn host_port(base: &str) -> &str {
+    base.trim_start_matches("http://").trim_end_matches('/')
 }

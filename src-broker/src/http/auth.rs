@@ -1,8 +1,9 @@
 //! API key authentication (`Authorization: Bearer <key>`) and role checks.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use passerelle_proto::api::Role;
 
@@ -54,8 +55,26 @@ impl FromRequestParts<Arc<State>> for Caller {
                 "send Authorization: Bearer <API key>",
             ));
         };
-        let found = state.store.check_api_key(key.trim())?;
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        if let Some(peer) = peer {
+            state
+                .credentials_allowed(peer)
+                .map_err(ApiError::too_many_attempts)?;
+        }
+        let key = key.trim();
+        let found = state.store.check_api_key(key)?;
         let Some((tenant_id, key_id, role)) = found else {
+            if let Some(peer) = peer {
+                let owner = state.store.api_key_owner(key).ok().flatten();
+                let what = match &owner {
+                    Some((_, id)) => format!("API key {id} with a wrong secret, or revoked"),
+                    None => "an unknown API key".to_owned(),
+                };
+                state.credential_failed(peer, owner.map(|o| o.0), &what);
+            }
             return Err(ApiError::unauthorized("unknown or revoked API key"));
         };
         let operator = parts

@@ -1,15 +1,14 @@
 //! The HTTP side: the JSON API for the console, the WebSocket endpoints for viewers, health and
-//! metrics. Plain HTTP or HTTPS (rustls) on one listener.
+//! metrics. Plain HTTP or HTTPS (rustls) on one listener, served by [`server`]'s accept loop.
 
 mod api;
 mod auth;
 mod error;
 mod pages;
+mod server;
 mod ws;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State as AxState};
@@ -20,6 +19,7 @@ use axum::routing::{delete, get, post};
 use crate::broker::State;
 
 pub use error::ApiError;
+pub use server::serve;
 
 /// Largest API request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -69,7 +69,42 @@ pub fn router(state: Arc<State>) -> Router {
                 .patch(api::not_found),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ))
         .with_state(state)
+}
+
+/// Answers 408 `request_timeout` (and closes the connection) when a request is not received in
+/// full and handled within `http_request_timeout`: a body trickled byte by byte is cut like a
+/// slow header. A WebSocket handler returns at once with its upgrade, so bridges are unaffected.
+async fn request_deadline(
+    AxState(state): AxState<Arc<State>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let limit = state.config.http_request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::debug!("request not received and handled within {limit:?}");
+            let mut response = ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request was not received in full and answered within {}s",
+                    limit.as_secs()
+                ),
+            )
+            .into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
@@ -77,60 +112,4 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
         .metrics
         .render(state.registry.len(), state.sessions.len());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
-}
-
-/// Serves until `state.shutdown` is cancelled.
-pub async fn serve(
-    listener: std::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    state: Arc<State>,
-) {
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let result = match tls {
-        Some(config) => {
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            let shutdown = state.shutdown.clone();
-            state.tasks.spawn(async move {
-                shutdown.cancelled().await;
-                stopper.graceful_shutdown(Some(Duration::from_secs(2)));
-            });
-            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(config);
-            let acceptor = NoDelay(axum_server::tls_rustls::RustlsAcceptor::new(rustls));
-            match axum_server::from_tcp(listener) {
-                Ok(server) => server.acceptor(acceptor).handle(handle).serve(app).await,
-                Err(e) => Err(e),
-            }
-        }
-        None => match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(state.shutdown.clone().cancelled_owned())
-                    .await
-            }
-            Err(e) => Err(e),
-        },
-    };
-    if let Err(e) = result {
-        tracing::error!(error = %e, "the HTTP listener stopped");
-    }
-}
-
-/// Sets TCP_NODELAY on each accepted connection before TLS: viewers' small frames (RFB input,
-/// the RFB greeting) must not wait for a delayed ACK.
-#[derive(Debug, Clone)]
-struct NoDelay<A>(A);
-
-impl<A, S> axum_server::accept::Accept<tokio::net::TcpStream, S> for NoDelay<A>
-where
-    A: axum_server::accept::Accept<tokio::net::TcpStream, S>,
-{
-    type Stream = A::Stream;
-    type Service = A::Service;
-    type Future = A::Future;
-
-    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
-        let _ = stream.set_nodelay(true);
-        self.0.accept(stream, service)
-    }
 }

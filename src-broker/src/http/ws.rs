@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State as AxState};
 use axum::response::Response;
@@ -15,6 +16,7 @@ use passerelle_proto::rfb::ClientFilter;
 use serde::Deserialize;
 use tracing::Instrument as _;
 
+use super::server::ConnSlot;
 use crate::bridge;
 use crate::broker::State;
 use crate::registry::AgentConn;
@@ -36,9 +38,10 @@ pub async fn viewer(
     Path(id): Path<String>,
     Query(q): Query<TokenQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    slot: Option<Extension<ConnSlot>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(state, id, q.token, peer, ws, false)
+    upgrade(state, id, q.token, peer, slot, ws, false)
 }
 
 pub async fn raw(
@@ -46,9 +49,10 @@ pub async fn raw(
     Path(id): Path<String>,
     Query(q): Query<TokenQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    slot: Option<Extension<ConnSlot>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(state, id, q.token, peer, ws, true)
+    upgrade(state, id, q.token, peer, slot, ws, true)
 }
 
 fn upgrade(
@@ -56,6 +60,7 @@ fn upgrade(
     id: String,
     token: String,
     peer: SocketAddr,
+    slot: Option<Extension<ConnSlot>>,
     ws: WebSocketUpgrade,
     raw: bool,
 ) -> Response {
@@ -69,8 +74,12 @@ fn upgrade(
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| {
             let fut = serve(state, id, token, peer, socket, raw).instrument(span);
-            // Tracked so that shutdown waits for the viewer's close frame.
-            let handle = tasks.spawn(fut);
+            // Tracked so that shutdown waits for the viewer's close frame. The connection keeps
+            // its place under the connection caps until the viewer is done.
+            let handle = tasks.spawn(async move {
+                fut.await;
+                drop(slot);
+            });
             async move {
                 let _ = handle.await;
             }
@@ -85,6 +94,15 @@ async fn serve(
     mut ws: WebSocket,
     raw: bool,
 ) {
+    if let Err(wait) = state.credentials_allowed(peer) {
+        let code = close::TOO_MANY_ATTEMPTS;
+        let message = format!(
+            "too many failed token attempts from this address; retry in {}s",
+            wait.as_secs().max(1)
+        );
+        tracing::info!("viewer refused: its address is locked out");
+        return bridge::refuse(ws, code, &message).await;
+    }
     let (session, kind) = match state.sessions.admit(&id, &token) {
         Ok(admitted) => admitted,
         Err(refusal) => {
@@ -94,12 +112,20 @@ async fn serve(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut ev = NewEvent::new(AuditKind::TokenRefused, refusal.reason.clone());
             ev.peer_addr = Some(peer.to_string());
-            if let Some(live) = state.sessions.get(&id) {
+            let live = state.sessions.get(&id);
+            if let Some(live) = &live {
                 ev.tenant_id = Some(live.tenant_id);
                 ev.session = Some(live.id.clone());
                 ev.agent = Some(live.agent.to_string());
             }
             state.store.audit(ev);
+            if refusal.unknown {
+                let what = match &live {
+                    Some(live) => format!("a token for session {}", live.id),
+                    None => "a token for an unknown session".to_owned(),
+                };
+                state.credential_failed(peer, live.map(|l| l.tenant_id), &what);
+            }
             tracing::info!(reason = %refusal.reason, "viewer refused");
             return bridge::refuse(ws, refusal.code, &refusal.reason).await;
         }

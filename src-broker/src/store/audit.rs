@@ -17,6 +17,9 @@ pub enum AuditKind {
     AuthFailed,
     RequestRefused,
     TokenRefused,
+    /// An address presented too many unknown tokens or API keys and is locked out for a while
+    /// (one event per lockout).
+    TokenGuessing,
     SessionCreated,
     SessionStarted,
     SessionEnded,
@@ -40,6 +43,7 @@ impl AuditKind {
             Self::AuthFailed => "auth_failed",
             Self::RequestRefused => "request_refused",
             Self::TokenRefused => "token_refused",
+            Self::TokenGuessing => "token_guessing",
             Self::SessionCreated => "session_created",
             Self::SessionStarted => "session_started",
             Self::SessionEnded => "session_ended",

@@ -271,6 +271,21 @@ impl Store {
         }))
     }
 
+    /// The tenant and public id of the API key a presented text names (revoked keys included),
+    /// whether or not its secret part is right: to say whose key someone is guessing at.
+    pub fn api_key_owner(&self, text: &str) -> anyhow::Result<Option<(TenantId, String)>> {
+        let Some((id, _)) = secrets::parse_api_key(text) else {
+            return Ok(None);
+        };
+        let tenant: Option<TenantId> = self
+            .conn()
+            .query_row("SELECT tenant_id FROM api_keys WHERE id = ?1", [&id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(tenant.map(|t| (t, id)))
+    }
+
     /// The tenant's settings as the API shows them.
     pub fn tenant_info(&self, id: TenantId) -> anyhow::Result<TenantInfo> {
         let (name, has_pw, record, policy, days): (String, bool, bool, String, u32) =

@@ -1,0 +1,235 @@
+//! The HTTP(S) listener: our own accept loop, so that every step before a request reaches the
+//! router is bounded.
+//!
+//! - At most `http_max_connections` connections at once, and `http_max_connections_per_ip`
+//!   from one address (IPv6: one /64); a connection over either cap is accepted and closed at
+//!   once, and counted in `/metrics`. The broker keeps serving everyone else.
+//! - TLS (rustls) handshakes must finish within `tls_handshake_timeout`.
+//! - HTTP/1.1 only (the certificate's ALPN says so); a request header must arrive in full within
+//!   `http_header_timeout`, which also bounds how long a kept-alive connection may sit idle.
+//! - WebSocket upgrades leave hyper with their connection (and its slot: an upgraded connection
+//!   still counts until the viewer task drops it).
+//! - Shutdown: each connection is told to finish its request and close, then cut after a grace.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+use tracing::Instrument as _;
+
+use crate::broker::State;
+use crate::throttle::client_key;
+
+/// How long a connection may take to finish its request once shutdown has begun.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Open connections per client address.
+#[derive(Debug, Default)]
+struct PerIp {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection's place in [`PerIp`]; gives it back on drop.
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    key: IpAddr,
+}
+
+impl PerIp {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let key = client_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What a connection holds while it is open; dropping it frees its slots.
+struct Slots {
+    _global: OwnedSemaphorePermit,
+    _ip: IpSlot,
+    state: Arc<State>,
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        self.state
+            .metrics
+            .http_connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves until `state.shutdown` is cancelled. One failed accept never ends the loop.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    state: Arc<State>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(error = %e, "the HTTP listener could not start"),
+    };
+    let router = super::router(state.clone());
+    let tls = tls.map(TlsAcceptor::from);
+    let global = Arc::new(Semaphore::new(state.config.http_max_connections));
+    let per_ip = Arc::new(PerIp::default());
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = state.shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                // Typically EMFILE: wait for descriptors to come back rather than spin.
+                tracing::warn!(error = %e, "http accept failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let slots = global.clone().try_acquire_owned().ok().and_then(|g| {
+            let ip = per_ip.take(peer.ip(), state.config.http_max_connections_per_ip)?;
+            Some(Slots {
+                _global: g,
+                _ip: ip,
+                state: state.clone(),
+            })
+        });
+        let Some(slots) = slots else {
+            state
+                .metrics
+                .http_connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "too many http connections; closed at once");
+            drop(stream);
+            continue;
+        };
+        state
+            .metrics
+            .http_connections_open
+            .fetch_add(1, Ordering::Relaxed);
+        let span = tracing::debug_span!("http", %peer);
+        let (state2, router, tls) = (state.clone(), router.clone(), tls.clone());
+        state.tasks.spawn(
+            async move {
+                connection(stream, peer, tls, router, &state2, slots).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    state: &Arc<State>,
+    slots: Slots,
+) {
+    // Viewers' small frames (RFB input, the RFB greeting) must not wait for a delayed ACK.
+    let _ = stream.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        return http(stream, peer, router, state, slots).await;
+    };
+    let limit = state.config.tls_handshake_timeout;
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(limit, acceptor.accept(stream)) => r,
+        () = state.shutdown.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(tls)) => http(tls, peer, router, state, slots).await,
+        Ok(Err(e)) => tracing::debug!(error = %e, "tls handshake failed"),
+        Err(_) => {
+            state
+                .metrics
+                .http_handshake_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("no TLS handshake within {limit:?}; closed");
+        }
+    }
+}
+
+async fn http<I>(io: I, peer: SocketAddr, router: Router, state: &Arc<State>, slots: Slots)
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    // The slots travel with each request so that an upgraded WebSocket keeps its connection's
+    // place until the viewer task lets go of the request (and its upgrade) at the end.
+    let slots = Arc::new(slots);
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(ConnSlot(slots.clone()));
+        router.clone().oneshot(req)
+    });
+    let limit = state.config.http_header_timeout;
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limit)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = state.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => return tracing::debug!("connection cut at shutdown"),
+            }
+        }
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) if e.is_timeout() => {
+            state
+                .metrics
+                .http_header_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("no complete request header within {limit:?}; closed");
+        }
+        // Resets, bad requests: the client's business, not an error of ours.
+        Err(e) => tracing::debug!(error = %e, "http connection ended"),
+    }
+}
+
+/// A connection's place under the connection caps, in each request's extensions: the WebSocket
+/// endpoints keep it until the viewer task ends, so that upgraded connections count too.
+#[derive(Clone)]
+pub(crate) struct ConnSlot(#[expect(dead_code, reason = "held for its Drop")] Arc<Slots>);
