@@ -493,6 +493,20 @@ fn message_len(h: &[u8]) -> Result<Option<usize>, RfbError> {
     Ok(Some(len))
 }
 
+/// Splits a viewer's message stream (after ClientInit) into whole messages; stops at the end, at
+/// a partial message or at one it cannot frame.
+pub fn client_messages(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let len = message_len(data).ok()??;
+        if data.len() < len {
+            return None;
+        }
+        let (message, rest) = data.split_at(len);
+        data = rest;
+        Some(message)
+    })
+}
+
 /// Whether the broker's recording decoder (vnc-rs) reads this encoding: Raw, CopyRect, Tight,
 /// TRLE, ZRLE, the Cursor, DesktopSize, LastRect and ExtendedDesktopSize pseudo-encodings, and
 /// Tight's JPEG quality and compression level hints. Recorded sessions ask for nothing else.
@@ -820,12 +834,28 @@ mod tests {
         // noVNC 1.7's list: Tight, TightPNG(-260), ZRLE, JPEG(21), Hextile(5), RRE(2), CopyRect,
         // Raw, quality and compression hints, and many pseudo-encodings.
         let novnc = [
-            7, -260, 16, 21, 5, 2, 1, 0, -26, -254, -223, -224, -239, -309, -313, -307, -312,
-            -308, -314, -258, -261,
+            7, -260, 16, 21, 5, 2, 1, 0, -26, -254, -223, -224, -239, -309, -313, -307, -312, -308,
+            -314, -258, -261,
         ];
         let mut stream = vec![0u8];
         stream.extend(set_encodings(&[5, 6, 2]));
-        stream.extend([msg::SET_PIXEL_FORMAT, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 0]);
+        stream.extend([
+            msg::SET_PIXEL_FORMAT,
+            0,
+            0,
+            0,
+            32,
+            24,
+            0,
+            1,
+            0,
+            255,
+            0,
+            255,
+            0,
+            255,
+            0,
+        ]);
         stream.extend([8, 16, 0, 0, 0]);
         stream.extend(set_encodings(&novnc));
         stream.extend(key(1));
@@ -859,7 +889,14 @@ mod tests {
             want.drain(k..k + 8);
             assert_eq!(out, want, "split at {at}");
         }
-        for (e, ok) in [(0, true), (-23, true), (-33, false), (-247, true), (-246, false), (5, false)] {
+        for (e, ok) in [
+            (0, true),
+            (-23, true),
+            (-33, false),
+            (-247, true),
+            (-246, false),
+            (5, false),
+        ] {
             assert_eq!(is_decodable(e), ok, "{e}");
         }
     }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod playback;
 pub mod recorder;
 pub mod registry;
 pub mod rfb;
