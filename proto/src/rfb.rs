@@ -604,10 +604,10 @@ impl ClientFilter {
                 }
                 self.remaining -= n;
                 data = &data[n..];
-                if self.remaining == 0 {
-                    if let Some(msg) = self.collecting.take() {
-                        Self::rewrite_encodings(&msg, out);
-                    }
+                if self.remaining == 0
+                    && let Some(msg) = self.collecting.take()
+                {
+                    Self::rewrite_encodings(&msg, out);
                 }
                 continue;
             }

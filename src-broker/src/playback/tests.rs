@@ -56,7 +56,10 @@ fn recording(frames: &[(Kind, u64, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
-fn timeline(file: &[u8]) -> (Vec<(u64, Vec<Op>, [u8; 4])>, Played) {
+/// Per decoded frame: its time, its operations and the screen's first pixel after it.
+type Seen = Vec<(u64, Vec<Op>, [u8; 4])>;
+
+fn timeline(file: &[u8]) -> (Seen, Played) {
     let mut seen = Vec::new();
     let played = play(file, |u| {
         let px = [
