@@ -17,6 +17,7 @@
 pub mod bridge;
 pub mod broker;
 pub mod config;
+pub mod export;
 pub mod http;
 pub mod keys;
 pub mod metrics;

@@ -145,6 +145,9 @@ pub enum Op {
 #[derive(Debug)]
 pub struct Update<'a> {
     pub time_us: u64,
+    /// When the next Down frame comes (`None` after the last): the screen stays as it is until
+    /// then.
+    pub next_us: Option<u64>,
     pub ops: &'a [Op],
     pub screen: &'a Screen,
 }
@@ -542,6 +545,7 @@ pub fn play(
             played.frames += 1;
             let flow = sink(Update {
                 time_us,
+                next_us: downs.get(next).map(|f| f.time_us),
                 ops: &ops.ops,
                 screen: &screen,
             });

@@ -11,6 +11,7 @@
 //! - child processes are killed when their handle drops.
 
 mod agent;
+mod binary;
 mod broker;
 pub mod desktop;
 mod services;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use agent::{Agent, AgentKey, Forward, SshOutput, SshProcess};
+pub use binary::passerelle_bin;
 pub use broker::{TestBroker, session_request};
 pub use services::{ConnStats, EchoServer, SourceServer};
 pub use ws::{Closed, Ws};
