@@ -25,6 +25,7 @@ pub mod playback;
 pub mod recorder;
 pub mod registry;
 pub mod rfb;
+pub mod screen_stream;
 pub mod secrets;
 pub mod session_recording;
 pub mod sessions;

@@ -367,7 +367,36 @@ async fn a_recording_exports_to_png_and_video_as_it_was_at_each_time() -> Result
         !ok && err.contains("ffmpeg not found on PATH") && err.contains("--png"),
         "{err}"
     );
-    let _ = &rec.id;
+
+    // The replay page seeking to the middle shows red, drawn from a keyframe after the start:
+    // it fetched part of the screen stream, not all of it.
+    let url = format!(
+        "{}/replay/{}#key={}",
+        rec.broker.base_url(),
+        rec.id,
+        rec.broker.admin_key()
+    );
+    let seeked = desktop::open_replay(&url, &dir.join("seek.png"), &["--seek", "0.5"]).await?;
+    let dom = seeked
+        .dominant
+        .as_deref()
+        .with_context(|| format!("no pixels after seeking: {seeked:?}"))?;
+    ensure!(
+        seeked.error.is_none() && desktop::close_to((dom[0], dom[1], dom[2]), RED, 12),
+        "seeking to the middle shows {dom:?}: {seeked:?}"
+    );
+    let (key, number) = (
+        seeked.keyframe.unwrap_or_default(),
+        seeked.keyframe_number.unwrap_or_default(),
+    );
+    let (fetched, total) = (
+        seeked.fetched_bytes.unwrap_or_default(),
+        seeked.total_bytes.unwrap_or_default(),
+    );
+    ensure!(
+        number > 0 && key > 2.0 && key <= duration / 2.0 && fetched < total,
+        "the seek started from keyframe {number} at {key} s and fetched {fetched} of {total} bytes"
+    );
     Ok(())
 }
 
@@ -564,6 +593,33 @@ async fn raw_sessions_record_metadata_and_byte_counts_only() -> Result<()> {
     ensure!(
         text.iter().any(|t| t.contains("encrypted end to end")),
         "it says what it is: {text:?}"
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("rdp.psrec");
+    std::fs::write(&path, &file)?;
+    let (data_dir, path) = (
+        broker.data_dir().display().to_string(),
+        path.display().to_string(),
+    );
+    let png_dir = dir.path().join("png").display().to_string();
+    let (ok, _, err) = passerelle(
+        &[
+            "--data-dir",
+            &data_dir,
+            "recording",
+            "export",
+            &path,
+            "--png",
+            &png_dir,
+            "--at",
+            "0",
+        ],
+        None,
+    )
+    .await?;
+    ensure!(
+        !ok && err.contains("RDP/SSH recordings hold metadata only; nothing to export"),
+        "{err}"
     );
     Ok(())
 }
