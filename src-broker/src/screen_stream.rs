@@ -261,6 +261,109 @@ pub fn load_or_build(recording: &Path, public_hex: &str) -> anyhow::Result<Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use passerelle_proto::recording::{Summary, Writer};
+
+    /// A signed 2x1 recording whose screen changes colour every second for `seconds`.
+    fn recording(key: &crate::recorder::SigningKey, seconds: u64) -> Vec<u8> {
+        let header = Header {
+            version: 1,
+            session: "s".into(),
+            tenant: "t".into(),
+            agent: "a".into(),
+            service: "vnc".into(),
+            operator: "o".into(),
+            view_only: false,
+            started_at: String::new(),
+            content: Content::Rfb,
+            signer: key.public_hex(),
+        };
+        let (mut w, mut out) = Writer::start(&header);
+        // ServerInit: 2x1, 32 bpp, red at bit 0.
+        let mut init = vec![
+            0, 2, 0, 1, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 0, 8, 16, 0, 0, 0,
+        ];
+        init.extend(0u32.to_be_bytes());
+        w.frame(Kind::Down, 0, &init, &mut out);
+        for s in 0..seconds {
+            let shade = u8::try_from(s * 10).unwrap_or(255);
+            let mut update = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 2, 0, 1, 0, 0, 0, 0];
+            update.extend([shade, 0, 0, 0, shade, 0, 0, 0]);
+            w.frame(Kind::Down, s * 1_000_000 + 500_000, &update, &mut out);
+            w.checkpoint(s * 1_000_000 + 600_000, |m| key.sign(m), &mut out);
+        }
+        let summary = Summary {
+            ended_at: String::new(),
+            end_reason: "viewer_closed".into(),
+            duration_us: seconds * 1_000_000,
+            bytes_up: 0,
+            bytes_down: 0,
+            frames: 0,
+        };
+        w.finish(seconds * 1_000_000, &summary, |m| key.sign(m), &mut out);
+        out
+    }
+
+    /// Decodes records from `offset` on and returns the first pixel's red after those up to
+    /// `until_us`.
+    fn red_at(records: &[u8], until_us: u64) -> Option<u8> {
+        let mut pos = 0;
+        let mut red = None;
+        while pos + 13 <= records.len() {
+            let kind = records[pos];
+            let t = u64::from_le_bytes(records[pos + 1..pos + 9].try_into().ok()?);
+            let len = u32::from_le_bytes(records[pos + 9..pos + 13].try_into().ok()?) as usize;
+            if t > until_us {
+                break;
+            }
+            if kind == kind::KEYFRAME || kind == kind::RECT {
+                let png = &records[pos + 13 + 8..pos + 13 + len];
+                let mut reader = png::Decoder::new(std::io::Cursor::new(png))
+                    .read_info()
+                    .ok()?;
+                let mut buf = vec![0; reader.output_buffer_size()?];
+                reader.next_frame(&mut buf).ok()?;
+                red = Some(buf[0]);
+            }
+            pos += 13 + len;
+        }
+        red
+    }
+
+    #[test]
+    fn seeking_starts_at_a_keyframe_that_holds_the_whole_screen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = crate::recorder::SigningKey::load_or_create(dir.path()).expect("key");
+        let file = recording(&key, 10);
+        let stream = build(&file, &key.public_hex()).expect("builds");
+        let (index, base) = read_index(&stream).expect("index");
+        assert!(index.complete && index.duration_us == 10_000_000);
+        let times: Vec<u64> = index.keyframes.iter().map(|k| k.0).collect();
+        assert_eq!(times, [0, 2_500_000, 4_500_000, 6_500_000, 8_500_000]);
+        // From the keyframe before 7.2 s alone, the screen is what it was at 7.2 s.
+        let (n, t, offset) = keyframe_for(&index, 7_200_000).expect("keyframe");
+        assert_eq!((n, t), (3, 6_500_000));
+        let records = &stream[base + offset as usize..];
+        assert_eq!(red_at(records, 7_200_000), Some(60));
+        assert_eq!(
+            red_at(&stream[base..], 7_200_000),
+            Some(60),
+            "same as from the start"
+        );
+        // Tampering is refused; metadata-only recordings have no keyframes.
+        let mut bad = file.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 1;
+        assert!(matches!(
+            build(&bad, &key.public_hex()),
+            Err(BuildError::Tampered(_))
+        ));
+        let other_dir = tempfile::tempdir().expect("tempdir");
+        let other = crate::recorder::SigningKey::load_or_create(other_dir.path()).expect("key");
+        assert!(matches!(
+            build(&file, &other.public_hex()),
+            Err(BuildError::Tampered(_))
+        ));
+    }
 
     #[test]
     fn keyframe_lookup_takes_the_last_at_or_before() {
