@@ -182,7 +182,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn,vnc=warn")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -273,7 +273,9 @@ async fn a_recording_exports_to_png_and_video_as_it_was_at_each_time() -> Result
     // PNG frames inside each phase show that phase's colour.
     let pngs = dir.join("png");
     let png_arg = pngs.display().to_string();
+    let started = std::time::Instant::now();
     let (ok, out, err) = run(export(&["--png", &png_arg, "--at", "1.5,4.5,7.5"]), None).await?;
+    let png_time = started.elapsed();
     ensure!(ok, "export --png failed: {err}");
     let written: Vec<&str> = out.lines().collect();
     ensure!(written.len() == 3, "{out}");
@@ -292,7 +294,9 @@ async fn a_recording_exports_to_png_and_video_as_it_was_at_each_time() -> Result
     let duration = summary.duration_us as f64 / 1e6;
     let video = dir.join("session.mp4");
     let video_arg = video.display().to_string();
+    let started = std::time::Instant::now();
     let (ok, _, err) = run(export(&["--video", &video_arg, "--fps", "10"]), None).await?;
+    let video_time = started.elapsed();
     ensure!(ok, "export --video failed: {err}");
     let probe = tokio::process::Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
@@ -396,6 +400,10 @@ async fn a_recording_exports_to_png_and_video_as_it_was_at_each_time() -> Result
     ensure!(
         number > 0 && key > 2.0 && key <= duration / 2.0 && fetched < total,
         "the seek started from keyframe {number} at {key} s and fetched {fetched} of {total} bytes"
+    );
+    eprintln!(
+        "figures: recording {} bytes, {duration:.1} s; export --png (3 times) {png_time:.2?}, --video 10 fps {video_time:.2?}; screen stream {total} bytes, the seek fetched {fetched} from keyframe {number} at {key:.2} s",
+        rec.file.len()
     );
     Ok(())
 }
