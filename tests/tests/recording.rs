@@ -401,6 +401,21 @@ async fn a_recording_exports_to_png_and_video_as_it_was_at_each_time() -> Result
         number > 0 && key > 2.0 && key <= duration / 2.0 && fetched < total,
         "the seek started from keyframe {number} at {key} s and fetched {fetched} of {total} bytes"
     );
+    // Played to the end at 16x, one keyframe interval per fetch: green is only in the last
+    // interval, so showing it proves the page fetched on as it played.
+    let played =
+        desktop::open_replay(&format!("{url}&segment=1"), &dir.join("played.png"), &[]).await?;
+    let dom = played
+        .dominant
+        .as_deref()
+        .with_context(|| format!("no pixels after playing: {played:?}"))?;
+    ensure!(
+        played.error.is_none()
+            && played.state.as_deref() == Some("ended")
+            && desktop::close_to((dom[0], dom[1], dom[2]), GREEN, 12)
+            && played.fetched_bytes.unwrap_or_default() > 0,
+        "playing to the end shows {dom:?}: {played:?}"
+    );
     eprintln!(
         "figures: recording {} bytes, {duration:.1} s; export --png (3 times) {png_time:.2?}, --video 10 fps {video_time:.2?}; screen stream {total} bytes, the seek fetched {fetched} from keyframe {number} at {key:.2} s",
         rec.file.len()

@@ -39,7 +39,9 @@ let lastTick = 0;
 let generation = 0;   // bumps on each seek, so a late fetch does not draw over a newer one
 let segEnd = null;    // number of the keyframe where the fetched records stop (null: the end)
 let fetchingMore = false;
-const SEGMENT = 5;    // keyframe intervals per fetch
+const hashParams = new URLSearchParams(location.hash.slice(1));
+// Keyframe intervals per fetch (`#segment=N` to change it, e.g. in tests).
+const SEGMENT = Math.max(1, Number(hashParams.get('segment')) || 5);
 
 async function api(path) {
   const res = await fetch(path, { headers: { Authorization: `Bearer ${apiKey}` } });
@@ -233,7 +235,6 @@ $('login').addEventListener('submit', (e) => {
 });
 window.passerelleSeek = (t) => seek(t);
 requestAnimationFrame((now) => { lastTick = now; tick(now); });
-const hashParams = new URLSearchParams(location.hash.slice(1));
 const key = hashParams.get('key') || sessionStorage.getItem('passerelle-key');
 history.replaceState(null, '', location.pathname);
 if (key) {
