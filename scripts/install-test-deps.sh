@@ -19,6 +19,8 @@ PACKAGES=(
   xterm
   chromium
   fonts-dejavu-core
+  # `passerelle recording export --video` pipes frames into ffmpeg; ffprobe checks the result.
+  ffmpeg
 )
 # Node.js drives Chromium (playwright-core, no browser download); the image may bring its own.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

@@ -80,15 +80,19 @@ pub fn recording_verify(data: &[u8]) {
     let _ = verify(data, |_, _| true);
 }
 
-/// The view-only filter fed a hostile browser's message stream, split anywhere: it never
-/// passes more bytes than it was given.
+/// The viewer-message filter (view-only, and the SetEncodings rewrite of recorded sessions) fed
+/// a hostile browser's message stream, split anywhere: it never passes more bytes than it was
+/// given.
 pub fn rfb_client_filter(data: &[u8]) {
     let Some((&split, rest)) = data.split_first() else {
         return;
     };
     let mut filter = ClientFilter::new(split & 1 == 1);
+    if split & 2 == 2 {
+        filter = filter.decodable_only();
+    }
     let mut out = Vec::new();
-    for chunk in rest.chunks(usize::from(split >> 1).max(1)) {
+    for chunk in rest.chunks(usize::from(split >> 2).max(1)) {
         if filter.feed(chunk, &mut out).is_err() {
             break;
         }

@@ -493,6 +493,30 @@ fn message_len(h: &[u8]) -> Result<Option<usize>, RfbError> {
     Ok(Some(len))
 }
 
+/// Splits a viewer's message stream (after ClientInit) into whole messages; stops at the end, at
+/// a partial message or at one it cannot frame.
+pub fn client_messages(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let len = message_len(data).ok()??;
+        if data.len() < len {
+            return None;
+        }
+        let (message, rest) = data.split_at(len);
+        data = rest;
+        Some(message)
+    })
+}
+
+/// Whether the broker's recording decoder (vnc-rs) reads this encoding: Raw, CopyRect, Tight,
+/// TRLE, ZRLE, the Cursor, DesktopSize, LastRect and ExtendedDesktopSize pseudo-encodings, and
+/// Tight's JPEG quality and compression level hints. Recorded sessions ask for nothing else.
+pub fn is_decodable(encoding: i32) -> bool {
+    matches!(
+        encoding,
+        0 | 1 | 7 | 15 | 16 | -239 | -223 | -224 | -308 | -32..=-23 | -256..=-247
+    )
+}
+
 /// Whether a view-only session drops this message.
 fn is_input(h: &[u8]) -> bool {
     matches!(
@@ -510,11 +534,15 @@ fn is_input(h: &[u8]) -> bool {
 #[derive(Debug)]
 pub struct ClientFilter {
     view_only: bool,
+    /// Whether SetEncodings is cut down to [`is_decodable`] encodings (recorded sessions).
+    decodable_only: bool,
     client_init_seen: bool,
     header: Vec<u8>,
     /// Bytes of the current message still to come, and whether they are dropped.
     remaining: usize,
     dropping: bool,
+    /// A SetEncodings being collected to be rewritten (at most `4 + 4 * MAX_ENCODINGS` bytes).
+    collecting: Option<Vec<u8>>,
     /// Input messages dropped so far.
     pub dropped: u64,
     /// Input messages (key, pointer, clipboard...) seen so far, dropped or not.
@@ -526,12 +554,35 @@ impl ClientFilter {
     pub fn new(view_only: bool) -> Self {
         Self {
             view_only,
+            decodable_only: false,
             client_init_seen: false,
             header: Vec::with_capacity(16),
             remaining: 0,
             dropping: false,
+            collecting: None,
             dropped: 0,
             input: 0,
+        }
+    }
+
+    /// Also cuts the viewer's SetEncodings down to what the broker's recording decoder reads
+    /// ([`is_decodable`]), so that a recorded session can be decoded later (vnc-rs reads no
+    /// Hextile, RRE or zlib). The viewer gets its screen in the encodings left.
+    pub fn decodable_only(mut self) -> Self {
+        self.decodable_only = true;
+        self
+    }
+
+    fn rewrite_encodings(msg: &[u8], out: &mut Vec<u8>) {
+        let kept: Vec<&[u8]> = msg[4..]
+            .chunks_exact(4)
+            .filter(|e| is_decodable(i32::from_be_bytes([e[0], e[1], e[2], e[3]])))
+            .collect();
+        out.extend_from_slice(&msg[..2]);
+        // At most MAX_ENCODINGS were framed, so the count fits.
+        out.extend_from_slice(&u16::try_from(kept.len()).unwrap_or(0).to_be_bytes());
+        for e in kept {
+            out.extend_from_slice(e);
         }
     }
 
@@ -546,11 +597,18 @@ impl ClientFilter {
         while !data.is_empty() {
             if self.remaining > 0 {
                 let n = self.remaining.min(data.len());
-                if !self.dropping {
+                if let Some(msg) = self.collecting.as_mut() {
+                    msg.extend_from_slice(&data[..n]);
+                } else if !self.dropping {
                     out.extend_from_slice(&data[..n]);
                 }
                 self.remaining -= n;
                 data = &data[n..];
+                if self.remaining == 0
+                    && let Some(msg) = self.collecting.take()
+                {
+                    Self::rewrite_encodings(&msg, out);
+                }
                 continue;
             }
             self.header.push(data[0]);
@@ -559,12 +617,20 @@ impl ClientFilter {
                 let input = is_input(&self.header);
                 self.input += u64::from(input);
                 self.dropping = self.view_only && input;
+                self.remaining = len - self.header.len();
                 if self.dropping {
                     self.dropped += 1;
+                } else if self.decodable_only && self.header[0] == msg::SET_ENCODINGS {
+                    if self.remaining == 0 {
+                        Self::rewrite_encodings(&self.header, out);
+                    } else {
+                        let mut msg = Vec::with_capacity(len);
+                        msg.extend_from_slice(&self.header);
+                        self.collecting = Some(msg);
+                    }
                 } else {
                     out.extend_from_slice(&self.header);
                 }
-                self.remaining = len - self.header.len();
                 self.header.clear();
             }
         }
@@ -752,6 +818,87 @@ mod tests {
         f.feed(&stream, &mut out).unwrap();
         assert_eq!(out, stream, "a normal session passes everything");
         assert_eq!((f.dropped, f.input), (0, 5), "and counts the input it saw");
+    }
+
+    fn set_encodings(list: &[i32]) -> Vec<u8> {
+        let mut m = vec![msg::SET_ENCODINGS, 0];
+        m.extend(u16::try_from(list.len()).unwrap().to_be_bytes());
+        for e in list {
+            m.extend(e.to_be_bytes());
+        }
+        m
+    }
+
+    #[test]
+    fn recorded_sessions_ask_only_for_decodable_encodings_in_any_split() {
+        // noVNC 1.7's list: Tight, TightPNG(-260), ZRLE, JPEG(21), Hextile(5), RRE(2), CopyRect,
+        // Raw, quality and compression hints, and many pseudo-encodings.
+        let novnc = [
+            7, -260, 16, 21, 5, 2, 1, 0, -26, -254, -223, -224, -239, -309, -313, -307, -312, -308,
+            -314, -258, -261,
+        ];
+        let mut stream = vec![0u8];
+        stream.extend(set_encodings(&[5, 6, 2]));
+        stream.extend([
+            msg::SET_PIXEL_FORMAT,
+            0,
+            0,
+            0,
+            32,
+            24,
+            0,
+            1,
+            0,
+            255,
+            0,
+            255,
+            0,
+            255,
+            0,
+        ]);
+        stream.extend([8, 16, 0, 0, 0]);
+        stream.extend(set_encodings(&novnc));
+        stream.extend(key(1));
+        stream.extend(set_encodings(&[]));
+        let mut expected = vec![0u8];
+        expected.extend(set_encodings(&[]));
+        expected.extend(&stream[1 + 16..1 + 16 + 20]);
+        expected.extend(set_encodings(&[
+            7, 16, 1, 0, -26, -254, -223, -224, -239, -308,
+        ]));
+        expected.extend(key(1));
+        expected.extend(set_encodings(&[]));
+        for chunk in 1..=stream.len() {
+            let mut f = ClientFilter::new(false).decodable_only();
+            let mut out = Vec::new();
+            for part in stream.chunks(chunk) {
+                f.feed(part, &mut out).unwrap();
+            }
+            assert_eq!(out, expected, "chunk size {chunk}");
+        }
+        // Splits at every byte, in two pieces.
+        for at in 0..=stream.len() {
+            let mut f = ClientFilter::new(true).decodable_only();
+            let mut out = Vec::new();
+            f.feed(&stream[..at], &mut out).unwrap();
+            f.feed(&stream[at..], &mut out).unwrap();
+            // View-only too: shared, and the key event dropped.
+            let mut want = expected.clone();
+            want[0] = 1;
+            let k = want.windows(8).position(|w| w == key(1)).unwrap();
+            want.drain(k..k + 8);
+            assert_eq!(out, want, "split at {at}");
+        }
+        for (e, ok) in [
+            (0, true),
+            (-23, true),
+            (-33, false),
+            (-247, true),
+            (-246, false),
+            (5, false),
+        ] {
+            assert_eq!(is_decodable(e), ok, "{e}");
+        }
     }
 
     #[test]

@@ -18,12 +18,15 @@
 pub mod bridge;
 pub mod broker;
 pub mod config;
+pub mod export;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod playback;
 pub mod recorder;
 pub mod registry;
 pub mod rfb;
+pub mod screen_stream;
 pub mod secrets;
 pub mod session_recording;
 pub mod sessions;

@@ -141,6 +141,36 @@ enum RecordingCmd {
         #[arg(long)]
         public_key: Option<String>,
     },
+    /// Export a VNC recording's screen as PNG files (--png DIR with --at or --every) or as a
+    /// video made by ffmpeg (--video OUT.mp4). The recording is verified first: a tampered one
+    /// is refused unless --force; a truncated one exports up to its last whole frame. A video
+    /// keeps the first screen size (a larger desktop is cropped, a smaller one padded).
+    #[command(group(clap::ArgGroup::new("output").required(true).args(["png", "video"])))]
+    Export {
+        /// The .psrec file.
+        file: PathBuf,
+        /// Write PNG files (screen-SECONDS.png) to this directory.
+        #[arg(long)]
+        png: Option<PathBuf>,
+        /// Recorded seconds to export, comma-separated (e.g. 1.5,10,60).
+        #[arg(long, requires = "png", conflicts_with = "every")]
+        at: Option<String>,
+        /// Export one PNG every this many seconds.
+        #[arg(long, requires = "png")]
+        every: Option<f64>,
+        /// Write a video (through ffmpeg: libx264 if it has it, else mpeg4).
+        #[arg(long)]
+        video: Option<PathBuf>,
+        /// Video frames per second.
+        #[arg(long, default_value_t = 10)]
+        fps: u32,
+        /// Hex Ed25519 public key to check against [default: this data dir's recording key].
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Export a tampered or damaged recording anyway (up to the damage).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -152,7 +182,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn,vnc=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -261,6 +291,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Recording(RecordingCmd::Verify { file, public_key }) => {
             verify_recording(&cli, file, public_key.as_deref())
         }
+        Command::Recording(RecordingCmd::Export {
+            file,
+            png,
+            at,
+            every,
+            video,
+            fps,
+            public_key,
+            force,
+        }) => {
+            use passerelle::export::{Output, export, parse_times};
+            let output = match (png, video) {
+                (Some(dir), _) => Output::Png {
+                    dir: dir.clone(),
+                    at: at
+                        .as_deref()
+                        .map(parse_times)
+                        .transpose()?
+                        .unwrap_or_default(),
+                    every: *every,
+                },
+                (None, Some(file)) => Output::Video {
+                    file: file.clone(),
+                    fps: *fps,
+                },
+                (None, None) => anyhow::bail!("give --png DIR or --video FILE"),
+            };
+            let public = recording_key(&cli, public_key.as_deref())?;
+            let bytes =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let report = export(&bytes, &public, *force, &output)?;
+            for note in &report.notes {
+                eprintln!("passerelle: {note}");
+            }
+            for f in &report.files {
+                println!("{}", f.display());
+            }
+            if report.frames > 0 {
+                eprintln!(
+                    "passerelle: {} frames, {:.1} s of recording",
+                    report.frames, report.duration
+                );
+            }
+            Ok(())
+        }
         Command::HostKey { known_hosts_host } => {
             let config = file_config(&cli)?.into_config()?;
             std::fs::create_dir_all(&config.data_dir)?;
@@ -287,29 +362,32 @@ fn raise_fd_limit() {
     }
 }
 
+/// The recording key's public half: `--public-key`, or the data directory's key.
+fn recording_key(cli: &Cli, public_key: Option<&str>) -> anyhow::Result<String> {
+    if let Some(k) = public_key {
+        return Ok(k.to_owned());
+    }
+    let config = file_config(cli)?.into_config()?;
+    if !config
+        .data_dir
+        .join(passerelle::recorder::KEY_FILE)
+        .exists()
+    {
+        anyhow::bail!(
+            "no recording key in {}: pass --data-dir or --public-key",
+            config.data_dir.display()
+        );
+    }
+    Ok(passerelle::recorder::SigningKey::load_or_create(&config.data_dir)?.public_hex())
+}
+
 fn verify_recording(
     cli: &Cli,
     file: &std::path::Path,
     public_key: Option<&str>,
 ) -> anyhow::Result<()> {
     use passerelle_proto::recording::{Verdict, verify};
-    let public = match public_key {
-        Some(k) => k.to_owned(),
-        None => {
-            let config = file_config(cli)?.into_config()?;
-            if !config
-                .data_dir
-                .join(passerelle::recorder::KEY_FILE)
-                .exists()
-            {
-                anyhow::bail!(
-                    "no recording key in {}: pass --data-dir or --public-key",
-                    config.data_dir.display()
-                );
-            }
-            passerelle::recorder::SigningKey::load_or_create(&config.data_dir)?.public_hex()
-        }
-    };
+    let public = recording_key(cli, public_key)?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     match verify(&bytes, |m, s| {
         passerelle::recorder::check_signature(&public, m, s)

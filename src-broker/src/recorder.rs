@@ -309,6 +309,8 @@ pub fn sweep(dir: &Path, tenant_id: i64, days: u32) -> Vec<(String, PathBuf)> {
             && path.extension().is_some_and(|e| e == "psrec")
             && std::fs::remove_file(&path).is_ok()
         {
+            // Its derived screen stream (replays) goes with it.
+            let _ = std::fs::remove_file(crate::screen_stream::path_for(&path));
             deleted.push((id, path));
         }
     }

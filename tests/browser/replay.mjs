@@ -1,6 +1,6 @@
 // Opens a Passerelle replay page in Debian's headless Chromium, plays it at 16x (or seeks to a
 // fraction of it) and reports, as one JSON line, the player's state and the dominant colour of
-// the replayed screen.
+// the replayed screen, and where the page's last fetch started (keyframe, bytes).
 //
 // usage: node replay.mjs URL SCREENSHOT.png [--seek FRACTION] [--timeout MS]
 import { launch, waitForPixels } from './common.mjs';
@@ -32,6 +32,8 @@ try {
   Object.assign(result, await page.evaluate(() => ({
     state: window.passerelle.state, duration: window.passerelle.duration, position: window.passerelle.position,
     frames: window.passerelle.frames, pageError: window.passerelle.error,
+    keyframe: window.passerelle.keyframe, keyframeNumber: window.passerelle.keyframeNumber,
+    fetchedBytes: window.passerelle.fetchedBytes, totalBytes: window.passerelle.totalBytes,
   })));
   if (result.pageError) result.error = result.pageError;
 } catch (e) {

@@ -363,6 +363,15 @@ pub struct ReplayReport {
     pub error: Option<String>,
     #[serde(default)]
     pub console: Vec<String>,
+    /// Recorded seconds of the keyframe the page's last fetch started from, and its number.
+    pub keyframe: Option<f64>,
+    #[serde(rename = "keyframeNumber")]
+    pub keyframe_number: Option<u64>,
+    /// Bytes of screen stream the last fetch got, of the whole stream's.
+    #[serde(rename = "fetchedBytes")]
+    pub fetched_bytes: Option<u64>,
+    #[serde(rename = "totalBytes")]
+    pub total_bytes: Option<u64>,
 }
 
 /// Opens a replay page in headless Chromium; `args` as `replay.mjs` takes them.

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 pub use agent::{Agent, AgentKey, Forward, SshOutput, SshProcess};
 pub use broker::{TestBroker, session_request};
+pub use process::passerelle_bin;
 pub use rfb_server::FakeVnc;
 pub use services::{ConnStats, EchoServer, SourceServer};
 pub use ws::{Closed, Ws};

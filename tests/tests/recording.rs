@@ -152,6 +152,278 @@ async fn a_recorded_session_verifies_and_replays_the_same_pixels() -> Result<()>
     Ok(())
 }
 
+const RED: (u8, u8, u8) = (0xcc, 0x33, 0x33);
+const GREEN: (u8, u8, u8) = (0x33, 0xaa, 0x44);
+
+/// A session recorded through the broker while the workstation's screen goes blue, red, green
+/// (about 3 s each), viewed in noVNC: returns the recording and the test's directory.
+struct Phases {
+    broker: TestBroker,
+    file: Vec<u8>,
+    id: String,
+    dir: tempfile::TempDir,
+    _display: XDisplay,
+    _server: VncServer,
+    _agent: Agent,
+}
+
+/// Recorded seconds well inside each phase (the recording starts when the viewer is bridged,
+/// just before the session is seen active).
+const IN_PHASES: [(f64, (u8, u8, u8)); 3] = [(1.5, BLUE), (4.5, RED), (7.5, GREEN)];
+
+async fn record_phases() -> Result<Phases> {
+    let broker = TestBroker::start().await?;
+    let display = XDisplay::start(640, 480).await?;
+    display.set_colour("#3366cc").await?;
+    let (server, agent) = vnc_setup(&broker, &display).await?;
+    let mut req = session_request(&agent.id, "vnc");
+    req.record = Some(true);
+    let created = broker.create_session(&req).await?;
+    let dir = tempfile::tempdir()?;
+    let (url, shot) = (created.viewer_url.clone(), dir.path().join("live.png"));
+    let page =
+        tokio::spawn(async move { desktop::open_viewer(&url, &shot, &["--wait-close"]).await });
+    broker
+        .wait_session(&created.id, "active", |s| {
+            s.state == passerelle_e2e::SessionState::Active
+        })
+        .await?;
+    // The phases' lengths are what is recorded, not a synchronisation.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    display.set_colour("#cc3333").await?;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    display.set_colour("#33aa44").await?;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    broker.stop_session(&created.id, None).await?;
+    let live = page.await??;
+    ensure!(
+        live.dominant.is_some() && live.error.is_none(),
+        "noVNC showed the live session with the recorded encodings: {live:?}"
+    );
+    broker.wait_ended(&created.id).await?;
+    let file = fetch_recording(&broker, &created.id).await?;
+    Ok(Phases {
+        broker,
+        file,
+        id: created.id,
+        dir,
+        _display: display,
+        _server: server,
+        _agent: agent,
+    })
+}
+
+/// Runs `passerelle recording export` (or another subcommand) with `path` as PATH.
+async fn passerelle(args: &[&str], path: Option<&str>) -> Result<(bool, String, String)> {
+    let bin = tokio::task::spawn_blocking(passerelle_e2e::passerelle_bin).await??;
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(args);
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    let out = cmd.output().await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The most frequent colour of a PNG (x11vnc draws the cursor into the screen).
+fn png_dominant(path: &Path) -> Result<(u8, u8, u8)> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path)?));
+    let mut reader = decoder.read_info()?;
+    let mut buf = vec![0; reader.output_buffer_size().context("png size")?];
+    let info = reader.next_frame(&mut buf)?;
+    ensure!(info.color_type == png::ColorType::Rgba, "{info:?}");
+    let mut counts = std::collections::HashMap::new();
+    for px in buf[..info.buffer_size()].chunks_exact(4) {
+        *counts.entry((px[0], px[1], px[2])).or_insert(0u32) += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(c, _)| c)
+        .context("empty png")
+}
+
+#[tokio::test]
+async fn a_recording_exports_to_png_and_video_as_it_was_at_each_time() -> Result<()> {
+    init();
+    ensure!(
+        desktop::have(&["Xvfb", "x11vnc", "xsetroot", "ffmpeg", "ffprobe"])
+            && desktop::have_browser(),
+        "run scripts/install-test-deps.sh"
+    );
+    let rec = record_phases().await?;
+    let dir = rec.dir.path();
+    let file = dir.join("session.psrec");
+    std::fs::write(&file, &rec.file)?;
+    let data_dir = rec.broker.data_dir().display().to_string();
+    let file_arg = file.display().to_string();
+    let export = |extra: &[&str]| {
+        let mut args = vec!["--data-dir", &data_dir, "recording", "export", &file_arg];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>, path: Option<&'static str>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        passerelle(&args, path).await
+    };
+
+    // PNG frames inside each phase show that phase's colour.
+    let pngs = dir.join("png");
+    let png_arg = pngs.display().to_string();
+    let started = std::time::Instant::now();
+    let (ok, out, err) = run(export(&["--png", &png_arg, "--at", "1.5,4.5,7.5"]), None).await?;
+    let png_time = started.elapsed();
+    ensure!(ok, "export --png failed: {err}");
+    let written: Vec<&str> = out.lines().collect();
+    ensure!(written.len() == 3, "{out}");
+    for ((t, want), path) in IN_PHASES.iter().zip(&written) {
+        let got = png_dominant(Path::new(path))?;
+        ensure!(
+            desktop::close_to(got, *want, 12),
+            "at {t} s the export shows {got:?}, the screen was {want:?} ({path})"
+        );
+    }
+
+    // A video of the whole recording, as long as the recording.
+    let Verdict::Intact { summary, .. } = verdict(&rec.broker, &rec.file)? else {
+        anyhow::bail!("not intact");
+    };
+    let duration = summary.duration_us as f64 / 1e6;
+    let video = dir.join("session.mp4");
+    let video_arg = video.display().to_string();
+    let started = std::time::Instant::now();
+    let (ok, _, err) = run(export(&["--video", &video_arg, "--fps", "10"]), None).await?;
+    let video_time = started.elapsed();
+    ensure!(ok, "export --video failed: {err}");
+    let probe = tokio::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
+        .args(["-show_entries", "stream=nb_read_frames,width,height"])
+        .args(["-show_entries", "format=duration", "-of", "json"])
+        .arg(&video)
+        .output()
+        .await?;
+    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout)?;
+    let stream = &probe["streams"][0];
+    let frames: u64 = stream["nb_read_frames"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .context("frames")?;
+    let expected = (duration * 10.0).ceil() as u64;
+    ensure!(
+        frames == expected && stream["width"] == 640 && stream["height"] == 480,
+        "{probe} for {duration} s at 10 fps"
+    );
+    let seconds: f64 = probe["format"]["duration"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .context("duration")?;
+    ensure!(
+        (seconds - duration).abs() < 0.2,
+        "{seconds} s vs {duration} s"
+    );
+
+    // A truncated copy (cut in the red phase) exports up to its last whole frame, and says so.
+    let (_, frames_iter) = Frames::new(&rec.file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let frames_before: Vec<_> = frames_iter.collect();
+    let cut_frame = frames_before
+        .iter()
+        .position(|f| f.time_us > 5_500_000)
+        .context("no frame after 5.5 s")?;
+    let (cut_at, last) = (
+        frames_before[cut_frame].offset + 10,
+        frames_before[cut_frame - 1].time_us,
+    );
+    ensure!(last > 3_000_000, "nothing recorded in the red phase");
+    let cut = dir.join("cut.psrec");
+    std::fs::write(&cut, &rec.file[..cut_at])?;
+    let cut_arg = cut.display().to_string();
+    let last_arg = format!("{:.6}", last as f64 / 1e6);
+    let mut args = export(&["--png", &png_arg, "--at", &last_arg]);
+    args[4] = cut_arg.clone();
+    let (ok, out, err) = run(args.clone(), None).await?;
+    ensure!(ok && err.contains("truncated"), "{err}");
+    let got = png_dominant(Path::new(out.trim()))?;
+    ensure!(desktop::close_to(got, RED, 12), "truncated export: {got:?}");
+    args[8] = "7.5".into();
+    let (ok, _, err) = run(args, None).await?;
+    ensure!(!ok && err.contains("past the end"), "{err}");
+
+    // A tampered copy is refused, with the reason.
+    let mut bad = rec.file.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x20;
+    let bad_file = dir.join("bad.psrec");
+    std::fs::write(&bad_file, &bad)?;
+    let mut args = export(&["--png", &png_arg, "--at", "1"]);
+    args[4] = bad_file.display().to_string();
+    let (ok, _, err) = run(args, None).await?;
+    ensure!(
+        !ok && err.contains("TAMPERED") && err.contains("--force"),
+        "{err}"
+    );
+
+    // Without ffmpeg on PATH, a clear message.
+    let (ok, _, err) = run(export(&["--video", &video_arg]), Some("/nonexistent")).await?;
+    ensure!(
+        !ok && err.contains("ffmpeg not found on PATH") && err.contains("--png"),
+        "{err}"
+    );
+
+    // The replay page seeking to the middle shows red, drawn from a keyframe after the start:
+    // it fetched part of the screen stream, not all of it.
+    let url = format!(
+        "{}/replay/{}#key={}",
+        rec.broker.base_url(),
+        rec.id,
+        rec.broker.admin_key()
+    );
+    let seeked = desktop::open_replay(&url, &dir.join("seek.png"), &["--seek", "0.5"]).await?;
+    let dom = seeked
+        .dominant
+        .as_deref()
+        .with_context(|| format!("no pixels after seeking: {seeked:?}"))?;
+    ensure!(
+        seeked.error.is_none() && desktop::close_to((dom[0], dom[1], dom[2]), RED, 12),
+        "seeking to the middle shows {dom:?}: {seeked:?}"
+    );
+    let (key, number) = (
+        seeked.keyframe.unwrap_or_default(),
+        seeked.keyframe_number.unwrap_or_default(),
+    );
+    let (fetched, total) = (
+        seeked.fetched_bytes.unwrap_or_default(),
+        seeked.total_bytes.unwrap_or_default(),
+    );
+    ensure!(
+        number > 0 && key > 2.0 && key <= duration / 2.0 && fetched < total,
+        "the seek started from keyframe {number} at {key} s and fetched {fetched} of {total} bytes"
+    );
+    // Played to the end at 16x, one keyframe interval per fetch: green is only in the last
+    // interval, so showing it proves the page fetched on as it played.
+    let played =
+        desktop::open_replay(&format!("{url}&segment=1"), &dir.join("played.png"), &[]).await?;
+    let dom = played
+        .dominant
+        .as_deref()
+        .with_context(|| format!("no pixels after playing: {played:?}"))?;
+    ensure!(
+        played.error.is_none()
+            && played.state.as_deref() == Some("ended")
+            && desktop::close_to((dom[0], dom[1], dom[2]), GREEN, 12)
+            && played.fetched_bytes.unwrap_or_default() > 0,
+        "playing to the end shows {dom:?}: {played:?}"
+    );
+    eprintln!(
+        "figures: recording {} bytes, {duration:.1} s; export --png (3 times) {png_time:.2?}, --video 10 fps {video_time:.2?}; screen stream {total} bytes, the seek fetched {fetched} from keyframe {number} at {key:.2} s",
+        rec.file.len()
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_full_disk_ends_the_session_or_not_by_tenant_policy() -> Result<()> {
     init();
@@ -315,6 +587,33 @@ async fn raw_sessions_record_metadata_and_byte_counts_only() -> Result<()> {
     ensure!(
         text.iter().any(|t| t.contains("encrypted end to end")),
         "it says what it is: {text:?}"
+    );
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("rdp.psrec");
+    std::fs::write(&path, &file)?;
+    let (data_dir, path) = (
+        broker.data_dir().display().to_string(),
+        path.display().to_string(),
+    );
+    let png_dir = dir.path().join("png").display().to_string();
+    let (ok, _, err) = passerelle(
+        &[
+            "--data-dir",
+            &data_dir,
+            "recording",
+            "export",
+            &path,
+            "--png",
+            &png_dir,
+            "--at",
+            "0",
+        ],
+        None,
+    )
+    .await?;
+    ensure!(
+        !ok && err.contains("RDP/SSH recordings hold metadata only; nothing to export"),
+        "{err}"
     );
     Ok(())
 }

@@ -25,11 +25,11 @@ use crate::store::{
     AgentRecord, AuditFilter, AuditKind, NewEvent, TenantId, now_ms, parse_rfc3339, rfc3339,
 };
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(super) type ApiResult<T> = Result<T, ApiError>;
 const OPERATORS: &[Role] = &[Role::Admin, Role::Helpdesk];
 const ANY: &[Role] = &[Role::Admin, Role::Helpdesk, Role::Auditor];
 
-fn event(kind: AuditKind, caller: &Caller, detail: String) -> NewEvent {
+pub(super) fn event(kind: AuditKind, caller: &Caller, detail: String) -> NewEvent {
     let mut ev = NewEvent::new(kind, detail);
     ev.tenant_id = Some(caller.tenant_id);
     ev.operator = Some(caller.who());
@@ -252,7 +252,7 @@ pub async fn list_sessions(
     )?))
 }
 
-fn session_of(state: &State, caller: &Caller, id: &str) -> ApiResult<SessionInfo> {
+pub(super) fn session_of(state: &State, caller: &Caller, id: &str) -> ApiResult<SessionInfo> {
     match state.store.session_with_tenant(id)? {
         Some((s, tenant)) if tenant == caller.tenant_id => Ok(s),
         _ => Err(ApiError::not_found("session")),

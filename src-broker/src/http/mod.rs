@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod error;
 mod pages;
+mod replay;
 mod server;
 mod ws;
 
@@ -54,6 +55,8 @@ pub fn router(state: Arc<State>) -> Router {
         )
         .route("/api/v1/audit", get(api::audit))
         .route("/api/v1/recordings/{id}", get(api::recording))
+        .route("/api/v1/recordings/{id}/screen/index", get(replay::index))
+        .route("/api/v1/recordings/{id}/screen", get(replay::screen))
         .route("/replay/{id}", get(pages::replay))
         .route("/ws/sessions/{id}", get(ws::viewer))
         .route("/ws/sessions/{id}/raw", get(ws::raw))

@@ -319,7 +319,15 @@ async fn terminate_rfb(
         buffer_limit: state.config.session_buffer_bytes,
         first_down,
         first_up,
-        filter: (session.view_only || session.record).then(|| ClientFilter::new(session.view_only)),
+        // A recorded session asks the server only for encodings the playback decoder reads.
+        filter: (session.view_only || session.record).then(|| {
+            let filter = ClientFilter::new(session.view_only);
+            if session.record {
+                filter.decodable_only()
+            } else {
+                filter
+            }
+        }),
         recording: None,
     })
 }

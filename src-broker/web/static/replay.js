@@ -1,13 +1,19 @@
-// Replays a session recording in the browser: the recording (format in proto/src/recording.rs)
-// is fetched with an auditor or admin key, and its workstation-to-viewer RFB stream is fed to
-// noVNC through a stand-in for its WebSocket, on the recorded clock. Seeking forward fast-plays
-// to the target; seeking back restarts from the beginning and fast-plays (no keyframes yet).
-import RFB from '/static/novnc/core/rfb.js';
-import { initLogging } from '/static/novnc/core/util/logging.js';
+// Replays a session recording in the browser from its screen stream (src-broker/src/
+// screen_stream.rs): the broker decodes the recording once into stateless records (PNG
+// rectangles, copies, resizes) with a full-screen keyframe every few seconds. Playing draws the
+// records on a canvas on the recorded clock; seeking fetches from the last keyframe at or before
+// the target, so it never decodes from the start. Auditor and admin keys only.
 
 const $ = (id) => document.getElementById(id);
 const sessionId = decodeURIComponent(location.pathname.split('/').pop());
-const state = (window.passerelle = { state: 'loading', position: 0, duration: 0, frames: 0, error: null });
+// What tests read: keyframe/keyframeNumber say where the last fetch started, fetchedBytes how
+// much it fetched, of totalBytes in the whole stream.
+const state = (window.passerelle = {
+  state: 'loading', position: 0, duration: 0, frames: 0, error: null,
+  keyframe: null, keyframeNumber: null, fetchedBytes: 0, totalBytes: 0, seeks: 0,
+});
+
+const KEYFRAME = 1; const RECT = 2; const COPY = 3; const RESIZE = 4;
 
 function notice(title, text, login) {
   $('notice-title').textContent = title;
@@ -21,142 +27,171 @@ function fmt(s) {
   return `${m}:${String(Math.floor(s % 60)).padStart(2, '0')}`;
 }
 
-// --- parsing -------------------------------------------------------------------------------
-function parse(buf) {
-  const bytes = new Uint8Array(buf);
-  const magic = [0x50, 0x53, 0x52, 0x45, 0x43, 0x00, 0x01, 0x0a];
-  if (bytes.length < 12 || magic.some((b, i) => bytes[i] !== b)) throw new Error('not a Passerelle recording');
+let apiKey = null;
+let index = null;
+let canvas = null;
+let ctx = null;
+let queue = [];       // records fetched and not yet drawn, in time order
+let next = 0;         // index of the next record to draw
+let position = 0;     // seconds shown
+let playing = false;
+let lastTick = 0;
+let generation = 0;   // bumps on each seek, so a late fetch does not draw over a newer one
+let segEnd = null;    // number of the keyframe where the fetched records stop (null: the end)
+let fetchingMore = false;
+const hashParams = new URLSearchParams(location.hash.slice(1));
+// Keyframe intervals per fetch (`#segment=N` to change it, e.g. in tests).
+const SEGMENT = Math.max(1, Number(hashParams.get('segment')) || 5);
+
+async function api(path) {
+  const res = await fetch(path, { headers: { Authorization: `Bearer ${apiKey}` } });
+  if (res.status === 401 || res.status === 403) {
+    sessionStorage.removeItem('passerelle-key');
+    notice('Access needed', 'Replays are for auditor and admin keys.', true);
+    throw new Error('access');
+  }
+  if (!res.ok) {
+    const body = await res.json().catch(() => ({}));
+    throw new Error((body.error && body.error.message) || `HTTP ${res.status}`);
+  }
+  return res;
+}
+
+// Parses records; decodes their PNGs up front so that drawing is synchronous and in order.
+async function parse(buf) {
   const dv = new DataView(buf);
-  const hlen = dv.getUint32(8, true);
-  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + hlen)));
-  const frames = [];
-  let pos = 12 + hlen;
-  let trailer = null;
-  while (pos + 25 <= bytes.length) {
+  const bytes = new Uint8Array(buf);
+  const out = [];
+  let pos = 0;
+  while (pos + 13 <= bytes.length) {
     const kind = bytes[pos];
     const t = Number(dv.getBigUint64(pos + 1, true)) / 1e6;
     const len = dv.getUint32(pos + 9, true);
-    if (pos + 25 + len > bytes.length) break;
-    const payload = bytes.subarray(pos + 17, pos + 17 + len);
-    if (kind === 5) {
-      const jlen = new DataView(payload.buffer, payload.byteOffset).getUint32(0, true);
-      trailer = JSON.parse(new TextDecoder().decode(payload.subarray(4, 4 + jlen)));
-    } else if (kind !== 4) {
-      frames.push({ kind, t, payload });
+    if (pos + 13 + len > bytes.length) break;
+    const p = pos + 13;
+    const u = (i) => dv.getUint16(p + 2 * i, true);
+    const r = { kind, t };
+    if (kind === KEYFRAME || kind === RECT) {
+      Object.assign(r, { x: u(0), y: u(1), w: u(2), h: u(3) });
+      r.image = createImageBitmap(new Blob([bytes.subarray(p + 8, p + len)], { type: 'image/png' }));
+    } else if (kind === COPY) {
+      Object.assign(r, { x: u(0), y: u(1), w: u(2), h: u(3), sx: u(4), sy: u(5) });
+    } else if (kind === RESIZE) {
+      Object.assign(r, { w: u(0), h: u(1) });
     }
-    pos += 25 + len;
+    out.push(r);
+    pos += 13 + len;
   }
-  return { header, frames, trailer };
+  await Promise.all(out.filter((r) => r.image).map(async (r) => { r.image = await r.image; }));
+  return out;
 }
 
-// --- a WebSocket stand-in that noVNC drives --------------------------------------------------
-class RecordedChannel {
-  constructor(onReady) {
-    this.binaryType = 'arraybuffer';
-    this.protocol = '';
-    this.readyState = 0;
-    this._onopen = null; this.onmessage = null; this.onclose = null; this.onerror = null;
-    this._sent = 0;
-    this._onReady = onReady;
-  }
-  // Opens (and greets) only once noVNC has attached its handlers.
-  get onopen() { return this._onopen; }
-  set onopen(fn) {
-    this._onopen = fn;
-    if (fn && this.readyState === 0) {
-      setTimeout(() => {
-        if (this.readyState !== 0) return;
-        this.readyState = 1;
-        this._onopen({});
-        this._deliver(new TextEncoder().encode('RFB 003.008\n'));
-      }, 0);
-    }
-  }
-  _deliver(bytes) {
-    if (this.readyState === 1 && this.onmessage) this.onmessage({ data: bytes.slice().buffer });
-  }
-  // noVNC's messages: its version, its security choice, its ClientInit; later ones are ignored.
-  send(data) {
-    const n = data.byteLength !== undefined ? data.byteLength : data.length;
-    const before = this._sent;
-    this._sent += n;
-    // Answer later, as a socket would: noVNC is still inside its own handler here.
-    if (before < 12 && this._sent >= 12) setTimeout(() => this._deliver(new Uint8Array([1, 1])), 0);
-    else if (before < 13 && this._sent >= 13) setTimeout(() => this._deliver(new Uint8Array([0, 0, 0, 0])), 0);
-    else if (before < 14 && this._sent >= 14) setTimeout(() => this._onReady(), 0);
-  }
-  close() {
-    if (this.readyState >= 2) return;
-    this.readyState = 3;
-    if (this.onclose) this.onclose({ code: 1000, reason: '', wasClean: true });
-  }
+function resize(w, h) {
+  if (canvas.width === w && canvas.height === h) return;
+  const old = document.createElement('canvas');
+  old.width = canvas.width; old.height = canvas.height;
+  old.getContext('2d').drawImage(canvas, 0, 0);
+  canvas.width = w; canvas.height = h;
+  ctx.fillStyle = '#000'; ctx.fillRect(0, 0, w, h);
+  ctx.drawImage(old, 0, 0);
 }
 
-// --- the player ------------------------------------------------------------------------------
-let rec = null;
-let rfb = null;
-let channel = null;
-let next = 0;          // index of the next frame to deliver
-let position = 0;      // seconds of recording delivered
-let playing = false;
-let lastTick = 0;
+function draw(r) {
+  if (r.kind === KEYFRAME) { resize(r.w, r.h); ctx.drawImage(r.image, 0, 0); }
+  else if (r.kind === RECT) ctx.drawImage(r.image, r.x, r.y);
+  else if (r.kind === COPY) ctx.drawImage(canvas, r.sx, r.sy, r.w, r.h, r.x, r.y, r.w, r.h);
+  else if (r.kind === RESIZE) resize(r.w, r.h);
+  state.frames += 1;
+}
 
-function start(thenSeekTo) {
-  if (rfb) { rfb.disconnect(); $('screen').replaceChildren(); }
-  next = 0;
-  position = 0;
-  channel = new RecordedChannel(() => { if (thenSeekTo !== undefined) advanceTo(thenSeekTo); });
-  rfb = new RFB($('screen'), channel, { shared: true });
-  rfb.viewOnly = true;
-  rfb.scaleViewport = true;
-  rfb.addEventListener('desktopname', (e) => { $('meta').textContent = `${e.detail.name} · ${$('meta').textContent}`; });
+// Fetches records from keyframe `number`'s time on; returns [keyframe number, records, bytes].
+async function fetchFrom(t) {
+  const res = await api(`/api/v1/recordings/${encodeURIComponent(sessionId)}/screen?from=${t}&keyframes=${SEGMENT}`);
+  const [number, us] = (res.headers.get('x-passerelle-keyframe') || '0 0').split(' ').map(Number);
+  const buf = await res.arrayBuffer();
+  return [number, us / 1e6, await parse(buf), buf.byteLength];
+}
+
+function segEndTime() {
+  return segEnd !== null && segEnd < index.keyframes.length ? index.keyframes[segEnd][0] / 1e6 : Infinity;
+}
+
+// Playing past the fetched records: fetch the next keyframes (each starts with a full screen).
+function more() {
+  if (fetchingMore || segEndTime() === Infinity) return;
+  fetchingMore = true;
+  const mine = generation;
+  fetchFrom(segEndTime()).then(([number, , records, bytes]) => {
+    fetchingMore = false;
+    if (mine !== generation) return;
+    queue = queue.slice(next).concat(records);
+    next = 0;
+    segEnd = number + SEGMENT;
+    state.fetchedBytes += bytes;
+    advanceTo(position);
+  }).catch((err) => { fetchingMore = false; fail(err); });
 }
 
 function advanceTo(t) {
-  while (next < rec.frames.length && rec.frames[next].t <= t) {
-    const f = rec.frames[next++];
-    if (f.kind === 1) channel._deliver(f.payload);
+  while (next < queue.length && queue[next].t <= t) draw(queue[next++]);
+  if (next >= queue.length && t >= segEndTime()) {
+    more();
+    if (fetchingMore) t = Math.min(t, segEndTime());
   }
   position = Math.min(t, state.duration);
   state.position = position;
   $('seek').value = String(position);
   $('time').textContent = `${fmt(position)} / ${fmt(state.duration)}`;
-  if (position >= state.duration) { playing = false; state.state = 'ended'; $('play').textContent = 'Play'; }
+  if (position >= state.duration && playing) {
+    playing = false; state.state = 'ended'; $('play').textContent = 'Play'; $('status').textContent = 'Ended';
+  }
+}
+
+// Shows the screen at `t`: from what is fetched if `t` is ahead, else from the nearest keyframe.
+async function seek(t) {
+  t = Math.max(0, Math.min(t, state.duration));
+  // Ahead, before the next keyframe: draw on from what is here.
+  if (t >= position && queue.length && t < segEndTime() &&
+      !index.keyframes.some(([us]) => us / 1e6 > position && us / 1e6 <= t)) {
+    advanceTo(t);
+    return;
+  }
+  const mine = ++generation;
+  const [number, key, records, bytes] = await fetchFrom(t);
+  if (mine !== generation) return;
+  state.keyframeNumber = number;
+  state.keyframe = key;
+  state.fetchedBytes = bytes;
+  state.seeks += 1;
+  queue = records;
+  next = 0;
+  segEnd = number + SEGMENT;
+  position = 0;
+  advanceTo(t);
 }
 
 function tick(now) {
-  if (playing) {
-    const speed = Number($('speed').value);
-    advanceTo(position + ((now - lastTick) / 1000) * speed);
-  }
+  if (playing) advanceTo(position + ((now - lastTick) / 1000) * Number($('speed').value));
   lastTick = now;
   requestAnimationFrame(tick);
 }
 
-function seek(t) {
-  if (t >= position) advanceTo(t);
-  else start(t);
-}
-
 async function load(key) {
-  const res = await fetch(`/api/v1/recordings/${encodeURIComponent(sessionId)}`, { headers: { Authorization: `Bearer ${key}` } });
-  if (res.status === 401 || res.status === 403) {
-    sessionStorage.removeItem('passerelle-key');
-    notice('Access needed', 'Replays are for auditor and admin keys.', true);
-    return;
-  }
-  if (!res.ok) {
-    const body = await res.json().catch(() => ({}));
-    notice('No recording', (body.error && body.error.message) || `HTTP ${res.status}`, false);
+  apiKey = key;
+  try {
+    const res = await api(`/api/v1/recordings/${encodeURIComponent(sessionId)}/screen/index`);
+    index = await res.json();
+  } catch (err) {
+    if (String(err).includes('access')) return;
+    notice('Cannot replay', String(err.message || err), false);
     state.state = 'error';
     return;
   }
-  rec = parse(await res.arrayBuffer());
-  const h = rec.header;
-  state.frames = rec.frames.length;
-  state.duration = rec.trailer ? rec.trailer.duration_us / 1e6 : (rec.frames.length ? rec.frames[rec.frames.length - 1].t : 0);
+  const h = index.header;
+  state.duration = index.duration_us / 1e6;
+  state.totalBytes = index.records_len;
   $('meta').textContent = `${h.service} on ${h.agent} · operator ${h.operator} · ${h.started_at}` +
-    (rec.trailer ? ` · ${rec.trailer.end_reason}` : ' · recording cut short (broker stopped)');
+    (index.complete ? ` · ${index.end_reason}` : ' · recording cut short (broker stopped)');
   $('seek').max = String(state.duration);
   $('time').textContent = `0:00 / ${fmt(state.duration)}`;
   if (h.content !== 'rfb') {
@@ -164,45 +199,47 @@ async function load(key) {
     state.state = 'metadata';
     return;
   }
-  for (const f of rec.frames) {
-    if (f.kind !== 3) continue;
-    const ev = JSON.parse(new TextDecoder().decode(f.payload));
-    if (!ev.input) continue;
+  for (const us of index.marks) {
     const mark = document.createElement('div');
-    mark.style.cssText = `position:absolute;left:${(100 * f.t) / Math.max(state.duration, 0.001)}%;width:2px;height:8px;background:#e3b341`;
+    mark.style.cssText = `position:absolute;left:${(100 * us / 1e6) / Math.max(state.duration, 0.001)}%;width:2px;height:8px;background:#e3b341`;
     $('marks').append(mark);
   }
+  canvas = document.createElement('canvas');
+  canvas.style.cssText = 'max-width:100%;max-height:100%;display:block;margin:auto';
+  ctx = canvas.getContext('2d');
+  $('screen').replaceChildren(canvas);
+  if (index.decode_error) $('status').textContent = `Plays up to ${index.decode_error}`;
+  await seek(0);
   $('status').textContent = 'Ready';
   $('play').disabled = false;
   $('seek').disabled = false;
   state.state = 'ready';
-  start(0);
 }
 
+function fail(err) { state.error = String(err); notice('Cannot replay', String(err), false); }
+
 $('play').addEventListener('click', () => {
-  if (state.state === 'ended') seek(0);
+  if (state.state === 'ended') { seek(0).catch(fail); }
   playing = !playing;
   state.state = playing ? 'playing' : 'paused';
   $('play').textContent = playing ? 'Pause' : 'Play';
   $('status').textContent = playing ? 'Playing' : 'Paused';
 });
-$('seek').addEventListener('input', () => seek(Number($('seek').value)));
+$('seek').addEventListener('input', () => seek(Number($('seek').value)).catch(fail));
 $('login').addEventListener('submit', (e) => {
   e.preventDefault();
   const key = $('key').value.trim();
   sessionStorage.setItem('passerelle-key', key);
   $('notice').hidden = true;
-  load(key).catch((err) => { state.error = String(err); notice('Cannot replay', String(err), false); });
+  load(key).catch(fail);
 });
-window.passerelleSeek = seek;
+window.passerelleSeek = (t) => seek(t);
 requestAnimationFrame((now) => { lastTick = now; tick(now); });
-const hashParams = new URLSearchParams(location.hash.slice(1));
-if (hashParams.has('debug')) initLogging('debug');
 const key = hashParams.get('key') || sessionStorage.getItem('passerelle-key');
 history.replaceState(null, '', location.pathname);
 if (key) {
   sessionStorage.setItem('passerelle-key', key);
-  load(key).catch((err) => { state.error = String(err); notice('Cannot replay', String(err), false); });
+  load(key).catch(fail);
 } else {
   notice('Access needed', 'Replays are for auditor and admin keys.', true);
 }

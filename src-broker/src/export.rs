@@ -1,0 +1,360 @@
+//! `passerelle recording export`: a recording's screen as PNG files or as a video made by
+//! ffmpeg, after checking the recording's hash chain and signatures.
+//!
+//! The screen "at t seconds" is the screen after the last Down frame recorded at or before t.
+//! A video has the first screen's size throughout: a desktop that grows later is cropped to it,
+//! one that shrinks is padded with black (a resize in the middle of a session is rare, and one
+//! size keeps the file playable everywhere).
+
+use std::io::{IsTerminal as _, Write as _};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+use passerelle_proto::recording::{Content, Verdict, verify};
+
+use crate::playback::{self, Screen};
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// PNG files in a directory, one per time (seconds), or one every `every` seconds.
+    Png {
+        dir: PathBuf,
+        at: Vec<f64>,
+        every: Option<f64>,
+    },
+    /// A video through ffmpeg.
+    Video { file: PathBuf, fps: u32 },
+}
+
+/// What an export did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Files written (PNG frames, or the video).
+    pub files: Vec<PathBuf>,
+    /// Video frames written.
+    pub frames: u64,
+    /// Seconds of recording covered.
+    pub duration: f64,
+    /// Notes for the user (truncated file, decoding stopped early).
+    pub notes: Vec<String>,
+}
+
+/// Reports progress on stderr: a bar on a terminal, otherwise a line every 10%.
+struct Progress {
+    tty: bool,
+    last: i64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            last: -1,
+        }
+    }
+
+    fn show(&mut self, done: f64, total: f64) {
+        let pct = if total > 0.0 {
+            ((done / total) * 100.0).clamp(0.0, 100.0) as i64
+        } else {
+            100
+        };
+        let mut err = std::io::stderr();
+        if self.tty {
+            if pct != self.last {
+                let bar = usize::try_from(pct / 4).unwrap_or(0);
+                let _ = write!(
+                    err,
+                    "\rexporting [{:<25}] {pct:3}% {done:.1}/{total:.1} s",
+                    "#".repeat(bar)
+                );
+                let _ = err.flush();
+            }
+        } else if pct / 10 != self.last / 10 {
+            let _ = writeln!(err, "exporting: {pct}% ({done:.1}/{total:.1} s)");
+        }
+        self.last = pct;
+    }
+
+    fn done(&self) {
+        if self.tty {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+/// Parses `--at 1.5,10,60`.
+pub fn parse_times(s: &str) -> anyhow::Result<Vec<f64>> {
+    s.split(',')
+        .map(|t| {
+            let v: f64 = t
+                .trim()
+                .parse()
+                .with_context(|| format!("{t:?} is not a number of seconds"))?;
+            if !v.is_finite() || v < 0.0 {
+                bail!("{t:?} is not a time in the recording");
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+/// Checks `file` with the signer's public key (hex); returns the recording's duration in
+/// seconds and notes. A tampered file is refused unless `force`.
+fn check(bytes: &[u8], public_hex: &str, force: bool) -> anyhow::Result<(f64, Vec<String>)> {
+    let mut notes = Vec::new();
+    let (header, duration_us) = match verify(bytes, |m, s| {
+        crate::recorder::check_signature(public_hex, m, s)
+    }) {
+        Verdict::Intact {
+            header, summary, ..
+        } => (header, summary.duration_us),
+        Verdict::Truncated { header, .. } => {
+            let end = last_frame_us(bytes);
+            notes.push(format!(
+                "the recording is truncated (the broker stopped during the session): exporting up to its last whole frame, at {:.1} s",
+                end as f64 / 1e6
+            ));
+            (header, end)
+        }
+        Verdict::Tampered(damage) => {
+            if !force {
+                bail!(
+                    "the recording is TAMPERED or damaged ({damage}); refusing to export it (--force exports what can be read)"
+                );
+            }
+            notes.push(format!(
+                "the recording is TAMPERED or damaged ({damage}); exported anyway (--force), up to the damage"
+            ));
+            let header = passerelle_proto::recording::read_header(bytes)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .0;
+            (header, last_frame_us(bytes))
+        }
+    };
+    if header.content != Content::Rfb {
+        bail!(
+            "this is a {} session: RDP/SSH recordings hold metadata only; nothing to export",
+            header.service
+        );
+    }
+    Ok((duration_us as f64 / 1e6, notes))
+}
+
+fn last_frame_us(bytes: &[u8]) -> u64 {
+    passerelle_proto::recording::Frames::new(bytes)
+        .ok()
+        .and_then(|(_, frames)| frames.last())
+        .map_or(0, |f| f.time_us)
+}
+
+fn write_png(path: &Path, screen: &Screen) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), screen.width, screen.height);
+    enc.set_color(png::ColorType::Rgba);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut w = enc.write_header().context("writing a PNG")?;
+    w.write_image_data(&screen.rgba).context("writing a PNG")?;
+    w.finish().context("writing a PNG")?;
+    Ok(())
+}
+
+/// Which encoder this ffmpeg has: libx264 if present, else mpeg4.
+fn ffmpeg_encoder() -> anyhow::Result<&'static str> {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-encoders"])
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("ffmpeg not found on PATH: install it (apt install ffmpeg) or use --png")
+        }
+        Err(e) => Err(anyhow::Error::from(e).context("running ffmpeg")),
+        Ok(out) => {
+            let list = String::from_utf8_lossy(&out.stdout);
+            Ok(if list.contains(" libx264 ") {
+                "libx264"
+            } else {
+                "mpeg4"
+            })
+        }
+    }
+}
+
+/// Exports a recording. `public_hex` is the broker's recording key (hex Ed25519).
+pub fn export(
+    bytes: &[u8],
+    public_hex: &str,
+    force: bool,
+    output: &Output,
+) -> anyhow::Result<Report> {
+    let (duration, notes) = check(bytes, public_hex, force)?;
+    let mut report = Report {
+        duration,
+        notes,
+        ..Report::default()
+    };
+    // The times to sample, in microseconds, ascending.
+    let times: Vec<u64> = match output {
+        Output::Png { at, every, .. } => {
+            let mut at = at.clone();
+            if let Some(every) = *every {
+                if !every.is_finite() || every < 0.01 {
+                    bail!("--every must be at least 0.01 seconds");
+                }
+                let n = (duration / every).floor() as u64;
+                at.extend((0..=n.min(1_000_000)).map(|i| i as f64 * every));
+            }
+            if at.is_empty() {
+                bail!("no times to export: give --at or --every");
+            }
+            if let Some(t) = at.iter().find(|t| **t > duration + 1e-6) {
+                bail!("{t} s is past the end of the recording ({duration:.3} s)");
+            }
+            let mut t: Vec<u64> = at.iter().map(|s| (s * 1e6) as u64).collect();
+            t.sort_unstable();
+            t.dedup();
+            t
+        }
+        Output::Video { fps, .. } => {
+            if *fps == 0 || *fps > 120 {
+                bail!("--fps must be between 1 and 120");
+            }
+            let n = ((duration * f64::from(*fps)).ceil() as u64).max(1);
+            (0..n).map(|i| i * 1_000_000 / u64::from(*fps)).collect()
+        }
+    };
+    let mut ffmpeg = None;
+    let (encoder, dir) = match output {
+        Output::Video { .. } => (Some(ffmpeg_encoder()?), None),
+        Output::Png { dir, .. } => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            (None, Some(dir))
+        }
+    };
+    let mut progress = Progress::new();
+    let mut next = 0;
+    let mut size = None;
+    let mut failure: Option<anyhow::Error> = None;
+    let played = playback::play(bytes, |u| {
+        // Every time before the next frame sees this screen.
+        while let Some(&t) = times.get(next) {
+            if u.next_us.is_some_and(|n| t >= n) {
+                break;
+            }
+            let result = match output {
+                Output::Png { .. } => {
+                    let path = dir
+                        .map(|d| d.join(format!("screen-{:.3}s.png", t as f64 / 1e6)))
+                        .unwrap_or_default();
+                    write_png(&path, u.screen).map(|()| report.files.push(path))
+                }
+                Output::Video { file, fps } => {
+                    let (w, h) = *size.get_or_insert((u.screen.width, u.screen.height));
+                    if ffmpeg.is_none() {
+                        match start_ffmpeg(file, w, h, *fps, encoder.unwrap_or("mpeg4")) {
+                            Ok(child) => ffmpeg = Some(child),
+                            Err(e) => {
+                                failure = Some(e);
+                                return ControlFlow::Break(());
+                            }
+                        }
+                    }
+                    let frame = if (w, h) == (u.screen.width, u.screen.height) {
+                        std::borrow::Cow::Borrowed(&u.screen.rgba)
+                    } else {
+                        std::borrow::Cow::Owned(u.screen.crop(0, 0, w, h))
+                    };
+                    let stdin = ffmpeg
+                        .as_mut()
+                        .and_then(|c: &mut std::process::Child| c.stdin.as_mut());
+                    match stdin.map(|s| s.write_all(&frame)) {
+                        Some(Ok(())) => {
+                            report.frames += 1;
+                            Ok(())
+                        }
+                        _ => Err(anyhow::anyhow!("ffmpeg stopped reading frames")),
+                    }
+                }
+            };
+            if let Err(e) = result {
+                failure = Some(e);
+                return ControlFlow::Break(());
+            }
+            next += 1;
+            progress.show(t as f64 / 1e6, duration);
+        }
+        if next >= times.len() {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    progress.done();
+    if let Some(e) = failure {
+        if let Some(mut child) = ffmpeg {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        return Err(e);
+    }
+    if let Some(e) = &played.decode_error {
+        report.notes.push(format!(
+            "decoding stopped at {:.1} s: {e}; {} of {} frames exported",
+            played.end_us as f64 / 1e6,
+            next,
+            times.len()
+        ));
+    }
+    if let Some(mut child) = ffmpeg {
+        drop(child.stdin.take());
+        let out = child.wait_with_output().context("waiting for ffmpeg")?;
+        if !out.status.success() {
+            bail!(
+                "ffmpeg failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        if let Output::Video { file, .. } = output {
+            report.files.push(file.clone());
+        }
+    } else if matches!(output, Output::Video { .. }) {
+        bail!("the recording has no screen to make a video of");
+    }
+    Ok(report)
+}
+
+fn start_ffmpeg(
+    out: &Path,
+    width: u32,
+    height: u32,
+    fps: u32,
+    encoder: &str,
+) -> anyhow::Result<std::process::Child> {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "rawvideo", "-pix_fmt", "rgba"])
+        .args(["-s", &format!("{width}x{height}"), "-r", &fps.to_string()])
+        .args(["-i", "-", "-c:v", encoder, "-pix_fmt", "yuv420p"])
+        // yuv420p needs even sizes.
+        .args(["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"])
+        .arg(out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow::anyhow!(
+                    "ffmpeg not found on PATH: install it (apt install ffmpeg) or use --png"
+                )
+            } else {
+                anyhow::Error::from(e).context("starting ffmpeg")
+            }
+        })
+}

@@ -1,0 +1,132 @@
+//! The replay page's data: a recording's screen stream ([`crate::screen_stream`]), its index
+//! and its records from the keyframe nearest a time. Auditor and admin keys only, like the
+//! recording itself; each index fetch (one per replay) is audited as `recording_viewed`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
+use passerelle_proto::api::Role;
+use serde::Deserialize;
+
+use super::ApiError;
+use super::api::{ApiResult, event, session_of};
+use super::auth::Caller;
+use crate::broker::State;
+use crate::screen_stream::{self, BuildError, Index};
+use crate::store::AuditKind;
+
+/// The screen stream of a caller's session, built on first use (off the async threads).
+async fn stream_of(state: &Arc<State>, caller: &Caller, id: &str) -> ApiResult<(Vec<u8>, String)> {
+    caller.require(&[Role::Admin, Role::Auditor])?;
+    let session = session_of(state, caller, id)?;
+    let path =
+        crate::recorder::path_for(&state.config.recordings_dir, caller.tenant_id, &session.id);
+    if !path.exists() {
+        return Err(ApiError::not_found("recording"));
+    }
+    let key = state.recording_key.public_hex();
+    let built = tokio::task::spawn_blocking(move || screen_stream::load_or_build(&path, &key))
+        .await
+        .map_err(|e| anyhow::anyhow!("building a screen stream: {e}"))?;
+    match built {
+        Ok(stream) => Ok((stream, session.agent.to_string())),
+        Err(e) => match e.downcast_ref::<BuildError>() {
+            Some(BuildError::Tampered(_)) => Err(ApiError::conflict(
+                "recording_tampered",
+                format!("{e}; it cannot be replayed"),
+            )),
+            Some(BuildError::Playback(_)) => {
+                Err(ApiError::conflict("recording_unplayable", e.to_string()))
+            }
+            None => Err(e.into()),
+        },
+    }
+}
+
+/// `GET /api/v1/recordings/{id}/screen/index`: what the replay page needs first (metadata,
+/// duration, input marks, keyframes). Audited: this is a replay.
+pub async fn index(
+    caller: Caller,
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Index>> {
+    let (stream, agent) = stream_of(&state, &caller, &id).await?;
+    let (index, _) = screen_stream::read_index(&stream)
+        .ok_or_else(|| anyhow::anyhow!("a screen stream without an index"))?;
+    let mut ev = event(
+        AuditKind::RecordingViewed,
+        &caller,
+        "recording replayed".into(),
+    );
+    ev.session = Some(id);
+    ev.agent = Some(agent);
+    state.store.audit(ev);
+    Ok(Json(index))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ScreenQuery {
+    /// Recorded seconds to show.
+    #[serde(default)]
+    from: f64,
+    /// Keyframe intervals to send (the page fetches the next ones as it plays).
+    #[serde(default = "default_keyframes")]
+    keyframes: usize,
+}
+
+fn default_keyframes() -> usize {
+    5
+}
+
+/// `GET /api/v1/recordings/{id}/screen?from=SECONDS&keyframes=N`: the stream's records from
+/// the last keyframe at or before `from`, up to the N-th keyframe after it (or the end).
+/// `X-Passerelle-Keyframe` says which keyframe it starts at (`number time_us`).
+pub async fn screen(
+    caller: Caller,
+    AxState(state): AxState<Arc<State>>,
+    Path(id): Path<String>,
+    Query(q): Query<ScreenQuery>,
+) -> ApiResult<Response> {
+    if !q.from.is_finite() || q.from < 0.0 {
+        return Err(ApiError::bad_request("from must be a number of seconds"));
+    }
+    let (stream, _) = stream_of(&state, &caller, &id).await?;
+    let (index, base) = screen_stream::read_index(&stream)
+        .ok_or_else(|| anyhow::anyhow!("a screen stream without an index"))?;
+    let Some((number, time_us, offset)) =
+        screen_stream::keyframe_for(&index, (q.from * 1e6).round() as u64)
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_screen",
+            "this recording holds no screen",
+        ));
+    };
+    let end = index
+        .keyframes
+        .get(number.saturating_add(q.keyframes.max(1)))
+        .map_or(index.records_len, |(_, off)| *off);
+    let (start, end) = (
+        (base as u64 + offset) as usize,
+        (base as u64 + end) as usize,
+    );
+    let body = stream.get(start..end).unwrap_or_default().to_vec();
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/vnd.passerelle.screen".to_owned(),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+            (
+                header::HeaderName::from_static("x-passerelle-keyframe"),
+                format!("{number} {time_us}"),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
