@@ -120,9 +120,14 @@ async fn malformed_rfb_from_the_viewer_ends_the_session_as_a_protocol_error() ->
             &[6, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff],
         ),
     ];
-    for (i, (what, bad)) in cases.into_iter().enumerate() {
+    // Every vnc session frames the viewer's messages, view-only or not.
+    let runs = [true, false]
+        .into_iter()
+        .flat_map(|view_only| cases.into_iter().map(move |case| (view_only, case)));
+    for (i, (view_only, (what, bad))) in runs.enumerate() {
+        let what = format!("{what} (view_only {view_only})");
         let mut req = session_request("pc-rfb", "vnc");
-        req.view_only = true;
+        req.view_only = view_only;
         let created = broker.create_session(&req).await?;
         let mut ws = Ws::connect(&created.ws_url).await?;
         ws.rfb_handshake().await?;

@@ -210,6 +210,7 @@ async fn serve(
     }
     let mut opts = opts;
     if first {
+        // The broker terminated RFB (ws_url of a vnc session): the recording holds the stream.
         let rfb = opts.filter.is_some() && !raw;
         match state.start_recording(&session, rfb) {
             // Only the connection that started an RFB recording feeds it: another stream
@@ -319,8 +320,10 @@ async fn terminate_rfb(
         buffer_limit: state.config.session_buffer_bytes,
         first_down,
         first_up,
-        // A recorded session asks the server only for encodings the playback decoder reads.
-        filter: (session.view_only || session.record).then(|| {
+        // Every viewer message is framed, so a malformed one ends the session with a reason
+        // instead of reaching the workstation's VNC server. A recorded session also asks the
+        // server only for encodings the playback decoder reads.
+        filter: Some({
             let filter = ClientFilter::new(session.view_only);
             if session.record {
                 filter.decodable_only()
