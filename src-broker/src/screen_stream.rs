@@ -243,19 +243,42 @@ pub fn keyframe_for(index: &Index, from_us: u64) -> Option<(usize, u64, u64)> {
 /// a recording of the same length, otherwise a new one (written next to it, atomically).
 pub fn load_or_build(recording: &Path, public_hex: &str) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context as _;
+    let sidecar = path_for(recording);
+    // One build per recording at a time: simultaneous first replays wait for the first build
+    // and then read its result.
+    let lock = build_lock(&sidecar);
+    let _building = lock.lock().unwrap_or_else(|p| p.into_inner());
     let file =
         std::fs::read(recording).with_context(|| format!("reading {}", recording.display()))?;
-    let sidecar = path_for(recording);
     if let Ok(cached) = std::fs::read(&sidecar)
         && read_index(&cached).is_some_and(|(i, _)| i.source_len == file.len() as u64)
     {
         return Ok(cached);
     }
     let built = build(&file, public_hex)?;
-    let tmp = sidecar.with_extension("psscreen.tmp");
+    // A name of this process's own, so that another broker on the same dir cannot interleave.
+    let tmp = sidecar.with_extension(format!("psscreen.{}.tmp", std::process::id()));
     std::fs::write(&tmp, &built).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &sidecar).with_context(|| format!("writing {}", sidecar.display()))?;
     Ok(built)
+}
+
+/// The lock that serializes building the sidecar `sidecar` within this process.
+fn build_lock(sidecar: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock, Weak};
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Weak<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    locks.retain(|_, lock| lock.strong_count() > 0);
+    if let Some(lock) = locks.get(sidecar).and_then(Weak::upgrade) {
+        return lock;
+    }
+    let lock = Arc::new(Mutex::new(()));
+    locks.insert(sidecar.to_owned(), Arc::downgrade(&lock));
+    lock
 }
 
 #[cfg(test)]
@@ -363,6 +386,33 @@ mod tests {
             build(&file, &other.public_hex()),
             Err(BuildError::Tampered(_))
         ));
+    }
+
+    #[test]
+    fn simultaneous_first_replays_agree_and_leave_no_temporary_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = crate::recorder::SigningKey::load_or_create(dir.path()).expect("key");
+        let path = dir.path().join("s.psrec");
+        std::fs::write(&path, recording(&key, 6)).expect("write");
+        let public = key.public_hex();
+        let results: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| s.spawn(|| load_or_build(&path, &public).expect("builds")))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        assert!(results.windows(2).all(|w| w[0] == w[1]));
+        let on_disk = std::fs::read(path_for(&path)).expect("sidecar");
+        assert_eq!(on_disk, results[0]);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]
