@@ -43,6 +43,8 @@ async fn vncviewer_shows_the_remote_desktop_through_the_helper() -> Result<()> {
             "-shared",
             "-noxdamage",
             "-nossl",
+            // Killed at the end: SysV shared memory would outlive it (see tests/src/desktop.rs).
+            "-noshm",
         ]);
     let mut x11vnc = Proc::spawn(cmd, "x11vnc")?;
     wait_port(port, &mut x11vnc).await?;

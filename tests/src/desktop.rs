@@ -144,7 +144,9 @@ impl VncServer {
             "-forever",
             "-shared",
         ]);
-        cmd.args(["-quiet", "-noxdamage", "-nowf", "-noxrecord"]);
+        // -noshm: x11vnc's SysV shared-memory segments outlive it when it is killed (SIGKILL on
+        // drop), and the machine's 4,096 run out after a few hundred test runs.
+        cmd.args(["-quiet", "-noxdamage", "-nowf", "-noxrecord", "-noshm"]);
         match password {
             Some(pw) => {
                 let file = dir.path().join("passwd");
