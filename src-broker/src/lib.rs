@@ -15,6 +15,7 @@
 //! - [`throttle`]: per-address limits on failed credentials.
 //! - [`keys`], [`secrets`], [`metrics`].
 
+pub mod accept;
 pub mod bridge;
 pub mod broker;
 pub mod config;

@@ -104,25 +104,8 @@ pub async fn serve(
     let tls = tls.map(TlsAcceptor::from);
     let global = Arc::new(Semaphore::new(state.config.http_max_connections));
     let per_ip = Arc::new(PerIp::default());
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            () = state.shutdown.cancelled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => {
-                backoff = Duration::from_millis(5);
-                pair
-            }
-            Err(e) => {
-                // Typically EMFILE: wait for descriptors to come back rather than spin.
-                tracing::warn!(error = %e, "http accept failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    let mut acceptor = crate::accept::Acceptor::new(listener, "http");
+    while let Some((stream, peer)) = acceptor.next(&state.shutdown).await {
         let slots = global.clone().try_acquire_owned().ok().and_then(|g| {
             let ip = per_ip.take(peer.ip(), state.config.http_max_connections_per_ip)?;
             Some(Slots {

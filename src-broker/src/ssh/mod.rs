@@ -66,24 +66,8 @@ pub fn ssh_config(state: &State) -> Arc<SshConfig> {
 pub async fn run(listener: TcpListener, state: Arc<State>) {
     let config = ssh_config(&state);
     let slots = Arc::new(Semaphore::new(state.config.max_agent_connections));
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            () = state.shutdown.cancelled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => {
-                backoff = Duration::from_millis(5);
-                pair
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "ssh accept failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    let mut acceptor = crate::accept::Acceptor::new(listener, "ssh");
+    while let Some((stream, peer)) = acceptor.next(&state.shutdown).await {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "too many agent connections; refusing");
             continue;
