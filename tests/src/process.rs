@@ -73,6 +73,43 @@ fn build() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// What a `passerelle` subcommand left.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// The exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Runs `passerelle ARGS...` to completion with extra environment variables, bounded (3 min:
+/// exports of a recording in a debug build take a while); the binary is built first if needed.
+pub async fn run_cli(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Result<CliOutput> {
+    let bin = tokio::task::spawn_blocking(passerelle_bin).await??;
+    let out = timeout(
+        std::time::Duration::from_secs(180),
+        Command::new(bin)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .with_context(|| format!("passerelle {args:?} did not finish in 3 minutes"))??;
+    Ok(CliOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
 /// What `passerelle serve` printed on stdout.
 #[derive(Debug, Clone)]
 pub struct Banner {

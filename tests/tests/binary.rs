@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use passerelle_e2e::process::{Banner, BrokerProcess, passerelle_bin};
+use passerelle_e2e::process::{Banner, BrokerProcess, passerelle_bin, run_cli};
 use passerelle_e2e::{Agent, CreatedSession, FakeVnc, Forward, IssuedToken, WAIT, Ws};
 use tokio::process::Command;
 use tokio::time::timeout;
@@ -34,24 +34,12 @@ async fn start_serve_env(
     BrokerProcess::serve_with_env(data_dir, &args, env).await
 }
 
-/// Runs a `passerelle` subcommand to completion; returns its stdout.
+/// Runs a `passerelle` subcommand that must succeed; returns its stdout.
 async fn passerelle(args: &[&str]) -> Result<String> {
-    let out = timeout(
-        WAIT,
-        Command::new(passerelle_bin()?)
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .context("subcommand timed out")??;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.success(),
-        "passerelle {args:?}: {}: {stderr}",
-        out.status
-    );
-    Ok(String::from_utf8(out.stdout)?)
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let out = run_cli(&args, &[]).await?;
+    ensure!(out.success(), "passerelle {args:?}: {out:?}");
+    Ok(out.stdout)
 }
 
 fn client() -> Result<reqwest::Client> {

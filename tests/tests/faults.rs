@@ -11,7 +11,7 @@ use passerelle::recorder::{SigningKey, check_signature};
 use passerelle::store::Store;
 use passerelle_e2e::desktop::{self, VncOverWs, VncServer, XDisplay};
 use passerelle_e2e::faults::{NetNs, TinyDisk};
-use passerelle_e2e::process::passerelle_bin;
+use passerelle_e2e::process::run_cli;
 use passerelle_e2e::{
     Agent, EchoServer, EndReason, Forward, Method, StatusCode, TestBroker, WAIT, Ws, close, init,
     pattern, session_request, unique,
@@ -21,45 +21,17 @@ use tokio::time::{Instant, sleep, timeout};
 
 const BLUE: (u8, u8, u8) = (0x33, 0x66, 0xcc);
 
-/// The recording file of session `id` under the data dir.
-fn recording_path(data_dir: &std::path::Path, id: &str) -> Option<std::path::PathBuf> {
-    let mut stack = vec![data_dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.contains(id))
-            {
-                return Some(path);
-            }
-        }
-    }
-    None
-}
-
 /// `passerelle recording verify FILE`: exit code and stdout.
 async fn cli_verify(data_dir: &std::path::Path, file: &std::path::Path) -> Result<(i32, String)> {
-    let out = timeout(
-        WAIT,
-        tokio::process::Command::new(passerelle_bin()?)
-            .arg("recording")
-            .arg("verify")
-            .arg(file)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .context("recording verify timed out")??;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    ))
+    let args = ["recording", "verify"].map(std::ffi::OsStr::new);
+    let paths = [
+        file.as_os_str(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+    ];
+    let all: Vec<&std::ffi::OsStr> = args.into_iter().chain(paths).collect();
+    let out = run_cli(&all, &[]).await?;
+    Ok((out.code.unwrap_or(-1), out.stdout))
 }
 
 #[tokio::test]
@@ -112,11 +84,14 @@ async fn a_broker_killed_mid_session_restarts_with_its_store_and_recordings_inta
 
     // Wait until the recorder has the screen on disk under a signed checkpoint.
     let public = SigningKey::load_or_create(broker.data_dir())?.public_hex();
+    let tenant = Store::open(broker.data_dir())?
+        .tenant_id(&passerelle_proto::ids::TenantName::new("default")?)?
+        .context("tenant default")?;
+    let path =
+        passerelle::recorder::path_for(&broker.data_dir().join("recordings"), tenant, &rec.id);
     let deadline = Instant::now() + WAIT;
     loop {
-        let on_disk = recording_path(&broker.data_dir().join("recordings"), &rec.id)
-            .and_then(|p| std::fs::read(p).ok())
-            .unwrap_or_default();
+        let on_disk = std::fs::read(&path).unwrap_or_default();
         if let Verdict::Truncated { signed_frames, .. } =
             verify(&on_disk, |m, s| check_signature(&public, m, s))
             && signed_frames >= 2

@@ -215,18 +215,10 @@ async fn record_phases() -> Result<Phases> {
 
 /// Runs `passerelle recording export` (or another subcommand) with `path` as PATH.
 async fn passerelle(args: &[&str], path: Option<&str>) -> Result<(bool, String, String)> {
-    let bin = tokio::task::spawn_blocking(passerelle_e2e::passerelle_bin).await??;
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(args);
-    if let Some(p) = path {
-        cmd.env("PATH", p);
-    }
-    let out = cmd.output().await?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let env: Vec<(&str, &str)> = path.map(|p| ("PATH", p)).into_iter().collect();
+    let out = passerelle_e2e::process::run_cli(&args, &env).await?;
+    Ok((out.success(), out.stdout, out.stderr))
 }
 
 /// The most frequent colour of a PNG (x11vnc draws the cursor into the screen).
