@@ -4,6 +4,8 @@
 # drive under Xvfb. Idempotent: when every package is already installed it returns at once,
 # without touching apt.
 set -euo pipefail
+# shellcheck source=lib/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 PACKAGES=(
   # Tauri 2 (WebKitGTK 4.1, GTK 3, tray, SVG icons, xdo for menus)
@@ -32,22 +34,4 @@ PACKAGES=(
   xdg-utils
 )
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-  if ! dpkg -s "$pkg" >/dev/null 2>&1; then
-    missing+=("$pkg")
-  fi
-done
-
-if [ "${#missing[@]}" -eq 0 ]; then
-  exit 0
-fi
-
-echo "install-desktop-deps: installing ${missing[*]}" >&2
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-  SUDO=(sudo)
-fi
-export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get update
-"${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+apt_install_missing install-desktop-deps "${PACKAGES[@]}"

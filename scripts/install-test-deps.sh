@@ -2,6 +2,8 @@
 # Installs the system packages the end-to-end tests drive (Debian/Ubuntu). Idempotent: when
 # every package is already installed it returns at once, without touching apt.
 set -euo pipefail
+# shellcheck source=lib/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 # One list: add packages here.
 PACKAGES=(
@@ -27,13 +29,6 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   PACKAGES+=(nodejs npm)
 fi
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-  if ! dpkg -s "$pkg" >/dev/null 2>&1; then
-    missing+=("$pkg")
-  fi
-done
-
 install_page_driver() {
   local dir
   dir="$(dirname "${BASH_SOURCE[0]}")/../tests/browser"
@@ -43,17 +38,5 @@ install_page_driver() {
   fi
 }
 
-if [ "${#missing[@]}" -eq 0 ]; then
-  install_page_driver
-  exit 0
-fi
-
-echo "install-test-deps: installing ${missing[*]}" >&2
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-  SUDO=(sudo)
-fi
-export DEBIAN_FRONTEND=noninteractive
-"${SUDO[@]}" apt-get update
-"${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+apt_install_missing install-test-deps "${PACKAGES[@]}"
 install_page_driver
