@@ -341,7 +341,7 @@ pub struct PageReport {
 }
 
 fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser")
+    crate::manifest_dir().join("browser")
 }
 
 /// Whether Chromium and the page driver are installed.

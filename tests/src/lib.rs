@@ -115,3 +115,11 @@ pub fn expect_error(
     );
     Ok(())
 }
+
+/// This crate's directory as the running test sees it: cargo and nextest set
+/// `CARGO_MANIFEST_DIR` for test processes. The compile-time value may name another checkout,
+/// since a target directory shared by two checkouts reuses a test binary built in either.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}

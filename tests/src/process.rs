@@ -47,9 +47,7 @@ fn build() -> Result<PathBuf> {
         "passerelle",
         "--target-dir",
     ]);
-    cargo
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    cargo.arg(target_dir).current_dir(crate::manifest_dir());
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => {}
         Some("release") => {
