@@ -19,6 +19,7 @@ use crate::config::{Config, TlsMode};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::sessions::{LiveSession, Sessions};
+use crate::shards::Shards;
 use crate::store::{AuditKind, NewEvent, Store, TenantId, now_ms};
 use crate::throttle::Throttle;
 use crate::{http, keys, ssh};
@@ -37,6 +38,8 @@ pub struct State {
     pub tasks: TaskTracker,
     /// Cancelled to shut down.
     pub shutdown: CancellationToken,
+    /// Where agent connections and their sessions' bridges run.
+    pub shards: Shards,
     /// `http(s)://host:port`, the base of the URLs handed out.
     pub base_url: String,
     /// Hex SHA-256 of the HTTPS certificate, when serving HTTPS.
@@ -278,6 +281,7 @@ impl Broker {
             metrics: Arc::new(Metrics::default()),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            shards: Shards::start(config.data_threads)?,
             base_url,
             tls_fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
             host_key,
@@ -382,6 +386,7 @@ impl Broker {
         {
             tracing::warn!("some tasks did not finish within the shutdown grace period");
         }
+        state.shards.stop();
         tracing::info!("broker stopped");
     }
 }
@@ -389,5 +394,6 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.state.shutdown.cancel();
+        self.state.shards.stop();
     }
 }

@@ -55,6 +55,8 @@ pub struct Config {
     pub max_forwards_per_connection: usize,
     /// Agent connections at once (pre- and post-authentication).
     pub max_agent_connections: usize,
+    /// Threads that carry agent connections and their sessions' data (0 = one per CPU).
+    pub data_threads: usize,
     /// Lifetime of a session when the API call gives none.
     pub default_session_ttl: Duration,
     /// Upper bound for `ttl_secs`.
@@ -132,6 +134,7 @@ pub struct FileConfig {
     pub preauth_timeout_secs: Option<u64>,
     pub max_forwards_per_connection: Option<usize>,
     pub max_agent_connections: Option<usize>,
+    pub data_threads: Option<usize>,
     pub default_session_ttl_secs: Option<u64>,
     pub max_session_ttl_secs: Option<u64>,
     pub recordings_dir: Option<PathBuf>,
@@ -182,6 +185,7 @@ impl FileConfig {
             preauth_timeout_secs,
             max_forwards_per_connection,
             max_agent_connections,
+            data_threads,
             default_session_ttl_secs,
             max_session_ttl_secs,
             recordings_dir,
@@ -244,6 +248,7 @@ impl FileConfig {
             preauth_timeout: secs(self.preauth_timeout_secs, 20),
             max_forwards_per_connection: self.max_forwards_per_connection.unwrap_or(16),
             max_agent_connections: self.max_agent_connections.unwrap_or(20_000),
+            data_threads: self.data_threads.unwrap_or(0),
             default_session_ttl: secs(self.default_session_ttl_secs, 8 * 3600),
             max_session_ttl: secs(self.max_session_ttl_secs, 24 * 3600),
             shutdown_grace: Duration::from_secs(10),
@@ -357,6 +362,7 @@ mod tests {
         // The example spells out the defaults.
         let d = FileConfig::default().into_config().unwrap();
         assert_eq!(c.http_max_connections, d.http_max_connections);
+        assert_eq!(c.data_threads, d.data_threads);
         assert_eq!(c.http_max_connections_per_ip, d.http_max_connections_per_ip);
         assert_eq!(c.http_header_timeout, d.http_header_timeout);
         assert_eq!(c.tls_handshake_timeout, d.tls_handshake_timeout);

@@ -31,6 +31,7 @@ pub mod screen_stream;
 pub mod secrets;
 pub mod session_recording;
 pub mod sessions;
+pub mod shards;
 pub mod ssh;
 pub mod store;
 pub mod throttle;

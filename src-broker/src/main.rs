@@ -85,6 +85,9 @@ struct ServeArgs {
     /// Base URL put in the URLs the API returns (e.g. https://broker.example.com).
     #[arg(long, env = "PASSERELLE_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Threads carrying agent connections and their sessions' data [default: 0 = one per CPU].
+    #[arg(long, env = "PASSERELLE_DATA_THREADS")]
+    data_threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -233,6 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tls_key: args.tls_key.clone(),
                 insecure_http: args.insecure_http.then_some(true),
                 public_url: args.public_url.clone(),
+                data_threads: args.data_threads,
                 ..FileConfig::default()
             };
             let config = file_config(&cli)?.merge(flags).into_config()?;

@@ -42,6 +42,8 @@ pub struct AgentConn {
     link: Box<dyn AgentLink>,
     /// Cancelled when the connection ends.
     pub gone: CancellationToken,
+    /// The runtime the connection runs on (its data shard): its sessions' bridges run there.
+    pub home: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for AgentConn {
@@ -73,6 +75,7 @@ impl AgentConn {
             services: Mutex::new(BTreeMap::new()),
             link,
             gone: CancellationToken::new(),
+            home: tokio::runtime::Handle::try_current().ok(),
         }
     }
 

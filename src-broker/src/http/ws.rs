@@ -225,16 +225,24 @@ async fn serve(
         }
     }
     tracing::info!(agent = %session.agent, service = %session.service, "bridging");
-    let (outcome, closer) = bridge::run(
+    let bridging = bridge::run(
         ws,
         channel,
         session.clone(),
         conn.gone.clone(),
         opts,
         state.metrics.clone(),
-    )
-    .await;
+    );
+    // On the agent connection's own shard, so that its data is handed over on one thread.
+    let bridged = match &conn.home {
+        Some(home) => home.spawn(bridging).await,
+        None => Ok(bridging.await),
+    };
     drop(guard);
+    let Ok((outcome, closer)) = bridged else {
+        // The shard stopped: the broker is going away, and its shutdown ends the session.
+        return tracing::info!("bridge stopped with the broker");
+    };
     tracing::info!(reason = %outcome.reason, code = outcome.code.code, "bridge ended");
     let reconnectable = matches!(
         outcome.reason,

@@ -75,12 +75,25 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
         let state2 = state.clone();
         let config = config.clone();
         let span = tracing::info_span!("agent", %peer);
-        state.tasks.spawn(
+        // The connection moves to a data shard (see crate::shards): its socket is registered
+        // with that shard's reactor, and the bridges of its sessions run there too.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "could not hand an agent connection over");
+                continue;
+            }
+        };
+        state.tasks.spawn_on(
             async move {
-                serve(stream, peer, config, state2).await;
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => serve(stream, peer, config, state2).await,
+                    Err(e) => tracing::warn!(error = %e, "could not register an agent connection"),
+                }
                 drop(permit);
             }
             .instrument(span),
+            state.shards.pick(),
         );
     }
 }
