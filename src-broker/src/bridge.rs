@@ -83,18 +83,14 @@ impl Buffer {
         ok
     }
 
-    /// Whether nothing is queued.
-    fn is_empty(&self) -> bool {
-        self.lock().0.is_empty()
-    }
-
     fn close(&self) {
         self.lock().2 = true;
         self.ready.notify_one();
     }
 
-    /// Takes up to `max` bytes in one piece; `None` once closed and empty.
-    async fn pop(&self, max: usize) -> Option<Bytes> {
+    /// Takes up to `max` bytes in one piece, and says whether that emptied the queue; `None`
+    /// once closed and empty.
+    async fn pop(&self, max: usize) -> Option<(Bytes, bool)> {
         loop {
             let notified = self.ready.notified();
             {
@@ -103,7 +99,7 @@ impl Buffer {
                     let mut len = first.len();
                     if len >= NO_COALESCE || q.0.front().is_none_or(|next| len + next.len() > max) {
                         q.1 -= len;
-                        return Some(first);
+                        return Some((first, q.0.is_empty()));
                     }
                     let mut out = BytesMut::with_capacity(max.min(q.1));
                     out.extend_from_slice(&first);
@@ -117,7 +113,7 @@ impl Buffer {
                         }
                     }
                     q.1 -= len;
-                    return Some(out.freeze());
+                    return Some((out.freeze(), q.0.is_empty()));
                 }
                 if q.2 {
                     return None;
@@ -262,9 +258,9 @@ pub async fn run(
     // Buffer -> viewer. Frames are flushed to the socket when the buffer runs dry, so that a
     // busy stream goes out in fewer, larger writes and a lone message goes out at once.
     let write = async {
-        while let Some(chunk) = buffer.pop(MAX_OUT_FRAME).await {
+        while let Some((chunk, drained)) = buffer.pop(MAX_OUT_FRAME).await {
             if ws_tx.feed(Message::Binary(chunk)).await.is_err()
-                || (buffer.is_empty() && ws_tx.flush().await.is_err())
+                || (drained && ws_tx.flush().await.is_err())
             {
                 return Outcome::new(EndReason::ViewerClosed, close::SERVICE_CLOSED);
             }
@@ -435,19 +431,20 @@ mod tests {
         };
         assert!(b.push(Bytes::from_static(b"abc")));
         assert!(b.push(Bytes::from_static(b"def")));
-        assert_eq!(b.pop(100).await.unwrap(), Bytes::from_static(b"abcdef"));
+        assert_eq!(
+            b.pop(100).await.unwrap(),
+            (Bytes::from_static(b"abcdef"), true)
+        );
         assert!(b.push(Bytes::from_static(b"0123456789")));
         assert!(
             !b.push(Bytes::from_static(b"x")),
             "11 bytes buffered is over the limit of 10"
         );
-        assert_eq!(
-            b.pop(4).await.unwrap().len(),
-            10,
-            "a single chunk is never split"
-        );
+        let (chunk, drained) = b.pop(4).await.unwrap();
+        assert_eq!(chunk.len(), 10, "a single chunk is never split");
+        assert!(!drained, "one byte is still queued");
         b.close();
-        assert_eq!(b.pop(100).await.unwrap(), Bytes::from_static(b"x"));
+        assert_eq!(b.pop(100).await.unwrap(), (Bytes::from_static(b"x"), true));
         assert!(b.pop(100).await.is_none());
     }
 }
