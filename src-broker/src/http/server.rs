@@ -29,6 +29,7 @@ use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
 use crate::broker::State;
+use crate::shards::{MovableStream, MoveHandle};
 use crate::throttle::client_key;
 
 /// How long a connection may take to finish its request once shutdown has begun.
@@ -148,6 +149,9 @@ async fn connection(
 ) {
     // Viewers' small frames (RFB input, the RFB greeting) must not wait for a delayed ACK.
     let _ = stream.set_nodelay(true);
+    // A WebSocket's connection moves to its agent's data shard once bridged.
+    let (stream, mover) = MovableStream::new(stream);
+    let slots = (slots, mover);
     let Some(acceptor) = tls else {
         return http(stream, peer, router, state, slots).await;
     };
@@ -169,8 +173,13 @@ async fn connection(
     }
 }
 
-async fn http<I>(io: I, peer: SocketAddr, router: Router, state: &Arc<State>, slots: Slots)
-where
+async fn http<I>(
+    io: I,
+    peer: SocketAddr,
+    router: Router,
+    state: &Arc<State>,
+    (slots, mover): (Slots, MoveHandle),
+) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     // The slots travel with each request so that an upgraded WebSocket keeps its connection's
@@ -178,7 +187,10 @@ where
     let slots = Arc::new(slots);
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
-        req.extensions_mut().insert(ConnSlot(slots.clone()));
+        req.extensions_mut().insert(ConnSlot {
+            _slots: slots.clone(),
+            mover: mover.clone(),
+        });
         router.clone().oneshot(req)
     });
     let limit = state.config.http_header_timeout;
@@ -213,6 +225,10 @@ where
 }
 
 /// A connection's place under the connection caps, in each request's extensions: the WebSocket
-/// endpoints keep it until the viewer task ends, so that upgraded connections count too.
+/// endpoints keep it until the viewer task ends, so that upgraded connections count too. It also
+/// carries the handle that moves the connection to another runtime.
 #[derive(Clone)]
-pub(crate) struct ConnSlot(#[expect(dead_code, reason = "held for its Drop")] Arc<Slots>);
+pub(crate) struct ConnSlot {
+    _slots: Arc<Slots>,
+    pub(crate) mover: MoveHandle,
+}

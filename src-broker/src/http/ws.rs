@@ -22,6 +22,7 @@ use crate::broker::State;
 use crate::registry::AgentConn;
 use crate::rfb;
 use crate::sessions::{LiveSession, TokenKind};
+use crate::shards::MoveHandle;
 use crate::store::{AuditKind, NewEvent, now_ms};
 
 /// How long the agent has to accept a channel.
@@ -68,12 +69,13 @@ fn upgrade(
     let span =
         tracing::info_span!("viewer", session = %id.chars().take(36).collect::<String>(), %peer);
     let tasks = state.tasks.clone();
+    let mover = slot.as_ref().map(|s| s.0.mover.clone());
     ws.protocols(["binary"])
         .max_message_size(max)
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| {
-            let fut = serve(state, id, token, peer, socket, raw).instrument(span);
+            let fut = serve(state, id, token, peer, socket, raw, mover).instrument(span);
             // Tracked so that shutdown waits for the viewer's close frame. The connection keeps
             // its place under the connection caps until the viewer is done.
             let handle = tasks.spawn(async move {
@@ -93,6 +95,7 @@ async fn serve(
     peer: SocketAddr,
     mut ws: WebSocket,
     raw: bool,
+    mover: Option<MoveHandle>,
 ) {
     if let Err(wait) = state.credentials_allowed(peer) {
         let code = close::TOO_MANY_ATTEMPTS;
@@ -235,7 +238,13 @@ async fn serve(
     );
     // On the agent connection's own shard, so that its data is handed over on one thread.
     let bridged = match &conn.home {
-        Some(home) => home.spawn(bridging).await,
+        Some(home) => {
+            // The viewer's socket moves along (see crate::shards::MovableStream).
+            if let Some(mover) = &mover {
+                mover.request();
+            }
+            home.spawn(bridging).await
+        }
         None => Ok(bridging.await),
     };
     drop(guard);
