@@ -243,7 +243,7 @@ async fn serve(
             if let Some(mover) = &mover {
                 mover.request();
             }
-            home.spawn(bridging).await
+            home.spawn(bridging.in_current_span()).await
         }
         None => Ok(bridging.await),
     };
