@@ -151,7 +151,10 @@ impl LaunchUrl {
             .or_else(|| broker.strip_prefix("http://"))
             .ok_or(LaunchUrlError::BadBroker)?;
         let authority = rest.split('/').next().unwrap_or("");
-        if authority.is_empty() || authority.contains('@') || broker.contains(char::is_whitespace) {
+        if authority.is_empty()
+            || authority.contains('@')
+            || broker.contains(|c: char| c.is_whitespace() || c.is_control())
+        {
             return Err(LaunchUrlError::BadBroker);
         }
         let session = session.ok_or(LaunchUrlError::Missing("session"))?;
@@ -176,13 +179,19 @@ impl LaunchUrl {
             }
         }
         let fingerprint = fp.map(|f| f.replace(':', "").to_ascii_lowercase());
-        Ok(Self {
+        let parsed = Self {
             broker: broker.trim_end_matches('/').to_owned(),
             session,
             token,
             service,
             fingerprint,
-        })
+        };
+        // Characters sent raw are escaped when the URL is written back (up to three times as
+        // long): what parses must also print to a URL that parses (found by fuzzing).
+        if parsed.to_url().len() > MAX_LEN {
+            return Err(LaunchUrlError::TooLong);
+        }
+        Ok(parsed)
     }
 }
 
@@ -258,6 +267,15 @@ mod tests {
                 LaunchUrlError::Missing("broker"),
             ),
             ("x".repeat(MAX_LEN + 1), LaunchUrlError::TooLong),
+            (
+                good.replace("broker.example", "broker\0.example"),
+                LaunchUrlError::BadBroker,
+            ),
+            // Under the limit as sent, over it once the raw characters are escaped back.
+            (
+                good.replace("broker.example", &"ё".repeat(1000)),
+                LaunchUrlError::TooLong,
+            ),
         ];
         for (url, want) in cases {
             assert_eq!(LaunchUrl::parse(&url), Err(want), "{url}");
