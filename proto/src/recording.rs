@@ -261,6 +261,8 @@ pub enum Verdict {
         frames: u64,
         signed_frames: u64,
         trailing_bytes: usize,
+        /// Recorded time of the last whole frame (0 with none).
+        end_us: u64,
     },
     /// Something was altered or damaged.
     Tampered(Damage),
@@ -390,9 +392,10 @@ pub fn verify(file: &[u8], check: impl Fn(&[u8], &[u8]) -> bool) -> Verdict {
         Ok(x) => x,
         Err(d) => return Verdict::Tampered(d),
     };
-    let (mut count, mut signed) = (0u64, 0u64);
+    let (mut count, mut signed, mut end_us) = (0u64, 0u64, 0u64);
     let mut before = frames.head();
     while let Some(f) = frames.next() {
+        end_us = f.time_us;
         let bad = |why| {
             Verdict::Tampered(Damage::Frame {
                 frame: count,
@@ -456,6 +459,7 @@ pub fn verify(file: &[u8], check: impl Fn(&[u8], &[u8]) -> bool) -> Verdict {
         frames: count,
         signed_frames: signed,
         trailing_bytes: frames.remaining(),
+        end_us,
     }
 }
 
@@ -541,9 +545,12 @@ mod tests {
                 Verdict::Truncated {
                     frames,
                     signed_frames,
+                    end_us,
                     ..
                 } => {
                     assert!(signed_frames <= frames);
+                    let last = Frames::new(&file[..cut]).unwrap().1.last();
+                    assert_eq!(end_us, last.map_or(0, |f| f.time_us), "cut at {cut}");
                     if cut == file.len() {
                         assert_eq!((frames, signed_frames), (5, 3));
                     }

@@ -419,6 +419,7 @@ fn verify_recording(
             frames,
             signed_frames,
             trailing_bytes,
+            ..
         } => {
             println!(
                 "truncated but consistent: session {} has {frames} whole frames, the first {signed_frames} signed; no trailer (the broker stopped during the session); {trailing_bytes} bytes of a partial frame ignored",
