@@ -112,13 +112,12 @@ fn check(bytes: &[u8], public_hex: &str, force: bool) -> anyhow::Result<(f64, Ve
         Verdict::Intact {
             header, summary, ..
         } => (header, summary.duration_us),
-        Verdict::Truncated { header, .. } => {
-            let end = last_frame_us(bytes);
+        Verdict::Truncated { header, end_us, .. } => {
             notes.push(format!(
                 "the recording is truncated (the broker stopped during the session): exporting up to its last whole frame, at {:.1} s",
-                end as f64 / 1e6
+                end_us as f64 / 1e6
             ));
-            (header, end)
+            (header, end_us)
         }
         Verdict::Tampered(damage) => {
             if !force {
@@ -129,10 +128,10 @@ fn check(bytes: &[u8], public_hex: &str, force: bool) -> anyhow::Result<(f64, Ve
             notes.push(format!(
                 "the recording is TAMPERED or damaged ({damage}); exported anyway (--force), up to the damage"
             ));
-            let header = passerelle_proto::recording::read_header(bytes)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .0;
-            (header, last_frame_us(bytes))
+            // The frames up to the damage.
+            let (header, frames) = passerelle_proto::recording::Frames::new(bytes)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            (header, frames.last().map_or(0, |f| f.time_us))
         }
     };
     if header.content != Content::Rfb {
@@ -144,24 +143,18 @@ fn check(bytes: &[u8], public_hex: &str, force: bool) -> anyhow::Result<(f64, Ve
     Ok((duration_us as f64 / 1e6, notes))
 }
 
-fn last_frame_us(bytes: &[u8]) -> u64 {
-    passerelle_proto::recording::Frames::new(bytes)
-        .ok()
-        .and_then(|(_, frames)| frames.last())
-        .map_or(0, |f| f.time_us)
+fn write_png(path: &Path, screen: &Screen) -> anyhow::Result<()> {
+    let png = playback::png(
+        screen.width,
+        screen.height,
+        &screen.rgba,
+        png::Compression::default(),
+    )
+    .context("writing a PNG")?;
+    std::fs::write(path, png).with_context(|| format!("writing {}", path.display()))
 }
 
-fn write_png(path: &Path, screen: &Screen) -> anyhow::Result<()> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), screen.width, screen.height);
-    enc.set_color(png::ColorType::Rgba);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header().context("writing a PNG")?;
-    w.write_image_data(&screen.rgba).context("writing a PNG")?;
-    w.finish().context("writing a PNG")?;
-    Ok(())
-}
+const NO_FFMPEG: &str = "ffmpeg not found on PATH: install it (apt install ffmpeg) or use --png";
 
 /// Which encoder this ffmpeg has: libx264 if present, else mpeg4.
 fn ffmpeg_encoder() -> anyhow::Result<&'static str> {
@@ -171,7 +164,7 @@ fn ffmpeg_encoder() -> anyhow::Result<&'static str> {
         .output();
     match out {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("ffmpeg not found on PATH: install it (apt install ffmpeg) or use --png")
+            bail!(NO_FFMPEG)
         }
         Err(e) => Err(anyhow::Error::from(e).context("running ffmpeg")),
         Ok(out) => {
@@ -350,9 +343,7 @@ fn start_ffmpeg(
         .spawn()
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                anyhow::anyhow!(
-                    "ffmpeg not found on PATH: install it (apt install ffmpeg) or use --png"
-                )
+                anyhow::anyhow!(NO_FFMPEG)
             } else {
                 anyhow::Error::from(e).context("starting ffmpeg")
             }

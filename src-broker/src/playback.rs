@@ -128,6 +128,24 @@ fn to_rgba(pf: &[u8; 16], data: &[u8], pixels: usize) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Encodes `width * height` RGBA pixels as a PNG.
+pub fn png(
+    width: u32,
+    height: u32,
+    rgba: &[u8],
+    compression: png::Compression,
+) -> Result<Vec<u8>, png::EncodingError> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, width, height);
+    enc.set_color(png::ColorType::Rgba);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(compression);
+    let mut w = enc.write_header()?;
+    w.write_image_data(rgba)?;
+    w.finish()?;
+    Ok(out)
+}
+
 fn jpeg_to_rgba(data: &[u8], pixels: usize) -> Option<Vec<u8>> {
     let mut decoder = jpeg_decoder::Decoder::new(data);
     let decoded = decoder.decode().ok()?;
@@ -254,15 +272,22 @@ struct Ops<'a> {
 }
 
 impl Ops<'_> {
+    /// New pixels for `r`, or why they are unusable.
+    fn rect(&mut self, r: &vnc::Rect, rgba: Option<Vec<u8>>, unusable: &str) {
+        match rgba {
+            Some(rgba) => self.ops.push(Op::Rect {
+                x: u32::from(r.x),
+                y: u32::from(r.y),
+                width: u32::from(r.width),
+                height: u32::from(r.height),
+                rgba,
+            }),
+            None => self.error = Some(unusable.to_owned()),
+        }
+    }
+
     fn event(&mut self, ev: VncEvent) {
-        let rect = |r: &vnc::Rect| {
-            (
-                u32::from(r.x),
-                u32::from(r.y),
-                u32::from(r.width),
-                u32::from(r.height),
-            )
-        };
+        let pixels = |r: &vnc::Rect| usize::from(r.width) * usize::from(r.height);
         match ev {
             VncEvent::SetResolution(s) => self.ops.push(Op::Resize {
                 width: u32::from(s.width),
@@ -277,42 +302,21 @@ impl Ops<'_> {
                 }
             }
             VncEvent::RawImage(r, data) => {
-                let (x, y, width, height) = rect(&r);
-                match to_rgba(self.pf, &data, width as usize * height as usize) {
-                    Some(rgba) => self.ops.push(Op::Rect {
-                        x,
-                        y,
-                        width,
-                        height,
-                        rgba,
-                    }),
-                    None => self.error = Some("a rectangle's pixels do not match its size".into()),
-                }
+                let rgba = to_rgba(self.pf, &data, pixels(&r));
+                self.rect(&r, rgba, "a rectangle's pixels do not match its size");
             }
             VncEvent::JpegImage(r, data) => {
-                let (x, y, width, height) = rect(&r);
-                match jpeg_to_rgba(&data, width as usize * height as usize) {
-                    Some(rgba) => self.ops.push(Op::Rect {
-                        x,
-                        y,
-                        width,
-                        height,
-                        rgba,
-                    }),
-                    None => self.error = Some("a Tight JPEG rectangle is not a JPEG".into()),
-                }
+                let rgba = jpeg_to_rgba(&data, pixels(&r));
+                self.rect(&r, rgba, "a Tight JPEG rectangle is not a JPEG");
             }
-            VncEvent::Copy(dst, src) => {
-                let (x, y, width, height) = rect(&dst);
-                self.ops.push(Op::Copy {
-                    x,
-                    y,
-                    width,
-                    height,
-                    src_x: u32::from(src.x),
-                    src_y: u32::from(src.y),
-                });
-            }
+            VncEvent::Copy(dst, src) => self.ops.push(Op::Copy {
+                x: u32::from(dst.x),
+                y: u32::from(dst.y),
+                width: u32::from(dst.width),
+                height: u32::from(dst.height),
+                src_x: u32::from(src.x),
+                src_y: u32::from(src.y),
+            }),
             VncEvent::Bell => self.ops.push(Op::Bell),
             VncEvent::Text(t) => self.ops.push(Op::Text(t)),
             VncEvent::Error(e) => self.error = Some(e),
@@ -330,11 +334,10 @@ pub fn play(
     file: &[u8],
     mut sink: impl FnMut(Update<'_>) -> ControlFlow<()>,
 ) -> Result<Played, PlaybackError> {
-    let (header, frames) = Frames::new(file).map_err(PlaybackError::Damaged)?;
+    let (header, mut frames) = Frames::new(file).map_err(PlaybackError::Damaged)?;
     if header.content != Content::Rfb {
         return Err(PlaybackError::MetadataOnly(header.service.clone()));
     }
-    let mut frames = frames;
     let all: Vec<_> = frames.by_ref().collect();
     let mut played = Played {
         header,

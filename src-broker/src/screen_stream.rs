@@ -74,19 +74,9 @@ pub fn path_for(recording: &Path) -> PathBuf {
     recording.with_extension("psscreen")
 }
 
+/// A rectangle as PNG, fast (an empty image if it cannot be encoded).
 fn png(width: u32, height: u32, rgba: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut enc = png::Encoder::new(&mut out, width, height);
-    enc.set_color(png::ColorType::Rgba);
-    enc.set_depth(png::BitDepth::Eight);
-    enc.set_compression(png::Compression::Fast);
-    let written = enc
-        .write_header()
-        .and_then(|mut w| w.write_image_data(rgba).and_then(|()| w.finish()));
-    if written.is_err() {
-        out.clear();
-    }
-    out
+    playback::png(width, height, rgba, png::Compression::Fast).unwrap_or_default()
 }
 
 fn u16s(values: &[u32]) -> Vec<u8> {
@@ -117,13 +107,7 @@ pub fn build(file: &[u8], public_hex: &str) -> Result<Vec<u8>, BuildError> {
         Verdict::Intact {
             header, summary, ..
         } => (header, true, Some(summary.end_reason), summary.duration_us),
-        Verdict::Truncated { header, .. } => {
-            let end = Frames::new(file)
-                .ok()
-                .and_then(|(_, f)| f.last())
-                .map_or(0, |f| f.time_us);
-            (header, false, None, end)
-        }
+        Verdict::Truncated { header, end_us, .. } => (header, false, None, end_us),
         Verdict::Tampered(d) => return Err(BuildError::Tampered(d)),
     };
     let marks = Frames::new(file)
@@ -248,13 +232,17 @@ pub fn load_or_build(recording: &Path, public_hex: &str) -> anyhow::Result<Vec<u
     // and then read its result.
     let lock = build_lock(&sidecar);
     let _building = lock.lock().unwrap_or_else(|p| p.into_inner());
-    let file =
-        std::fs::read(recording).with_context(|| format!("reading {}", recording.display()))?;
+    // Every fetch of the replay page comes here: the recording is read only to build.
+    let source_len = std::fs::metadata(recording)
+        .with_context(|| format!("reading {}", recording.display()))?
+        .len();
     if let Ok(cached) = std::fs::read(&sidecar)
-        && read_index(&cached).is_some_and(|(i, _)| i.source_len == file.len() as u64)
+        && read_index(&cached).is_some_and(|(i, _)| i.source_len == source_len)
     {
         return Ok(cached);
     }
+    let file =
+        std::fs::read(recording).with_context(|| format!("reading {}", recording.display()))?;
     let built = build(&file, public_hex)?;
     // A name of this process's own, so that another broker on the same dir cannot interleave.
     let tmp = sidecar.with_extension(format!("psscreen.{}.tmp", std::process::id()));
