@@ -340,6 +340,34 @@ pub struct PageReport {
     pub error: Option<String>,
 }
 
+impl PageReport {
+    /// Whether the page's dominant colour is `colour` (within 12 per channel).
+    pub fn shows(&self, colour: (u8, u8, u8)) -> bool {
+        shows(self.dominant.as_deref(), colour)
+    }
+}
+
+fn shows(dominant: Option<&[u8]>, colour: (u8, u8, u8)) -> bool {
+    matches!(dominant, Some([r, g, b, ..]) if close_to((*r, *g, *b), colour, 12))
+}
+
+/// Opens `url` in the viewer page in the background, kept open until the broker closes it
+/// (`--wait-close`), and returns once `broker` sees session `id` active. The handle gives what
+/// the page showed at its end.
+pub async fn watch_session(
+    broker: &crate::TestBroker,
+    id: &str,
+    url: &str,
+    screenshot: &Path,
+) -> Result<tokio::task::JoinHandle<Result<PageReport>>> {
+    let (url, shot) = (url.to_owned(), screenshot.to_owned());
+    let page = tokio::spawn(async move { open_viewer(&url, &shot, &["--wait-close"]).await });
+    broker
+        .wait_session(id, "active", |s| s.state == crate::SessionState::Active)
+        .await?;
+    Ok(page)
+}
+
 fn browser_dir() -> PathBuf {
     crate::manifest_dir().join("browser")
 }
@@ -374,6 +402,13 @@ pub struct ReplayReport {
     pub fetched_bytes: Option<u64>,
     #[serde(rename = "totalBytes")]
     pub total_bytes: Option<u64>,
+}
+
+impl ReplayReport {
+    /// Whether the page's dominant colour is `colour` (within 12 per channel).
+    pub fn shows(&self, colour: (u8, u8, u8)) -> bool {
+        shows(self.dominant.as_deref(), colour)
+    }
 }
 
 /// Opens a replay page in headless Chromium; `args` as `replay.mjs` takes them.

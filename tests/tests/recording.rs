@@ -111,23 +111,17 @@ async fn a_recorded_session_verifies_and_replays_the_same_pixels() -> Result<()>
         played.error.is_none() && played.state.as_deref() == Some("ended"),
         "{played:?}"
     );
-    let dom = played
-        .dominant
-        .as_deref()
-        .with_context(|| format!("no replayed pixels: {played:?}"))?;
     ensure!(
-        desktop::close_to((dom[0], dom[1], dom[2]), BLUE, 12),
-        "replay shows {dom:?}, the session showed {BLUE:?}"
+        played.shows(BLUE),
+        "replay shows {:?}, the session showed {BLUE:?}",
+        played.dominant
     );
     let seeked =
         desktop::open_replay(&url, &dir.path().join("seek.png"), &["--seek", "0.5"]).await?;
-    let dom = seeked
-        .dominant
-        .as_deref()
-        .context("no pixels after seeking")?;
     ensure!(
-        desktop::close_to((dom[0], dom[1], dom[2]), BLUE, 12),
-        "seeking to the middle shows {dom:?}"
+        seeked.shows(BLUE),
+        "seeking to the middle shows {:?}",
+        seeked.dominant
     );
     let page = broker
         .audit(&format!("session={}&kind=recording_viewed", created.id))
@@ -180,14 +174,8 @@ async fn record_phases() -> Result<Phases> {
     req.record = Some(true);
     let created = broker.create_session(&req).await?;
     let dir = tempfile::tempdir()?;
-    let (url, shot) = (created.viewer_url.clone(), dir.path().join("live.png"));
-    let page =
-        tokio::spawn(async move { desktop::open_viewer(&url, &shot, &["--wait-close"]).await });
-    broker
-        .wait_session(&created.id, "active", |s| {
-            s.state == passerelle_e2e::SessionState::Active
-        })
-        .await?;
+    let shot = dir.path().join("live.png");
+    let page = desktop::watch_session(&broker, &created.id, &created.viewer_url, &shot).await?;
     // The phases' lengths are what is recorded, not a synchronisation.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     display.set_colour("#cc3333").await?;
@@ -374,13 +362,9 @@ async fn a_recording_exports_to_png_and_video_as_it_was_at_each_time() -> Result
         rec.broker.admin_key()
     );
     let seeked = desktop::open_replay(&url, &dir.join("seek.png"), &["--seek", "0.5"]).await?;
-    let dom = seeked
-        .dominant
-        .as_deref()
-        .with_context(|| format!("no pixels after seeking: {seeked:?}"))?;
     ensure!(
-        seeked.error.is_none() && desktop::close_to((dom[0], dom[1], dom[2]), RED, 12),
-        "seeking to the middle shows {dom:?}: {seeked:?}"
+        seeked.error.is_none() && seeked.shows(RED),
+        "seeking to the middle: {seeked:?}"
     );
     let (key, number) = (
         seeked.keyframe.unwrap_or_default(),
@@ -398,16 +382,12 @@ async fn a_recording_exports_to_png_and_video_as_it_was_at_each_time() -> Result
     // interval, so showing it proves the page fetched on as it played.
     let played =
         desktop::open_replay(&format!("{url}&segment=1"), &dir.join("played.png"), &[]).await?;
-    let dom = played
-        .dominant
-        .as_deref()
-        .with_context(|| format!("no pixels after playing: {played:?}"))?;
     ensure!(
         played.error.is_none()
             && played.state.as_deref() == Some("ended")
-            && desktop::close_to((dom[0], dom[1], dom[2]), GREEN, 12)
+            && played.shows(GREEN)
             && played.fetched_bytes.unwrap_or_default() > 0,
-        "playing to the end shows {dom:?}: {played:?}"
+        "playing to the end: {played:?}"
     );
     eprintln!(
         "figures: recording {} bytes, {duration:.1} s; export --png (3 times) {png_time:.2?}, --video 10 fps {video_time:.2?}; screen stream {total} bytes, the seek fetched {fetched} from keyframe {number} at {key:.2} s",
