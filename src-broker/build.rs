@@ -1,10 +1,35 @@
-//! Embeds the browser pages: our own files in `web/static/`, and noVNC from the npm package
-//! pinned in `web/package-lock.json`, installed with `npm ci` into OUT_DIR (never into the
-//! repository). Without npm the broker still builds; its viewer page then says what is missing.
+//! Embeds the browser pages: our own files in `web/static/`, and the third-party browser code
+//! (noVNC, and the other viewers' clients) from the npm packages pinned in
+//! `web/package-lock.json`, installed with `npm ci` into OUT_DIR (never into the repository).
+//! Without npm the broker still builds; a page whose client is missing says so.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// An npm package whose files are served under `/static/<mount>/`.
+struct Package {
+    /// Its directory under `node_modules`.
+    name: &'static str,
+    /// Where it is served, under `/static/`.
+    mount: &'static str,
+    /// Files and folders of the package to embed.
+    include: &'static [&'static str],
+    /// A file that exists once the package is installed.
+    marker: &'static str,
+    /// The generated constant that says whether it was embedded.
+    flag: &'static str,
+}
+
+/// Every embedded package. A new viewer's client is one more row (and its entry in
+/// `web/package.json`).
+const PACKAGES: &[Package] = &[Package {
+    name: "@novnc/novnc",
+    mount: "novnc",
+    include: &["core", "vendor", "LICENSE.txt", "package.json"],
+    marker: "core/rfb.js",
+    flag: "HAS_NOVNC",
+}];
 
 fn files_under(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -22,38 +47,49 @@ fn files_under(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
     }
 }
 
-fn install_novnc(out_dir: &Path, web: &Path) -> Option<PathBuf> {
+/// Installs `web/`'s pinned packages into `OUT_DIR/web` when the lock file changed or a package
+/// is missing. Returns false when npm is missing or failed.
+fn npm_install(out_dir: &Path, web: &Path) -> bool {
     let dir = out_dir.join("web");
-    std::fs::create_dir_all(&dir).ok()?;
-    let lock = std::fs::read(web.join("package-lock.json")).ok()?;
+    if std::fs::create_dir_all(&dir).is_err() {
+        return false;
+    }
+    let Ok(lock) = std::fs::read(web.join("package-lock.json")) else {
+        return false;
+    };
     let installed_lock = std::fs::read(dir.join("package-lock.json")).ok();
-    let novnc = dir.join("node_modules/@novnc/novnc");
-    if installed_lock.as_deref() != Some(&lock[..]) || !novnc.join("core/rfb.js").exists() {
-        std::fs::copy(web.join("package.json"), dir.join("package.json")).ok()?;
-        std::fs::write(dir.join("package-lock.json"), &lock).ok()?;
-        let status = Command::new("npm")
-            .args([
-                "ci",
-                "--no-audit",
-                "--no-fund",
-                "--ignore-scripts",
-                "--loglevel=error",
-            ])
-            .current_dir(&dir)
-            .status();
-        match status {
-            Ok(s) if s.success() => {}
-            Ok(s) => {
-                println!("cargo:warning=npm ci failed ({s}); the viewer page will lack noVNC");
-                return None;
-            }
-            Err(e) => {
-                println!("cargo:warning=npm not found ({e}); the viewer page will lack noVNC");
-                return None;
-            }
+    let all_there = PACKAGES
+        .iter()
+        .all(|p| dir.join("node_modules").join(p.name).join(p.marker).exists());
+    if installed_lock.as_deref() == Some(&lock[..]) && all_there {
+        return true;
+    }
+    if std::fs::copy(web.join("package.json"), dir.join("package.json")).is_err()
+        || std::fs::write(dir.join("package-lock.json"), &lock).is_err()
+    {
+        return false;
+    }
+    let status = Command::new("npm")
+        .args([
+            "ci",
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            "--loglevel=error",
+        ])
+        .current_dir(&dir)
+        .status();
+    match status {
+        Ok(s) if s.success() => true,
+        Ok(s) => {
+            println!("cargo:warning=npm ci failed ({s}); the viewer pages will lack their clients");
+            false
+        }
+        Err(e) => {
+            println!("cargo:warning=npm not found ({e}); the viewer pages will lack their clients");
+            false
         }
     }
-    novnc.join("core/rfb.js").exists().then_some(novnc)
 }
 
 fn main() {
@@ -65,17 +101,7 @@ fn main() {
 
     let mut files = Vec::new();
     files_under(&web.join("static"), &web.join("static"), &mut files);
-    let mut novnc_files = Vec::new();
-    if let Some(novnc) = install_novnc(&out_dir, &web) {
-        for sub in ["core", "vendor"] {
-            files_under(&novnc, &novnc.join(sub), &mut novnc_files);
-        }
-        for name in ["LICENSE.txt", "package.json"] {
-            if novnc.join(name).exists() {
-                novnc_files.push((name.to_owned(), novnc.join(name)));
-            }
-        }
-    }
+    let installed = npm_install(&out_dir, &web);
     let mut code = String::from(
         "/// (path under /static/, bytes), generated by build.rs.\npub static ASSETS: &[(&str, &[u8])] = &[\n",
     );
@@ -87,18 +113,39 @@ fn main() {
             "    ({rel:?}, include_bytes!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/web/static/{rel}\"))),"
         );
     }
-    for (rel, _) in &novnc_files {
+    let mut flags = String::new();
+    for p in PACKAGES {
+        let root = out_dir.join("web/node_modules").join(p.name);
+        let present = installed && root.join(p.marker).exists();
+        let mut embedded = Vec::new();
+        if present {
+            for item in p.include {
+                let path = root.join(item);
+                if path.is_dir() {
+                    files_under(&root, &path, &mut embedded);
+                } else if path.exists() {
+                    embedded.push(((*item).to_owned(), path));
+                }
+            }
+        }
+        for (rel, _) in &embedded {
+            let _ = writeln!(
+                code,
+                "    (\"{}/{rel}\", include_bytes!(concat!(env!(\"OUT_DIR\"), \"/web/node_modules/{}/{rel}\"))),",
+                p.mount, p.name
+            );
+        }
         let _ = writeln!(
-            code,
-            "    (\"novnc/{rel}\", include_bytes!(concat!(env!(\"OUT_DIR\"), \"/web/node_modules/@novnc/novnc/{rel}\"))),"
+            flags,
+            "/// Whether npm's `{}` was embedded (under /static/{}/).\npub const {}: bool = {};",
+            p.name,
+            p.mount,
+            p.flag,
+            !embedded.is_empty()
         );
     }
     code.push_str("];\n");
-    let _ = writeln!(
-        code,
-        "/// Whether noVNC was embedded.\npub const HAS_NOVNC: bool = {};",
-        !novnc_files.is_empty()
-    );
+    code.push_str(&flags);
     if let Err(e) = std::fs::write(out_dir.join("assets.rs"), code) {
         panic!("writing assets.rs: {e}");
     }
