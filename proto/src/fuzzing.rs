@@ -11,6 +11,8 @@ use crate::ids::{AgentId, ServiceName, TenantName};
 use crate::launch::LaunchUrl;
 use crate::recording::verify;
 use crate::rfb::{ClientFilter, ClientHandshake, ServerHandshake};
+use crate::terminal::transcript::{Extractor, MAX_LINE_CHARS, Mode};
+use crate::terminal::{FromViewer, MAX_CONTROL_BYTES, Utf8Stream};
 
 /// A target's property: arbitrary bytes in, a panic when the property breaks.
 pub type Property = fn(&[u8]);
@@ -23,6 +25,8 @@ pub const TARGETS: &[(&str, Property)] = &[
     ("rfb_client_filter", rfb_client_filter),
     ("rfb_client_handshake", rfb_client_handshake),
     ("rfb_server_handshake", rfb_server_handshake),
+    ("terminal_control", terminal_control),
+    ("terminal_transcript", terminal_transcript),
 ];
 
 fn round_trip<T: Serialize + DeserializeOwned>(body: &[u8]) {
@@ -118,4 +122,46 @@ pub fn rfb_server_handshake(data: &[u8]) {
     let mut hs = ServerHandshake::new();
     let _ = hs.feed(data);
     let _ = hs.take_leftover();
+}
+
+/// A terminal page's control messages as a hostile page may send them: what parses is within
+/// its bounds and prints back to JSON that parses to the same.
+pub fn terminal_control(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(msg) = FromViewer::parse(text) {
+        assert!(text.len() <= MAX_CONTROL_BYTES);
+        let printed = serde_json::to_string(&msg).unwrap_or_default();
+        assert_eq!(FromViewer::parse(&printed).as_ref(), Ok(&msg));
+    }
+}
+
+/// Whatever a workstation prints (or an operator types), split anywhere, through the transcript
+/// extractor and the UTF-8 joiner: lines are bounded and hold no control character, and the
+/// text decoded in pieces is the text decoded whole.
+pub fn terminal_transcript(data: &[u8]) {
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let mode = if split & 1 == 1 {
+        Mode::Input
+    } else {
+        Mode::Output
+    };
+    let mut x = Extractor::new(mode);
+    let (mut pieces, mut whole) = (Utf8Stream::default(), Utf8Stream::default());
+    let (mut a, mut b) = (String::new(), String::new());
+    for (i, chunk) in rest.chunks(usize::from(split >> 1).max(1)).enumerate() {
+        x.feed(i as u64, chunk);
+        pieces.decode(chunk, &mut a);
+    }
+    pieces.finish(&mut a);
+    whole.decode(rest, &mut b);
+    whole.finish(&mut b);
+    assert_eq!(a, b, "decoding in pieces changed the text");
+    for line in x.finish() {
+        assert!(line.text.chars().count() <= MAX_LINE_CHARS);
+        assert!(!line.text.chars().any(char::is_control), "{:?}", line.text);
+    }
 }

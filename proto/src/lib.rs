@@ -11,5 +11,6 @@ pub mod ids;
 pub mod launch;
 pub mod recording;
 pub mod rfb;
+pub mod terminal;
 
 pub use ids::{AgentId, IdError, ServiceName, TenantName};

@@ -74,8 +74,14 @@ impl Kind {
 pub enum Content {
     /// The RFB stream after the broker-terminated handshake (replayable).
     Rfb,
-    /// Metadata and byte counts only: the service's bytes are encrypted end to end (RDP, SSH).
+    /// Metadata and byte counts only: the service's bytes are encrypted end to end (RDP, and
+    /// SSH carried as raw bytes).
     Metadata,
+    /// A terminal that the broker ran as the SSH client (`ssh` sessions in the browser): Down
+    /// frames are the terminal's output, Up frames what was typed (only when the tenant records
+    /// input), Event frames `crate::terminal::RecordedEvent`s (resizes, the exit). Converted to
+    /// asciicast v2 by `crate::terminal::asciicast`.
+    Terminal,
 }
 
 /// The session metadata at the head of a recording.
