@@ -28,6 +28,14 @@ pub enum AuditKind {
     AgentRevoked,
     TenantChanged,
     VncFailed,
+    /// An `ssh` terminal could not open (handshake, authentication, shell).
+    SshFailed,
+    /// A workstation presented another SSH host key than its agent's pin: refused.
+    SshHostKeyChanged,
+    /// A workstation's SSH host key was pinned on first use.
+    SshHostKeyPinned,
+    /// An admin forgot an agent's pinned SSH host key.
+    SshHostKeyReset,
     RecordingStarted,
     RecordingFailed,
     RecordingDeleted,
@@ -52,6 +60,10 @@ impl AuditKind {
             Self::AgentRevoked => "agent_revoked",
             Self::TenantChanged => "tenant_changed",
             Self::VncFailed => "vnc_failed",
+            Self::SshFailed => "ssh_failed",
+            Self::SshHostKeyChanged => "ssh_host_key_changed",
+            Self::SshHostKeyPinned => "ssh_host_key_pinned",
+            Self::SshHostKeyReset => "ssh_host_key_reset",
             Self::RecordingStarted => "recording_started",
             Self::RecordingFailed => "recording_failed",
             Self::RecordingDeleted => "recording_deleted",

@@ -7,7 +7,9 @@
 
 mod agents;
 mod audit;
+mod search;
 mod sessions;
+mod ssh;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -23,6 +25,8 @@ pub mod agents_errors {
     pub use super::agents::{Conflict, Invalid};
 }
 pub use audit::{AuditFilter, AuditKind, NewEvent};
+pub use search::{MAX_QUERY, TextMatch};
+pub use ssh::{AgentSsh, TenantSsh, check_agent_ssh, check_username};
 
 use crate::secrets::{self, ApiKey, SecretBox};
 
@@ -30,7 +34,8 @@ use crate::secrets::{self, ApiKey, SecretBox};
 pub type TenantId = i64;
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tenants (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -93,7 +98,10 @@ CREATE TABLE audit (
     detail TEXT NOT NULL
 );
 CREATE INDEX audit_by_tenant ON audit(tenant_id, at);
-"#];
+"#,
+    ssh::MIGRATION,
+    search::MIGRATION,
+];
 
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
@@ -202,7 +210,10 @@ impl Store {
         if n == 0 {
             bail!("tenant {name} already exists");
         }
-        Ok(())
+        let id = self
+            .tenant_id(name)?
+            .context("tenant vanished after insert")?;
+        self.ensure_tenant_ssh_key(id)
     }
 
     /// The tenant's row id, if it exists.
@@ -295,8 +306,12 @@ impl Store {
                 [id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )?;
+        let ssh = self.tenant_ssh(id)?;
         Ok(TenantInfo {
             name: TenantName::new(name)?,
+            ssh_username: ssh.ssh_username,
+            ssh_public_key: ssh.public_key,
+            record_terminal_input: ssh.record_terminal_input,
             has_vnc_password: has_pw,
             record_by_default: record,
             recording_policy: if policy == "fail_open" {
@@ -314,6 +329,10 @@ impl Store {
         id: TenantId,
         patch: &passerelle_proto::api::PatchTenant,
     ) -> anyhow::Result<()> {
+        // Checked first, so that a bad value changes nothing.
+        if let Some(name) = patch.ssh_username.as_deref().filter(|n| !n.is_empty()) {
+            check_username(name)?;
+        }
         let conn = self.conn();
         if let Some(pw) = &patch.vnc_password {
             let sealed = (!pw.is_empty()).then(|| self.secret_box.seal(pw.as_bytes()));
@@ -344,7 +363,12 @@ impl Store {
                 params![d, id],
             )?;
         }
-        Ok(())
+        drop(conn);
+        self.patch_tenant_ssh(
+            id,
+            patch.ssh_username.as_deref(),
+            patch.record_terminal_input,
+        )
     }
 }
 
