@@ -1,0 +1,88 @@
+//! Why a browser terminal could not be opened, with the close code the viewer gets, the end
+//! reason the session gets and the text the audit keeps (never a secret).
+
+use passerelle_proto::close::{self, CloseCode, EndReason};
+
+use crate::ends::EndError;
+
+/// A failure before the shell runs.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    /// The SSH connection to the workstation's sshd did not come up (not SSH, no common
+    /// algorithm, no answer in time, the agent's channel closed).
+    #[error("the SSH connection to the workstation failed: {0}")]
+    Handshake(String),
+    /// The workstation presented another host key than the one pinned for its agent.
+    #[error(
+        "the workstation's SSH host key has changed (pinned {pinned}, presented {presented}); an administrator can reset the pin if this is expected"
+    )]
+    HostKeyChanged { pinned: String, presented: String },
+    /// Every credential was refused (or none could be tried).
+    #[error("SSH authentication failed: {0}")]
+    Auth(String),
+    /// The workstation refused the terminal or the shell.
+    #[error("the workstation refused a terminal: {0}")]
+    Shell(String),
+    /// The viewer went away, or sent what the protocol does not allow, during the login.
+    #[error("the viewer: {0}")]
+    Viewer(#[from] EndError),
+}
+
+impl SshError {
+    /// The session's end reason.
+    pub fn end_reason(&self) -> EndReason {
+        match self {
+            Self::Handshake(_) => EndReason::SshHandshakeFailed,
+            Self::HostKeyChanged { .. } => EndReason::SshHostKeyChanged,
+            Self::Auth(_) => EndReason::SshAuthFailed,
+            Self::Shell(_) => EndReason::SshShellFailed,
+            Self::Viewer(EndError::Closed | EndError::Io(_)) => EndReason::ViewerClosed,
+            Self::Viewer(EndError::TooBig | EndError::Protocol(_)) => EndReason::ProtocolError,
+        }
+    }
+
+    /// The close code the viewer gets.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            Self::Viewer(EndError::TooBig) => close::MESSAGE_TOO_BIG,
+            other => other.end_reason().close_code(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_has_its_code_and_reason() {
+        let cases = [
+            (
+                SshError::Handshake("x".into()),
+                4060,
+                "ssh_handshake_failed",
+            ),
+            (
+                SshError::HostKeyChanged {
+                    pinned: "a".into(),
+                    presented: "b".into(),
+                },
+                4061,
+                "ssh_host_key_changed",
+            ),
+            (SshError::Auth("x".into()), 4062, "ssh_auth_failed"),
+            (SshError::Shell("x".into()), 4063, "ssh_shell_failed"),
+            (SshError::Viewer(EndError::Closed), 4000, "viewer_closed"),
+            (
+                SshError::Viewer(EndError::Protocol("x".into())),
+                4030,
+                "protocol_error",
+            ),
+            (SshError::Viewer(EndError::TooBig), 1009, "protocol_error"),
+        ];
+        for (e, code, reason) in cases {
+            assert_eq!(e.close_code().code, code, "{e}");
+            assert_eq!(e.end_reason().as_str(), reason, "{e}");
+        }
+    }
+}
