@@ -165,6 +165,8 @@ impl Api {
             id: AgentId::new(id)?,
             public_key: public_key.to_owned(),
             vnc_password: None,
+            ssh_username: None,
+            ssh_password: None,
         };
         let r = self
             .http
@@ -203,6 +205,7 @@ impl Api {
             view_only: false,
             legacy: false,
             ttl_secs: None,
+            ssh_user: None,
         };
         let start = Instant::now();
         loop {

@@ -67,6 +67,14 @@ fn urls(
     if session.view_only {
         viewer.push_str("&view_only=1");
     }
+    // What the page shows (agent, service, a "recorded" badge) until pages learn it otherwise.
+    viewer.push_str(&format!(
+        "&agent={}&service={}",
+        session.agent, session.service
+    ));
+    if session.record {
+        viewer.push_str("&record=1");
+    }
     viewer.push_str("&launch=");
     let launch_url = launch.to_url();
     for b in launch_url.bytes() {
@@ -124,10 +132,16 @@ pub async fn create_session(
         Some(s) => Duration::from_secs(s),
         None => state.config.default_session_ttl,
     };
-    if req.view_only && req.service.as_str() != "vnc" {
+    if req.view_only && !matches!(req.service.as_str(), "vnc" | "ssh") {
         return Err(ApiError::bad_request(
-            "view_only is enforced for vnc sessions only",
+            "view_only is enforced for vnc and ssh sessions only",
         ));
+    }
+    if let Some(user) = &req.ssh_user {
+        if req.service.as_str() != "ssh" {
+            return Err(ApiError::bad_request("ssh_user is for ssh sessions only"));
+        }
+        crate::store::check_username(user).map_err(anyhow::Error::from)?;
     }
     if req.legacy && req.service.default_port().is_none() {
         return Err(ApiError::bad_request(
@@ -188,7 +202,15 @@ pub async fn create_session(
         bytes_up: 0,
         bytes_down: 0,
     };
-    if let Err(e) = state.store.insert_session(caller.tenant_id, &info) {
+    let stored = state
+        .store
+        .insert_session(caller.tenant_id, &info)
+        .and_then(|()| {
+            req.ssh_user
+                .as_deref()
+                .map_or(Ok(()), |u| state.store.set_session_ssh_user(&live.id, u))
+        });
+    if let Err(e) = stored {
         state
             .sessions
             .end(&live, EndReason::BrokerShutdown, "broker");
@@ -305,6 +327,9 @@ fn agent_info(state: &State, rec: &AgentRecord) -> AgentInfo {
         id: rec.id.clone(),
         key_fingerprint: rec.key_fingerprint.clone(),
         has_vnc_password: rec.has_vnc_password,
+        ssh_username: None,
+        has_ssh_password: false,
+        ssh_host_key: None,
         online: false,
         services: Vec::new(),
         connected_since: None,
@@ -314,6 +339,14 @@ fn agent_info(state: &State, rec: &AgentRecord) -> AgentInfo {
     };
     if let Some(conn) = state.registry.get(rec.tenant_id, &rec.id) {
         conn.fill(&mut info);
+    }
+    match state.store.agent_ssh(rec.tenant_id, &rec.id) {
+        Ok(ssh) => {
+            info.ssh_host_key = ssh.host_key_fingerprint();
+            info.ssh_username = ssh.ssh_username;
+            info.has_ssh_password = ssh.has_ssh_password;
+        }
+        Err(e) => tracing::error!(error = %e, "could not read an agent's SSH settings"),
     }
     info
 }
@@ -354,12 +387,17 @@ pub async fn register_agent(
 ) -> ApiResult<(StatusCode, Json<AgentInfo>)> {
     caller.require(&[Role::Admin])?;
     let Json(req) = body?;
+    let ssh = (req.ssh_username.as_deref(), req.ssh_password.as_deref());
+    crate::store::check_agent_ssh(ssh.0, ssh.1).map_err(anyhow::Error::from)?;
     let rec = state.store.create_agent(
         caller.tenant_id,
         &req.id,
         &req.public_key,
         req.vnc_password.as_deref(),
     )?;
+    state
+        .store
+        .set_agent_ssh(caller.tenant_id, &rec.id, ssh.0, ssh.1)?;
     let mut ev = event(
         AuditKind::AgentRegistered,
         &caller,
@@ -378,6 +416,8 @@ pub async fn patch_agent(
 ) -> ApiResult<Json<AgentInfo>> {
     caller.require(&[Role::Admin])?;
     let Json(req) = body?;
+    let ssh = (req.ssh_username.as_deref(), req.ssh_password.as_deref());
+    crate::store::check_agent_ssh(ssh.0, ssh.1).map_err(anyhow::Error::from)?;
     let before = agent_of(&state, caller.tenant_id, &id)?;
     let after = state
         .store
@@ -388,17 +428,30 @@ pub async fn patch_agent(
             req.vnc_password.as_deref(),
         )?
         .ok_or_else(|| ApiError::not_found("agent"))?;
+    state
+        .store
+        .set_agent_ssh(caller.tenant_id, &after.id, ssh.0, ssh.1)?;
     let key_changed = after.key_fingerprint != before.key_fingerprint;
     if key_changed && let Some(conn) = state.registry.get(caller.tenant_id, &after.id) {
         conn.disconnect("the agent's key was changed");
     }
-    let what = match (key_changed, req.vnc_password.is_some()) {
-        (true, true) => "key and VNC password changed",
-        (true, false) => "key changed",
-        (false, true) => "VNC password changed",
-        (false, false) => "nothing changed",
+    let mut changed = Vec::new();
+    for (yes, what) in [
+        (key_changed, "key"),
+        (req.vnc_password.is_some(), "VNC password"),
+        (ssh.0.is_some(), "SSH user name"),
+        (ssh.1.is_some(), "SSH password"),
+    ] {
+        if yes {
+            changed.push(what);
+        }
+    }
+    let what = if changed.is_empty() {
+        "nothing changed".to_owned()
+    } else {
+        format!("{} changed", changed.join(", "))
     };
-    let mut ev = event(AuditKind::AgentChanged, &caller, what.to_owned());
+    let mut ev = event(AuditKind::AgentChanged, &caller, what);
     ev.agent = Some(after.id.to_string());
     state.store.audit(ev);
     Ok(Json(agent_info(&state, &after)))
@@ -440,6 +493,7 @@ pub async fn get_tenant(
     AxState(state): AxState<Arc<State>>,
 ) -> ApiResult<Json<TenantInfo>> {
     caller.require(&[Role::Admin])?;
+    state.store.ensure_tenant_ssh_key(caller.tenant_id)?;
     Ok(Json(state.store.tenant_info(caller.tenant_id)?))
 }
 

@@ -7,7 +7,9 @@ mod error;
 mod pages;
 mod replay;
 mod server;
+mod terminal;
 mod ws;
+mod ws_terminal;
 
 use std::sync::Arc;
 
@@ -50,10 +52,19 @@ pub fn router(state: Arc<State>) -> Router {
                 .delete(api::revoke_agent),
         )
         .route(
+            "/api/v1/agents/{id}/ssh-host-key",
+            delete(terminal::reset_host_key),
+        )
+        .route(
             "/api/v1/tenant",
             get(api::get_tenant).patch(api::patch_tenant),
         )
         .route("/api/v1/audit", get(api::audit))
+        .route("/api/v1/audit/search", get(terminal::search))
+        .route(
+            "/api/v1/recordings/{id}/asciicast",
+            get(terminal::asciicast),
+        )
         .route("/api/v1/recordings/{id}", get(api::recording))
         .route("/api/v1/recordings/{id}/screen/index", get(replay::index))
         .route("/api/v1/recordings/{id}/screen", get(replay::screen))

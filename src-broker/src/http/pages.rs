@@ -1,7 +1,10 @@
-//! The browser pages: `/view/{id}` (the noVNC viewer), `/console`, and their static files,
-//! embedded in the binary at build time.
+//! The browser pages: `/view/{id}` (the noVNC viewer, or the xterm.js terminal of an `ssh`
+//! session), `/replay/{id}`, `/console`, and their static files, embedded in the binary at
+//! build time.
 
-use axum::extract::Path;
+use std::sync::Arc;
+
+use axum::extract::{Path, State as AxState};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
@@ -59,7 +62,32 @@ fn page(name: &str) -> Response {
     }
 }
 
-pub async fn view(Path(_id): Path<String>) -> Response {
+/// Whether the session is an `ssh` one (its pages are the terminal's).
+fn is_terminal(state: &crate::broker::State, id: &str) -> bool {
+    state
+        .store
+        .session_service(id)
+        .is_ok_and(|s| s.as_deref() == Some("ssh"))
+}
+
+fn terminal_page(name: &str) -> Response {
+    if !embedded::HAS_XTERM || !embedded::HAS_XTERM_FIT {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this broker was built without xterm.js (npm was missing at build time); install npm and rebuild",
+        )
+            .into_response();
+    }
+    page(name)
+}
+
+pub async fn view(
+    AxState(state): AxState<Arc<crate::broker::State>>,
+    Path(id): Path<String>,
+) -> Response {
+    if is_terminal(&state, &id) {
+        return terminal_page("terminal.html");
+    }
     if !embedded::HAS_NOVNC {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -70,7 +98,13 @@ pub async fn view(Path(_id): Path<String>) -> Response {
     page("viewer.html")
 }
 
-pub async fn replay(Path(_id): Path<String>) -> Response {
+pub async fn replay(
+    AxState(state): AxState<Arc<crate::broker::State>>,
+    Path(id): Path<String>,
+) -> Response {
+    if is_terminal(&state, &id) {
+        return terminal_page("terminal-replay.html");
+    }
     if !embedded::HAS_NOVNC {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -174,6 +174,11 @@ async fn serve(
             return bridge::refuse(ws, close::SERVICE_UNAVAILABLE, &why).await;
         }
     };
+    // glue until the session core lands: `ssh` sessions get the browser terminal.
+    if !raw && session.service.as_str() == "ssh" {
+        let gone = conn.gone.clone();
+        return super::ws_terminal::serve(state, session, kind, peer, channel, gone, ws).await;
+    }
     let opts = if !raw && session.service.as_str() == "vnc" {
         match terminate_rfb(&state, &session, &mut channel, &mut ws).await {
             Ok(opts) => opts,
