@@ -440,7 +440,7 @@ pub async fn open_console(url: &str, screenshot: &Path, args: &[&str]) -> Result
     run_page_script("console.mjs", url, screenshot, args).await
 }
 
-async fn run_page_script<T: serde::de::DeserializeOwned>(
+pub(crate) async fn run_page_script<T: serde::de::DeserializeOwned>(
     script: &str,
     url: &str,
     screenshot: &Path,
