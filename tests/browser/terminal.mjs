@@ -11,7 +11,7 @@
 //   {"login": {"user": U, "password": P}}  wait for the login form, fill it (user if editable), submit
 //   {"waitLogin": "TEXT"}                  wait for a login request whose message holds TEXT
 //   {"viewport": [W, H]}                   resize the window; wait until the terminal's size changes
-//   {"snapshot": "NAME"}                   keep the screen text as NAME
+//   {"snapshot": "NAME"}                   keep the screen text and the terminal's size as NAME
 //   {"close": true}                        wait until the page is disconnected
 import { launch } from './common.mjs';
 
@@ -52,7 +52,9 @@ try {
       await page.setViewportSize({ width: step.viewport[0], height: step.viewport[1] });
       await page.waitForFunction((b) => window.passerelle.cols !== b[0] || window.passerelle.rows !== b[1], before, { timeout });
     } else if (step.snapshot) {
-      result.snapshots[step.snapshot] = await screen();
+      result.snapshots[step.snapshot] = await page.evaluate(() => ({
+        screen: window.passerelle.screen(), cols: window.passerelle.cols, rows: window.passerelle.rows,
+      }));
     } else if (step.close) {
       await page.waitForFunction(() => window.passerelle.state === 'disconnected', null, { timeout });
     }

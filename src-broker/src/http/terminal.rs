@@ -62,9 +62,12 @@ pub async fn search(
         let Ok(info) = session_of(&state, &caller, &id) else {
             continue;
         };
-        let first = matches.first().map_or(0.0, |m| m.t);
+        // The first match's time, rounded up to the millisecond: the replay opens showing it.
+        let first = matches
+            .first()
+            .map_or(0.0, |m| (m.t * 1000.0).ceil() / 1000.0);
         sessions.push(TerminalSearchHit {
-            replay_url: format!("{}/replay/{id}#t={first:.1}", state.base_url),
+            replay_url: format!("{}/replay/{id}#t={first:.3}", state.base_url),
             session: id,
             agent: info.agent,
             operator: info.operator,

@@ -73,7 +73,7 @@ impl Sink for WsSink {
 async fn close_viewer(mut tx: WsSink, mut rx: WsSource, code: CloseCode, message: &str) {
     let frame = CloseFrame {
         code: code.code,
-        reason: message.to_owned().into(),
+        reason: ssh::error::close_reason(message).into(),
     };
     let closing = async {
         let _ = tx.0.send(Message::Close(Some(frame))).await;
@@ -237,7 +237,7 @@ pub async fn serve(
             if ends_session(e.end_reason()) {
                 state.end_session_later(&session, e.end_reason(), "broker");
             }
-            return close_viewer(tx, rx, e.close_code(), &e.to_string()).await;
+            return close_viewer(tx, rx, e.close_code(), &e.viewer_message()).await;
         }
     };
     state.terminal_opened(&session, &terminal);

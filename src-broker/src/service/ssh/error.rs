@@ -41,6 +41,18 @@ impl SshError {
         }
     }
 
+    /// What the viewer is told: within a close frame's 123 bytes (the audit gets the whole
+    /// text, [`std::fmt::Display`]).
+    pub fn viewer_message(&self) -> String {
+        let text = match self {
+            Self::HostKeyChanged { presented, .. } => {
+                format!("the workstation's SSH host key changed to {presented}")
+            }
+            other => other.to_string(),
+        };
+        close_reason(&text)
+    }
+
     /// The close code the viewer gets.
     pub fn close_code(&self) -> CloseCode {
         match self {
@@ -50,9 +62,42 @@ impl SshError {
     }
 }
 
+/// Most bytes of a close frame's reason (RFC 6455: 125 bytes of payload, 2 of them the code).
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// `text` cut to [`MAX_CLOSE_REASON`] bytes on a character boundary (with an ellipsis).
+pub fn close_reason(text: &str) -> String {
+    if text.len() <= MAX_CLOSE_REASON {
+        return text.to_owned();
+    }
+    let mut end = MAX_CLOSE_REASON - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn viewer_messages_fit_a_close_frame() {
+        let fp = format!("SHA256:{}", "A".repeat(43));
+        let e = SshError::HostKeyChanged {
+            pinned: fp.clone(),
+            presented: fp.replace('A', "B"),
+        };
+        assert!(e.to_string().contains(&fp), "the audit has both");
+        let m = e.viewer_message();
+        assert!(
+            m.len() <= MAX_CLOSE_REASON && m.ends_with(&fp.replace('A', "B")),
+            "{m}"
+        );
+        let long = SshError::Handshake("é".repeat(200));
+        let m = long.viewer_message();
+        assert!(m.len() <= MAX_CLOSE_REASON && m.ends_with('…'), "{m}");
+    }
 
     #[test]
     fn each_failure_has_its_code_and_reason() {
