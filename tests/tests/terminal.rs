@@ -159,6 +159,71 @@ async fn the_page_logs_in_with_the_tenant_key_follows_resizes_and_ends_on_exit()
     broker
         .wait_event("ssh_host_key_pinned", |e| e.detail.contains(&fp))
         .await?;
+    // The CLI prints the same key, as the authorized_keys line the README says to install.
+    let data_dir = broker.data_dir().as_os_str().to_owned();
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "--data-dir".as_ref(),
+        &data_dir,
+        "tenant".as_ref(),
+        "ssh-key".as_ref(),
+    ];
+    let out = passerelle_e2e::process::run_cli(&args, &[]).await?;
+    ensure!(
+        out.success() && out.stdout.trim() == tenant_key_line(&broker).await?,
+        "{out:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn control_messages_are_checked_and_view_only_is_allowed() -> Result<()> {
+    init();
+    let (broker, sshd) = key_setup(|_| {}).await?;
+    let agent = agent_for(&broker, &sshd, &[]).await?;
+    let mut req = session_request(&agent.id, "ssh");
+    req.view_only = true;
+    req.ssh_user = Some(TEST_USER.into());
+    let created = broker.create_session(&req).await?;
+    let mut ws = TermWs::connect(&created.ws_url, 80, 24).await?;
+    ws.wait_control(|c| matches!(c, ToViewer::Ready { .. }))
+        .await?;
+    // A size out of bounds ends the session: protocol error.
+    ws.control(json!({"t": "resize", "cols": 0, "rows": 5}))
+        .await?;
+    let closed = ws.expect_close().await?;
+    ensure!(
+        closed.code == close::PROTOCOL_ERROR.code && closed.reason.contains("cols and rows"),
+        "{closed:?}"
+    );
+    let ended = broker.wait_ended(&created.id).await?;
+    ensure!(
+        ended.end_reason == Some(passerelle_e2e::EndReason::ProtocolError),
+        "{ended:#?}"
+    );
+    // An oversized control message: 1009.
+    let created = broker
+        .create_session(&session_request(&agent.id, "ssh"))
+        .await?;
+    let mut ws = TermWs::connect(&created.ws_url, 80, 24).await?;
+    ws.wait_control(|c| matches!(c, ToViewer::Ready { .. }))
+        .await?;
+    ws.control(json!({"t": "resize", "cols": 80, "rows": 24, "pad": "x".repeat(5000)}))
+        .await?;
+    let closed = ws.expect_close().await?;
+    ensure!(closed.code == close::MESSAGE_TOO_BIG.code, "{closed:?}");
+    // ssh_user is for ssh sessions only, and checked.
+    let mut bad = session_request(&agent.id, "ssh");
+    bad.ssh_user = Some("a\nb".into());
+    let body = serde_json::to_value(&bad)?;
+    let answer = broker
+        .api(
+            Method::POST,
+            "/api/v1/sessions",
+            Some(broker.admin_key()),
+            Some(&body),
+        )
+        .await?;
+    passerelle_e2e::expect_error(&answer, StatusCode::BAD_REQUEST, "bad_request")?;
     Ok(())
 }
 

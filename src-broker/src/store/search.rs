@@ -15,7 +15,8 @@ CREATE VIRTUAL TABLE terminal_text USING fts5(
     session_id UNINDEXED,
     t_us UNINDEXED,
     input UNINDEXED,
-    tokenize = 'trigram'
+    tokenize = 'trigram',
+    detail = none
 );
 "#;
 
@@ -149,5 +150,95 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    /// Measures the index per MB of recording (README, "Search"): the file named by
+    /// `PASSERELLE_INDEX_SAMPLE` (or a synthetic listing) played as terminal output in 4 KiB
+    /// pieces, recorded, then indexed.
+    /// `PASSERELLE_INDEX_SAMPLE=FILE cargo test -p passerelle --lib index_size -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn index_size_per_megabyte_of_recording() {
+        use passerelle_proto::recording::{Content, Header, Kind, Writer};
+        use passerelle_proto::terminal::transcript;
+
+        let sample = match std::env::var_os("PASSERELLE_INDEX_SAMPLE") {
+            Some(path) => std::fs::read(path).unwrap(),
+            None => (0..100_000)
+                .map(|i| {
+                    format!(
+                        "-rw-r--r-- 1 root root {i:>8} Dec  1 20:{:02} file-{i}.txt\r\n",
+                        i % 60
+                    )
+                })
+                .collect::<String>()
+                .into_bytes(),
+        };
+        // LF as a terminal prints it.
+        let mut output = Vec::with_capacity(sample.len() * 11 / 10);
+        for &b in &sample {
+            if b == b'\n' && output.last() != Some(&b'\r') {
+                output.push(b'\r');
+            }
+            output.push(b);
+        }
+        let header = Header {
+            version: 1,
+            session: "s".into(),
+            tenant: "t".into(),
+            agent: "a".into(),
+            service: "ssh".into(),
+            operator: "o".into(),
+            view_only: false,
+            started_at: "2026-12-01T00:00:00.000Z".into(),
+            content: Content::Terminal,
+            signer: "00".into(),
+        };
+        let (mut w, mut file) = Writer::start(&header);
+        for (i, chunk) in output.chunks(4096).enumerate() {
+            w.frame(Kind::Down, i as u64 * 1000, chunk, &mut file);
+        }
+        let t = transcript::of_recording(&file).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_tenant(&TenantName::new("t").unwrap()).unwrap();
+        let used = |store: &Store| -> i64 {
+            let conn = store.conn();
+            let pages: i64 = conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .unwrap();
+            let free: i64 = conn
+                .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+                .unwrap();
+            let size: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .unwrap();
+            (pages - free) * size
+        };
+        let before = used(&store);
+        let lines = t.output.iter().map(|l| (l.time_us, false, l.text.as_str()));
+        let n = store.index_terminal(1, "s", lines).unwrap();
+        store
+            .conn()
+            .execute_batch("INSERT INTO terminal_text(terminal_text) VALUES('optimize'); PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        let index = used(&store) - before;
+        let mb = file.len() as f64 / (1 << 20) as f64;
+        eprintln!(
+            "recording {:.2} MiB ({} bytes of text), {n} lines: index {:.2} MiB, {:.2} MiB per MiB of recording",
+            mb,
+            sample.len(),
+            index as f64 / (1 << 20) as f64,
+            index as f64 / (1 << 20) as f64 / mb
+        );
+        let needle = t.output[t.output.len() / 2].text.clone();
+        let started = std::time::Instant::now();
+        let hits = store.search_terminal(1, &needle, 1000).unwrap();
+        eprintln!(
+            "a search for one of its lines ({} hits): {:.1} ms",
+            hits.len(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        assert!(index > 0 && !hits.is_empty());
     }
 }
