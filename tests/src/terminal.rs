@@ -203,7 +203,8 @@ impl TermWs {
     }
 
     /// Reads output at about `bytes_per_sec` until it holds `needle`, within `within`; returns
-    /// the output bytes read meanwhile. The pace comes from reading, not from the broker.
+    /// the output bytes read meanwhile. The pace comes from reading, not from the broker. Only
+    /// the new output is searched (this reads hundreds of megabytes in a debug build).
     pub async fn read_throttled(
         &mut self,
         needle: &str,
@@ -213,10 +214,8 @@ impl TermWs {
         let start = Instant::now();
         let deadline = start + within;
         let first = self.bytes;
+        let mut carry = String::new();
         loop {
-            if self.recent.contains(needle) {
-                return Ok(self.bytes - first);
-            }
             match self.next_event(deadline).await? {
                 TermEvent::Closed(c) => bail!(
                     "closed ({} {:?}) after {} bytes; recent output: {:?}",
@@ -225,7 +224,16 @@ impl TermWs {
                     self.bytes - first,
                     self.tail()
                 ),
-                TermEvent::Output(_) => {
+                TermEvent::Output(b) => {
+                    carry.push_str(&String::from_utf8_lossy(&b));
+                    if carry.contains(needle) {
+                        return Ok(self.bytes - first);
+                    }
+                    let mut keep = carry.len().saturating_sub(needle.len());
+                    while !carry.is_char_boundary(keep) {
+                        keep += 1;
+                    }
+                    carry.drain(..keep);
                     // Behind schedule only: a rate limit, not a synchronisation.
                     let due = start
                         + Duration::from_secs_f64(

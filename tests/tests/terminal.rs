@@ -463,8 +463,9 @@ async fn a_slow_viewer_holds_back_a_huge_cat_and_nobody_else_waits() -> Result<(
         }
         ws.close().await?;
     }
-    // Then it reads slowly to the end: the whole file comes through.
-    term.read_throttled("END-25", 40 << 20, Duration::from_secs(300))
+    // Then it reads slowly (10 MiB/s, below what the broker carries) to the end: the whole file
+    // comes through.
+    term.read_throttled("END-25", 10 << 20, Duration::from_secs(300))
         .await?;
     // Every line of the file came (the terminal turns each LF into CR LF).
     ensure!(
@@ -672,6 +673,73 @@ async fn a_recorded_session_verifies_replays_exports_and_is_found() -> Result<()
     ensure!(
         status == StatusCode::OK && body["sessions"] == json!([]),
         "{status} {body}"
+    );
+    Ok(())
+}
+
+/// Measures the terminal's throughput (README figures): `cat` of 200 MiB through the broker's
+/// terminal to an unthrottled WebSocket viewer, next to OpenSSH's own client (`ssh -tt`, a PTY
+/// too) straight to the same sshd.
+/// `cargo nextest run -p passerelle-e2e --test terminal --run-ignored only --no-capture`
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn measure_terminal_throughput() -> Result<()> {
+    init();
+    let broker = TestBroker::start().await?;
+    patch(
+        &broker,
+        "/api/v1/tenant",
+        json!({ "ssh_username": TEST_USER }),
+    )
+    .await?;
+    let mut agent = Agent::registered(&broker, &unique("measure")).await?;
+    // The agent's own key logs OpenSSH's client in, for the comparison.
+    let sshd = Sshd::start(&SshdOptions {
+        passwords: false,
+        authorized_keys: vec![
+            tenant_key_line(&broker).await?,
+            agent.key.public_key.clone(),
+        ],
+    })
+    .await?;
+    agent.connect(&[Forward::named("ssh", sshd.port)])?;
+    agent.wait_online(&broker, &["ssh"]).await?;
+    const SIZE: usize = 200 << 20;
+    let file = sshd.dir().join("big.txt");
+    big_file(&file, SIZE)?;
+    let created = broker
+        .create_session(&session_request(&agent.id, "ssh"))
+        .await?;
+    let mut term = TermWs::connect(&created.ws_url, 120, 40).await?;
+    term.wait_control(|c| matches!(c, ToViewer::Ready { .. }))
+        .await?;
+    term.keys(&format!("cat {}; echo END-$((5*5))\r", file.display()))
+        .await?;
+    let t0 = Instant::now();
+    let got = term
+        .read_throttled("END-25", u64::MAX, Duration::from_secs(600))
+        .await?;
+    let broker_secs = t0.elapsed().as_secs_f64();
+    // OpenSSH's client with a PTY, straight to the sshd.
+    let t1 = Instant::now();
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ssh -F /dev/null -tt -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+             -o BatchMode=yes -i {} -p {} {TEST_USER}@127.0.0.1 cat {} | wc -c",
+            agent.key.path.display(),
+            sshd.port,
+            file.display()
+        ))
+        .output()
+        .await?;
+    let ssh_secs = t1.elapsed().as_secs_f64();
+    let mib = got as f64 / f64::from(1 << 20);
+    eprintln!(
+        "terminal through the broker: {mib:.0} MiB in {broker_secs:.1} s = {:.1} MiB/s; \
+         ssh -tt straight to sshd: {} ({ssh_secs:.1} s)",
+        mib / broker_secs,
+        String::from_utf8_lossy(&out.stdout).trim()
     );
     Ok(())
 }
