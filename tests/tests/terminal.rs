@@ -322,6 +322,19 @@ async fn passwords_stored_typed_and_wrong() -> Result<()> {
     broker
         .wait_event("ssh_failed", |e| e.session.as_deref() == Some(&created.id))
         .await?;
+    // A stop reaches a viewer still at the login prompt at once.
+    let created = broker
+        .create_session(&session_request(&agent.id, "ssh"))
+        .await?;
+    let mut ws = TermWs::connect(&created.ws_url, 80, 24).await?;
+    ws.wait_control(|c| matches!(c, ToViewer::Login { .. }))
+        .await?;
+    broker.stop_session(&created.id, Some("carol")).await?;
+    let closed = ws.expect_close().await?;
+    ensure!(
+        closed.code == close::STOPPED.code && closed.reason.contains("carol"),
+        "{closed:?}"
+    );
     let audit = serde_json::to_string(&broker.audit("limit=1000").await?.events)?;
     ensure!(
         !audit.contains(&password) && !audit.contains("still-wrong"),

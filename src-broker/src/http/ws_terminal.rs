@@ -229,7 +229,28 @@ pub async fn serve(
         }
     };
     let pipe = ssh::pipe::drain(channel, PIPE_LIMIT, &state.tasks);
-    let mut terminal: Terminal = match ssh::open(pipe, opts, &mut rx, &mut tx).await {
+    // The login may wait for the operator: a stop, the session's end or the agent leaving
+    // interrupts it.
+    let opened = tokio::select! {
+        r = ssh::open(pipe, opts, &mut rx, &mut tx) => Some(r),
+        () = session.ended.cancelled() => None,
+        () = agent_gone.cancelled() => {
+            state.end_session_later(&session, EndReason::AgentDisconnected, "agent");
+            None
+        }
+    };
+    let Some(opened) = opened else {
+        let (code, message) = if session.ended.is_cancelled() {
+            session.close_reason()
+        } else {
+            (
+                close::AGENT_DISCONNECTED,
+                close::AGENT_DISCONNECTED.reason.to_owned(),
+            )
+        };
+        return close_viewer(tx, rx, code, &message).await;
+    };
+    let mut terminal: Terminal = match opened {
         Ok(t) => t,
         Err(e) => {
             tracing::info!(error = %e, "terminal not opened");
