@@ -15,7 +15,8 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-use crate::{Closed, WAIT};
+use crate::sshd::{Sshd, SshdOptions, TEST_USER};
+use crate::{Agent, Closed, Forward, Method, StatusCode, TestBroker, WAIT};
 
 /// How much recent output [`TermWs`] keeps to search in.
 const KEEP: usize = 256 * 1024;
@@ -294,4 +295,75 @@ pub async fn open_terminal_replay(
     args: &[&str],
 ) -> Result<TerminalReplay> {
     crate::desktop::run_page_script("terminal_replay.mjs", url, screenshot, args).await
+}
+
+/// Fails with a clear message when Chromium or the page driver is missing.
+pub fn require_browser() -> Result<()> {
+    anyhow::ensure!(
+        crate::desktop::have_browser(),
+        "chromium or tests/browser/node_modules missing: run scripts/install-test-deps.sh"
+    );
+    Ok(())
+}
+
+/// The tenant's key as a workstation's authorized_keys line, restricted as the README says.
+pub async fn tenant_key_line(broker: &TestBroker) -> Result<String> {
+    let tenant: Value = broker
+        .admin(StatusCode::OK, Method::GET, "/api/v1/tenant", None)
+        .await?;
+    let key = tenant["ssh_public_key"]
+        .as_str()
+        .context("GET /api/v1/tenant has no ssh_public_key")?;
+    anyhow::ensure!(key.starts_with("ssh-ed25519 "), "{tenant}");
+    Ok(format!("from=\"127.0.0.1,::1\" {key}"))
+}
+
+/// `PATCH path` with the admin key, expecting 200.
+pub async fn patch(broker: &TestBroker, path: &str, body: Value) -> Result<Value> {
+    broker
+        .admin(StatusCode::OK, Method::PATCH, path, Some(&body))
+        .await
+}
+
+/// An agent announcing `ssh` in front of `sshd` (and any `extra` forwards).
+pub async fn agent_for(broker: &TestBroker, sshd: &Sshd, extra: &[Forward]) -> Result<Agent> {
+    let mut agent = Agent::registered(broker, &crate::unique("ws")).await?;
+    let mut forwards = vec![Forward::named("ssh", sshd.port)];
+    forwards.extend_from_slice(extra);
+    agent.connect(&forwards)?;
+    agent.wait_online(broker, &["ssh"]).await?;
+    Ok(agent)
+}
+
+/// A broker whose tenant logs in as the test user with its key, and an sshd that has the key.
+pub async fn key_setup(tweak: impl FnOnce(&mut passerelle::Config)) -> Result<(TestBroker, Sshd)> {
+    let broker = TestBroker::start_with(tweak).await?;
+    let line = tenant_key_line(&broker).await?;
+    patch(
+        &broker,
+        "/api/v1/tenant",
+        json!({ "ssh_username": TEST_USER }),
+    )
+    .await?;
+    let sshd = Sshd::start(&SshdOptions {
+        passwords: false,
+        authorized_keys: vec![line],
+    })
+    .await?;
+    Ok((broker, sshd))
+}
+
+/// Writes `bytes` of printable lines to `path`, readable by the test user.
+pub fn big_file(path: &Path, bytes: usize) -> Result<()> {
+    let line: Vec<u8> = (0..99)
+        .map(|i| b'a' + (i % 26) as u8)
+        .chain([b'\n'])
+        .collect();
+    let mut data = Vec::with_capacity(bytes);
+    while data.len() < bytes {
+        data.extend_from_slice(&line);
+    }
+    data.truncate(bytes);
+    std::fs::write(path, data)?;
+    crate::sshd::set_mode(path, 0o644)
 }

@@ -1,6 +1,6 @@
 //! The login and the terminal's ends against an in-process russh server standing in for the
 //! workstation's sshd (a test double: the end-to-end tests use OpenSSH, see
-//! tests/tests/terminal.rs), with in-memory pipes as the viewer.
+//! tests/tests/terminal*.rs), with in-memory pipes as the viewer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
