@@ -165,3 +165,36 @@ pub fn terminal_transcript(data: &[u8]) {
         assert!(!line.text.chars().any(char::is_control), "{:?}", line.text);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A few thousand pseudo-random inputs, biased towards the bytes terminals give meaning
+    /// to, through the terminal properties (the fuzzer explores further; this runs everywhere).
+    #[test]
+    fn terminal_properties_hold_on_random_input() {
+        const ALPHABET: &[u8] =
+            b"\x1b[];?0123456789;:CDGKPX@JHmhl\x07\\\x08\x7f\t\r\n \xe2\x82\xac\xff\xf0\x9fPX^_(";
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..3000 {
+            let len = (next() % 600) as usize;
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    let r = next();
+                    if r % 4 == 0 {
+                        (r >> 8) as u8
+                    } else {
+                        ALPHABET[(r >> 8) as usize % ALPHABET.len()]
+                    }
+                })
+                .collect();
+            super::terminal_transcript(&data);
+            super::terminal_control(&data);
+        }
+    }
+}
