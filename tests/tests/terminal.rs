@@ -223,7 +223,7 @@ async fn passwords_stored_typed_and_wrong() -> Result<()> {
     let steps = json!([
         { "waitLogin": "type" },
         { "login": { "user": TEST_USER, "password": "not-the-password" } },
-        { "waitLogin": "wrong user name or password" },
+        { "waitLogin": "wrong password for" },
         { "snapshot": "wrong" },
         { "login": { "user": TEST_USER, "password": password } },
         { "state": "connected" },

@@ -189,7 +189,11 @@ async fn authenticate<V: Source, W: Sink>(
 ) -> Result<(String, AuthMethod), SshError> {
     let creds = &opts.credentials;
     let mut password_allowed = true;
-    let mut message = "no stored credential for this workstation: type a user name and password";
+    let mut message = if creds.user.is_some() {
+        "no stored credential for this workstation: type the password"
+    } else {
+        "no login name is set for this workstation: type a user name and password"
+    };
     if let Some(user) = &creds.user {
         if let Some(key) = &creds.key {
             match attempt(handle, opts, user, Attempt::Key(key)).await? {
@@ -219,8 +223,8 @@ async fn authenticate<V: Source, W: Sink>(
         )));
     }
     // OpenSSH ends the connection when the user name changes between attempts: once one was
-    // tried, it is the only one.
-    let fixed = creds.user.clone();
+    // tried, it is the only one (the page shows it, not editable).
+    let mut fixed = creds.user.clone();
     let deadline = Instant::now() + opts.timeouts.typed;
     let mut message = message.to_owned();
     for attempts in 1..=MAX_TYPED_ATTEMPTS {
@@ -247,6 +251,7 @@ async fn authenticate<V: Source, W: Sink>(
                 "the user name cannot change on this connection".into(),
             )));
         }
+        fixed = Some(user.clone());
         match attempt(handle, opts, &user, Attempt::Password(&password)).await? {
             Tried::Yes => return Ok((user, AuthMethod::TypedPassword)),
             Tried::No { .. } if attempts == MAX_TYPED_ATTEMPTS => {
@@ -254,7 +259,11 @@ async fn authenticate<V: Source, W: Sink>(
                     "wrong user name or password ({MAX_TYPED_ATTEMPTS} attempts for {user})"
                 )));
             }
-            Tried::No { .. } => message = "wrong user name or password: try again".to_owned(),
+            Tried::No { .. } => {
+                message = format!(
+                    "wrong password for {user}: try again (to log in as someone else, open the session again)"
+                );
+            }
         }
     }
     Err(SshError::Auth("wrong user name or password".into()))
