@@ -194,6 +194,10 @@ impl State {
                     ),
                 );
                 ev.tenant_id = Some(id);
+                // A terminal's transcript goes with its recording.
+                if let Err(e) = self.store.unindex_terminal(&session) {
+                    tracing::warn!(error = %e, "could not remove a transcript from the search index");
+                }
                 ev.session = Some(session);
                 self.store.audit(ev);
             }

@@ -78,6 +78,14 @@ impl Store {
         Ok(n)
     }
 
+    /// Forgets a session's transcript (its recording was deleted); the lines removed.
+    pub fn unindex_terminal(&self, session: &str) -> anyhow::Result<usize> {
+        Ok(self.conn().execute(
+            "DELETE FROM terminal_text WHERE session_id = ?1",
+            params![session],
+        )?)
+    }
+
     /// The tenant's transcript lines that contain `q`, by session then time; at most `limit`.
     pub fn search_terminal(
         &self,
@@ -150,6 +158,9 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        // A deleted recording takes its transcript along.
+        assert_eq!(store.unindex_terminal("s1").unwrap(), 1);
+        assert!(store.search_terminal(a, "x", 100).unwrap().is_empty());
     }
 
     /// Measures the index per MB of recording (README, "Search"): the file named by
