@@ -185,6 +185,16 @@ impl Store {
         self.agent(tenant_id, id)
     }
 
+    /// How many agents a tenant has.
+    pub fn agent_count(&self, tenant_id: TenantId) -> anyhow::Result<usize> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM agents WHERE tenant_id = ?1",
+            [tenant_id],
+            |r| r.get(0),
+        )?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
     /// Removes an agent; whether it existed.
     pub fn delete_agent(&self, tenant_id: TenantId, id: &AgentId) -> anyhow::Result<bool> {
         let n = self.conn().execute(
