@@ -254,11 +254,6 @@ impl Broker {
         self.core.db.blocking()
     }
 
-    /// The session core (tests drive it without HTTP).
-    pub fn core(&self) -> &Arc<Core> {
-        &self.core
-    }
-
     /// The store as the broker's async code uses it.
     pub fn db(&self) -> &Db {
         &self.core.db

@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! Passerelle broker: workstation agents connect over SSH and announce their VNC, RDP or SSH
 //! service with a remote forward; operators open sessions through the HTTP API and reach the
 //! service over a WebSocket, through a channel opened on the agent's own connection.
@@ -7,7 +8,7 @@
 //! recording) → [`service`] (the service's adapter: raw, vnc) → [`bridge`] (on the agent
 //! connection's data thread, [`shards`]) → the agent's channel ([`ssh`], [`registry`]).
 //!
-//! Modules, one concern each:
+//! Modules, one concern each (public: what the binary, the tests and the bench use):
 //! - [`config`]: flags, file and defaults, validated into [`config::Config`].
 //! - [`broker`]: start-up and shutdown; builds the parts below and starts the listeners.
 //! - [`session`]: the session core: create, join, end; tokens, legacy ports, quotas, and
@@ -24,23 +25,23 @@
 //! - [`accept`], [`shards`], [`keys`], [`secrets`], [`metrics`]: the accept loop, the data
 //!   threads, host key and certificate, tokens and sealing, counters.
 
-pub mod accept;
-pub mod bridge;
+pub(crate) mod accept;
+pub(crate) mod bridge;
 pub mod broker;
 pub mod config;
-pub mod ends;
-pub mod http;
+pub(crate) mod ends;
+pub(crate) mod http;
 pub mod keys;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod recording;
-pub mod registry;
-pub mod secrets;
-pub mod service;
-pub mod session;
-pub mod shards;
-pub mod ssh;
+pub(crate) mod registry;
+pub(crate) mod secrets;
+pub(crate) mod service;
+pub(crate) mod session;
+pub(crate) mod shards;
+pub(crate) mod ssh;
 pub mod store;
-pub mod throttle;
+pub(crate) mod throttle;
 
 pub use broker::Broker;
 pub use config::{Config, TlsMode};

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::store::{AgentRecord, TenantId, now_ms, rfc3339};
 
 /// A forwarded-tcpip channel to one of the agent's services.
-pub type AgentChannel = russh::Channel<russh::server::Msg>;
+pub(crate) type AgentChannel = russh::Channel<russh::server::Msg>;
 
 /// What the SSH side exposes to the rest of the broker for one connection.
 pub trait AgentLink: Send + Sync {

@@ -15,11 +15,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Addresses remembered at most.
-pub const MAX_TRACKED: usize = 10_000;
+pub(crate) const MAX_TRACKED: usize = 10_000;
 
 /// The unit a limit applies to: an IPv4 address, or an IPv6 /64 (IPv4-mapped IPv6 addresses
 /// count as their IPv4 address).
-pub fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

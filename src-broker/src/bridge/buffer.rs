@@ -26,7 +26,7 @@ struct Queue {
 
 /// The viewer took nothing for the whole stall period while the buffer was full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stalled;
+pub(super) struct Stalled;
 
 pub(super) struct Buffer {
     queue: Mutex<Queue>,

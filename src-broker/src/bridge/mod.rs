@@ -60,7 +60,7 @@ impl Counters {
 }
 
 /// How a bridge treats its bytes.
-pub struct Options {
+pub(crate) struct Options {
     /// Bytes held for a viewer slower than the agent before the agent's end is paused.
     pub buffer_limit: usize,
     /// How long a viewer may take nothing while the buffer is full before the session ends.
@@ -90,7 +90,7 @@ impl std::fmt::Debug for Options {
 
 impl Options {
     /// Bytes as they are, both ways, unrecorded.
-    pub fn plain(buffer_limit: usize, stall: Duration) -> Self {
+    pub(crate) fn plain(buffer_limit: usize, stall: Duration) -> Self {
         Self {
             buffer_limit,
             stall,
@@ -105,7 +105,7 @@ impl Options {
 
 /// What a bridge counts into: its session's totals, its own, and the broker's.
 #[derive(Debug, Clone)]
-pub struct Meter {
+pub(crate) struct Meter {
     pub session: Arc<Counters>,
     pub connection: Arc<Counters>,
     pub metrics: Arc<Metrics>,
@@ -129,7 +129,7 @@ impl Meter {
 
 /// A finished bridge: why, and both ends back.
 #[derive(Debug)]
-pub struct Bridged<VR, VT, AR, AT> {
+pub(crate) struct Bridged<VR, VT, AR, AT> {
     pub closure: Closure,
     pub viewer: (VR, VT),
     pub agent: (AR, AT),
@@ -162,7 +162,7 @@ fn agent_error(e: &EndError) -> Closure {
 /// Bridges the viewer and the agent until one side ends, `stop` resolves (the session ended,
 /// the agent's connection went away), or the viewer stalls. When it returns no more bytes
 /// move and the counters are final.
-pub async fn run<VR, VT, AR, AT>(
+pub(crate) async fn run<VR, VT, AR, AT>(
     viewer: (VR, VT),
     agent: (AR, AT),
     opts: Options,

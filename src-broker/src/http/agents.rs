@@ -41,7 +41,7 @@ async fn agent_of(app: &App, tenant_id: TenantId, id: &str) -> ApiResult<AgentRe
         .ok_or_else(|| ApiError::not_found("agent"))
 }
 
-pub async fn list_agents(
+pub(super) async fn list_agents(
     caller: Caller,
     State(app): State<App>,
 ) -> ApiResult<Json<Vec<AgentInfo>>> {
@@ -56,7 +56,7 @@ pub async fn list_agents(
     ))
 }
 
-pub async fn get_agent(
+pub(super) async fn get_agent(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,
@@ -66,7 +66,7 @@ pub async fn get_agent(
     Ok(Json(agent_info(&app.registry, &rec)))
 }
 
-pub async fn register_agent(
+pub(super) async fn register_agent(
     caller: Caller,
     State(app): State<App>,
     body: Result<Json<RegisterAgent>, JsonRejection>,
@@ -107,7 +107,7 @@ pub async fn register_agent(
     Ok((StatusCode::CREATED, Json(agent_info(&app.registry, &rec))))
 }
 
-pub async fn patch_agent(
+pub(super) async fn patch_agent(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,
@@ -146,7 +146,7 @@ pub async fn patch_agent(
     Ok(Json(agent_info(&app.registry, &after)))
 }
 
-pub async fn revoke_agent(
+pub(super) async fn revoke_agent(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,

@@ -20,7 +20,7 @@ pub(super) const OPERATORS: &[Role] = &[Role::Admin, Role::Helpdesk];
 pub(super) const ANY: &[Role] = &[Role::Admin, Role::Helpdesk, Role::Auditor];
 const READERS: &[Role] = &[Role::Admin, Role::Auditor];
 
-pub async fn not_found() -> ApiError {
+pub(super) async fn not_found() -> ApiError {
     ApiError::not_found("route")
 }
 
@@ -33,13 +33,16 @@ pub(super) async fn session_of(db: &Db, caller: &Caller, id: &str) -> ApiResult<
     }
 }
 
-pub async fn get_tenant(caller: Caller, State(db): State<Db>) -> ApiResult<Json<TenantInfo>> {
+pub(super) async fn get_tenant(
+    caller: Caller,
+    State(db): State<Db>,
+) -> ApiResult<Json<TenantInfo>> {
     caller.require(&[Role::Admin])?;
     let tenant_id = caller.tenant_id;
     Ok(Json(db.run(move |s| s.tenant_info(tenant_id)).await?))
 }
 
-pub async fn patch_tenant(
+pub(super) async fn patch_tenant(
     caller: Caller,
     State(db): State<Db>,
     body: Result<Json<PatchTenant>, JsonRejection>,
@@ -83,7 +86,7 @@ fn changed_settings(p: &PatchTenant) -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuditQuery {
+pub(super) struct AuditQuery {
     agent: Option<String>,
     operator: Option<String>,
     session: Option<String>,
@@ -95,7 +98,7 @@ pub struct AuditQuery {
     limit: Option<u32>,
 }
 
-pub async fn audit(
+pub(super) async fn audit(
     caller: Caller,
     State(db): State<Db>,
     query: Result<Query<AuditQuery>, QueryRejection>,
@@ -134,13 +137,13 @@ fn secs_to_ms(secs: u64) -> i64 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SegmentQuery {
+pub(super) struct SegmentQuery {
     segment: Option<u32>,
 }
 
 /// `GET /api/v1/recordings/{session_id}[?segment=N]`: a recording file (the session's first
 /// connection unless `segment` says which), streamed. Every download is audited.
-pub async fn recording(
+pub(super) async fn recording(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,
@@ -191,7 +194,7 @@ pub async fn recording(
 
 /// `GET /api/v1/recordings/{session_id}/segments`: the session's recorded connections, in
 /// order.
-pub async fn segments(
+pub(super) async fn segments(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,

@@ -12,7 +12,7 @@ use crate::store::{NewEvent, TenantId};
 
 /// The authenticated caller of an API request.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(super) struct Caller {
     pub tenant_id: TenantId,
     /// The API key's public id (never the secret).
     pub key_id: String,
@@ -23,7 +23,7 @@ pub struct Caller {
 
 impl Caller {
     /// Refuses unless the caller has one of `roles`.
-    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+    pub(super) fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
         if roles.contains(&self.role) {
             return Ok(());
         }
@@ -34,14 +34,14 @@ impl Caller {
     }
 
     /// Who to name in the audit for this call.
-    pub fn who(&self) -> String {
+    pub(super) fn who(&self) -> String {
         self.operator
             .clone()
             .unwrap_or_else(|| format!("api-key:{}", self.key_id))
     }
 
     /// The caller as the session core names who did something.
-    pub fn actor(&self) -> Actor {
+    pub(super) fn actor(&self) -> Actor {
         Actor {
             name: self.who(),
             api_key: Some(self.key_id.clone()),
@@ -49,7 +49,7 @@ impl Caller {
     }
 
     /// An audit event of this call: the caller's tenant, the operator named, the key that spoke.
-    pub fn event(&self, kind: crate::store::AuditKind, detail: String) -> NewEvent {
+    pub(super) fn event(&self, kind: crate::store::AuditKind, detail: String) -> NewEvent {
         let mut ev = NewEvent::new(kind, detail);
         ev.tenant_id = Some(self.tenant_id);
         ev.operator = Some(self.who());

@@ -30,8 +30,8 @@ use crate::session::Core;
 use crate::store::Db;
 use crate::throttle::Guard;
 
-pub use error::ApiError;
-pub use server::serve;
+pub(crate) use error::ApiError;
+pub(crate) use server::serve;
 
 /// Where the URLs handed out point.
 #[derive(Debug, Clone)]
@@ -78,10 +78,10 @@ macro_rules! parts {
 parts!(core: Arc<Core>, db: Db, registry: Arc<Registry>, metrics: Arc<Metrics>, config: Arc<Config>, urls: Arc<Urls>);
 
 /// Largest API request body.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The routes.
-pub fn router(app: App) -> Router {
+pub(crate) fn router(app: App) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))

@@ -18,7 +18,7 @@ use crate::store::AuditKind;
 /// Which recorded connection of a session (from 1).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IndexQuery {
+pub(super) struct IndexQuery {
     #[serde(default = "first")]
     segment: u32,
 }
@@ -66,7 +66,7 @@ async fn stream_of(
 
 /// `GET /api/v1/recordings/{id}/screen/index`: what the replay page needs first (metadata,
 /// duration, input marks, keyframes). Audited: this is a replay.
-pub async fn index(
+pub(super) async fn index(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,
@@ -86,7 +86,7 @@ pub async fn index(
 }
 
 #[derive(Debug, Deserialize)]
-pub struct ScreenQuery {
+pub(super) struct ScreenQuery {
     /// Recorded seconds to show.
     #[serde(default)]
     from: f64,
@@ -105,7 +105,7 @@ fn default_keyframes() -> usize {
 /// `GET /api/v1/recordings/{id}/screen?from=SECONDS&keyframes=N`: the stream's records from
 /// the last keyframe at or before `from`, up to the N-th keyframe after it (or the end).
 /// `X-Passerelle-Keyframe` says which keyframe it starts at (`number time_us`).
-pub async fn screen(
+pub(super) async fn screen(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,

@@ -92,7 +92,7 @@ impl Drop for Slots {
 }
 
 /// Serves until `state.shutdown` is cancelled. One failed accept never ends the loop.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: std::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: App,

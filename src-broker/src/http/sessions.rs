@@ -74,7 +74,7 @@ fn create_error(e: CreateError) -> ApiError {
     }
 }
 
-pub async fn create_session(
+pub(super) async fn create_session(
     caller: Caller,
     State(app): State<App>,
     body: Result<Json<CreateSession>, JsonRejection>,
@@ -115,12 +115,12 @@ pub async fn create_session(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     state: Option<String>,
     limit: Option<u32>,
 }
 
-pub async fn list_sessions(
+pub(super) async fn list_sessions(
     caller: Caller,
     State(app): State<App>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -142,7 +142,7 @@ pub async fn list_sessions(
     Ok(Json(found))
 }
 
-pub async fn get_session(
+pub(super) async fn get_session(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,
@@ -151,7 +151,7 @@ pub async fn get_session(
     Ok(Json(session_of(&app.db, &caller, &id).await?))
 }
 
-pub async fn stop_session(
+pub(super) async fn stop_session(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,
@@ -162,7 +162,7 @@ pub async fn stop_session(
     Ok(Json(session_of(&app.db, &caller, &id).await?))
 }
 
-pub async fn new_token(
+pub(super) async fn new_token(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,

@@ -14,10 +14,10 @@ use crate::ends::{EndError, Frame, Sink, Source};
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// What the viewer sends.
-pub struct WsSource(SplitStream<WebSocket>);
+pub(super) struct WsSource(SplitStream<WebSocket>);
 
 /// What goes to the viewer.
-pub struct WsSink(SplitSink<WebSocket, Message>);
+pub(super) struct WsSink(SplitSink<WebSocket, Message>);
 
 impl std::fmt::Debug for WsSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,7 +33,7 @@ impl std::fmt::Debug for WsSink {
 
 /// The upgrade with the viewers' limits: `max` bytes per frame and message; the `binary`
 /// subprotocol echoed when offered, never imposed.
-pub fn accept(
+pub(super) fn accept(
     ws: WebSocketUpgrade,
     max: usize,
 ) -> WebSocketUpgrade<impl axum::extract::ws::OnFailedUpgrade> {
@@ -44,7 +44,7 @@ pub fn accept(
 }
 
 /// The socket's two ends.
-pub fn split(ws: WebSocket) -> (WsSource, WsSink) {
+pub(super) fn split(ws: WebSocket) -> (WsSource, WsSink) {
     let (tx, rx) = ws.split();
     (WsSource(rx), WsSink(tx))
 }
@@ -98,7 +98,7 @@ impl Sink for WsSink {
 
 /// Sends the close frame and waits (bounded) for the viewer's reply. A viewer that stopped
 /// reading gets the frame after the data queued before it, if it reads again in time.
-pub async fn close((mut rx, mut tx): (WsSource, WsSink), code: u16, reason: &str) {
+pub(super) async fn close((mut rx, mut tx): (WsSource, WsSink), code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: passerelle_proto::close::bounded_reason(reason).into(),

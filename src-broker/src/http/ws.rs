@@ -10,21 +10,20 @@ use axum::Extension;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::response::Response;
-use passerelle_proto::close::Closure;
 use serde::Deserialize;
 use tracing::Instrument as _;
 
 use super::server::ConnSlot;
-use super::viewer::{self, WsSink, WsSource};
+use super::viewer;
 use crate::session::{Core, Endpoint};
 
 #[derive(Debug, Deserialize)]
-pub struct TokenQuery {
+pub(super) struct TokenQuery {
     #[serde(default)]
     token: String,
 }
 
-pub async fn viewer(
+pub(super) async fn viewer(
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
     Query(q): Query<TokenQuery>,
@@ -35,7 +34,7 @@ pub async fn viewer(
     upgrade(core, id, q.token, peer, slot, ws, Endpoint::Viewer)
 }
 
-pub async fn raw(
+pub(super) async fn raw(
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
     Query(q): Query<TokenQuery>,
@@ -71,7 +70,7 @@ fn upgrade(
                 }
             };
             if let Some((viewer, closure)) = closed {
-                close(viewer, &closure).await;
+                viewer::close(viewer, closure.code.code, &closure.reason).await;
             }
             // The connection keeps its place under the connection caps until here.
             drop(slot);
@@ -82,8 +81,4 @@ fn upgrade(
             let _ = handle.await;
         }
     })
-}
-
-async fn close(viewer: (WsSource, WsSink), closure: &Closure) {
-    viewer::close(viewer, closure.code.code, &closure.reason).await;
 }

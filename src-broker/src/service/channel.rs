@@ -14,10 +14,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 const SHORT_WAIT: Duration = Duration::from_millis(200);
 
 /// What the agent's channel delivers.
-pub struct ChannelSource(ChannelReadHalf);
+pub(crate) struct ChannelSource(ChannelReadHalf);
 
 /// What goes into the agent's channel.
-pub struct ChannelSink {
+pub(crate) struct ChannelSink {
     tx: ChannelWriteHalf<russh::server::Msg>,
     eof_sent: bool,
 }
@@ -35,7 +35,7 @@ impl std::fmt::Debug for ChannelSink {
 }
 
 /// The channel's two ends.
-pub fn split(channel: AgentChannel) -> (ChannelSource, ChannelSink) {
+pub(crate) fn split(channel: AgentChannel) -> (ChannelSource, ChannelSink) {
     let (rx, tx) = channel.split();
     (
         ChannelSource(rx),
@@ -88,7 +88,7 @@ impl Sink for ChannelSink {
 /// disconnects, a leak per session that a soak run shows (see BENCHMARKS.md). OpenSSH closes
 /// the channel once both directions have seen EOF, which is at once for a service that closes
 /// on EOF.
-pub async fn finish((mut rx, mut tx): (ChannelSource, ChannelSink)) {
+pub(crate) async fn finish((mut rx, mut tx): (ChannelSource, ChannelSink)) {
     let _ = tokio::time::timeout(SHORT_WAIT, tx.finish()).await;
     let peer_closed = tokio::time::timeout(CLOSE_WAIT, async {
         while let Some(msg) = rx.0.wait().await {

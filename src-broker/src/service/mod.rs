@@ -5,8 +5,8 @@
 //! [`Context`], and hands both ends to the session core's [`Bridge`] once its handshake is done;
 //! a new service is a new variant here and a module beside `vnc`, not a change of the core.
 
-pub mod channel;
-pub mod vnc;
+pub(crate) mod channel;
+pub(crate) mod vnc;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,7 +23,7 @@ use crate::store::{AuditKind, Db, NewEvent, TenantId};
 
 /// What the broker does on a viewer's connection to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
+pub(crate) enum Service {
     /// The service's bytes as they are (`raw_ws_url`, and services the broker does not speak).
     Raw,
     /// RFB with the security handshake done by the broker.
@@ -33,7 +33,7 @@ pub enum Service {
 impl Service {
     /// The adapter for a session's service on an endpoint (`raw` asks for the bytes as they
     /// are, whatever the service).
-    pub fn of(name: &ServiceName, raw: bool) -> Self {
+    pub(crate) fn of(name: &ServiceName, raw: bool) -> Self {
         match name.kind() {
             _ if raw => Self::Raw,
             Some(ServiceKind::Vnc) => Self::Vnc,
@@ -44,13 +44,13 @@ impl Service {
 
 /// Whether a recorded session of this service can only be recorded replayably on its viewer
 /// endpoint (its raw stream would escape the recording's form).
-pub fn replayable(name: &ServiceName) -> bool {
+pub(crate) fn replayable(name: &ServiceName) -> bool {
     name.kind() == Some(ServiceKind::Vnc)
 }
 
 /// What an adapter may know of the session and do for it.
 #[derive(Debug, Clone)]
-pub struct Context {
+pub(crate) struct Context {
     pub db: Db,
     pub tasks: TaskTracker,
     pub tenant_id: TenantId,
@@ -66,12 +66,12 @@ pub struct Context {
 
 impl Context {
     /// Bridge options with the session's limits and nothing else.
-    pub fn plain(&self) -> Options {
+    pub(crate) fn plain(&self) -> Options {
         Options::plain(self.bridge.0, self.bridge.1)
     }
 
     /// Audits something that happened on this connection.
-    pub fn audit(&self, kind: AuditKind, detail: String) {
+    pub(crate) fn audit(&self, kind: AuditKind, detail: String) {
         let mut ev = NewEvent::new(kind, detail);
         ev.tenant_id = Some(self.tenant_id);
         ev.agent = Some(self.agent.to_string());
@@ -84,11 +84,11 @@ impl Context {
 
 /// A finished connection: both ends back with why, or `None` when the broker went away with
 /// them.
-pub type Done<VR, VT, AR, AT> = Option<((VR, VT), (AR, AT), Closure)>;
+pub(crate) type Done<VR, VT, AR, AT> = Option<((VR, VT), (AR, AT), Closure)>;
 
 /// The session core's side of a connection: records it and runs the bridge (on the agent
 /// connection's data thread) once the adapter is done.
-pub trait Bridge: Send {
+pub(crate) trait Bridge: Send {
     /// Bridges `viewer` and `agent` until the connection ends; gives both ends back with why,
     /// or `None` when the broker went away with them.
     fn run<VR, VT, AR, AT>(
@@ -108,7 +108,7 @@ pub trait Bridge: Send {
 impl Service {
     /// Serves one viewer connection over `channel`: the adapter's handshake, then the bridge.
     /// `None` when the broker went away with the viewer's end.
-    pub async fn serve<VR, VT>(
+    pub(crate) async fn serve<VR, VT>(
         self,
         cx: &Context,
         channel: AgentChannel,

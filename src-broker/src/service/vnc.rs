@@ -17,7 +17,7 @@ use crate::ends::{EndError, Fed, Filter, FilterError, Frame, Sink, Source};
 use crate::store::AuditKind;
 
 /// Each side's handshake must finish within this.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How a handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,7 +70,7 @@ impl Filter for Framed {
 /// Runs both handshakes; returns the bridge's options (the bytes each side sent past its
 /// handshake, the viewer's filter). A failure is audited (`vnc_failed`) and says how the
 /// viewer's connection closes.
-pub async fn handshake<AR, AT, VR, VT>(
+pub(crate) async fn handshake<AR, AT, VR, VT>(
     cx: &Context,
     agent: &mut (AR, AT),
     viewer: &mut (VR, VT),

@@ -42,7 +42,7 @@ impl Actor {
 
 /// Where a legacy session's agent forward is, once the agent has connected.
 #[derive(Clone)]
-pub struct LegacyLink {
+pub(crate) struct LegacyLink {
     pub conn: Arc<AgentConn>,
     pub address: String,
     pub port: u32,

@@ -35,10 +35,10 @@ use crate::registry::Registry;
 use crate::store::{AuditKind, Db, NewEvent, TenantId, now_ms};
 use crate::throttle::Guard;
 
-pub use create::{CreateError, Created, NewSession, Tokens};
-pub use join::{Endpoint, Joined};
-pub use live::{Actor, LegacyLink, LiveSession};
-pub use table::{AdmitError, NoLegacyPort, Table, TokenKind};
+pub(crate) use create::{CreateError, NewSession, Tokens};
+pub(crate) use join::Endpoint;
+pub(crate) use live::{Actor, LegacyLink, LiveSession};
+pub(crate) use table::Table;
 
 /// How long an end waits for the session's connections to let go.
 const IDLE_WAIT: Duration = Duration::from_secs(2);

@@ -29,7 +29,7 @@ use crate::shards::Shards;
 use crate::store::{AuditKind, Db, NewEvent};
 
 /// What the agents' listener needs.
-pub struct Server {
+pub(crate) struct Server {
     pub config: Arc<Config>,
     pub db: Db,
     pub registry: Arc<Registry>,
@@ -55,7 +55,7 @@ impl Server {
         clippy::too_many_arguments,
         reason = "each part is shared with another listener"
     )]
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<Config>,
         db: Db,
         registry: Arc<Registry>,
@@ -88,7 +88,7 @@ impl Server {
 }
 
 /// The russh server configuration derived from ours.
-pub fn ssh_config(state: &Server) -> Arc<SshConfig> {
+pub(crate) fn ssh_config(state: &Server) -> Arc<SshConfig> {
     let c = &state.config;
     Arc::new(SshConfig {
         server_id: russh::SshId::Standard(
@@ -125,7 +125,7 @@ pub fn ssh_config(state: &Server) -> Arc<SshConfig> {
 }
 
 /// Accepts agents until `state.shutdown` is cancelled. One failed accept never ends the loop.
-pub async fn run(listener: TcpListener, state: Arc<Server>) {
+pub(crate) async fn run(listener: TcpListener, state: Arc<Server>) {
     let config = ssh_config(&state);
     let slots = Arc::new(Semaphore::new(state.config.max_agent_connections));
     let mut acceptor = crate::accept::Acceptor::new(listener, "ssh");

@@ -56,7 +56,7 @@ fn record(row: (TenantId, String, String, String, bool, i64)) -> anyhow::Result<
 }
 
 /// Parses an OpenSSH public key line; returns (canonical line without comment, SHA256 fingerprint).
-pub fn parse_public_key(text: &str) -> Result<(String, String), Invalid> {
+pub(super) fn parse_public_key(text: &str) -> Result<(String, String), Invalid> {
     let key = PublicKey::from_openssh(text.trim())
         .map_err(|e| Invalid(format!("public_key is not an OpenSSH public key: {e}")))?;
     let mut key = key;
