@@ -71,7 +71,7 @@ async fn every_connection_of_a_recorded_session_is_recorded_and_replays_what_it_
         .api(
             Method::GET,
             &format!("/api/v1/recordings/{}/segments", created.id),
-            None,
+            Some(broker.admin_key()),
             None,
         )
         .await?;
@@ -150,7 +150,7 @@ async fn a_tenant_can_make_recording_mandatory_and_the_audit_names_the_key() -> 
         .api(
             Method::PATCH,
             "/api/v1/tenant",
-            None,
+            Some(broker.admin_key()),
             Some(&json!({ "recording_required": true })),
         )
         .await?;

@@ -55,8 +55,13 @@ fn classify(e: axum::Error) -> EndError {
     let Ok(ws) = inner.downcast::<tungstenite::Error>() else {
         return EndError::Closed;
     };
+    use tungstenite::error::ProtocolError as P;
     match *ws {
         tungstenite::Error::Capacity(_) => EndError::TooBig,
+        // A viewer that went away without a close frame is gone, not wrong.
+        tungstenite::Error::Protocol(
+            P::ResetWithoutClosingHandshake | P::SendAfterClosing | P::ReceivedAfterClosing,
+        ) => EndError::Closed,
         tungstenite::Error::Protocol(p) => EndError::Protocol(p.to_string()),
         tungstenite::Error::Utf8(_) => EndError::Protocol("a text frame that is not UTF-8".into()),
         tungstenite::Error::Io(io) => EndError::from_io(io),

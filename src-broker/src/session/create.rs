@@ -94,7 +94,8 @@ impl Core {
         }
     }
 
-    /// Audits a refused request and returns its error.
+    /// Audits a refused request (naming the operator it was made for, and the key) and
+    /// returns its error.
     fn refused(&self, req: &NewSession, by: &Actor, error: CreateError) -> CreateError {
         let mut ev = crate::store::NewEvent::new(
             AuditKind::RequestRefused,
@@ -102,7 +103,7 @@ impl Core {
         );
         ev.tenant_id = Some(req.tenant_id);
         ev.agent = Some(req.agent.to_string());
-        ev.operator = Some(by.name.clone());
+        ev.operator = Some(req.operator.trim().to_owned());
         ev.api_key.clone_from(&by.api_key);
         self.db.audit(ev);
         error
