@@ -235,6 +235,9 @@ pub struct TenantInfo {
     /// Record what operators type in `ssh` terminals (off by default: input holds passwords).
     #[serde(default)]
     pub record_terminal_input: bool,
+    /// Every session of the tenant is recorded: `"record": false` is refused (403).
+    #[serde(default)]
+    pub recording_required: bool,
 }
 
 /// What to do when a recording cannot be written.
@@ -264,6 +267,8 @@ pub struct PatchTenant {
     pub ssh_username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_terminal_input: Option<bool>,
+    #[serde(default)]
+    pub recording_required: Option<bool>,
 }
 
 /// One row of `GET /api/v1/audit`: a security or session event.
@@ -279,6 +284,10 @@ pub struct AuditEvent {
     pub session: Option<String>,
     pub operator: Option<String>,
     pub peer_addr: Option<String>,
+    /// The id of the API key that made the call (events of API calls), next to the operator
+    /// the console named.
+    #[serde(default)]
+    pub api_key: Option<String>,
     pub detail: String,
 }
 
@@ -303,7 +312,7 @@ pub struct TerminalSearchHit {
     pub operator: String,
     /// RFC 3339.
     pub started_at: Option<String>,
-    /// The replay page, opening at the first match (`/replay/{id}#t=SECONDS`).
+    /// The replay page, opening at the first match (`/replay/{id}#connection=N&t=SECONDS`).
     pub replay_url: String,
     pub matches: Vec<TerminalSearchLine>,
 }
@@ -311,11 +320,30 @@ pub struct TerminalSearchHit {
 /// A matching line of a terminal transcript.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TerminalSearchLine {
-    /// Seconds since the recording started.
+    /// The connection it was typed or shown in (its recording segment, from 1).
+    #[serde(default = "first_segment")]
+    pub segment: u32,
+    /// Seconds since that connection's recording started.
     pub t: f64,
     /// `true` for a typed line (recorded input), `false` for output.
     pub input: bool,
     pub text: String,
+}
+
+fn first_segment() -> u32 {
+    1
+}
+
+/// One recorded connection of a session (`GET /api/v1/recordings/{id}/segments`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingSegment {
+    /// From 1, in the order the connections were bridged.
+    pub segment: u32,
+    /// RFC 3339, from the file's header (none when the header is unreadable).
+    pub started_at: Option<String>,
+    pub content: Option<crate::recording::Content>,
+    /// The file's size.
+    pub bytes: u64,
 }
 
 /// Every error body: `{"error": {"code": "...", "message": "..."}}`.

@@ -88,6 +88,25 @@ pub struct Config {
     pub auth_failure_window: Duration,
     /// How long a locked-out address is refused, even with valid credentials.
     pub auth_lockout: Duration,
+    /// A viewer that takes nothing for this long while its session's buffer is full ends the
+    /// session (`viewer_too_slow`); a slower one only slows the transfer down.
+    pub viewer_stall: Duration,
+    /// Per-tenant caps.
+    pub quotas: Quotas,
+}
+
+/// Caps that keep one tenant from taking the broker; the defaults are far above what a large
+/// tenant uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quotas {
+    /// Live sessions of a tenant.
+    pub sessions_per_tenant: usize,
+    /// Sessions of a tenant that nobody joined yet (legacy ones included).
+    pub pending_sessions_per_tenant: usize,
+    /// Connections open at once to one session (a launch token may reconnect, not flood).
+    pub connections_per_session: usize,
+    /// Agents registered in a tenant.
+    pub agents_per_tenant: usize,
 }
 
 impl Config {
@@ -147,6 +166,11 @@ pub struct FileConfig {
     pub auth_failure_limit: Option<u32>,
     pub auth_failure_window_secs: Option<u64>,
     pub auth_lockout_secs: Option<u64>,
+    pub viewer_stall_secs: Option<u64>,
+    pub max_sessions_per_tenant: Option<usize>,
+    pub max_pending_sessions_per_tenant: Option<usize>,
+    pub max_connections_per_session: Option<usize>,
+    pub max_agents_per_tenant: Option<usize>,
 }
 
 macro_rules! overlay {
@@ -197,7 +221,12 @@ impl FileConfig {
             http_request_timeout_secs,
             auth_failure_limit,
             auth_failure_window_secs,
-            auth_lockout_secs
+            auth_lockout_secs,
+            viewer_stall_secs,
+            max_sessions_per_tenant,
+            max_pending_sessions_per_tenant,
+            max_connections_per_session,
+            max_agents_per_tenant
         );
         self
     }
@@ -264,6 +293,13 @@ impl FileConfig {
             auth_failure_limit: self.auth_failure_limit.unwrap_or(20),
             auth_failure_window: secs(self.auth_failure_window_secs, 60),
             auth_lockout: secs(self.auth_lockout_secs, 60),
+            viewer_stall: secs(self.viewer_stall_secs, 30),
+            quotas: Quotas {
+                sessions_per_tenant: self.max_sessions_per_tenant.unwrap_or(10_000),
+                pending_sessions_per_tenant: self.max_pending_sessions_per_tenant.unwrap_or(2_000),
+                connections_per_session: self.max_connections_per_session.unwrap_or(32),
+                agents_per_tenant: self.max_agents_per_tenant.unwrap_or(200_000),
+            },
             data_dir,
         };
         if config.token_ttl.is_zero() || config.keepalive_interval.is_zero() {
@@ -286,6 +322,15 @@ impl FileConfig {
             && (config.auth_failure_window.is_zero() || config.auth_lockout.is_zero())
         {
             bail!("auth_failure_window_secs and auth_lockout_secs must be at least 1");
+        }
+        let q = &config.quotas;
+        if config.viewer_stall.is_zero()
+            || q.sessions_per_tenant == 0
+            || q.pending_sessions_per_tenant == 0
+            || q.connections_per_session == 0
+            || q.agents_per_tenant == 0
+        {
+            bail!("viewer_stall_secs and the max_* quotas must be at least 1");
         }
         if config.default_session_ttl > config.max_session_ttl {
             bail!("default_session_ttl_secs exceeds max_session_ttl_secs");

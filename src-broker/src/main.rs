@@ -333,12 +333,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             public_key,
             force,
         }) => {
-            use passerelle::export::{Output, export, parse_times};
+            use passerelle::recording::export::{Output, export, parse_times};
             if text.is_some() || asciicast.is_some() {
                 let public = recording_key(&cli, public_key.as_deref())?;
                 let bytes =
                     std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-                let done = passerelle::service::ssh::export::export(
+                let done = passerelle::recording::terminal::export(
                     &bytes,
                     &public,
                     *force,
@@ -421,7 +421,7 @@ fn recording_key(cli: &Cli, public_key: Option<&str>) -> anyhow::Result<String> 
     let config = file_config(cli)?.into_config()?;
     if !config
         .data_dir
-        .join(passerelle::recorder::KEY_FILE)
+        .join(passerelle::recording::KEY_FILE)
         .exists()
     {
         anyhow::bail!(
@@ -429,7 +429,7 @@ fn recording_key(cli: &Cli, public_key: Option<&str>) -> anyhow::Result<String> 
             config.data_dir.display()
         );
     }
-    Ok(passerelle::recorder::SigningKey::load_or_create(&config.data_dir)?.public_hex())
+    Ok(passerelle::recording::SigningKey::load_or_create(&config.data_dir)?.public_hex())
 }
 
 fn verify_recording(
@@ -437,12 +437,10 @@ fn verify_recording(
     file: &std::path::Path,
     public_key: Option<&str>,
 ) -> anyhow::Result<()> {
-    use passerelle_proto::recording::{Verdict, verify};
+    use passerelle_proto::recording::Verdict;
     let public = recording_key(cli, public_key)?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    match verify(&bytes, |m, s| {
-        passerelle::recorder::check_signature(&public, m, s)
-    }) {
+    match passerelle::recording::verify_file(&bytes, &public) {
         Verdict::Intact {
             header,
             summary,

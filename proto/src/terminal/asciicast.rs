@@ -119,6 +119,7 @@ pub(crate) mod tests {
             started_at: "2026-12-01T00:00:00.000Z".into(),
             content: Content::Terminal,
             signer: "00".into(),
+            segment: 1,
         };
         let (mut w, mut out) = Writer::start(&header);
         for (kind, t, data) in frames {

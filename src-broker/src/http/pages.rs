@@ -2,11 +2,11 @@
 //! session), `/replay/{id}`, `/console`, and their static files, embedded in the binary at
 //! build time.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State as AxState};
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+
+use crate::store::Db;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/assets.rs"));
@@ -63,10 +63,9 @@ fn page(name: &str) -> Response {
 }
 
 /// Whether the session is an `ssh` one (its pages are the terminal's).
-fn is_terminal(state: &crate::broker::State, id: &str) -> bool {
-    state
-        .store
-        .session_service(id)
+async fn is_terminal(db: &Db, id: String) -> bool {
+    db.run(move |s| s.session_service(&id))
+        .await
         .is_ok_and(|s| s.as_deref() == Some("ssh"))
 }
 
@@ -81,11 +80,8 @@ fn terminal_page(name: &str) -> Response {
     page(name)
 }
 
-pub async fn view(
-    AxState(state): AxState<Arc<crate::broker::State>>,
-    Path(id): Path<String>,
-) -> Response {
-    if is_terminal(&state, &id) {
+pub(super) async fn view(State(db): State<Db>, Path(id): Path<String>) -> Response {
+    if is_terminal(&db, id).await {
         return terminal_page("terminal.html");
     }
     if !embedded::HAS_NOVNC {
@@ -98,11 +94,8 @@ pub async fn view(
     page("viewer.html")
 }
 
-pub async fn replay(
-    AxState(state): AxState<Arc<crate::broker::State>>,
-    Path(id): Path<String>,
-) -> Response {
-    if is_terminal(&state, &id) {
+pub(super) async fn replay(State(db): State<Db>, Path(id): Path<String>) -> Response {
+    if is_terminal(&db, id).await {
         return terminal_page("terminal-replay.html");
     }
     if !embedded::HAS_NOVNC {
@@ -115,15 +108,15 @@ pub async fn replay(
     page("replay.html")
 }
 
-pub async fn console() -> Response {
+pub(super) async fn console() -> Response {
     page("console.html")
 }
 
-pub async fn root() -> Redirect {
+pub(super) async fn root() -> Redirect {
     Redirect::to("/console")
 }
 
-pub async fn static_file(Path(path): Path<String>) -> Response {
+pub(super) async fn static_file(Path(path): Path<String>) -> Response {
     match asset(&path) {
         Some(bytes) => respond(&path, bytes),
         None => (StatusCode::NOT_FOUND, "not found").into_response(),

@@ -3,41 +3,41 @@
 //! the caller's tenant only.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 use passerelle_proto::api::{Role, TerminalSearch, TerminalSearchHit, TerminalSearchLine};
 use passerelle_proto::ids::AgentId;
-use passerelle_proto::recording::{Verdict, verify};
+use passerelle_proto::recording::Verdict;
 use passerelle_proto::terminal::asciicast::{self, CastError};
 use serde::Deserialize;
 
-use super::ApiError;
-use super::api::{ApiResult, event, session_of};
+use super::api::{ApiResult, SegmentQuery, session_of};
 use super::auth::Caller;
-use crate::broker::State;
-use crate::store::{AuditKind, MAX_QUERY, parse_rfc3339};
+use super::{ApiError, App};
+use crate::store::{AuditKind, Db, MAX_QUERY, parse_rfc3339};
+
+const READERS: &[Role] = &[Role::Admin, Role::Auditor];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SearchQuery {
+pub(super) struct SearchQuery {
     q: String,
     limit: Option<u32>,
 }
 
 /// `GET /api/v1/audit/search?q=TEXT[&limit=N]`: the caller's terminal sessions whose
-/// transcript holds TEXT (any substring; ASCII letters in any case), with the matching lines and
-/// their times. Auditor and admin keys; audited, without the text searched.
-pub async fn search(
+/// transcript holds TEXT (any substring; ASCII letters in any case), with the matching lines,
+/// their connection and time. Auditor and admin keys; audited, without the text searched.
+pub(super) async fn search(
     caller: Caller,
-    AxState(state): AxState<Arc<State>>,
+    State(app): State<App>,
     query: Result<Query<SearchQuery>, QueryRejection>,
 ) -> ApiResult<Json<TerminalSearch>> {
-    caller.require(&[Role::Admin, Role::Auditor])?;
+    caller.require(READERS)?;
     let Query(q) = query?;
     if q.q.is_empty() || q.q.len() > MAX_QUERY || q.q.chars().any(char::is_control) {
         return Err(ApiError::bad_request(format!(
@@ -45,13 +45,18 @@ pub async fn search(
         )));
     }
     let limit = q.limit.unwrap_or(200).clamp(1, 1000);
-    let matches = state.store.search_terminal(caller.tenant_id, &q.q, limit)?;
+    let tenant_id = caller.tenant_id;
+    let matches = app
+        .db
+        .run(move |s| s.search_terminal(tenant_id, &q.q, limit))
+        .await?;
     let mut by_session: BTreeMap<String, Vec<TerminalSearchLine>> = BTreeMap::new();
     for m in matches {
         by_session
             .entry(m.session)
             .or_default()
             .push(TerminalSearchLine {
+                segment: m.segment,
                 t: m.time_us as f64 / 1e6,
                 input: m.input,
                 text: m.text,
@@ -59,15 +64,18 @@ pub async fn search(
     }
     let mut sessions = Vec::with_capacity(by_session.len());
     for (id, matches) in by_session {
-        let Ok(info) = session_of(&state, &caller, &id) else {
+        let Ok(info) = session_of(&app.db, &caller, &id).await else {
             continue;
         };
-        // The first match's time, rounded up to the millisecond: the replay opens showing it.
-        let first = matches
+        // The first match, its time rounded up to the millisecond: the replay opens showing it.
+        let (segment, first) = matches
             .first()
-            .map_or(0.0, |m| (m.t * 1000.0).ceil() / 1000.0);
+            .map_or((1, 0.0), |m| (m.segment, (m.t * 1000.0).ceil() / 1000.0));
         sessions.push(TerminalSearchHit {
-            replay_url: format!("{}/replay/{id}#t={first:.3}", state.base_url),
+            replay_url: format!(
+                "{}/replay/{id}#connection={segment}&t={first:.3}",
+                app.urls.base
+            ),
             session: id,
             agent: info.agent,
             operator: info.operator,
@@ -80,39 +88,46 @@ pub async fn search(
         "terminal transcripts searched: {} sessions matched",
         sessions.len()
     );
-    state
-        .store
-        .audit(event(AuditKind::RecordingViewed, &caller, detail));
+    app.db
+        .audit(caller.event(AuditKind::RecordingViewed, detail));
     Ok(Json(TerminalSearch { sessions }))
 }
 
-/// `GET /api/v1/recordings/{id}/asciicast`: a terminal recording as asciicast v2, once its
-/// hash chain and signatures check. Auditor and admin keys; audited (`recording_viewed`).
-pub async fn asciicast(
+/// `GET /api/v1/recordings/{id}/asciicast[?segment=N]`: a terminal recording (the session's
+/// first connection unless `segment` says which) as asciicast v2, once its hash chain and
+/// signatures check. Auditor and admin keys; audited (`recording_viewed`).
+pub(super) async fn asciicast(
     caller: Caller,
-    AxState(state): AxState<Arc<State>>,
+    State(app): State<App>,
     Path(id): Path<String>,
+    query: Result<Query<SegmentQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    caller.require(&[Role::Admin, Role::Auditor])?;
-    let session = session_of(&state, &caller, &id)?;
-    let path =
-        crate::recorder::path_for(&state.config.recordings_dir, caller.tenant_id, &session.id);
-    let key = state.recording_key.public_hex();
-    let timestamp = session
-        .started_at
-        .as_deref()
-        .and_then(parse_rfc3339)
-        .map(|ms| ms / 1000);
+    caller.require(READERS)?;
+    let Query(q) = query?;
+    let session = session_of(&app.db, &caller, &id).await?;
+    let segment = q.segment.unwrap_or(1);
+    let path = crate::recording::path_for(
+        &app.config.recordings_dir,
+        caller.tenant_id,
+        &session.id,
+        segment,
+    );
+    let key = app.recording_key.public_hex();
     let made = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<_>> {
         let file = match std::fs::read(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(anyhow::Error::from(e).context("reading a recording")),
         };
-        let verdict = verify(&file, |m, s| crate::recorder::check_signature(&key, m, s));
-        if let Verdict::Tampered(damage) = verdict {
+        if let Verdict::Tampered(damage) = crate::recording::verify_file(&file, &key) {
             return Ok(Some(Err(CastError::Damaged(damage))));
         }
+        // The connection's own start, from its header (a reconnect starts later than the
+        // session).
+        let timestamp = passerelle_proto::recording::read_header(&file)
+            .ok()
+            .and_then(|(h, _, _)| parse_rfc3339(&h.started_at))
+            .map(|ms| ms / 1000);
         Ok(Some(asciicast::from_recording(&file, timestamp)))
     })
     .await
@@ -134,14 +149,13 @@ pub async fn asciicast(
             ));
         }
     };
-    let mut ev = event(
+    let mut ev = caller.event(
         AuditKind::RecordingViewed,
-        &caller,
-        "terminal recording replayed (asciicast)".into(),
+        format!("terminal recording replayed (asciicast, segment {segment})"),
     );
     ev.session = Some(session.id.clone());
     ev.agent = Some(session.agent.to_string());
-    state.store.audit(ev);
+    app.db.audit(ev);
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-asciicast"),
@@ -155,29 +169,37 @@ pub async fn asciicast(
 /// `DELETE /api/v1/agents/{id}/ssh-host-key`: forgets the workstation's pinned SSH host key,
 /// so that the next terminal pins the one it finds (after a reinstall). Admin; audited. 204, or
 /// 404 when nothing is pinned.
-pub async fn reset_host_key(
+pub(super) async fn reset_host_key(
     caller: Caller,
-    AxState(state): AxState<Arc<State>>,
+    State(db): State<Db>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     caller.require(&[Role::Admin])?;
     let agent = AgentId::new(&id).map_err(|_| ApiError::not_found("agent"))?;
-    if state.store.agent(caller.tenant_id, &agent)?.is_none() {
-        return Err(ApiError::not_found("agent"));
-    }
-    let before = state.store.agent_ssh(caller.tenant_id, &agent)?;
-    if !state.store.reset_ssh_host_key(caller.tenant_id, &agent)? {
-        return Err(ApiError::not_found("ssh host key"));
-    }
-    let mut ev = event(
+    let (tenant_id, a) = (caller.tenant_id, agent.clone());
+    let reset = db
+        .run(move |s| {
+            if s.agent(tenant_id, &a)?.is_none() {
+                return Ok(None);
+            }
+            let before = s.agent_ssh(tenant_id, &a)?;
+            let reset = s.reset_ssh_host_key(tenant_id, &a)?;
+            Ok(Some((before, reset)))
+        })
+        .await?;
+    let before = match reset {
+        None => return Err(ApiError::not_found("agent")),
+        Some((_, false)) => return Err(ApiError::not_found("ssh host key")),
+        Some((before, true)) => before,
+    };
+    let mut ev = caller.event(
         AuditKind::SshHostKeyReset,
-        &caller,
         format!(
             "pinned SSH host key {} forgotten",
             before.host_key_fingerprint().unwrap_or_default()
         ),
     );
     ev.agent = Some(agent.to_string());
-    state.store.audit(ev);
+    db.audit(ev);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -14,17 +14,16 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 use tokio::sync::oneshot;
 
-use super::Killer;
-use crate::broker::State;
+use super::{Killer, Server};
 use crate::registry::{AgentConn, AgentLink};
-use crate::sessions::LegacyLink;
+use crate::session::LegacyLink;
 use crate::store::{AgentRecord, AuditKind, NewEvent};
 
 /// Placeholder ports told to agents for named services start here.
 const PLACEHOLDER_PORT_BASE: u32 = 10_000;
 
 pub(super) struct AgentHandler {
-    state: Arc<State>,
+    state: Arc<Server>,
     peer: SocketAddr,
     killer: Arc<Killer>,
     authed: Option<oneshot::Sender<Arc<AgentConn>>>,
@@ -45,7 +44,8 @@ impl AgentLink for SshLink {
         address: String,
         port: u32,
         originator: SocketAddr,
-    ) -> futures_util::future::BoxFuture<'static, anyhow::Result<crate::bridge::AgentStream>> {
+    ) -> futures_util::future::BoxFuture<'static, anyhow::Result<crate::registry::AgentChannel>>
+    {
         let handle = self.handle.clone();
         async move {
             let channel = handle
@@ -76,7 +76,7 @@ impl AgentLink for SshLink {
 
 impl AgentHandler {
     pub(super) fn new(
-        state: Arc<State>,
+        state: Arc<Server>,
         peer: SocketAddr,
         killer: Arc<Killer>,
         authed: oneshot::Sender<Arc<AgentConn>>,
@@ -109,7 +109,7 @@ impl AgentHandler {
         tracing::info!(refused = %what, "refused agent request");
         let text = format!("passerelle: refused: {what}");
         self.state
-            .store
+            .db
             .audit(self.event(AuditKind::RequestRefused, what));
         text
     }
@@ -123,18 +123,23 @@ impl AgentHandler {
 
     /// Audits a refused key in the tenant of the agent it claimed to be (or of the agent the key
     /// belongs to), so that each tenant sees attempts on its own agents.
-    fn auth_failed(&mut self, user: &str, fingerprint: &str) {
+    async fn auth_failed(&mut self, user: &str, fingerprint: &str) {
         self.state
             .metrics
             .auth_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let user: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
-        let owner = self
+        let (who, fp) = (user.clone(), fingerprint.to_owned());
+        let found = self
             .state
-            .store
-            .agent_for_fingerprint(fingerprint)
-            .ok()
-            .flatten();
+            .db
+            .run(move |s| {
+                let owner = s.agent_for_fingerprint(&fp).ok().flatten();
+                let tenants = s.tenants_with_agent(&who).unwrap_or_default();
+                Ok((owner, tenants))
+            })
+            .await;
+        let (owner, mut tenants) = found.unwrap_or_default();
         let detail = match &owner {
             Some(o) => format!(
                 "key {fingerprint} belongs to agent {} but was offered for {user}",
@@ -143,11 +148,6 @@ impl AgentHandler {
             None => format!("key {fingerprint} is not registered for {user}"),
         };
         tracing::info!(%user, %detail, "agent authentication failed");
-        let mut tenants = self
-            .state
-            .store
-            .tenants_with_agent(&user)
-            .unwrap_or_default();
         if let Some(o) = &owner
             && !tenants.contains(&o.tenant_id)
         {
@@ -162,13 +162,19 @@ impl AgentHandler {
             let mut ev = self.event(AuditKind::AuthFailed, detail.clone());
             ev.agent = Some(user.clone());
             ev.tenant_id = tenant_id;
-            self.state.store.audit(ev);
+            self.state.db.audit(ev);
         }
     }
 
-    fn lookup(&self, user: &str, key: &russh::keys::PublicKey) -> Option<AgentRecord> {
+    async fn lookup(&self, user: &str, key: &russh::keys::PublicKey) -> Option<AgentRecord> {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        match self.state.store.agent_for_key(user, &fingerprint) {
+        let user = user.to_owned();
+        let found = self
+            .state
+            .db
+            .run(move |s| s.agent_for_key(&user, &fingerprint))
+            .await;
+        match found {
             Ok(found) => found,
             Err(e) => {
                 tracing::error!(error = %e, "agent lookup failed");
@@ -186,13 +192,14 @@ impl Handler for AgentHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.lookup(user, offer.public_key).is_some() {
+        if self.lookup(user, offer.public_key).await.is_some() {
             return Ok(Auth::Accept);
         }
         self.auth_failed(
             user,
             &offer.public_key.fingerprint(HashAlg::Sha256).to_string(),
-        );
+        )
+        .await;
         Ok(Auth::reject())
     }
 
@@ -201,7 +208,7 @@ impl Handler for AgentHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match self.lookup(user, key.public_key) {
+        match self.lookup(user, key.public_key).await {
             Some(record) => {
                 self.record = Some(record);
                 Ok(Auth::Accept)
@@ -210,7 +217,8 @@ impl Handler for AgentHandler {
                 self.auth_failed(
                     user,
                     &key.public_key.fingerprint(HashAlg::Sha256).to_string(),
-                );
+                )
+                .await;
                 Ok(Auth::reject())
             }
         }
@@ -239,7 +247,7 @@ impl Handler for AgentHandler {
             .agent_connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.state
-            .store
+            .db
             .audit(self.event(AuditKind::AgentConnected, "authenticated".into()));
         tracing::info!(agent = %record.id, "agent connected");
         self.conn = Some(conn.clone());
@@ -278,17 +286,17 @@ impl Handler for AgentHandler {
         } else {
             match self
                 .state
-                .sessions
+                .core
+                .table()
                 .legacy_claim(*port, conn.tenant_id, &conn.agent)
             {
                 Ok(live) => {
                     self.forwards += 1;
-                    let link = LegacyLink {
+                    live.legacy_attach(LegacyLink {
                         conn: conn.clone(),
                         address: address.to_owned(),
                         port: *port,
-                    };
-                    self.state.sessions.legacy_attach(&live, link);
+                    });
                     return Ok(true);
                 }
                 Err(why) => why,

@@ -21,12 +21,74 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument as _;
 
-use crate::broker::State;
-use crate::registry::AgentConn;
-use crate::store::{AuditKind, NewEvent};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::{AgentConn, Registry};
+use crate::session::Core;
+use crate::shards::Shards;
+use crate::store::{AuditKind, Db, NewEvent};
+
+/// What the agents' listener needs.
+pub(crate) struct Server {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    /// The legacy flow matches forwards to pending sessions.
+    pub core: Arc<Core>,
+    pub metrics: Arc<Metrics>,
+    pub host_key: russh::keys::PrivateKey,
+    pub tasks: tokio_util::task::TaskTracker,
+    pub shutdown: CancellationToken,
+    /// Where agent connections run.
+    pub shards: Arc<Shards>,
+    next_conn_id: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each part is shared with another listener"
+    )]
+    pub(crate) fn new(
+        config: Arc<Config>,
+        db: Db,
+        registry: Arc<Registry>,
+        core: Arc<Core>,
+        metrics: Arc<Metrics>,
+        host_key: russh::keys::PrivateKey,
+        tasks: tokio_util::task::TaskTracker,
+        shutdown: CancellationToken,
+        shards: Arc<Shards>,
+    ) -> Self {
+        Self {
+            config,
+            db,
+            registry,
+            core,
+            metrics,
+            host_key,
+            tasks,
+            shutdown,
+            shards,
+            next_conn_id: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh connection id.
+    fn next_conn_id(&self) -> u64 {
+        self.next_conn_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// The russh server configuration derived from ours.
-pub fn ssh_config(state: &State) -> Arc<SshConfig> {
+pub(crate) fn ssh_config(state: &Server) -> Arc<SshConfig> {
     let c = &state.config;
     Arc::new(SshConfig {
         server_id: russh::SshId::Standard(
@@ -63,7 +125,7 @@ pub fn ssh_config(state: &State) -> Arc<SshConfig> {
 }
 
 /// Accepts agents until `state.shutdown` is cancelled. One failed accept never ends the loop.
-pub async fn run(listener: TcpListener, state: Arc<State>) {
+pub(crate) async fn run(listener: TcpListener, state: Arc<Server>) {
     let config = ssh_config(&state);
     let slots = Arc::new(Semaphore::new(state.config.max_agent_connections));
     let mut acceptor = crate::accept::Acceptor::new(listener, "ssh");
@@ -159,7 +221,7 @@ impl AsyncWrite for KillableStream {
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, config: Arc<SshConfig>, state: Arc<State>) {
+async fn serve(stream: TcpStream, peer: SocketAddr, config: Arc<SshConfig>, state: Arc<Server>) {
     let _ = stream.set_nodelay(true);
     let token = CancellationToken::new();
     let stream = KillableStream {
@@ -222,7 +284,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, config: Arc<SshConfig>, stat
         ev.tenant_id = Some(conn.tenant_id);
         ev.agent = Some(conn.agent.to_string());
         ev.peer_addr = Some(peer.to_string());
-        state.store.audit(ev);
+        state.db.audit(ev);
     }
     match result {
         Some(Err(e)) => {

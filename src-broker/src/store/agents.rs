@@ -56,7 +56,7 @@ fn record(row: (TenantId, String, String, String, bool, i64)) -> anyhow::Result<
 }
 
 /// Parses an OpenSSH public key line; returns (canonical line without comment, SHA256 fingerprint).
-pub fn parse_public_key(text: &str) -> Result<(String, String), Invalid> {
+pub(super) fn parse_public_key(text: &str) -> Result<(String, String), Invalid> {
     let key = PublicKey::from_openssh(text.trim())
         .map_err(|e| Invalid(format!("public_key is not an OpenSSH public key: {e}")))?;
     let mut key = key;
@@ -183,6 +183,16 @@ impl Store {
             )?;
         }
         self.agent(tenant_id, id)
+    }
+
+    /// How many agents a tenant has.
+    pub fn agent_count(&self, tenant_id: TenantId) -> anyhow::Result<usize> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM agents WHERE tenant_id = ?1",
+            [tenant_id],
+            |r| r.get(0),
+        )?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Removes an agent; whether it existed.

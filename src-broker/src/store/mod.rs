@@ -7,6 +7,7 @@
 
 mod agents;
 mod audit;
+mod db;
 mod search;
 mod sessions;
 mod ssh;
@@ -25,6 +26,7 @@ pub mod agents_errors {
     pub use super::agents::{Conflict, Invalid};
 }
 pub use audit::{AuditFilter, AuditKind, NewEvent};
+pub use db::Db;
 pub use search::{MAX_QUERY, TextMatch};
 pub use ssh::{AgentSsh, TenantSsh, check_agent_ssh, check_username};
 
@@ -98,6 +100,11 @@ CREATE TABLE audit (
     detail TEXT NOT NULL
 );
 CREATE INDEX audit_by_tenant ON audit(tenant_id, at);
+"#,
+    // The API key behind each event of an API call; mandatory recording per tenant.
+    r#"
+ALTER TABLE audit ADD COLUMN api_key TEXT;
+ALTER TABLE tenants ADD COLUMN recording_required INTEGER NOT NULL DEFAULT 0;
 "#,
     ssh::MIGRATION,
     search::MIGRATION,
@@ -188,6 +195,14 @@ impl Store {
                 .collect::<Result<_, _>>()?
         };
         Ok(rows.join("; "))
+    }
+
+    /// Holds the store's lock for `d`, as a long write on a slow disk would: for tests of what
+    /// must never wait on the store.
+    #[doc(hidden)]
+    pub fn stall_for_tests(&self, d: std::time::Duration) {
+        let _conn = self.conn();
+        std::thread::sleep(d);
     }
 
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -299,13 +314,28 @@ impl Store {
 
     /// The tenant's settings as the API shows them.
     pub fn tenant_info(&self, id: TenantId) -> anyhow::Result<TenantInfo> {
-        let (name, has_pw, record, policy, days): (String, bool, bool, String, u32) =
-            self.conn().query_row(
-                "SELECT name, vnc_password IS NOT NULL, record_by_default, recording_policy,
-                        retention_days FROM tenants WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )?;
+        let (name, has_pw, record, policy, days, required): (
+            String,
+            bool,
+            bool,
+            String,
+            u32,
+            bool,
+        ) = self.conn().query_row(
+            "SELECT name, vnc_password IS NOT NULL, record_by_default, recording_policy,
+                    retention_days, recording_required FROM tenants WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?;
         let ssh = self.tenant_ssh(id)?;
         Ok(TenantInfo {
             name: TenantName::new(name)?,
@@ -320,6 +350,7 @@ impl Store {
                 RecordingPolicy::FailClosed
             },
             retention_days: days,
+            recording_required: required,
         })
     }
 
@@ -355,6 +386,12 @@ impl Store {
             conn.execute(
                 "UPDATE tenants SET recording_policy = ?1 WHERE id = ?2",
                 params![p, id],
+            )?;
+        }
+        if let Some(v) = patch.recording_required {
+            conn.execute(
+                "UPDATE tenants SET recording_required = ?1 WHERE id = ?2",
+                params![v, id],
             )?;
         }
         if let Some(d) = patch.retention_days {

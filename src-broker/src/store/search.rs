@@ -1,7 +1,8 @@
 //! The search index of terminal sessions: every line of a recorded terminal's transcript (output,
 //! and input when the tenant records it) with its time, in an SQLite FTS5 table with the trigram
 //! tokenizer, so that `LIKE '%text%'` (any substring, case-insensitive for ASCII) is answered
-//! from the index for three characters or more. Filled once per session, when it ends.
+//! from the index for three characters or more. Filled once per recorded connection (a
+//! recording segment), when it ends.
 
 use rusqlite::params;
 
@@ -13,6 +14,7 @@ CREATE VIRTUAL TABLE terminal_text USING fts5(
     text,
     tenant_id UNINDEXED,
     session_id UNINDEXED,
+    segment UNINDEXED,
     t_us UNINDEXED,
     input UNINDEXED,
     tokenize = 'trigram',
@@ -27,7 +29,9 @@ pub const MAX_QUERY: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TextMatch {
     pub session: String,
-    /// Microseconds since the recording started.
+    /// The connection (recording segment, from 1).
+    pub segment: u32,
+    /// Microseconds since the segment's recording started.
     pub time_us: i64,
     /// A typed line (recorded input), not output.
     pub input: bool,
@@ -48,29 +52,30 @@ fn like_pattern(q: &str) -> String {
 }
 
 impl Store {
-    /// Indexes a session's transcript lines `(time_us, input, text)`, replacing what an earlier
-    /// call indexed for it. Returns the number of lines.
+    /// Indexes the transcript lines `(time_us, input, text)` of a session's connection
+    /// `segment`, replacing what an earlier call indexed for it. Returns the number of lines.
     pub fn index_terminal<'a>(
         &self,
         tenant_id: TenantId,
         session: &str,
+        segment: u32,
         lines: impl IntoIterator<Item = (u64, bool, &'a str)>,
     ) -> anyhow::Result<usize> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "DELETE FROM terminal_text WHERE session_id = ?1",
-            params![session],
+            "DELETE FROM terminal_text WHERE session_id = ?1 AND segment = ?2",
+            params![session, segment],
         )?;
         let mut n = 0;
         {
             let mut insert = tx.prepare(
-                "INSERT INTO terminal_text (text, tenant_id, session_id, t_us, input)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO terminal_text (text, tenant_id, session_id, segment, t_us, input)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for (t, input, text) in lines {
                 let t = i64::try_from(t).unwrap_or(i64::MAX);
-                insert.execute(params![text, tenant_id, session, t, input])?;
+                insert.execute(params![text, tenant_id, session, segment, t, input])?;
                 n += 1;
             }
         }
@@ -78,15 +83,17 @@ impl Store {
         Ok(n)
     }
 
-    /// Forgets a session's transcript (its recording was deleted); the lines removed.
-    pub fn unindex_terminal(&self, session: &str) -> anyhow::Result<usize> {
+    /// Forgets the transcript of a session's connection `segment` (its recording was
+    /// deleted); the lines removed.
+    pub fn unindex_terminal(&self, session: &str, segment: u32) -> anyhow::Result<usize> {
         Ok(self.conn().execute(
-            "DELETE FROM terminal_text WHERE session_id = ?1",
-            params![session],
+            "DELETE FROM terminal_text WHERE session_id = ?1 AND segment = ?2",
+            params![session, segment],
         )?)
     }
 
-    /// The tenant's transcript lines that contain `q`, by session then time; at most `limit`.
+    /// The tenant's transcript lines that contain `q`, by session, connection and time; at most
+    /// `limit`.
     pub fn search_terminal(
         &self,
         tenant_id: TenantId,
@@ -95,16 +102,17 @@ impl Store {
     ) -> anyhow::Result<Vec<TextMatch>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT session_id, t_us, input, text FROM terminal_text
+            "SELECT session_id, segment, t_us, input, text FROM terminal_text
              WHERE text LIKE ?1 ESCAPE '\\' AND tenant_id = ?2
-             ORDER BY session_id, t_us LIMIT ?3",
+             ORDER BY session_id, segment, t_us LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![like_pattern(q), tenant_id, limit], |r| {
             Ok(TextMatch {
                 session: r.get(0)?,
-                time_us: r.get(1)?,
-                input: r.get(2)?,
-                text: r.get(3)?,
+                segment: r.get(1)?,
+                time_us: r.get(2)?,
+                input: r.get(3)?,
+                text: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -130,9 +138,9 @@ mod tests {
             (1_200_000, false, "workstation-42"),
             (900_000, true, "cat /etc/hostname"),
         ];
-        assert_eq!(store.index_terminal(a, "s1", lines).unwrap(), 3);
+        assert_eq!(store.index_terminal(a, "s1", 1, lines).unwrap(), 3);
         store
-            .index_terminal(b, "s2", [(5, false, "workstation-42 in b")])
+            .index_terminal(b, "s2", 1, [(5, false, "workstation-42 in b")])
             .unwrap();
         let hits = store.search_terminal(a, "STATION-4", 100).unwrap();
         assert_eq!(hits.len(), 1);
@@ -140,6 +148,7 @@ mod tests {
             hits[0],
             TextMatch {
                 session: "s1".into(),
+                segment: 1,
                 time_us: 1_200_000,
                 input: false,
                 text: "workstation-42".into()
@@ -150,17 +159,27 @@ mod tests {
         // Wildcards are text.
         assert!(store.search_terminal(a, "%", 100).unwrap().is_empty());
         assert!(store.search_terminal(a, "in b", 100).unwrap().is_empty());
-        // Indexing again replaces.
-        store.index_terminal(a, "s1", [(1, false, "x")]).unwrap();
+        // Indexing a connection again replaces it, and only it.
+        store
+            .index_terminal(a, "s1", 2, [(7, false, "xyz second")])
+            .unwrap();
+        store
+            .index_terminal(a, "s1", 1, [(1, false, "xyz first")])
+            .unwrap();
         assert!(
             store
                 .search_terminal(a, "hostname", 100)
                 .unwrap()
                 .is_empty()
         );
-        // A deleted recording takes its transcript along.
-        assert_eq!(store.unindex_terminal("s1").unwrap(), 1);
-        assert!(store.search_terminal(a, "x", 100).unwrap().is_empty());
+        let both = store.search_terminal(a, "xyz", 100).unwrap();
+        let found: Vec<_> = both.iter().map(|m| (m.segment, m.time_us)).collect();
+        assert_eq!(found, [(1, 1), (2, 7)], "by connection, then time");
+        // A deleted recording takes its transcript along, and only its own.
+        assert_eq!(store.unindex_terminal("s1", 1).unwrap(), 1);
+        let left = store.search_terminal(a, "xyz", 100).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].segment, 2);
     }
 
     /// Measures the index per MB of recording (README, "Search"): the file named by
@@ -204,6 +223,7 @@ mod tests {
             started_at: "2026-12-01T00:00:00.000Z".into(),
             content: Content::Terminal,
             signer: "00".into(),
+            segment: 1,
         };
         let (mut w, mut file) = Writer::start(&header);
         for (i, chunk) in output.chunks(4096).enumerate() {
@@ -228,7 +248,7 @@ mod tests {
         };
         let before = used(&store);
         let lines = t.output.iter().map(|l| (l.time_us, false, l.text.as_str()));
-        let n = store.index_terminal(1, "s", lines).unwrap();
+        let n = store.index_terminal(1, "s", 1, lines).unwrap();
         store
             .conn()
             .execute_batch("INSERT INTO terminal_text(terminal_text) VALUES('optimize'); PRAGMA wal_checkpoint(TRUNCATE);")

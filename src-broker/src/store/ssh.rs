@@ -38,9 +38,9 @@ CREATE TABLE session_ssh (
 "#;
 
 /// Longest login name accepted (Windows names with a domain included).
-pub const MAX_SSH_USERNAME: usize = 256;
+pub(super) const MAX_SSH_USERNAME: usize = 256;
 /// Longest stored SSH password.
-pub const MAX_SSH_PASSWORD: usize = 1024;
+pub(super) const MAX_SSH_PASSWORD: usize = 1024;
 
 /// A tenant's settings for `ssh` sessions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

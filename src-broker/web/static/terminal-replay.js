@@ -1,18 +1,21 @@
 // Replays a terminal recording: the broker serves it as asciicast v2 (verified first,
-// GET /api/v1/recordings/{id}/asciicast) and xterm.js plays its output at the recorded times,
-// with play/pause, speed 1–16× and seeking (a seek back replays the output from the start at
-// once; a seek forward writes what lies between). `#t=SECONDS` opens at that time (search
-// results link there). Auditor and admin keys only: the key comes from `#key=`, the session's
-// storage, or the form.
+// GET /api/v1/recordings/{id}/asciicast?segment=N) and xterm.js plays its output at the recorded
+// times, with play/pause, speed 1–16× and seeking (a seek back replays the output from the start
+// at once; a seek forward writes what lies between). Each connection of the session is recorded
+// on its own: `#connection=N` (from 1) picks one, and a menu switches when there are several.
+// `#t=SECONDS` opens at that time (search results link there). Auditor and admin keys only: the
+// key comes from `#key=`, the session's storage, or the form.
 import { Terminal } from '/static/xterm/lib/xterm.mjs';
 
 const $ = (id) => document.getElementById(id);
 const sessionId = decodeURIComponent(location.pathname.split('/').pop());
 const hash = new URLSearchParams(location.hash.slice(1));
 const startAt = Number(hash.get('t')) || 0;
+const CONNECTION = Math.max(1, Math.floor(Number(hash.get('connection'))) || 1);
 
 const state = (window.passerelle = {
   state: 'loading', position: 0, duration: 0, events: 0, error: null, width: 0, height: 0,
+  connection: CONNECTION, connections: 0,
   screen: () => {
     if (!term) return '';
     const b = term.buffer.active;
@@ -125,10 +128,28 @@ function play() {
   requestAnimationFrame(tick);
 }
 
-async function load(key) {
-  const res = await fetch(`/api/v1/recordings/${encodeURIComponent(sessionId)}/asciicast`, {
+// The session's recorded connections, to switch between them.
+async function listConnections(key) {
+  const res = await fetch(`/api/v1/recordings/${encodeURIComponent(sessionId)}/segments`, {
     headers: { Authorization: `Bearer ${key}` },
   });
+  if (!res.ok) return;
+  const segments = await res.json();
+  state.connections = segments.length;
+  const pick = $('connection');
+  pick.replaceChildren(...segments.map((s) => {
+    const o = document.createElement('option');
+    o.value = String(s.segment);
+    o.textContent = `Connection ${s.segment}${s.started_at ? ` · ${s.started_at.slice(11, 19)}` : ''}`;
+    o.selected = s.segment === CONNECTION;
+    return o;
+  }));
+  pick.hidden = segments.length < 2;
+}
+
+async function load(key) {
+  const url = `/api/v1/recordings/${encodeURIComponent(sessionId)}/asciicast?segment=${CONNECTION}`;
+  const res = await fetch(url, { headers: { Authorization: `Bearer ${key}` } });
   if (res.status === 401 || res.status === 403) {
     sessionStorage.removeItem('passerelle-key');
     notice('Access needed', 'Replays are for auditor and admin keys.', true);
@@ -158,6 +179,7 @@ async function load(key) {
   $('status').textContent = 'Ready';
   seek(startAt);
   await whenWritten();
+  await listConnections(key).catch(() => {});
   state.state = 'ready';
 }
 
@@ -169,6 +191,10 @@ function fail(e) {
 }
 
 $('play').addEventListener('click', play);
+$('connection').addEventListener('change', () => {
+  location.hash = `connection=${$('connection').value}`;
+  location.reload();
+});
 $('seek').addEventListener('input', () => seek(Number($('seek').value)));
 $('keyform').addEventListener('submit', (e) => {
   e.preventDefault();
@@ -178,7 +204,8 @@ $('keyform').addEventListener('submit', (e) => {
   load(key).catch(fail);
 });
 const key = hash.get('key') || sessionStorage.getItem('passerelle-key');
-history.replaceState(null, '', location.pathname + (startAt ? `#t=${startAt}` : ''));
+const kept = [CONNECTION > 1 ? `connection=${CONNECTION}` : '', startAt ? `t=${startAt}` : ''].filter((p) => p);
+history.replaceState(null, '', location.pathname + (kept.length ? `#${kept.join('&')}` : ''));
 if (key) {
   sessionStorage.setItem('passerelle-key', key);
   load(key).catch(fail);

@@ -1,13 +1,13 @@
-//! Why a browser terminal could not be opened, with the close code the viewer gets, the end
-//! reason the session gets and the text the audit keeps (never a secret).
+//! Why a browser terminal could not be opened, as the [`Closure`] the viewer gets (close code,
+//! reason, the session's end reason) and the text the audit keeps (never a secret).
 
-use passerelle_proto::close::{self, CloseCode, EndReason};
+use passerelle_proto::close::{self, Closure, EndReason};
 
 use crate::ends::EndError;
 
 /// A failure before the shell runs.
 #[derive(Debug, thiserror::Error)]
-pub enum SshError {
+pub(crate) enum SshError {
     /// The SSH connection to the workstation's sshd did not come up (not SSH, no common
     /// algorithm, no answer in time, the agent's channel closed).
     #[error("the SSH connection to the workstation failed: {0}")]
@@ -30,7 +30,7 @@ pub enum SshError {
 
 impl SshError {
     /// The session's end reason.
-    pub fn end_reason(&self) -> EndReason {
+    pub(crate) fn end_reason(&self) -> EndReason {
         match self {
             Self::Handshake(_) => EndReason::SshHandshakeFailed,
             Self::HostKeyChanged { .. } => EndReason::SshHostKeyChanged,
@@ -41,40 +41,26 @@ impl SshError {
         }
     }
 
-    /// What the viewer is told: within a close frame's 123 bytes (the audit gets the whole
-    /// text, [`std::fmt::Display`]).
-    pub fn viewer_message(&self) -> String {
-        let text = match self {
+    /// What the viewer is told (the audit gets the whole text, [`std::fmt::Display`]): the
+    /// presented host key rather than both.
+    fn viewer_message(&self) -> String {
+        match self {
             Self::HostKeyChanged { presented, .. } => {
                 format!("the workstation's SSH host key changed to {presented}")
             }
             other => other.to_string(),
-        };
-        close_reason(&text)
-    }
-
-    /// The close code the viewer gets.
-    pub fn close_code(&self) -> CloseCode {
-        match self {
-            Self::Viewer(EndError::TooBig) => close::MESSAGE_TOO_BIG,
-            other => other.end_reason().close_code(),
         }
     }
 }
 
-/// Most bytes of a close frame's reason (RFC 6455: 125 bytes of payload, 2 of them the code).
-pub const MAX_CLOSE_REASON: usize = 123;
-
-/// `text` cut to [`MAX_CLOSE_REASON`] bytes on a character boundary (with an ellipsis).
-pub fn close_reason(text: &str) -> String {
-    if text.len() <= MAX_CLOSE_REASON {
-        return text.to_owned();
+impl From<&SshError> for Closure {
+    fn from(e: &SshError) -> Self {
+        let code = match e {
+            SshError::Viewer(EndError::TooBig) => close::MESSAGE_TOO_BIG,
+            other => other.end_reason().close_code(),
+        };
+        Closure::ending_with(e.end_reason(), code, &e.viewer_message())
     }
-    let mut end = MAX_CLOSE_REASON - '…'.len_utf8();
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 #[cfg(test)]
@@ -89,14 +75,17 @@ mod tests {
             presented: fp.replace('A', "B"),
         };
         assert!(e.to_string().contains(&fp), "the audit has both");
-        let m = e.viewer_message();
+        let c = Closure::from(&e);
         assert!(
-            m.len() <= MAX_CLOSE_REASON && m.ends_with(&fp.replace('A', "B")),
-            "{m}"
+            c.reason.len() <= close::MAX_REASON_BYTES && c.reason.ends_with(&fp.replace('A', "B")),
+            "{c:?}"
         );
         let long = SshError::Handshake("é".repeat(200));
-        let m = long.viewer_message();
-        assert!(m.len() <= MAX_CLOSE_REASON && m.ends_with('…'), "{m}");
+        let c = Closure::from(&long);
+        assert!(
+            c.reason.len() <= close::MAX_REASON_BYTES && c.reason.ends_with('…'),
+            "{c:?}"
+        );
     }
 
     #[test]
@@ -126,8 +115,9 @@ mod tests {
             (SshError::Viewer(EndError::TooBig), 1009, "protocol_error"),
         ];
         for (e, code, reason) in cases {
-            assert_eq!(e.close_code().code, code, "{e}");
-            assert_eq!(e.end_reason().as_str(), reason, "{e}");
+            let c = Closure::from(&e);
+            assert_eq!(c.code.code, code, "{e}");
+            assert_eq!(c.end.map(|r| r.as_str()), Some(reason), "{e}");
         }
     }
 }

@@ -17,9 +17,9 @@ use super::{AuthMethod, Options, SshError, Terminal};
 use crate::ends::{EndError, Frame, Sink, Source};
 
 /// Typed passwords tried before giving up (OpenSSH allows 6 attempts in all by default).
-pub const MAX_TYPED_ATTEMPTS: u32 = 3;
+pub(crate) const MAX_TYPED_ATTEMPTS: u32 = 3;
 /// The SSH client's window per channel: the most the workstation sends ahead of the viewer.
-pub const WINDOW: u32 = 1 << 20;
+pub(crate) const WINDOW: u32 = 1 << 20;
 /// The largest SSH packet the client accepts.
 const MAX_PACKET: u32 = 32 * 1024;
 
@@ -343,13 +343,12 @@ where
         source: TerminalSource {
             read,
             early,
-            tap: None,
+            exit: None,
             _conn: conn.clone(),
         },
         sink: TerminalSink {
             write,
-            view_only: opts.view_only,
-            tap: None,
+            eof_sent: false,
             conn,
         },
         user,

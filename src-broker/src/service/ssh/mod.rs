@@ -1,55 +1,61 @@
-//! The browser terminal of `ssh` sessions: the broker is the SSH client of the workstation's
-//! sshd, over the channel it opened on the agent's `ssh` forward. It logs in with a credential
-//! the operator never sees (the tenant's key pair, else the agent's stored password) or, when
-//! none works, with a user name and password typed in the page (never stored); it checks the
-//! workstation's host key against the agent's pin; it opens an `xterm-256color` PTY at the page's
-//! size and a shell. The result is a [`Terminal`]: a [`TerminalSource`] and a [`TerminalSink`]
-//! for the session core's bridge (binary frames = terminal bytes, text frames = JSON control,
-//! see `passerelle_proto::terminal`).
+//! The `ssh` adapter, the browser terminal of `ssh` sessions: the broker is the SSH client of
+//! the workstation's sshd, over the channel it opened on the agent's `ssh` forward. It logs in
+//! with a credential the operator never sees (the tenant's key pair, else the agent's stored
+//! password) or, when none works, with a user name and password typed in the page (never
+//! stored); it checks the workstation's host key against the agent's pin; it opens an
+//! `xterm-256color` PTY at the page's size and a shell. The result is a [`Terminal`]: a
+//! [`TerminalSource`] and a [`TerminalSink`] that the session core's bridge carries to and from
+//! the viewer (binary frames = terminal bytes, text frames = JSON control, see
+//! `passerelle_proto::terminal`), recorded as a terminal (`Content::Terminal`).
 //!
 //! - [`pipe`]: the agent's channel as a stream, always drained (one slow viewer never freezes
 //!   the agent's connection).
 //! - `login`: handshake, authentication, PTY and shell, each step bounded.
-//! - [`terminal`]: the two ends, with back-pressure and the recording tap.
-//! - [`error`]: what can fail before the shell, with close codes and end reasons.
-//! - [`export`]: `passerelle recording export --text/--asciicast`.
-//! - [`wiring`]: the broker around it (store, audit, recording tap, search index).
+//! - [`terminal`]: the two ends; back-pressure is the bridge not polling the source.
+//! - `filter`: what the bridge drops (a view-only viewer's keys) and records (output, input
+//!   when the tenant says so, resizes and the exit as events).
+//! - [`error`]: what can fail before the shell, as the viewer's [`Closure`].
+//! - `adapter`: the session around it (credentials, pin and audit through [`Context`]).
 
-pub mod error;
-pub mod export;
+mod adapter;
+pub(crate) mod error;
+mod filter;
 mod login;
-pub mod pipe;
-pub mod terminal;
-pub mod wiring;
+pub(crate) mod pipe;
+pub(crate) mod terminal;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use passerelle_proto::terminal::{Password, RecordedEvent};
+use passerelle_proto::close::Closure;
+use passerelle_proto::recording::Content;
+use passerelle_proto::terminal::Password;
 use russh::keys::{PrivateKey, PublicKey};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use error::SshError;
-pub use login::{MAX_TYPED_ATTEMPTS, WINDOW};
-pub use terminal::{Tap, TerminalSink, TerminalSource};
+pub(crate) use error::SshError;
+pub(crate) use login::WINDOW;
+pub(crate) use terminal::{TerminalSink, TerminalSource};
 
+use super::{Bridge, Context};
 use crate::ends::{Sink, Source};
+use crate::registry::AgentChannel;
 
 /// The most bytes of the agent's channel that [`pipe::drain`] may hold for one terminal: the
 /// client's window and a few packets (the workstation may not send more).
-pub const PIPE_LIMIT: usize = 2 * WINDOW as usize + 256 * 1024;
+pub(crate) const PIPE_LIMIT: usize = 2 * WINDOW as usize + 256 * 1024;
 
 /// What the broker logs in with, tried in this order: `key`, then `password`, then a user name
 /// and password typed in the page.
 #[derive(Default, Clone)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     /// The login name (the session's `ssh_user`, else the agent's, else the tenant's); `None`
     /// lets the page type one.
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
     /// The tenant's key pair.
-    pub key: Option<Arc<PrivateKey>>,
+    pub(crate) key: Option<Arc<PrivateKey>>,
     /// The agent's stored password.
-    pub password: Option<Password>,
+    pub(crate) password: Option<Password>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -64,17 +70,17 @@ impl std::fmt::Debug for Credentials {
 
 /// Bounds on each step before the shell runs.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// SSH version exchange and key exchange.
-    pub handshake: Duration,
+    pub(crate) handshake: Duration,
     /// One authentication request's answer.
-    pub auth: Duration,
+    pub(crate) auth: Duration,
     /// The operator typing a user name and password (all attempts).
-    pub typed: Duration,
+    pub(crate) typed: Duration,
     /// The session channel, the PTY and the shell, each.
-    pub shell: Duration,
+    pub(crate) shell: Duration,
     /// The page's first size after login, if it has not sent one (80x24 then).
-    pub first_size: Duration,
+    pub(crate) first_size: Duration,
 }
 
 impl Default for Timeouts {
@@ -91,19 +97,17 @@ impl Default for Timeouts {
 
 /// How to open a terminal.
 #[derive(Debug, Clone, Default)]
-pub struct Options {
-    pub credentials: Credentials,
+pub(crate) struct Options {
+    pub(crate) credentials: Credentials,
     /// The agent's pinned host key; `None` accepts any (first use: the caller pins
     /// [`Terminal::host_key`]).
-    pub host_key: Option<PublicKey>,
-    /// Drop the viewer's keys (resizes still apply).
-    pub view_only: bool,
-    pub timeouts: Timeouts,
+    pub(crate) host_key: Option<PublicKey>,
+    pub(crate) timeouts: Timeouts,
 }
 
 /// How the broker logged in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
+pub(crate) enum AuthMethod {
     TenantKey,
     StoredPassword,
     TypedPassword,
@@ -111,7 +115,7 @@ pub enum AuthMethod {
 
 impl AuthMethod {
     /// For the audit.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::TenantKey => "the tenant's SSH key",
             Self::StoredPassword => "the agent's stored password",
@@ -122,33 +126,52 @@ impl AuthMethod {
 
 /// A running shell.
 #[derive(Debug)]
-pub struct Terminal {
-    pub source: TerminalSource,
-    pub sink: TerminalSink,
+pub(crate) struct Terminal {
+    pub(crate) source: TerminalSource,
+    pub(crate) sink: TerminalSink,
     /// Logged in as.
-    pub user: String,
+    pub(crate) user: String,
     /// The key the workstation presented (equal to the pin, if there was one).
-    pub host_key: PublicKey,
-    pub auth: AuthMethod,
+    pub(crate) host_key: PublicKey,
+    pub(crate) auth: AuthMethod,
     /// The PTY's size at the start.
-    pub size: (u16, u16),
+    pub(crate) size: (u16, u16),
 }
 
-impl Terminal {
-    /// Records the terminal from now on: its size now, then output, input and resizes.
-    pub fn record_to(&mut self, tap: Arc<dyn Tap>) {
-        let (cols, rows) = self.size;
-        tap.event(&RecordedEvent::Resize { cols, rows });
-        self.source.tap = Some(tap.clone());
-        self.sink.tap = Some(tap);
-    }
+/// Serves one viewer of an `ssh` session over `channel`: the login ([`open`], with what the
+/// store holds and what the page types), then the bridge between the viewer and the terminal.
+/// The viewer's close says how the shell ended. `None` when the broker went away with the
+/// viewer's end.
+pub(super) async fn serve<VR, VT>(
+    cx: &Context,
+    channel: AgentChannel,
+    mut viewer: (VR, VT),
+    bridge: impl Bridge,
+) -> Option<((VR, VT), Closure)>
+where
+    VR: Source + 'static,
+    VT: Sink + 'static,
+{
+    let opened = cx
+        .interruptible(adapter::open(cx, channel, &mut viewer))
+        .await;
+    let (terminal, opts) = match opened {
+        Ok(opened) => opened,
+        Err(closure) => return Some((viewer, closure)),
+    };
+    let (viewer, terminal, closure) = bridge
+        .run(viewer, terminal, opts, Content::Terminal)
+        .await?;
+    let closure = terminal.0.closure(closure);
+    cx.tasks.spawn(terminal::finish(terminal));
+    Some((viewer, closure))
 }
 
 /// Logs in to the workstation's sshd over `stream` (the agent's channel, through
 /// [`pipe::drain`]) and opens a shell. The viewer's ends are used for the login only: the page's
 /// size (`resize`), and a `login` request answered by `credentials` when no stored credential
 /// works. Every step is bounded by `opts.timeouts`.
-pub async fn open<S, V, W>(
+pub(crate) async fn open<S, V, W>(
     stream: S,
     opts: Options,
     viewer_rx: &mut V,

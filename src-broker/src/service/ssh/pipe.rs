@@ -28,7 +28,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// The channel's bytes, always drained; writes go to the channel (they wait for the agent's
 /// window, which is the viewer's and this session's back-pressure only).
-pub struct Pipe {
+pub(crate) struct Pipe {
     rx: mpsc::UnboundedReceiver<Bytes>,
     current: Bytes,
     queued: Arc<AtomicUsize>,
@@ -45,7 +45,7 @@ impl std::fmt::Debug for Pipe {
 
 /// Starts draining `channel` (on `tasks`) and returns it as a stream. `limit` is the most the
 /// queue may hold (the SSH client's window plus some packets).
-pub fn drain<S>(channel: russh::Channel<S>, limit: usize, tasks: &TaskTracker) -> Pipe
+pub(crate) fn drain<S>(channel: russh::Channel<S>, limit: usize, tasks: &TaskTracker) -> Pipe
 where
     S: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static,
 {
@@ -59,7 +59,7 @@ where
         let mut deadline = None;
         let closed = loop {
             if tx.is_none() && deadline.is_none() {
-                // Our EOF, so that the agent closes the channel (see bridge.rs), within a bound.
+                // Our EOF, so that the agent closes the channel (see service/channel.rs), within a bound.
                 let at = tokio::time::Instant::now() + CLOSE_WAIT;
                 deadline = Some(at);
                 let _ = tokio::time::timeout_at(at, write.eof()).await;
@@ -109,13 +109,6 @@ where
         current: Bytes::new(),
         queued,
         writer,
-    }
-}
-
-impl Pipe {
-    /// Bytes taken from the channel and not yet read.
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
     }
 }
 

@@ -13,8 +13,15 @@ use russh::keys::{PrivateKey, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
 
+use passerelle_proto::close::Closure;
+use passerelle_proto::recording::{Content, Frames, Header, Kind, Summary, Verdict};
+use passerelle_proto::terminal::{RecordedEvent, asciicast};
+
+use super::login::MAX_TYPED_ATTEMPTS;
 use super::*;
+use crate::bridge;
 use crate::ends::{EndError, Frame, PipeSink, PipeSource, pipe};
+use crate::recording::{Recording, SigningKey};
 
 fn key(seed: u8) -> PrivateKey {
     PrivateKey::from(Ed25519Keypair::from_seed(&[seed; 32]))
@@ -275,33 +282,239 @@ async fn the_tenant_key_comes_first_and_the_terminal_carries_keys_resizes_and_th
 }
 
 #[tokio::test]
-async fn the_stored_password_follows_a_refused_key_and_view_only_drops_keys() {
+async fn the_stored_password_follows_a_refused_key() {
     let mut f = fake();
     f.password = Some("stored".into());
     let mut r = rig(f);
     let stream = serve(r.fake.clone(), &r.host);
-    let mut o = opts(Some("bob"), Some(&key(1)), Some("stored"));
-    o.view_only = true;
+    let o = opts(Some("bob"), Some(&key(1)), Some("stored"));
     let (rx, tx) = &mut r.viewer;
     let mut t = open(stream, o, rx, tx).await.unwrap();
     assert_eq!(t.auth, AuthMethod::StoredPassword);
     assert_eq!(t.size, (80, 24), "no size from the page: the default");
     output_until(&mut t.source, "fake$ ").await;
-    t.sink
+}
+
+/// A terminal opened against the fake sshd (the page's size 100x30), bridged to the rig's page
+/// by the session core's bridge with the adapter's options, recorded in `dir`.
+struct Bridged {
+    page: Page,
+    fake: Fake,
+    rec: Arc<Recording>,
+    public: String,
+    bridge: tokio::task::JoinHandle<Closure>,
+}
+
+async fn bridged(dir: &std::path::Path, keys: filter::Keys) -> Bridged {
+    let tenant = key(1);
+    let mut f = fake();
+    f.key = Some(tenant.public_key().clone());
+    let r = rig(f);
+    let stream = serve(r.fake.clone(), &r.host);
+    let (mut viewer, mut page) = (r.viewer, r.page);
+    send_text(&mut page.tx, r#"{"t":"resize","cols":100,"rows":30}"#).await;
+    let (rx, tx) = &mut viewer;
+    let t = open(stream, opts(Some("bob"), Some(&tenant), None), rx, tx)
+        .await
+        .unwrap();
+    let key = Arc::new(SigningKey::load_or_create(dir).unwrap());
+    let header = Header {
+        version: 1,
+        session: "s1".into(),
+        tenant: "default".into(),
+        agent: "pc1".into(),
+        service: "ssh".into(),
+        operator: "alice".into(),
+        view_only: keys.view_only,
+        started_at: "2026-12-01T00:00:00.000Z".into(),
+        content: Content::Terminal,
+        signer: key.public_hex(),
+        segment: 1,
+    };
+    let public = key.public_hex();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let path = dir.join("s1.psrec");
+    let rec = Recording::start(path, &header, key, 1 << 20, &tasks).unwrap();
+    let plain = bridge::Options::plain(1 << 20, Duration::from_secs(30));
+    let mut o = adapter::bridge_options(plain, keys, t.size);
+    o.recording = Some(rec.clone());
+    let meter = bridge::Meter {
+        session: Arc::default(),
+        connection: Arc::default(),
+        metrics: Arc::default(),
+    };
+    let terminal = (t.source, t.sink);
+    let stop = std::future::pending();
+    let bridge = tokio::spawn(async move {
+        let done = bridge::run(viewer, terminal, o, meter, stop).await;
+        let closure = done.agent.0.closure(done.closure);
+        terminal::finish(done.agent).await;
+        closure
+    });
+    Bridged {
+        page,
+        fake: r.fake,
+        rec,
+        public,
+        bridge,
+    }
+}
+
+impl Bridged {
+    /// Reads the page's output until it holds `needle`; the text frames seen on the way.
+    async fn output_until(&mut self, needle: &str) -> Vec<ToViewer> {
+        let (mut all, mut texts) = (String::new(), Vec::new());
+        while !all.contains(needle) {
+            match self.page.rx.recv().await.unwrap() {
+                Some(Frame::Binary(b)) => all.push_str(&String::from_utf8_lossy(&b)),
+                Some(Frame::Text(t)) => texts.push(ToViewer::parse(&t).unwrap()),
+                None => panic!("closed before {needle:?} in {all:?}"),
+            }
+        }
+        texts
+    }
+
+    /// Waits (bounded) until the fake sshd saw `n` sizes.
+    async fn sizes(&self, n: usize) -> Vec<(u32, u32)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let sizes = self.fake.seen.lock().unwrap().sizes.clone();
+            if sizes.len() >= n {
+                return sizes;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{sizes:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Ends the recording; its verified bytes.
+    async fn recording(&self) -> Vec<u8> {
+        self.rec
+            .finish(Summary {
+                ended_at: "x".into(),
+                end_reason: "service_closed".into(),
+                duration_us: self.rec.now_us(),
+                bytes_up: 0,
+                bytes_down: 0,
+                frames: 0,
+            })
+            .await;
+        let file = std::fs::read(&self.rec.path).unwrap();
+        let verdict = crate::recording::verify_file(&file, &self.public);
+        assert!(matches!(verdict, Verdict::Intact { .. }), "{verdict:?}");
+        file
+    }
+}
+
+fn kinds(file: &[u8], kind: Kind) -> Vec<Vec<u8>> {
+    let (_, frames) = Frames::new(file).unwrap();
+    frames
+        .filter(|f| f.kind == kind)
+        .map(|f| f.payload.to_vec())
+        .collect()
+}
+
+#[tokio::test]
+async fn bridged_it_records_output_resizes_and_the_exit_and_closes_with_the_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = filter::Keys {
+        view_only: false,
+        record_input: false,
+    };
+    let mut b = bridged(dir.path(), keys).await;
+    b.output_until("fake$ ").await;
+    b.page
+        .tx
+        .send(Frame::Binary(Bytes::from_static(b"ls\r")))
+        .await
+        .unwrap();
+    b.output_until("ls\r").await;
+    send_text(&mut b.page.tx, r#"{"t":"resize","cols":70,"rows":10}"#).await;
+    assert_eq!(b.sizes(2).await, [(100, 30), (70, 10)]);
+    b.page
+        .tx
+        .send(Frame::Binary(Bytes::from_static(b"exit\r")))
+        .await
+        .unwrap();
+    let mut texts = b.output_until("exit\r").await;
+    while let Some(frame) = b.page.rx.recv().await.unwrap() {
+        if let Frame::Text(t) = frame {
+            texts.push(ToViewer::parse(&t).unwrap());
+        }
+    }
+    let exit = ToViewer::Exit {
+        status: Some(3),
+        signal: None,
+    };
+    assert_eq!(texts, [exit], "the exit reaches the page");
+    let closure = (&mut b.bridge).await.unwrap();
+    assert_eq!(closure.code, passerelle_proto::close::SERVICE_CLOSED);
+    assert_eq!(closure.reason, "the shell exited with status 3");
+    assert_eq!(
+        closure.end,
+        Some(passerelle_proto::close::EndReason::ServiceClosed)
+    );
+    assert_eq!(b.fake.seen.lock().unwrap().data, b"ls\rexit\r");
+
+    let file = b.recording().await;
+    assert!(kinds(&file, Kind::Up).is_empty(), "input is not recorded");
+    let events: Vec<_> = kinds(&file, Kind::Event)
+        .iter()
+        .filter_map(|e| RecordedEvent::parse(e))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            RecordedEvent::Resize {
+                cols: 100,
+                rows: 30
+            },
+            RecordedEvent::Resize { cols: 70, rows: 10 },
+            RecordedEvent::Exit {
+                status: Some(3),
+                signal: None
+            },
+        ]
+    );
+    let cast = asciicast::from_recording(&file, None).unwrap();
+    let mut lines = cast.lines();
+    assert!(lines.next().unwrap().contains(r#""width":100"#), "{cast}");
+    assert!(cast.contains(r#""r", "70x10"]"#), "{cast}");
+    assert!(
+        cast.contains("fake$ ") && !cast.contains(r#""i""#),
+        "{cast}"
+    );
+}
+
+#[tokio::test]
+async fn bridged_a_view_only_viewer_resizes_but_its_keys_go_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = filter::Keys {
+        view_only: true,
+        record_input: true,
+    };
+    let mut b = bridged(dir.path(), keys).await;
+    b.output_until("fake$ ").await;
+    b.page
+        .tx
         .send(Frame::Binary(Bytes::from_static(b"rm -rf /\r")))
         .await
         .unwrap();
-    t.sink
-        .send(Frame::Text(r#"{"t":"resize","cols":70,"rows":10}"#.into()))
-        .await
-        .unwrap();
+    send_text(&mut b.page.tx, r#"{"t":"resize","cols":70,"rows":10}"#).await;
     // The resize got there, the keys sent before it did not.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while r.fake.seen.lock().unwrap().sizes.len() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "no window change");
-        tokio::task::yield_now().await;
-    }
-    assert!(r.fake.seen.lock().unwrap().data.is_empty());
+    assert_eq!(b.sizes(2).await, [(100, 30), (70, 10)]);
+    assert!(b.fake.seen.lock().unwrap().data.is_empty());
+    b.page.tx.finish().await.unwrap();
+    let closure = (&mut b.bridge).await.unwrap();
+    assert_eq!(
+        closure.end,
+        Some(passerelle_proto::close::EndReason::ViewerClosed)
+    );
+    let file = b.recording().await;
+    assert!(
+        kinds(&file, Kind::Up).is_empty(),
+        "no key was sent: none is recorded"
+    );
 }
 
 #[tokio::test]
@@ -371,7 +584,7 @@ async fn the_page_is_asked_for_a_password_and_three_wrong_ones_fail() {
         matches!(&e, SshError::Auth(m) if m.contains("wrong user name or password")),
         "{e}"
     );
-    assert_eq!(e.close_code().code, 4062);
+    assert_eq!(Closure::from(&e).code.code, 4062);
 }
 
 #[tokio::test]
@@ -472,7 +685,7 @@ async fn oversized_or_unknown_messages_during_the_login_end_it() {
         .await
         .unwrap_err();
     assert!(matches!(e, SshError::Viewer(EndError::Protocol(_))), "{e}");
-    assert_eq!(e.close_code().code, 4030);
+    assert_eq!(Closure::from(&e).code.code, 4030);
 }
 
 #[tokio::test(start_paused = true)]

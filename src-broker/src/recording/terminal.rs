@@ -1,12 +1,15 @@
-//! `passerelle recording export --text OUT / --asciicast OUT` for terminal recordings: the
-//! transcript (the output's lines, escape sequences taken out) and the asciicast v2 file, after
-//! the recording's hash chain and signatures are checked.
+//! Terminal recordings (`ssh` sessions in the browser), once written: `passerelle recording
+//! export --text OUT / --asciicast OUT` (the transcript, with the escape sequences taken out,
+//! and the asciicast v2 file) and the search index of a finished connection's transcript
+//! ([`index`]), each after the recording's hash chain and signatures are checked.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use passerelle_proto::recording::{Content, Frames, Verdict, verify};
+use passerelle_proto::recording::{Content, Frames, Verdict};
 use passerelle_proto::terminal::{asciicast, transcript};
+
+use crate::store::{Store, TenantId};
 
 /// What an export wrote and what the user should know.
 #[derive(Debug, Default)]
@@ -28,9 +31,7 @@ pub fn export(
     cast: Option<&Path>,
 ) -> anyhow::Result<Exported> {
     let mut out = Exported::default();
-    let header = match verify(bytes, |m, s| {
-        crate::recorder::check_signature(public_hex, m, s)
-    }) {
+    let header = match super::verify_file(bytes, public_hex) {
         Verdict::Intact { header, .. } => header,
         Verdict::Truncated { header, end_us, .. } => {
             out.notes.push(format!(
@@ -73,4 +74,27 @@ pub fn export(
         out.files.push(path.to_owned());
     }
     Ok(out)
+}
+
+/// Reads, verifies and indexes connection `segment`'s terminal recording at `path` for search
+/// (blocking: a thread of the blocking pool); returns the lines indexed.
+pub(crate) fn index(
+    store: &Store,
+    tenant_id: TenantId,
+    session: &str,
+    segment: u32,
+    path: &Path,
+    public_hex: &str,
+) -> anyhow::Result<usize> {
+    let file = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if let Verdict::Tampered(damage) = super::verify_file(&file, public_hex) {
+        bail!("the recording does not verify: {damage}");
+    }
+    let t = transcript::of_recording(&file)?;
+    let lines = t
+        .output
+        .iter()
+        .map(|l| (l.time_us, false, l.text.as_str()))
+        .chain(t.input.iter().map(|l| (l.time_us, true, l.text.as_str())));
+    store.index_terminal(tenant_id, session, segment, lines)
 }
