@@ -16,8 +16,10 @@ use tokio::time::Instant;
 #[tokio::test]
 async fn a_slow_viewer_holds_back_a_huge_cat_and_nobody_else_waits() -> Result<()> {
     init();
-    // A per-session buffer of 64 KiB: a terminal that buffered for its viewer would end
-    // `viewer_too_slow` at once. The terminal is held back at the workstation instead.
+    // A per-connection buffer of 64 KiB: the bridge holds that much for the viewer, then stops
+    // reading the terminal, so the workstation is held back (the broker's SSH client grants no
+    // more window), not buffered; only a viewer that takes nothing for `viewer_stall_secs`
+    // would end the session.
     let (broker, sshd) = key_setup(|c| c.session_buffer_bytes = 64 * 1024).await?;
     let echo = EchoServer::start().await?;
     let agent = agent_for(&broker, &sshd, &[Forward::named("vnc", echo.port())]).await?;

@@ -1,11 +1,14 @@
 //! Recorded `ssh` terminals end to end: the recording verifies, exports a transcript and an
-//! asciicast, replays in the page to the live page's last screen, and is found by the search.
+//! asciicast, replays in the page to the live page's last screen, and is found by the search;
+//! each connection of a session (a launch-token reconnect) is its own recording and search hit.
 
 use anyhow::{Context as _, Result, ensure};
 use passerelle_e2e::terminal::{
-    agent_for, key_setup, open_terminal, open_terminal_replay, patch, require_browser,
+    TermWs, agent_for, key_setup, open_terminal, open_terminal_replay, patch, require_browser,
 };
-use passerelle_e2e::{Method, Role, StatusCode, WAIT, init, session_request};
+use passerelle_e2e::{Method, Role, StatusCode, TestBroker, WAIT, close, init, session_request};
+use passerelle_proto::launch::LaunchUrl;
+use passerelle_proto::terminal::ToViewer;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
 
@@ -161,8 +164,12 @@ async fn a_recorded_session_verifies_replays_exports_and_is_found() -> Result<()
                 .is_some_and(|t| t.ends_with("echo searchable-$((20+3))"))),
         "{typed}"
     );
+    ensure!(
+        lines.iter().all(|l| l["segment"] == 1),
+        "one connection, the first: {found}"
+    );
     let at = hit["replay_url"].as_str().context("replay_url")?;
-    ensure!(at.contains("#t="), "{at}");
+    ensure!(at.contains("#connection=1&t="), "{at}");
     let replay = open_terminal_replay(
         &format!("{at}&key={auditor}"),
         &dir.path().join("s.png"),
@@ -200,5 +207,97 @@ async fn a_recorded_session_verifies_replays_exports_and_is_found() -> Result<()
         status == StatusCode::OK && body["sessions"] == json!([]),
         "{status} {body}"
     );
+    Ok(())
+}
+
+/// Waits (bounded) until the search for `q` finds something; the first session's matches.
+async fn search(broker: &TestBroker, key: &str, q: &str) -> Result<(Value, Vec<Value>)> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let path = format!("/api/v1/audit/search?q={q}");
+        let (status, body) = broker.api(Method::GET, &path, Some(key), None).await?;
+        ensure!(status == StatusCode::OK, "{status} {body}");
+        if let Some(hit) = body["sessions"].as_array().and_then(|s| s.first()) {
+            let matches = hit["matches"].as_array().context("matches")?.clone();
+            return Ok((hit.clone(), matches));
+        }
+        ensure!(Instant::now() < deadline, "{q} never found: {body}");
+        sleep(passerelle_e2e::POLL).await;
+    }
+}
+
+#[tokio::test]
+async fn each_connection_of_a_terminal_session_is_its_own_recording_replay_and_search_hit()
+-> Result<()> {
+    init();
+    let (broker, sshd) = key_setup(|_| {}).await?;
+    let agent = agent_for(&broker, &sshd, &[]).await?;
+    let mut req = session_request(&agent.id, "ssh");
+    req.record = Some(true);
+    let created = broker.create_session(&req).await?;
+    // The desktop helper's launch token opens connections while the session lasts: a shell
+    // that exits ends its connection only (4000), and the next one is recorded on its own.
+    let launch = LaunchUrl::parse(&created.launch_url)?;
+    let url = created.ws_url.replace(&created.token, &launch.token);
+    for (n, word) in [(1, "first"), (2, "second")] {
+        let mut term = TermWs::connect(&url, 80, 24).await?;
+        term.wait_control(|c| matches!(c, ToViewer::Ready { .. }))
+            .await?;
+        term.keys(&format!("echo {word}-$((40+{n}))\r")).await?;
+        term.wait_output(&format!("{word}-4{n}")).await?;
+        term.keys("exit\r").await?;
+        let closed = term.expect_close().await?;
+        ensure!(
+            closed.code == close::SERVICE_CLOSED.code
+                && closed.reason == "the shell exited with status 0",
+            "connection {n}: {closed:?}"
+        );
+    }
+    let info = broker.session(&created.id).await?;
+    ensure!(info.end_reason.is_none(), "the session goes on: {info:#?}");
+    // Two logins, audited each.
+    let logins = broker
+        .audit(&format!("session={}&kind=ssh_login", created.id))
+        .await?
+        .events;
+    ensure!(
+        logins.len() == 2 && logins.iter().all(|e| e.detail.contains("tenant's SSH key")),
+        "{logins:?}"
+    );
+
+    // Two terminal recordings, each with its own connection's output.
+    let auditor = broker.create_key("default", Role::Auditor)?;
+    let path = format!("/api/v1/recordings/{}/segments", created.id);
+    let (status, segments) = broker.api(Method::GET, &path, Some(&auditor), None).await?;
+    ensure!(status == StatusCode::OK, "{status} {segments}");
+    ensure!(
+        segments.as_array().map(Vec::len) == Some(2)
+            && segments
+                .as_array()
+                .is_some_and(|s| s.iter().all(|s| s["content"] == "terminal")),
+        "{segments}"
+    );
+    for (n, mine, other) in [(1, "first-41", "second-42"), (2, "second-42", "first-41")] {
+        let path = format!("/api/v1/recordings/{}/asciicast?segment={n}", created.id);
+        let (status, cast) = broker.api(Method::GET, &path, Some(&auditor), None).await?;
+        let cast = cast.as_str().unwrap_or_default();
+        ensure!(status == StatusCode::OK, "{status} {cast:.300}");
+        ensure!(
+            cast.contains(mine) && !cast.contains(other),
+            "segment {n}: {cast:.600}"
+        );
+    }
+
+    // The search names the connection of each match, and its replay URL opens that one.
+    for (n, word) in [(1, "first-41"), (2, "second-42")] {
+        let (hit, matches) = search(&broker, &auditor, word).await?;
+        ensure!(hit["session"] == created.id.as_str(), "{hit}");
+        ensure!(
+            !matches.is_empty() && matches.iter().all(|m| m["segment"] == n),
+            "{word}: {hit}"
+        );
+        let at = hit["replay_url"].as_str().context("replay_url")?;
+        ensure!(at.contains(&format!("#connection={n}&t=")), "{at}");
+    }
     Ok(())
 }

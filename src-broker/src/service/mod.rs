@@ -193,3 +193,51 @@ impl Service {
         Some((viewer, closure))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use passerelle_proto::close;
+
+    use super::*;
+
+    fn context(dir: &std::path::Path) -> Context {
+        let store = crate::store::Store::open(dir).expect("store");
+        Context {
+            db: Db::new(Arc::new(store)).expect("db"),
+            tasks: TaskTracker::new(),
+            tenant_id: 1,
+            agent: AgentId::new("pc1").expect("id"),
+            session_id: "s".into(),
+            operator: "alice".into(),
+            view_only: false,
+            record: false,
+            peer: "127.0.0.1:1".parse().expect("addr"),
+            bridge: (1 << 20, std::time::Duration::from_secs(30)),
+            ssh_user: None,
+            stop: Stop {
+                ended: CancellationToken::new(),
+                agent_gone: CancellationToken::new(),
+                why: Arc::new(|| Closure::refusal(close::STOPPED, "session stopped by carol")),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handshake_waiting_for_someone_stops_with_the_session_or_the_agent() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cx = context(dir.path());
+        let done = cx.interruptible(async { Ok::<_, Closure>(7) }).await;
+        assert_eq!(done, Ok(7), "a handshake that finishes is not interrupted");
+        let waiting = std::future::pending::<Result<(), Closure>>;
+        cx.stop.ended.cancel();
+        let stopped = cx.interruptible(waiting()).await.unwrap_err();
+        assert_eq!(
+            stopped.reason, "session stopped by carol",
+            "the session's why"
+        );
+        let cx = context(dir.path());
+        cx.stop.agent_gone.cancel();
+        let gone = cx.interruptible(waiting()).await.unwrap_err();
+        assert_eq!(gone, Closure::ending(EndReason::AgentDisconnected));
+    }
+}

@@ -157,6 +157,16 @@ async fn creation_checks_the_agent_the_tenant_rules_and_quotas() {
         f.core.create(view_only_rdp, &alice()).await,
         Err(CreateError::Invalid(_))
     ));
+    // `ssh_user` names the login of an `ssh` terminal only, and is checked.
+    for (service, user) in [("vnc", "bob"), ("ssh", "a\nb"), ("ssh", "")] {
+        let mut req = f.request(service);
+        req.ssh_user = Some(user.into());
+        let refused = f.core.create(req, &alice()).await;
+        assert!(
+            matches!(refused, Err(CreateError::Invalid(_))),
+            "{service} {user:?}: {refused:?}"
+        );
+    }
     let created = f
         .core
         .create(f.request("vnc"), &alice())
