@@ -49,6 +49,8 @@ pub struct State {
     pub recording_key: Arc<crate::recorder::SigningKey>,
     /// Failed credentials per client address.
     pub throttle: Throttle,
+    /// The SSH listener's per-source limits and coalesced auth-failure audit.
+    pub ssh_guard: ssh::Guard,
     next_conn_id: AtomicU64,
 }
 
@@ -291,6 +293,7 @@ impl Broker {
                 config.auth_failure_window,
                 config.auth_lockout,
             ),
+            ssh_guard: ssh::Guard::new(&config),
             config,
             next_conn_id: AtomicU64::new(1),
         });
@@ -309,9 +312,18 @@ impl Broker {
                     _ = tick.tick() => {
                         sweeper.sessions.sweep(Duration::from_secs(600));
                         sweeper.throttle.sweep();
+                        sweeper.ssh_guard.sweep();
+                        let window = sweeper.config.auth_failure_window.as_secs();
+                        sweeper.ssh_guard.flush(&sweeper.store, window);
                         // Retention: at start, then hourly.
                         if ticks.is_multiple_of(60) {
                             sweeper.sweep_recordings();
+                            let days = sweeper.config.audit_retention_days;
+                            match sweeper.store.prune_audit(days) {
+                                Ok(0) => {}
+                                Ok(n) => tracing::info!(deleted = n, days, "audit retention"),
+                                Err(e) => tracing::error!(error = %e, "audit retention failed"),
+                            }
                         }
                         ticks += 1;
                     }

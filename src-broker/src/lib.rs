@@ -13,6 +13,7 @@
 //! - [`http`]: the JSON API and WebSocket endpoints.
 //! - [`store`]: SQLite: tenants, keys, agents, sessions, audit.
 //! - [`throttle`]: per-address limits on failed credentials.
+//! - [`netaddr`]: trusted proxies and the client address behind them.
 //! - [`keys`], [`secrets`], [`metrics`].
 
 pub mod accept;
@@ -23,6 +24,7 @@ pub mod export;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod netaddr;
 pub mod playback;
 pub mod recorder;
 pub mod registry;

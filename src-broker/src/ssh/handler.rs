@@ -2,6 +2,7 @@
 //! forwards as service announcements (or legacy numeric ports), and the refusal, with a reason
 //! and an audit event, of everything else an SSH client may ask.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -30,7 +31,10 @@ pub(super) struct AgentHandler {
     authed: Option<oneshot::Sender<Arc<AgentConn>>>,
     record: Option<AgentRecord>,
     conn: Option<Arc<AgentConn>>,
-    forwards: usize,
+    /// The remote forwards in place, as (bind address, port told to the agent).
+    forwards: HashSet<(String, u32)>,
+    /// The next placeholder port, never reused on this connection.
+    next_placeholder: u32,
 }
 
 struct SshLink {
@@ -88,7 +92,8 @@ impl AgentHandler {
             authed: Some(authed),
             record: None,
             conn: None,
-            forwards: 0,
+            forwards: HashSet::new(),
+            next_placeholder: PLACEHOLDER_PORT_BASE,
         }
     }
 
@@ -121,49 +126,35 @@ impl AgentHandler {
             .await;
     }
 
-    /// Audits a refused key in the tenant of the agent it claimed to be (or of the agent the key
-    /// belongs to), so that each tenant sees attempts on its own agents.
-    fn auth_failed(&mut self, user: &str, fingerprint: &str) {
-        self.state
-            .metrics
-            .auth_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let user: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
-        let owner = self
+    /// Counts and audits a rejected key (see [`super::guard::Guard::key_rejected`]).
+    fn key_rejected(&self, user: &str, key: &russh::keys::PublicKey) {
+        let state = &self.state;
+        state.ssh_guard.key_rejected(
+            &state.store,
+            &state.metrics,
+            state.config.auth_failure_window.as_secs(),
+            self.peer,
+            user,
+            &key.fingerprint(HashAlg::Sha256).to_string(),
+        );
+    }
+
+    /// Whether this source is locked out for rejected keys: its offers are then refused
+    /// without a store query.
+    fn locked_out(&self) -> bool {
+        let locked = self
             .state
-            .store
-            .agent_for_fingerprint(fingerprint)
-            .ok()
-            .flatten();
-        let detail = match &owner {
-            Some(o) => format!(
-                "key {fingerprint} belongs to agent {} but was offered for {user}",
-                o.id
-            ),
-            None => format!("key {fingerprint} is not registered for {user}"),
-        };
-        tracing::info!(%user, %detail, "agent authentication failed");
-        let mut tenants = self
-            .state
-            .store
-            .tenants_with_agent(&user)
-            .unwrap_or_default();
-        if let Some(o) = &owner
-            && !tenants.contains(&o.tenant_id)
-        {
-            tenants.push(o.tenant_id);
+            .ssh_guard
+            .key_failures
+            .check(self.peer.ip())
+            .is_err();
+        if locked {
+            self.state
+                .metrics
+                .auth_throttled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let targets: Vec<Option<i64>> = if tenants.is_empty() {
-            vec![None]
-        } else {
-            tenants.into_iter().map(Some).collect()
-        };
-        for tenant_id in targets {
-            let mut ev = self.event(AuditKind::AuthFailed, detail.clone());
-            ev.agent = Some(user.clone());
-            ev.tenant_id = tenant_id;
-            self.state.store.audit(ev);
-        }
+        locked
     }
 
     fn lookup(&self, user: &str, key: &russh::keys::PublicKey) -> Option<AgentRecord> {
@@ -186,13 +177,13 @@ impl Handler for AgentHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        if self.locked_out() {
+            return Ok(Auth::reject());
+        }
         if self.lookup(user, offer.public_key).is_some() {
             return Ok(Auth::Accept);
         }
-        self.auth_failed(
-            user,
-            &offer.public_key.fingerprint(HashAlg::Sha256).to_string(),
-        );
+        self.key_rejected(user, offer.public_key);
         Ok(Auth::reject())
     }
 
@@ -201,16 +192,16 @@ impl Handler for AgentHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        if self.locked_out() {
+            return Ok(Auth::reject());
+        }
         match self.lookup(user, key.public_key) {
             Some(record) => {
                 self.record = Some(record);
                 Ok(Auth::Accept)
             }
             None => {
-                self.auth_failed(
-                    user,
-                    &key.public_key.fingerprint(HashAlg::Sha256).to_string(),
-                );
+                self.key_rejected(user, key.public_key);
                 Ok(Auth::reject())
             }
         }
@@ -259,16 +250,17 @@ impl Handler for AgentHandler {
             return Ok(false);
         };
         let limit = self.state.config.max_forwards_per_connection;
-        let what = if self.forwards >= limit {
+        let what = if self.forwards.len() >= limit {
             format!("too many forwards (at most {limit} per connection)")
         } else if let Ok(name) = ServiceName::new(address)
             .map_err(|_| ())
             .and_then(|n| if n.is_builtin() { Ok(n) } else { Err(()) })
         {
             if *port == 0 {
-                *port = PLACEHOLDER_PORT_BASE + u32::try_from(self.forwards).unwrap_or(0);
+                *port = self.next_placeholder;
+                self.next_placeholder = self.next_placeholder.saturating_add(1);
             }
-            self.forwards += 1;
+            self.forwards.insert((address.to_owned(), *port));
             conn.add_service(name, *port);
             return Ok(true);
         } else if *port == 0 {
@@ -282,7 +274,7 @@ impl Handler for AgentHandler {
                 .legacy_claim(*port, conn.tenant_id, &conn.agent)
             {
                 Ok(live) => {
-                    self.forwards += 1;
+                    self.forwards.insert((address.to_owned(), *port));
                     let link = LegacyLink {
                         conn: conn.clone(),
                         address: address.to_owned(),
@@ -299,13 +291,20 @@ impl Handler for AgentHandler {
         Ok(false)
     }
 
+    /// A cancelled forward gives its place back (toward the per-connection limit). OpenSSH
+    /// cancels with the port the broker told it, so only a forward in place is cancelled.
     async fn cancel_tcpip_forward(
         &mut self,
         address: &str,
-        _port: u32,
+        port: u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        if let (Some(conn), Ok(name)) = (&self.conn, ServiceName::new(address)) {
+        if !self.forwards.remove(&(address.to_owned(), port)) {
+            return Ok(false);
+        }
+        if let (Some(conn), Ok(name)) = (&self.conn, ServiceName::new(address))
+            && conn.service_port(&name) == Some(port)
+        {
             conn.remove_service(&name);
         }
         Ok(true)

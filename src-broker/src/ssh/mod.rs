@@ -1,15 +1,24 @@
-//! The agents' SSH listener: accept loop, connection cap, pre-authentication timeout, and the
-//! life of one agent connection (presence from authentication to disconnect).
+//! The agents' SSH listener: accept loop, connection caps (global, and per source: rate and
+//! pre-authentication share, see [`admission`] and [`guard`]), the PROXY protocol v2 header of
+//! trusted proxies, the pre-authentication timeout, the algorithms offered, and the life of one
+//! agent connection (presence from authentication to disconnect).
 //!
 //! The broker binds no port for tunnels: a remote forward only records (service name, placeholder
 //! port), and a viewer's arrival opens a forwarded-tcpip channel on the agent's connection.
 
+pub mod admission;
+mod algorithms;
+pub mod guard;
 mod handler;
+mod proxy_header;
+
+pub use guard::Guard;
 
 use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,6 +31,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument as _;
 
 use crate::broker::State;
+use crate::netaddr;
 use crate::registry::AgentConn;
 use crate::store::{AuditKind, NewEvent};
 
@@ -45,24 +55,15 @@ pub fn ssh_config(state: &State) -> Arc<SshConfig> {
         window_size: 4 << 20,
         maximum_packet_size: 64 * 1024,
         channel_buffer_size: 64,
-        // AES-GCM moves about twice the bytes per CPU of ChaCha20 here; OpenSSH picks the first
-        // of *its* list that we offer, so agents choose with `-c aes128-gcm@openssh.com`.
-        preferred: russh::Preferred {
-            cipher: std::borrow::Cow::Borrowed(&[
-                russh::cipher::AES_128_GCM,
-                russh::cipher::AES_256_GCM,
-                russh::cipher::CHACHA20_POLY1305,
-                russh::cipher::AES_256_CTR,
-                russh::cipher::AES_192_CTR,
-                russh::cipher::AES_128_CTR,
-            ]),
-            ..russh::Preferred::default()
-        },
+        preferred: algorithms::preferred(),
+        limits: algorithms::rekey_limits(),
         ..SshConfig::default()
     })
 }
 
-/// Accepts agents until `state.shutdown` is cancelled. One failed accept never ends the loop.
+/// Accepts agents until `state.shutdown` is cancelled. One failed accept never ends the loop,
+/// and no handshake work is done in it: a source over its limits is refused with one
+/// non-blocking write, and a trusted proxy's header is read in the connection's own task.
 pub async fn run(listener: TcpListener, state: Arc<State>) {
     let config = ssh_config(&state);
     let slots = Arc::new(Semaphore::new(state.config.max_agent_connections));
@@ -71,6 +72,20 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "too many agent connections; refusing");
             continue;
+        };
+        let via_proxy = netaddr::is_trusted(&state.config.trusted_proxies, peer.ip());
+        // Direct connections are judged here, before anything is spent on them; a trusted
+        // proxy's are judged once its header names the client.
+        let admitted = if via_proxy {
+            None
+        } else {
+            match admit(&state, peer) {
+                Ok(slot) => Some(slot),
+                Err(why) => {
+                    refuse(&stream, peer, why, &state);
+                    continue;
+                }
+            }
         };
         let state2 = state.clone();
         let config = config.clone();
@@ -87,7 +102,16 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
         state.tasks.spawn_on(
             async move {
                 match TcpStream::from_std(stream) {
-                    Ok(stream) => serve(stream, peer, config, state2).await,
+                    Ok(stream) => {
+                        let deadline = tokio::time::Instant::now() + state2.config.preauth_timeout;
+                        let admitted = match admitted {
+                            Some(slot) => Some((stream, peer, slot)),
+                            None => through_proxy(stream, peer, &state2, deadline).await,
+                        };
+                        if let Some((stream, client, slot)) = admitted {
+                            serve(stream, client, slot, deadline, config, state2).await;
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "could not register an agent connection"),
                 }
                 drop(permit);
@@ -95,6 +119,77 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
             .instrument(span),
             state.shards.pick(),
         );
+    }
+}
+
+/// Why a source may not start a connection now.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    LockedOut,
+    PreauthCap,
+    Rate,
+}
+
+/// The per-source checks, in an order that spends nothing on a refused source: locked out for
+/// rejected keys, its share of pre-authentication slots, then a token of its connection rate.
+fn admit(state: &State, peer: SocketAddr) -> Result<admission::PreauthSlot, Refusal> {
+    let guard = &state.ssh_guard;
+    let ip = peer.ip();
+    if guard.key_failures.check(ip).is_err() {
+        return Err(Refusal::LockedOut);
+    }
+    let slot = guard
+        .preauth
+        .take(ip, state.config.max_preauth_per_source)
+        .ok_or(Refusal::PreauthCap)?;
+    guard.rate.admit(ip).map_err(|_| Refusal::Rate)?;
+    Ok(slot)
+}
+
+/// Tells a refused source so the way OpenSSH does, without waiting, and closes.
+fn refuse(stream: &TcpStream, client: SocketAddr, why: Refusal, state: &State) {
+    state
+        .metrics
+        .ssh_connections_refused
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%client, ?why, "ssh connection refused for its source");
+    let _ = stream.try_write(admission::REFUSAL_LINE);
+    // Closing with unread bytes (a client that sent its banner at once) would reset the
+    // connection, and the line with it: take what has arrived, without waiting.
+    let mut sink = [0u8; 512];
+    for _ in 0..4 {
+        if !matches!(stream.try_read(&mut sink), Ok(1..)) {
+            break;
+        }
+    }
+}
+
+/// A trusted proxy's connection: its PROXY v2 header (within the pre-auth deadline) names the
+/// client, who is then judged like a direct one. Nothing is answered to a bad header.
+async fn through_proxy(
+    mut stream: TcpStream,
+    proxy: SocketAddr,
+    state: &State,
+    deadline: tokio::time::Instant,
+) -> Option<(TcpStream, SocketAddr, admission::PreauthSlot)> {
+    let client = match tokio::time::timeout_at(deadline, proxy_header::read(&mut stream)).await {
+        Ok(Ok(client)) => client.unwrap_or(proxy),
+        Ok(Err(e)) => {
+            tracing::info!(%proxy, error = %e, "bad PROXY header from a trusted proxy; closed");
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(%proxy, "no PROXY header from a trusted proxy in time; closed");
+            return None;
+        }
+    };
+    tracing::debug!(%proxy, %client, "connection through a trusted proxy");
+    match admit(state, client) {
+        Ok(slot) => Some((stream, client, slot)),
+        Err(why) => {
+            refuse(&stream, client, why, state);
+            None
+        }
     }
 }
 
@@ -159,7 +254,16 @@ impl AsyncWrite for KillableStream {
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, config: Arc<SshConfig>, state: Arc<State>) {
+/// One agent connection from `peer` (the client, behind any trusted proxy), which holds
+/// `preauth` until it authenticates; everything before authentication ends by `deadline`.
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    preauth: admission::PreauthSlot,
+    deadline: tokio::time::Instant,
+    config: Arc<SshConfig>,
+    state: Arc<State>,
+) {
     let _ = stream.set_nodelay(true);
     let token = CancellationToken::new();
     let stream = KillableStream {
@@ -169,8 +273,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, config: Arc<SshConfig>, stat
     let killer = Arc::new(Killer(token));
     let (authed_tx, authed_rx) = oneshot::channel::<Arc<AgentConn>>();
     let handler = handler::AgentHandler::new(state.clone(), peer, killer.clone(), authed_tx);
-    let preauth = state.config.preauth_timeout;
-    let deadline = tokio::time::Instant::now() + preauth;
+    let preauth_timeout = state.config.preauth_timeout;
 
     let started =
         tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler)).await;
@@ -179,7 +282,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, config: Arc<SshConfig>, stat
         Ok(Err(e)) => return tracing::debug!(error = %e, "ssh handshake failed"),
         Err(_) => {
             killer.kill();
-            return tracing::info!("no SSH version exchange within {preauth:?}; closed");
+            return tracing::info!("no SSH version exchange within {preauth_timeout:?}; closed");
         }
     };
     let conn = tokio::select! {
@@ -192,11 +295,13 @@ async fn serve(stream: TcpStream, peer: SocketAddr, config: Arc<SshConfig>, stat
             Err(_) => {
                 killer.kill();
                 let _ = tokio::time::timeout(Duration::from_secs(1), &mut running).await;
-                return tracing::info!("not authenticated within {preauth:?}; closed");
+                return tracing::info!("not authenticated within {preauth_timeout:?}; closed");
             }
         },
         r = &mut running => return tracing::debug!(ok = r.is_ok(), "connection ended before authentication"),
     };
+    // Authenticated: the connection no longer counts against its source's pre-auth share.
+    drop(preauth);
 
     let result = tokio::select! {
         r = &mut running => Some(r),
