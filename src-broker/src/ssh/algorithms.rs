@@ -101,11 +101,11 @@ pub const REKEY_TIME: Duration = Duration::from_secs(365 * 24 * 3600);
 pub fn rekey_limits() -> Limits {
     let bytes = usize::try_from(REKEY_BYTES).unwrap_or(usize::MAX);
     // Not `Limits::new`: it caps the byte limits at 1 GiB, which is what drops busy agents.
-    let mut limits = Limits::default();
-    limits.rekey_write_limit = bytes;
-    limits.rekey_read_limit = bytes;
-    limits.rekey_time_limit = REKEY_TIME;
-    limits
+    Limits {
+        rekey_write_limit: bytes,
+        rekey_read_limit: bytes,
+        rekey_time_limit: REKEY_TIME,
+    }
 }
 
 #[cfg(test)]

@@ -199,14 +199,10 @@ fn offer_events(
     targets
         .iter()
         .map(|t| match t {
-            OfferTarget::KeyOwner { tenant_id, owner } => {
-                let mut ev = event(
-                    Some(*tenant_id),
-                    format!("key {fingerprint} of agent {owner} was offered for agent id {user}"),
-                );
-                ev.agent = Some(owner.to_string());
-                ev
-            }
+            OfferTarget::KeyOwner { tenant_id, owner } => event(
+                Some(*tenant_id),
+                format!("key {fingerprint} of agent {owner} was offered for agent id {user}"),
+            ),
             OfferTarget::AgentId { tenant_id } => event(
                 Some(*tenant_id),
                 format!("key {fingerprint} is not registered for agent {user}"),
