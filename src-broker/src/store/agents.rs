@@ -380,6 +380,31 @@ mod tests {
     }
 
     #[test]
+    fn migration_2_keeps_the_agents_of_a_version_1_store() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("passerelle.db")).unwrap();
+            conn.execute_batch(crate::store::MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO tenants (id, name, created_at) VALUES (1, 'one', 0);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+            let (line, fingerprint) = parse_public_key(KEY_A).unwrap();
+            conn.execute(
+                "INSERT INTO agents (tenant_id, id, public_key, key_fingerprint, vnc_password,
+                                     created_at) VALUES (1, 'pc-1', ?1, ?2, x'0102', 7)",
+                params![line, fingerprint],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let agent = store.agent_for_key("pc-1", &fp(KEY_A)).unwrap().unwrap();
+        assert_eq!((agent.tenant_id, agent.created_at), (1, 7));
+        assert!(agent.has_vnc_password);
+    }
+
+    #[test]
     fn refused_offers_are_routed_to_the_key_owner_or_the_named_agents_tenants() {
         let (_dir, store, one, two) = two_tenants();
         let pc = AgentId::new("pc-1").unwrap();
