@@ -58,12 +58,9 @@ fn npm_install(out_dir: &Path, web: &Path) -> bool {
         return false;
     };
     let installed_lock = std::fs::read(dir.join("package-lock.json")).ok();
-    let all_there = PACKAGES.iter().all(|p| {
-        dir.join("node_modules")
-            .join(p.name)
-            .join(p.marker)
-            .exists()
-    });
+    let all_there = PACKAGES
+        .iter()
+        .all(|p| dir.join("node_modules").join(p.name).join(p.marker).exists());
     if installed_lock.as_deref() == Some(&lock[..]) && all_there {
         return true;
     }
