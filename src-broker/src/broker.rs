@@ -314,7 +314,9 @@ impl Broker {
                         sweeper.throttle.sweep();
                         sweeper.ssh_guard.sweep();
                         let window = sweeper.config.auth_failure_window.as_secs();
-                        sweeper.ssh_guard.flush(&sweeper.store, window);
+                        for ev in sweeper.ssh_guard.take_counts(window) {
+                            sweeper.store.audit(ev);
+                        }
                         // Retention: at start, then hourly.
                         if ticks.is_multiple_of(60) {
                             sweeper.sweep_recordings();

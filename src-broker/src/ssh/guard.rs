@@ -10,14 +10,12 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::admission::{ConnectionRate, PreauthSlots};
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::store::{AuditKind, NewEvent, OfferTarget, Store, TenantId};
-use crate::throttle::{Throttle, client_key};
+use crate::store::{AuditKind, NewEvent, OfferTarget, TenantId};
+use crate::throttle::{Lockout, Throttle, client_key};
 
 /// Distinct (source, agent id, key) triples whose rejected offers are being counted at most;
 /// when full, the counts are written out early.
@@ -33,6 +31,20 @@ pub struct Guard {
     /// Rejected key offers per source.
     pub key_failures: Throttle,
     pending: Mutex<HashMap<(IpAddr, String, String), Pending>>,
+}
+
+/// What [`Guard::count_rejection`] asks of its caller.
+#[derive(Debug)]
+pub struct Rejection {
+    /// The first rejection of this (source, user, key) in the window: look the key up, audit
+    /// [`offer_events`], then [`Guard::remember`] them.
+    pub first: bool,
+    /// For a repeat: the events audited for the first one (their tenants, for a lockout).
+    pub events: Vec<NewEvent>,
+    /// The source's lockout, when this rejection starts one: audit [`lockout_events`].
+    pub lockout: Option<Lockout>,
+    /// Counts written out early because the table was full: audit them.
+    pub overflow: Vec<NewEvent>,
 }
 
 /// Rejected offers counted since their first one was audited.
@@ -59,85 +71,71 @@ impl Guard {
         }
     }
 
-    /// Records a rejected offer of key `fingerprint` for SSH user `user` from `peer`: counted
-    /// toward the source's lockout, and audited once per window per (source, user, key), with
-    /// one store query then; repeats only count until [`Guard::flush`].
-    pub fn key_rejected(
-        &self,
-        store: &Store,
-        metrics: &Metrics,
-        window_secs: u64,
-        peer: SocketAddr,
-        user: &str,
-        fingerprint: &str,
-    ) {
-        metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-        let user: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
-        let key = (client_key(peer.ip()), user.clone(), fingerprint.to_owned());
+    /// Counts a rejected offer of key `fingerprint` for SSH user `user` from `peer`, toward the
+    /// source's lockout and the coalesced audit. Touches no store: when [`Rejection::first`]
+    /// says so, the caller looks the key up once ([`crate::store::Store::offer_targets`]), audits
+    /// [`offer_events`] and hands them to [`Guard::remember`]; repeats only count until
+    /// [`Guard::take_counts`]. This split lets the store calls run wherever the caller's store
+    /// access runs (synchronously here, on a blocking pool behind an async face elsewhere).
+    pub fn count_rejection(&self, peer: SocketAddr, user: &str, fingerprint: &str) -> Rejection {
         let lockout = self.key_failures.failed(peer.ip());
-        let seen = {
-            let mut pending = self.lock();
-            match pending.get_mut(&key) {
-                Some(p) => {
-                    p.more += 1;
-                    Some(p.events.clone())
+        let key = (
+            client_key(peer.ip()),
+            clean_user(user),
+            fingerprint.to_owned(),
+        );
+        let mut pending = self.lock();
+        match pending.get_mut(&key) {
+            Some(p) => {
+                p.more += 1;
+                Rejection {
+                    first: false,
+                    events: p.events.clone(),
+                    lockout,
+                    overflow: Vec::new(),
                 }
-                None => None,
             }
-        };
-        let events = match seen {
-            Some(events) => events,
             None => {
-                let targets = store.offer_targets(&user, fingerprint).unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "could not look up a rejected key's tenants");
-                    Vec::new()
-                });
-                let events = offer_events(&targets, &user, fingerprint, peer);
-                tracing::info!(%user, key = fingerprint, "agent authentication failed");
-                for ev in &events {
-                    store.audit(ev.clone());
-                }
-                let mut pending = self.lock();
-                if pending.len() >= MAX_PENDING {
-                    let full = std::mem::take(&mut *pending);
-                    drop(pending);
-                    Self::write_counts(store, full, window_secs);
-                    pending = self.lock();
-                }
+                // A place holder, so that a concurrent repeat counts instead of auditing again.
+                let overflow = if pending.len() >= MAX_PENDING {
+                    std::mem::take(&mut *pending)
+                } else {
+                    HashMap::new()
+                };
                 pending.insert(
                     key,
                     Pending {
-                        events: events.clone(),
+                        events: Vec::new(),
                         more: 0,
                     },
                 );
-                events
-            }
-        };
-        if let Some(lockout) = lockout {
-            metrics.auth_lockouts.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(client = %lockout.client, failures = lockout.failures, "ssh key guessing: source locked out");
-            let detail = format!(
-                "{} rejected SSH keys from {} within {window_secs}s; new connections and key \
-                 offers refused for {}s",
-                lockout.failures,
-                lockout.client,
-                lockout.duration.as_secs()
-            );
-            for ev in tenants_of(&events) {
-                let mut e = NewEvent::new(AuditKind::SshKeyGuessing, detail.clone());
-                e.tenant_id = ev;
-                e.peer_addr = Some(peer.to_string());
-                store.audit(e);
+                Rejection {
+                    first: true,
+                    events: Vec::new(),
+                    lockout,
+                    overflow: Self::counts(overflow, "before a full table was written out"),
+                }
             }
         }
     }
 
-    /// Writes one event per (source, user, key) that had rejected offers after its first one
-    /// was audited, with their count, and starts a new window. Called every minute.
-    pub fn flush(&self, store: &Store, window_secs: u64) {
+    /// Keeps the events audited for a first rejection, to repeat them with a count later.
+    pub fn remember(&self, peer: SocketAddr, user: &str, fingerprint: &str, events: &[NewEvent]) {
+        let key = (
+            client_key(peer.ip()),
+            clean_user(user),
+            fingerprint.to_owned(),
+        );
+        if let Some(p) = self.lock().get_mut(&key) {
+            p.events = events.to_vec();
+        }
+    }
+
+    /// One event per (source, user, key) that had rejected offers after its first one was
+    /// audited, with their count; starts a new window. Called every minute.
+    pub fn take_counts(&self, window_secs: u64) -> Vec<NewEvent> {
         let done = std::mem::take(&mut *self.lock());
-        Self::write_counts(store, done, window_secs);
+        Self::counts(done, &format!("within {window_secs}s"))
     }
 
     /// Forgets what no longer limits anyone.
@@ -146,20 +144,15 @@ impl Guard {
         self.key_failures.sweep();
     }
 
-    fn write_counts(
-        store: &Store,
-        done: HashMap<(IpAddr, String, String), Pending>,
-        window_secs: u64,
-    ) {
+    fn counts(done: HashMap<(IpAddr, String, String), Pending>, within: &str) -> Vec<NewEvent> {
+        let mut out = Vec::new();
         for p in done.into_values().filter(|p| p.more > 0) {
             for mut ev in p.events {
-                ev.detail = format!(
-                    "{} (and {} more times within {window_secs}s)",
-                    ev.detail, p.more
-                );
-                store.audit(ev);
+                ev.detail = format!("{} (and {} more times {within})", ev.detail, p.more);
+                out.push(ev);
             }
         }
+        out
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(IpAddr, String, String), Pending>> {
@@ -167,17 +160,44 @@ impl Guard {
     }
 }
 
-/// The tenants of a set of events (`None` once when there is none).
-fn tenants_of(events: &[NewEvent]) -> Vec<Option<TenantId>> {
-    if events.is_empty() {
-        return vec![None];
+/// The user name as audited: no control characters, at most 64 characters.
+pub fn clean_user(user: &str) -> String {
+    user.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+/// The `ssh_key_guessing` events of a lockout: one in each tenant the rejected offer was
+/// audited in (one without a tenant when none).
+pub fn lockout_events(
+    lockout: &Lockout,
+    audited: &[NewEvent],
+    peer: SocketAddr,
+    window_secs: u64,
+) -> Vec<NewEvent> {
+    let detail = format!(
+        "{} rejected SSH keys from {} within {window_secs}s; new connections and key offers \
+         refused for {}s",
+        lockout.failures,
+        lockout.client,
+        lockout.duration.as_secs()
+    );
+    let mut tenants: Vec<Option<TenantId>> = audited.iter().map(|e| e.tenant_id).collect();
+    if tenants.is_empty() {
+        tenants.push(None);
     }
-    events.iter().map(|e| e.tenant_id).collect()
+    tenants
+        .into_iter()
+        .map(|tenant_id| {
+            let mut e = NewEvent::new(AuditKind::SshKeyGuessing, detail.clone());
+            e.tenant_id = tenant_id;
+            e.peer_addr = Some(peer.to_string());
+            e
+        })
+        .collect()
 }
 
 /// The `auth_failed` events of one rejected offer: one per target tenant, each naming only that
 /// tenant's agents; one without a tenant when no tenant is concerned (visible to no API key).
-fn offer_events(
+pub fn offer_events(
     targets: &[OfferTarget],
     user: &str,
     fingerprint: &str,
@@ -213,43 +233,69 @@ fn offer_events(
 
 #[cfg(test)]
 mod tests {
-    use passerelle_proto::ids::{AgentId, TenantName};
-
     use super::*;
-    use crate::store::AuditFilter;
+
+    fn guard(limit: u32) -> Guard {
+        let mut config = Config::for_tests(std::path::Path::new("/nonexistent"));
+        config.ssh_auth_failure_limit = limit;
+        Guard::new(&config)
+    }
 
     #[test]
     fn repeated_rejections_are_one_event_then_one_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let name = TenantName::new("t").unwrap();
-        store.create_tenant(&name).unwrap();
-        let t = store.tenant_id(&name).unwrap().unwrap();
-        let key =
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJylJeR0uUHfNCfg57oy+6Rr9aTK65v++92waft60cWZ";
-        store
-            .create_agent(t, &AgentId::new("pc-1").unwrap(), key, None)
-            .unwrap();
-        let mut config = Config::for_tests(dir.path());
-        config.ssh_auth_failure_limit = 0;
-        let guard = Guard::new(&config);
-        let metrics = Metrics::default();
+        let guard = guard(0);
         let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
-        for _ in 0..50 {
-            guard.key_rejected(&store, &metrics, 60, peer, "pc-1", "SHA256:unknown");
+        let first = guard.count_rejection(peer, "pc-1", "SHA256:unknown");
+        assert!(first.first && first.lockout.is_none());
+        let targets = [OfferTarget::AgentId { tenant_id: 7 }];
+        let events = offer_events(&targets, "pc-1", "SHA256:unknown", peer);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].tenant_id, Some(7));
+        guard.remember(peer, "pc-1", "SHA256:unknown", &events);
+        for _ in 0..49 {
+            let again = guard.count_rejection(peer, "pc-1", "SHA256:unknown");
+            assert!(!again.first);
+            assert_eq!(again.events.len(), 1, "a repeat knows where the first went");
         }
-        let events = |store: &Store| store.audit_page(t, &AuditFilter::default()).unwrap().events;
-        assert_eq!(events(&store).len(), 1, "one event while counting");
-        guard.flush(&store, 60);
-        let after = events(&store);
-        assert_eq!(after.len(), 2);
+        // Another source, user or key is another count; the same source port does not matter.
+        assert!(guard.count_rejection(peer, "pc-2", "SHA256:unknown").first);
+        let other_port: SocketAddr = "192.0.2.1:6000".parse().unwrap();
         assert!(
-            after[0].detail.ends_with("(and 49 more times within 60s)"),
-            "{}",
-            after[0].detail
+            !guard
+                .count_rejection(other_port, "pc-1", "SHA256:unknown")
+                .first
         );
-        assert_eq!(metrics.auth_failures.load(Ordering::Relaxed), 50);
-        guard.flush(&store, 60);
-        assert_eq!(events(&store).len(), 2, "nothing more to write");
+        let counts = guard.take_counts(60);
+        assert_eq!(counts.len(), 1, "{counts:?}");
+        assert!(
+            counts[0].detail.ends_with("(and 50 more times within 60s)"),
+            "{}",
+            counts[0].detail
+        );
+        assert!(guard.take_counts(60).is_empty(), "a new window");
+        assert!(guard.count_rejection(peer, "pc-1", "SHA256:unknown").first);
+    }
+
+    #[test]
+    fn the_lockout_is_reported_once_in_the_tenants_concerned() {
+        let guard = guard(3);
+        let peer: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+        let owner = passerelle_proto::ids::AgentId::new("pc-1").unwrap();
+        let targets = [OfferTarget::KeyOwner {
+            tenant_id: 4,
+            owner,
+        }];
+        let events = offer_events(&targets, "pc-2", "SHA256:k", peer);
+        assert!(events[0].detail.contains("of agent pc-1") && events[0].detail.contains("pc-2"));
+        let mut lockouts = Vec::new();
+        for _ in 0..5 {
+            if let Some(l) = guard.count_rejection(peer, "pc-2", "SHA256:k").lockout {
+                lockouts.push(lockout_events(&l, &events, peer, 60));
+            }
+        }
+        assert_eq!(lockouts.len(), 1, "one lockout event per episode");
+        assert_eq!(lockouts[0][0].tenant_id, Some(4));
+        assert!(lockouts[0][0].detail.starts_with("3 rejected SSH keys"));
+        assert!(guard.key_failures.check(peer.ip()).is_err());
     }
 }

@@ -15,7 +15,7 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 use tokio::sync::oneshot;
 
-use super::Killer;
+use super::{Killer, guard};
 use crate::broker::State;
 use crate::registry::{AgentConn, AgentLink};
 use crate::sessions::LegacyLink;
@@ -126,17 +126,46 @@ impl AgentHandler {
             .await;
     }
 
-    /// Counts and audits a rejected key (see [`super::guard::Guard::key_rejected`]).
+    /// Counts and audits a rejected key (see [`super::guard::Guard::count_rejection`]): one
+    /// store query and the `auth_failed` events for the first rejection of this (source, id,
+    /// key) in a window; only a count for the repeats.
     fn key_rejected(&self, user: &str, key: &russh::keys::PublicKey) {
+        use std::sync::atomic::Ordering::Relaxed;
         let state = &self.state;
-        state.ssh_guard.key_rejected(
-            &state.store,
-            &state.metrics,
-            state.config.auth_failure_window.as_secs(),
-            self.peer,
-            user,
-            &key.fingerprint(HashAlg::Sha256).to_string(),
-        );
+        let guard = &state.ssh_guard;
+        state.metrics.auth_failures.fetch_add(1, Relaxed);
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let user = guard::clean_user(user);
+        let rejection = guard.count_rejection(self.peer, &user, &fingerprint);
+        for ev in rejection.overflow {
+            state.store.audit(ev);
+        }
+        let events = if rejection.first {
+            let targets = state
+                .store
+                .offer_targets(&user, &fingerprint)
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "could not look up a rejected key's tenants");
+                    Vec::new()
+                });
+            let events = guard::offer_events(&targets, &user, &fingerprint, self.peer);
+            tracing::info!(%user, key = %fingerprint, "agent authentication failed");
+            for ev in &events {
+                state.store.audit(ev.clone());
+            }
+            guard.remember(self.peer, &user, &fingerprint, &events);
+            events
+        } else {
+            rejection.events
+        };
+        if let Some(lockout) = rejection.lockout {
+            state.metrics.auth_lockouts.fetch_add(1, Relaxed);
+            tracing::warn!(client = %lockout.client, failures = lockout.failures, "ssh key guessing: source locked out");
+            let window = state.config.auth_failure_window.as_secs();
+            for ev in guard::lockout_events(&lockout, &events, self.peer, window) {
+                state.store.audit(ev);
+            }
+        }
     }
 
     /// Whether this source is locked out for rejected keys: its offers are then refused
