@@ -93,6 +93,14 @@ pub struct Header {
     pub content: Content,
     /// Hex Ed25519 public key of the signer.
     pub signer: String,
+    /// Which connection of the session this file records, from 1 (each connection of a
+    /// recorded session has its own file; files older than segments have none: 1).
+    #[serde(default = "first_segment")]
+    pub segment: u32,
+}
+
+fn first_segment() -> u32 {
+    1
 }
 
 /// The summary in the trailer.
@@ -479,6 +487,7 @@ mod tests {
             started_at: "2026-11-28T00:00:00.000Z".into(),
             content: Content::Rfb,
             signer: "00".into(),
+            segment: 1,
         }
     }
 

@@ -6,12 +6,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-
-pub use crate::netaddr::Cidr;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
+
+pub use crate::netaddr::Cidr;
 
 /// How the HTTP listener speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +106,25 @@ pub struct Config {
     /// `X-Forwarded-For` on the HTTP listener, a PROXY protocol v2 header on the SSH listener
     /// (required from them there).
     pub trusted_proxies: Vec<Cidr>,
+    /// A viewer that takes nothing for this long while its session's buffer is full ends the
+    /// session (`viewer_too_slow`); a slower one only slows the transfer down.
+    pub viewer_stall: Duration,
+    /// Per-tenant caps.
+    pub quotas: Quotas,
+}
+
+/// Caps that keep one tenant from taking the broker; the defaults are far above what a large
+/// tenant uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quotas {
+    /// Live sessions of a tenant.
+    pub sessions_per_tenant: usize,
+    /// Sessions of a tenant that nobody joined yet (legacy ones included).
+    pub pending_sessions_per_tenant: usize,
+    /// Connections open at once to one session (a launch token may reconnect, not flood).
+    pub connections_per_session: usize,
+    /// Agents registered in a tenant.
+    pub agents_per_tenant: usize,
 }
 
 impl Config {
@@ -174,6 +193,11 @@ pub struct FileConfig {
     pub ssh_auth_failure_limit: Option<u32>,
     pub audit_retention_days: Option<u32>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub viewer_stall_secs: Option<u64>,
+    pub max_sessions_per_tenant: Option<usize>,
+    pub max_pending_sessions_per_tenant: Option<usize>,
+    pub max_connections_per_session: Option<usize>,
+    pub max_agents_per_tenant: Option<usize>,
 }
 
 macro_rules! overlay {
@@ -230,7 +254,12 @@ impl FileConfig {
             max_preauth_per_source,
             ssh_auth_failure_limit,
             audit_retention_days,
-            trusted_proxies
+            trusted_proxies,
+            viewer_stall_secs,
+            max_sessions_per_tenant,
+            max_pending_sessions_per_tenant,
+            max_connections_per_session,
+            max_agents_per_tenant
         );
         self
     }
@@ -311,6 +340,13 @@ impl FileConfig {
                 .map(|c| c.parse::<Cidr>())
                 .collect::<Result<_, _>>()
                 .context("trusted_proxies")?,
+            viewer_stall: secs(self.viewer_stall_secs, 30),
+            quotas: Quotas {
+                sessions_per_tenant: self.max_sessions_per_tenant.unwrap_or(10_000),
+                pending_sessions_per_tenant: self.max_pending_sessions_per_tenant.unwrap_or(2_000),
+                connections_per_session: self.max_connections_per_session.unwrap_or(32),
+                agents_per_tenant: self.max_agents_per_tenant.unwrap_or(200_000),
+            },
             data_dir,
         };
         if config.token_ttl.is_zero() || config.keepalive_interval.is_zero() {
@@ -338,6 +374,15 @@ impl FileConfig {
             && config.ssh_connections_per_source_per_sec > 0.0)
         {
             bail!("ssh_connections_per_source_per_sec must be a number above 0");
+        }
+        let q = &config.quotas;
+        if config.viewer_stall.is_zero()
+            || q.sessions_per_tenant == 0
+            || q.pending_sessions_per_tenant == 0
+            || q.connections_per_session == 0
+            || q.agents_per_tenant == 0
+        {
+            bail!("viewer_stall_secs and the max_* quotas must be at least 1");
         }
         if config.default_session_ttl > config.max_session_ttl {
             bail!("default_session_ttl_secs exceeds max_session_ttl_secs");

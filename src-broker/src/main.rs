@@ -305,7 +305,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             public_key,
             force,
         }) => {
-            use passerelle::export::{Output, export, parse_times};
+            use passerelle::recording::export::{Output, export, parse_times};
             let output = match (png, video) {
                 (Some(dir), _) => Output::Png {
                     dir: dir.clone(),
@@ -374,7 +374,7 @@ fn recording_key(cli: &Cli, public_key: Option<&str>) -> anyhow::Result<String> 
     let config = file_config(cli)?.into_config()?;
     if !config
         .data_dir
-        .join(passerelle::recorder::KEY_FILE)
+        .join(passerelle::recording::KEY_FILE)
         .exists()
     {
         anyhow::bail!(
@@ -382,7 +382,7 @@ fn recording_key(cli: &Cli, public_key: Option<&str>) -> anyhow::Result<String> 
             config.data_dir.display()
         );
     }
-    Ok(passerelle::recorder::SigningKey::load_or_create(&config.data_dir)?.public_hex())
+    Ok(passerelle::recording::SigningKey::load_or_create(&config.data_dir)?.public_hex())
 }
 
 fn verify_recording(
@@ -390,12 +390,10 @@ fn verify_recording(
     file: &std::path::Path,
     public_key: Option<&str>,
 ) -> anyhow::Result<()> {
-    use passerelle_proto::recording::{Verdict, verify};
+    use passerelle_proto::recording::Verdict;
     let public = recording_key(cli, public_key)?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    match verify(&bytes, |m, s| {
-        passerelle::recorder::check_signature(&public, m, s)
-    }) {
+    match passerelle::recording::verify_file(&bytes, &public) {
         Verdict::Intact {
             header,
             summary,

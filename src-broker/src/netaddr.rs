@@ -22,7 +22,7 @@ pub struct Cidr {
 pub struct BadCidr(String);
 
 /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, what a dual-stack socket reports) as IPv4.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -70,7 +70,7 @@ impl Cidr {
 }
 
 /// Whether `ip` is one of the trusted proxies.
-pub fn is_trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
+pub(crate) fn is_trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
     trusted.iter().any(|c| c.contains(ip))
 }
 
@@ -82,7 +82,7 @@ const MAX_HOPS: usize = 32;
 /// forwarded address that is not a trusted proxy (the left part of the header is whatever the
 /// client wrote, so only what trusted proxies appended is believed). Entries that do not parse
 /// end the walk at the last trusted hop.
-pub fn forwarded_client<'a>(
+pub(crate) fn forwarded_client<'a>(
     trusted: &[Cidr],
     peer: IpAddr,
     values: impl DoubleEndedIterator<Item = &'a str>,

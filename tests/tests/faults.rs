@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use passerelle::recorder::{SigningKey, check_signature};
+use passerelle::recording::{SigningKey, check_signature};
 use passerelle::store::Store;
 use passerelle_e2e::desktop::{self, VncOverWs, VncServer, XDisplay};
 use passerelle_e2e::faults::{NetNs, TinyDisk};
@@ -88,7 +88,7 @@ async fn a_broker_killed_mid_session_restarts_with_its_store_and_recordings_inta
         .tenant_id(&passerelle_proto::ids::TenantName::new("default")?)?
         .context("tenant default")?;
     let path =
-        passerelle::recorder::path_for(&broker.data_dir().join("recordings"), tenant, &rec.id);
+        passerelle::recording::path_for(&broker.data_dir().join("recordings"), tenant, &rec.id, 1);
     let deadline = Instant::now() + WAIT;
     loop {
         let on_disk = std::fs::read(&path).unwrap_or_default();

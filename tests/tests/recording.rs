@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, ensure};
-use passerelle::recorder::{SigningKey, check_signature};
+use passerelle::recording::{SigningKey, check_signature};
 use passerelle_e2e::desktop::{self, VncOverWs, VncServer, XDisplay};
 use passerelle_e2e::faults::TinyDisk;
 use passerelle_e2e::{
@@ -557,7 +557,8 @@ async fn raw_sessions_record_metadata_and_byte_counts_only() -> Result<()> {
         .map(|f| String::from_utf8_lossy(f.payload).into_owned())
         .collect();
     ensure!(
-        text.iter().any(|t| t.contains("encrypted end to end")),
+        text.iter()
+            .any(|t| t.contains("only metadata and byte counts are recorded")),
         "it says what it is: {text:?}"
     );
     let dir = tempfile::tempdir()?;

@@ -59,7 +59,7 @@ fn page(name: &str) -> Response {
     }
 }
 
-pub async fn view(Path(_id): Path<String>) -> Response {
+pub(super) async fn view(Path(_id): Path<String>) -> Response {
     if !embedded::HAS_NOVNC {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -70,7 +70,7 @@ pub async fn view(Path(_id): Path<String>) -> Response {
     page("viewer.html")
 }
 
-pub async fn replay(Path(_id): Path<String>) -> Response {
+pub(super) async fn replay(Path(_id): Path<String>) -> Response {
     if !embedded::HAS_NOVNC {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -81,15 +81,15 @@ pub async fn replay(Path(_id): Path<String>) -> Response {
     page("replay.html")
 }
 
-pub async fn console() -> Response {
+pub(super) async fn console() -> Response {
     page("console.html")
 }
 
-pub async fn root() -> Redirect {
+pub(super) async fn root() -> Redirect {
     Redirect::to("/console")
 }
 
-pub async fn static_file(Path(path): Path<String>) -> Response {
+pub(super) async fn static_file(Path(path): Path<String>) -> Response {
     match asset(&path) {
         Some(bytes) => respond(&path, bytes),
         None => (StatusCode::NOT_FOUND, "not found").into_response(),

@@ -31,7 +31,8 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
-use crate::broker::State;
+use super::App;
+use crate::metrics::Metrics;
 use crate::netaddr;
 use crate::shards::{MovableStream, MoveHandle};
 use crate::throttle::client_key;
@@ -83,23 +84,22 @@ impl Drop for IpSlot {
 struct Slots {
     _global: OwnedSemaphorePermit,
     _ip: IpSlot,
-    state: Arc<State>,
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for Slots {
     fn drop(&mut self) {
-        self.state
-            .metrics
+        self.metrics
             .http_connections_open
             .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Serves until `state.shutdown` is cancelled. One failed accept never ends the loop.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: std::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    state: Arc<State>,
+    state: App,
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -122,7 +122,7 @@ pub async fn serve(
             Some(Slots {
                 _global: g,
                 _ip: ip,
-                state: state.clone(),
+                metrics: state.metrics.clone(),
             })
         });
         let Some(slots) = slots else {
@@ -154,7 +154,7 @@ async fn connection(
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     router: Router,
-    state: &Arc<State>,
+    state: &App,
     slots: Slots,
 ) {
     // Viewers' small frames (RFB input, the RFB greeting) must not wait for a delayed ACK.
@@ -187,7 +187,7 @@ async fn http<I>(
     io: I,
     peer: SocketAddr,
     router: Router,
-    state: &Arc<State>,
+    state: &App,
     (slots, mover): (Slots, MoveHandle),
 ) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,

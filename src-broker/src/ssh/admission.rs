@@ -21,10 +21,10 @@ use tokio::time::Instant;
 use crate::throttle::client_key;
 
 /// Sources remembered at most by each limiter.
-pub const MAX_SOURCES: usize = 10_000;
+pub(crate) const MAX_SOURCES: usize = 10_000;
 
 /// What OpenSSH's sshd writes to a source it penalises, before closing; ssh-audit knows it.
-pub const REFUSAL_LINE: &[u8] = b"Not allowed at this time\r\n";
+pub(crate) const REFUSAL_LINE: &[u8] = b"Not allowed at this time\r\n";
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -34,7 +34,7 @@ struct Bucket {
 
 /// New connections per source: a token bucket each.
 #[derive(Debug)]
-pub struct ConnectionRate {
+pub(crate) struct ConnectionRate {
     burst: f64,
     per_sec: f64,
     max_sources: usize,
@@ -43,7 +43,7 @@ pub struct ConnectionRate {
 
 impl ConnectionRate {
     /// `burst` connections at once, refilled at `per_sec`; `burst == 0` admits everyone.
-    pub fn new(burst: u32, per_sec: f64) -> Self {
+    pub(crate) fn new(burst: u32, per_sec: f64) -> Self {
         Self::with_capacity(burst, per_sec, MAX_SOURCES)
     }
 
@@ -58,7 +58,7 @@ impl ConnectionRate {
 
     /// Takes a token for a new connection from `ip`; `Err(wait)` when there is none, with how
     /// long until the next one.
-    pub fn admit(&self, ip: IpAddr) -> Result<(), Duration> {
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<(), Duration> {
         if self.burst == 0.0 {
             return Ok(());
         }
@@ -104,7 +104,7 @@ impl ConnectionRate {
     }
 
     /// Forgets sources whose bucket is full again.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         let now = Instant::now();
         let (burst, per_sec) = (self.burst, self.per_sec);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -112,28 +112,29 @@ impl ConnectionRate {
     }
 
     /// How many sources are remembered.
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
 /// Connections before authentication, per source.
 #[derive(Debug, Default)]
-pub struct PreauthSlots {
+pub(crate) struct PreauthSlots {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// A connection's place in [`PreauthSlots`]; given back when dropped (at authentication or at
 /// the end of the connection, whichever comes first).
 #[derive(Debug)]
-pub struct PreauthSlot {
+pub(crate) struct PreauthSlot {
     slots: Arc<PreauthSlots>,
     key: IpAddr,
 }
 
 impl PreauthSlots {
     /// A slot for `ip`, unless it already holds `max` (0 = no cap; a source is still counted).
-    pub fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PreauthSlot> {
+    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PreauthSlot> {
         let key = client_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if max > 0 && open.get(&key).copied().unwrap_or(0) >= max {
@@ -148,7 +149,8 @@ impl PreauthSlots {
     }
 
     /// Connections of `ip`'s source before authentication.
-    pub fn held(&self, ip: IpAddr) -> usize {
+    #[cfg(test)]
+    fn held(&self, ip: IpAddr) -> usize {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.get(&client_key(ip)).copied().unwrap_or(0)
     }

@@ -75,7 +75,7 @@ const KEYS: &[Algorithm] = &[
 ];
 
 /// The algorithm lists offered to agents.
-pub fn preferred() -> Preferred {
+pub(crate) fn preferred() -> Preferred {
     Preferred {
         kex: Cow::Borrowed(KEX),
         key: Cow::Borrowed(KEYS),
@@ -88,17 +88,17 @@ pub fn preferred() -> Preferred {
 
 /// The most data OpenSSH sends or receives under one key, with any cipher offered here:
 /// 2^32 blocks of 16 bytes.
-pub const OPENSSH_MAX_REKEY_BYTES: u64 = (1 << 32) * 16;
+pub(crate) const OPENSSH_MAX_REKEY_BYTES: u64 = (1 << 32) * 16;
 
 /// Bytes each way after which the broker starts a rekey itself: half again OpenSSH's largest
 /// threshold.
-pub const REKEY_BYTES: u64 = OPENSSH_MAX_REKEY_BYTES / 2 * 3;
+pub(crate) const REKEY_BYTES: u64 = OPENSSH_MAX_REKEY_BYTES / 2 * 3;
 
 /// No time limit in practice (OpenSSH has none by default); a year keeps timer arithmetic safe.
-pub const REKEY_TIME: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const REKEY_TIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// When the broker starts a rekey: never before a stock OpenSSH agent would (see the header).
-pub fn rekey_limits() -> Limits {
+pub(crate) fn rekey_limits() -> Limits {
     let bytes = usize::try_from(REKEY_BYTES).unwrap_or(usize::MAX);
     // Not `Limits::new`: it caps the byte limits at 1 GiB, which is what drops busy agents.
     Limits {

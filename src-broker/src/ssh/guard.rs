@@ -1,5 +1,5 @@
-//! The SSH listener's defences before authentication, in one place ([`Guard`], in the broker's
-//! state): per-source connection rate and pre-authentication cap (see [`super::admission`]), the
+//! The SSH listener's defences before authentication, in one place ([`Guard`], in
+//! [`super::Server`]): per-source connection rate and pre-authentication cap (see [`super::admission`]), the
 //! lockout of sources that offer too many rejected keys (a [`Throttle`], as for API keys), and the
 //! audit of rejected offers, coalesced so that a source hammering one agent id writes one event per
 //! window with a count, not one per offer.
@@ -23,28 +23,28 @@ const MAX_PENDING: usize = 10_000;
 
 /// The SSH listener's per-source defences.
 #[derive(Debug)]
-pub struct Guard {
+pub(crate) struct Guard {
     /// New connections per source.
-    pub rate: ConnectionRate,
+    pub(crate) rate: ConnectionRate,
     /// Connections before authentication per source.
-    pub preauth: Arc<PreauthSlots>,
+    pub(crate) preauth: Arc<PreauthSlots>,
     /// Rejected key offers per source.
-    pub key_failures: Throttle,
+    pub(crate) key_failures: Throttle,
     pending: Mutex<HashMap<(IpAddr, String, String), Pending>>,
 }
 
 /// What [`Guard::count_rejection`] asks of its caller.
 #[derive(Debug)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     /// The first rejection of this (source, user, key) in the window: look the key up, audit
     /// [`offer_events`], then [`Guard::remember`] them.
-    pub first: bool,
+    pub(crate) first: bool,
     /// For a repeat: the events audited for the first one (their tenants, for a lockout).
-    pub events: Vec<NewEvent>,
+    pub(crate) events: Vec<NewEvent>,
     /// The source's lockout, when this rejection starts one: audit [`lockout_events`].
-    pub lockout: Option<Lockout>,
+    pub(crate) lockout: Option<Lockout>,
     /// Counts written out early because the table was full: audit them.
-    pub overflow: Vec<NewEvent>,
+    pub(crate) overflow: Vec<NewEvent>,
 }
 
 /// Rejected offers counted since their first one was audited.
@@ -55,7 +55,7 @@ struct Pending {
 }
 
 impl Guard {
-    pub fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         Self {
             rate: ConnectionRate::new(
                 config.ssh_connection_burst_per_source,
@@ -75,9 +75,15 @@ impl Guard {
     /// source's lockout and the coalesced audit. Touches no store: when [`Rejection::first`]
     /// says so, the caller looks the key up once ([`crate::store::Store::offer_targets`]), audits
     /// [`offer_events`] and hands them to [`Guard::remember`]; repeats only count until
-    /// [`Guard::take_counts`]. This split lets the store calls run wherever the caller's store
-    /// access runs (synchronously here, on a blocking pool behind an async face elsewhere).
-    pub fn count_rejection(&self, peer: SocketAddr, user: &str, fingerprint: &str) -> Rejection {
+    /// [`Guard::take_counts`]. This split keeps the store off the caller's thread: the handler
+    /// does its one lookup through [`crate::store::Db::run`] (the blocking pool) and queues the
+    /// events with [`crate::store::Db::audit`].
+    pub(crate) fn count_rejection(
+        &self,
+        peer: SocketAddr,
+        user: &str,
+        fingerprint: &str,
+    ) -> Rejection {
         let lockout = self.key_failures.failed(peer.ip());
         let key = (
             client_key(peer.ip()),
@@ -120,7 +126,13 @@ impl Guard {
     }
 
     /// Keeps the events audited for a first rejection, to repeat them with a count later.
-    pub fn remember(&self, peer: SocketAddr, user: &str, fingerprint: &str, events: &[NewEvent]) {
+    pub(crate) fn remember(
+        &self,
+        peer: SocketAddr,
+        user: &str,
+        fingerprint: &str,
+        events: &[NewEvent],
+    ) {
         let key = (
             client_key(peer.ip()),
             clean_user(user),
@@ -133,13 +145,13 @@ impl Guard {
 
     /// One event per (source, user, key) that had rejected offers after its first one was
     /// audited, with their count; starts a new window. Called every minute.
-    pub fn take_counts(&self, window_secs: u64) -> Vec<NewEvent> {
+    pub(crate) fn take_counts(&self, window_secs: u64) -> Vec<NewEvent> {
         let done = std::mem::take(&mut *self.lock());
         Self::counts(done, &format!("within {window_secs}s"))
     }
 
     /// Forgets what no longer limits anyone.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         self.rate.sweep();
         self.key_failures.sweep();
     }
@@ -161,13 +173,13 @@ impl Guard {
 }
 
 /// The user name as audited: no control characters, at most 64 characters.
-pub fn clean_user(user: &str) -> String {
+pub(crate) fn clean_user(user: &str) -> String {
     user.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 /// The `ssh_key_guessing` events of a lockout: one in each tenant the rejected offer was
 /// audited in (one without a tenant when none).
-pub fn lockout_events(
+pub(crate) fn lockout_events(
     lockout: &Lockout,
     audited: &[NewEvent],
     peer: SocketAddr,
@@ -197,7 +209,7 @@ pub fn lockout_events(
 
 /// The `auth_failed` events of one rejected offer: one per target tenant, each naming only that
 /// tenant's agents; one without a tenant when no tenant is concerned (visible to no API key).
-pub fn offer_events(
+pub(crate) fn offer_events(
     targets: &[OfferTarget],
     user: &str,
     fingerprint: &str,

@@ -15,17 +15,16 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 use tokio::sync::oneshot;
 
-use super::{Killer, guard};
-use crate::broker::State;
+use super::{Killer, Server, guard};
 use crate::registry::{AgentConn, AgentLink};
-use crate::sessions::LegacyLink;
+use crate::session::LegacyLink;
 use crate::store::{AgentRecord, AuditKind, NewEvent};
 
 /// Placeholder ports told to agents for named services start here.
 const PLACEHOLDER_PORT_BASE: u32 = 10_000;
 
 pub(super) struct AgentHandler {
-    state: Arc<State>,
+    state: Arc<Server>,
     peer: SocketAddr,
     killer: Arc<Killer>,
     authed: Option<oneshot::Sender<Arc<AgentConn>>>,
@@ -49,7 +48,8 @@ impl AgentLink for SshLink {
         address: String,
         port: u32,
         originator: SocketAddr,
-    ) -> futures_util::future::BoxFuture<'static, anyhow::Result<crate::bridge::AgentStream>> {
+    ) -> futures_util::future::BoxFuture<'static, anyhow::Result<crate::registry::AgentChannel>>
+    {
         let handle = self.handle.clone();
         async move {
             let channel = handle
@@ -80,7 +80,7 @@ impl AgentLink for SshLink {
 
 impl AgentHandler {
     pub(super) fn new(
-        state: Arc<State>,
+        state: Arc<Server>,
         peer: SocketAddr,
         killer: Arc<Killer>,
         authed: oneshot::Sender<Arc<AgentConn>>,
@@ -114,7 +114,7 @@ impl AgentHandler {
         tracing::info!(refused = %what, "refused agent request");
         let text = format!("passerelle: refused: {what}");
         self.state
-            .store
+            .db
             .audit(self.event(AuditKind::RequestRefused, what));
         text
     }
@@ -126,24 +126,26 @@ impl AgentHandler {
             .await;
     }
 
-    /// Counts and audits a rejected key (see [`super::guard::Guard::count_rejection`]): one
-    /// store query and the `auth_failed` events for the first rejection of this (source, id,
-    /// key) in a window; only a count for the repeats.
-    fn key_rejected(&self, user: &str, key: &russh::keys::PublicKey) {
+    /// Counts and audits a rejected key (see [`super::guard::Guard::count_rejection`]): for
+    /// the first rejection of this (source, id, key) in a window, one store query (on the
+    /// blocking pool) and the `auth_failed` events; for the repeats, only a count.
+    async fn key_rejected(&self, user: &str, key: &russh::keys::PublicKey) {
         use std::sync::atomic::Ordering::Relaxed;
         let state = &self.state;
-        let guard = &state.ssh_guard;
+        let guard = &state.guard;
         state.metrics.auth_failures.fetch_add(1, Relaxed);
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
         let user = guard::clean_user(user);
         let rejection = guard.count_rejection(self.peer, &user, &fingerprint);
         for ev in rejection.overflow {
-            state.store.audit(ev);
+            state.db.audit(ev);
         }
         let events = if rejection.first {
+            let (who, fp) = (user.clone(), fingerprint.clone());
             let targets = state
-                .store
-                .offer_targets(&user, &fingerprint)
+                .db
+                .run(move |s| s.offer_targets(&who, &fp))
+                .await
                 .unwrap_or_else(|e| {
                     tracing::error!(error = %e, "could not look up a rejected key's tenants");
                     Vec::new()
@@ -151,7 +153,7 @@ impl AgentHandler {
             let events = guard::offer_events(&targets, &user, &fingerprint, self.peer);
             tracing::info!(%user, key = %fingerprint, "agent authentication failed");
             for ev in &events {
-                state.store.audit(ev.clone());
+                state.db.audit(ev.clone());
             }
             guard.remember(self.peer, &user, &fingerprint, &events);
             events
@@ -163,7 +165,7 @@ impl AgentHandler {
             tracing::warn!(client = %lockout.client, failures = lockout.failures, "ssh key guessing: source locked out");
             let window = state.config.auth_failure_window.as_secs();
             for ev in guard::lockout_events(&lockout, &events, self.peer, window) {
-                state.store.audit(ev);
+                state.db.audit(ev);
             }
         }
     }
@@ -171,12 +173,7 @@ impl AgentHandler {
     /// Whether this source is locked out for rejected keys: its offers are then refused
     /// without a store query.
     fn locked_out(&self) -> bool {
-        let locked = self
-            .state
-            .ssh_guard
-            .key_failures
-            .check(self.peer.ip())
-            .is_err();
+        let locked = self.state.guard.key_failures.check(self.peer.ip()).is_err();
         if locked {
             self.state
                 .metrics
@@ -186,9 +183,15 @@ impl AgentHandler {
         locked
     }
 
-    fn lookup(&self, user: &str, key: &russh::keys::PublicKey) -> Option<AgentRecord> {
+    async fn lookup(&self, user: &str, key: &russh::keys::PublicKey) -> Option<AgentRecord> {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        match self.state.store.agent_for_key(user, &fingerprint) {
+        let user = user.to_owned();
+        let found = self
+            .state
+            .db
+            .run(move |s| s.agent_for_key(&user, &fingerprint))
+            .await;
+        match found {
             Ok(found) => found,
             Err(e) => {
                 tracing::error!(error = %e, "agent lookup failed");
@@ -209,10 +212,10 @@ impl Handler for AgentHandler {
         if self.locked_out() {
             return Ok(Auth::reject());
         }
-        if self.lookup(user, offer.public_key).is_some() {
+        if self.lookup(user, offer.public_key).await.is_some() {
             return Ok(Auth::Accept);
         }
-        self.key_rejected(user, offer.public_key);
+        self.key_rejected(user, offer.public_key).await;
         Ok(Auth::reject())
     }
 
@@ -224,13 +227,13 @@ impl Handler for AgentHandler {
         if self.locked_out() {
             return Ok(Auth::reject());
         }
-        match self.lookup(user, key.public_key) {
+        match self.lookup(user, key.public_key).await {
             Some(record) => {
                 self.record = Some(record);
                 Ok(Auth::Accept)
             }
             None => {
-                self.key_rejected(user, key.public_key);
+                self.key_rejected(user, key.public_key).await;
                 Ok(Auth::reject())
             }
         }
@@ -259,7 +262,7 @@ impl Handler for AgentHandler {
             .agent_connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.state
-            .store
+            .db
             .audit(self.event(AuditKind::AgentConnected, "authenticated".into()));
         tracing::info!(agent = %record.id, "agent connected");
         self.conn = Some(conn.clone());
@@ -299,17 +302,17 @@ impl Handler for AgentHandler {
         } else {
             match self
                 .state
-                .sessions
+                .core
+                .table()
                 .legacy_claim(*port, conn.tenant_id, &conn.agent)
             {
                 Ok(live) => {
                     self.forwards.insert((address.to_owned(), *port));
-                    let link = LegacyLink {
+                    live.legacy_attach(LegacyLink {
                         conn: conn.clone(),
                         address: address.to_owned(),
                         port: *port,
-                    };
-                    self.state.sessions.legacy_attach(&live, link);
+                    });
                     return Ok(true);
                 }
                 Err(why) => why,

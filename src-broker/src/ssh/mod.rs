@@ -1,24 +1,25 @@
-//! The agents' SSH listener: accept loop, connection caps (global, and per source: rate and
-//! pre-authentication share, see [`admission`] and [`guard`]), the PROXY protocol v2 header of
-//! trusted proxies, the pre-authentication timeout, the algorithms offered, and the life of one
-//! agent connection (presence from authentication to disconnect).
+//! The agents' SSH listener: accept loop, connection caps (global, and per source: rate,
+//! pre-authentication share and lockout, checked in [`gate`] with the structures of
+//! [`admission`] and [`guard`]), the PROXY protocol v2 header of trusted proxies, the
+//! pre-authentication timeout, the algorithms offered, and the life of one agent connection
+//! (presence from authentication to disconnect).
 //!
 //! The broker binds no port for tunnels: a remote forward only records (service name, placeholder
 //! port), and a viewer's arrival opens a forwarded-tcpip channel on the agent's connection.
 
-pub mod admission;
+mod admission;
 mod algorithms;
-pub mod guard;
+mod gate;
+mod guard;
 mod handler;
 mod proxy_header;
 
-pub use guard::Guard;
+pub(crate) use guard::Guard;
 
 use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,13 +31,88 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument as _;
 
-use crate::broker::State;
+use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::netaddr;
-use crate::registry::AgentConn;
-use crate::store::{AuditKind, NewEvent};
+use crate::registry::{AgentConn, Registry};
+use crate::session::Core;
+use crate::shards::Shards;
+use crate::store::{AuditKind, Db, NewEvent};
+
+/// What the agents' listener needs.
+pub(crate) struct Server {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    /// The legacy flow matches forwards to pending sessions.
+    pub core: Arc<Core>,
+    pub metrics: Arc<Metrics>,
+    pub host_key: russh::keys::PrivateKey,
+    pub tasks: tokio_util::task::TaskTracker,
+    pub shutdown: CancellationToken,
+    /// Where agent connections run.
+    pub shards: Arc<Shards>,
+    /// Per-source limits before authentication and the coalesced audit of rejected keys.
+    pub guard: Guard,
+    next_conn_id: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each part is shared with another listener"
+    )]
+    pub(crate) fn new(
+        config: Arc<Config>,
+        db: Db,
+        registry: Arc<Registry>,
+        core: Arc<Core>,
+        metrics: Arc<Metrics>,
+        host_key: russh::keys::PrivateKey,
+        tasks: tokio_util::task::TaskTracker,
+        shutdown: CancellationToken,
+        shards: Arc<Shards>,
+    ) -> Self {
+        Self {
+            guard: Guard::new(&config),
+            config,
+            db,
+            registry,
+            core,
+            metrics,
+            host_key,
+            tasks,
+            shutdown,
+            shards,
+            next_conn_id: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// The listener's share of the broker's periodic upkeep (every `period_secs`): forgets
+    /// sources that no longer limit anyone, and audits the counts of repeated rejected keys
+    /// (queued to the audit writer: never waits).
+    pub(crate) fn upkeep(&self, period_secs: u64) {
+        self.guard.sweep();
+        for ev in self.guard.take_counts(period_secs) {
+            self.db.audit(ev);
+        }
+    }
+
+    /// A fresh connection id.
+    fn next_conn_id(&self) -> u64 {
+        self.next_conn_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// The russh server configuration derived from ours.
-pub fn ssh_config(state: &State) -> Arc<SshConfig> {
+pub(crate) fn ssh_config(state: &Server) -> Arc<SshConfig> {
     let c = &state.config;
     Arc::new(SshConfig {
         server_id: russh::SshId::Standard(
@@ -64,7 +140,7 @@ pub fn ssh_config(state: &State) -> Arc<SshConfig> {
 /// Accepts agents until `state.shutdown` is cancelled. One failed accept never ends the loop,
 /// and no handshake work is done in it: a source over its limits is refused with one
 /// non-blocking write, and a trusted proxy's header is read in the connection's own task.
-pub async fn run(listener: TcpListener, state: Arc<State>) {
+pub(crate) async fn run(listener: TcpListener, state: Arc<Server>) {
     let config = ssh_config(&state);
     let slots = Arc::new(Semaphore::new(state.config.max_agent_connections));
     let mut acceptor = crate::accept::Acceptor::new(listener, "ssh");
@@ -79,10 +155,10 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
         let admitted = if via_proxy {
             None
         } else {
-            match admit(&state, peer) {
+            match gate::admit(&state, peer) {
                 Ok(slot) => Some(slot),
                 Err(why) => {
-                    refuse(&stream, peer, why, &state);
+                    gate::refuse(&stream, peer, why, &state);
                     continue;
                 }
             }
@@ -106,7 +182,7 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
                         let deadline = tokio::time::Instant::now() + state2.config.preauth_timeout;
                         let admitted = match admitted {
                             Some(slot) => Some((stream, peer, slot)),
-                            None => through_proxy(stream, peer, &state2, deadline).await,
+                            None => gate::through_proxy(stream, peer, &state2, deadline).await,
                         };
                         if let Some((stream, client, slot)) = admitted {
                             serve(stream, client, slot, deadline, config, state2).await;
@@ -119,77 +195,6 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
             .instrument(span),
             state.shards.pick(),
         );
-    }
-}
-
-/// Why a source may not start a connection now.
-#[derive(Debug, Clone, Copy)]
-enum Refusal {
-    LockedOut,
-    PreauthCap,
-    Rate,
-}
-
-/// The per-source checks, in an order that spends nothing on a refused source: locked out for
-/// rejected keys, its share of pre-authentication slots, then a token of its connection rate.
-fn admit(state: &State, peer: SocketAddr) -> Result<admission::PreauthSlot, Refusal> {
-    let guard = &state.ssh_guard;
-    let ip = peer.ip();
-    if guard.key_failures.check(ip).is_err() {
-        return Err(Refusal::LockedOut);
-    }
-    let slot = guard
-        .preauth
-        .take(ip, state.config.max_preauth_per_source)
-        .ok_or(Refusal::PreauthCap)?;
-    guard.rate.admit(ip).map_err(|_| Refusal::Rate)?;
-    Ok(slot)
-}
-
-/// Tells a refused source so the way OpenSSH does, without waiting, and closes.
-fn refuse(stream: &TcpStream, client: SocketAddr, why: Refusal, state: &State) {
-    state
-        .metrics
-        .ssh_connections_refused
-        .fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(%client, ?why, "ssh connection refused for its source");
-    let _ = stream.try_write(admission::REFUSAL_LINE);
-    // Closing with unread bytes (a client that sent its banner at once) would reset the
-    // connection, and the line with it: take what has arrived, without waiting.
-    let mut sink = [0u8; 512];
-    for _ in 0..4 {
-        if !matches!(stream.try_read(&mut sink), Ok(1..)) {
-            break;
-        }
-    }
-}
-
-/// A trusted proxy's connection: its PROXY v2 header (within the pre-auth deadline) names the
-/// client, who is then judged like a direct one. Nothing is answered to a bad header.
-async fn through_proxy(
-    mut stream: TcpStream,
-    proxy: SocketAddr,
-    state: &State,
-    deadline: tokio::time::Instant,
-) -> Option<(TcpStream, SocketAddr, admission::PreauthSlot)> {
-    let client = match tokio::time::timeout_at(deadline, proxy_header::read(&mut stream)).await {
-        Ok(Ok(client)) => client.unwrap_or(proxy),
-        Ok(Err(e)) => {
-            tracing::info!(%proxy, error = %e, "bad PROXY header from a trusted proxy; closed");
-            return None;
-        }
-        Err(_) => {
-            tracing::info!(%proxy, "no PROXY header from a trusted proxy in time; closed");
-            return None;
-        }
-    };
-    tracing::debug!(%proxy, %client, "connection through a trusted proxy");
-    match admit(state, client) {
-        Ok(slot) => Some((stream, client, slot)),
-        Err(why) => {
-            refuse(&stream, client, why, state);
-            None
-        }
     }
 }
 
@@ -262,7 +267,7 @@ async fn serve(
     preauth: admission::PreauthSlot,
     deadline: tokio::time::Instant,
     config: Arc<SshConfig>,
-    state: Arc<State>,
+    state: Arc<Server>,
 ) {
     let _ = stream.set_nodelay(true);
     let token = CancellationToken::new();
@@ -327,7 +332,7 @@ async fn serve(
         ev.tenant_id = Some(conn.tenant_id);
         ev.agent = Some(conn.agent.to_string());
         ev.peer_addr = Some(peer.to_string());
-        state.store.audit(ev);
+        state.db.audit(ev);
     }
     match result {
         Some(Err(e)) => {

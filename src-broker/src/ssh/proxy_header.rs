@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 /// Why no client address came from a trusted proxy.
 #[derive(Debug, thiserror::Error)]
-pub enum HeaderError {
+pub(crate) enum HeaderError {
     #[error("{0}")]
     Invalid(#[from] ProxyError),
     #[error("connection closed inside the PROXY header")]
@@ -22,7 +22,7 @@ pub enum HeaderError {
 
 /// Reads exactly one PROXY v2 header from `stream`; the client's address, or `None` for the
 /// proxy's own connections (LOCAL command, health checks).
-pub async fn read(stream: &mut TcpStream) -> Result<Option<SocketAddr>, HeaderError> {
+pub(crate) async fn read(stream: &mut TcpStream) -> Result<Option<SocketAddr>, HeaderError> {
     let mut buf = vec![0u8; proxy::FIXED_LEN];
     let mut have = 0;
     loop {

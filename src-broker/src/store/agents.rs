@@ -62,7 +62,7 @@ fn record(row: (TenantId, String, String, String, bool, i64)) -> anyhow::Result<
 }
 
 /// Parses an OpenSSH public key line; returns (canonical line without comment, SHA256 fingerprint).
-pub fn parse_public_key(text: &str) -> Result<(String, String), Invalid> {
+pub(super) fn parse_public_key(text: &str) -> Result<(String, String), Invalid> {
     let key = PublicKey::from_openssh(text.trim())
         .map_err(|e| Invalid(format!("public_key is not an OpenSSH public key: {e}")))?;
     let mut key = key;
@@ -215,6 +215,16 @@ impl Store {
             )?;
         }
         self.agent(tenant_id, id)
+    }
+
+    /// How many agents a tenant has.
+    pub fn agent_count(&self, tenant_id: TenantId) -> anyhow::Result<usize> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM agents WHERE tenant_id = ?1",
+            [tenant_id],
+            |r| r.get(0),
+        )?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Removes an agent; whether it existed.
@@ -380,28 +390,39 @@ mod tests {
     }
 
     #[test]
-    fn migration_2_keeps_the_agents_of_a_version_1_store() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let conn = rusqlite::Connection::open(dir.path().join("passerelle.db")).unwrap();
-            conn.execute_batch(crate::store::MIGRATIONS[0]).unwrap();
-            conn.execute_batch(
-                "INSERT INTO tenants (id, name, created_at) VALUES (1, 'one', 0);
-                 PRAGMA user_version = 1;",
-            )
-            .unwrap();
-            let (line, fingerprint) = parse_public_key(KEY_A).unwrap();
-            conn.execute(
-                "INSERT INTO agents (tenant_id, id, public_key, key_fingerprint, vnc_password,
-                                     created_at) VALUES (1, 'pc-1', ?1, ?2, x'0102', 7)",
-                params![line, fingerprint],
-            )
-            .unwrap();
+    fn the_key_migration_keeps_the_agents_of_older_stores() {
+        // Stores of main before this migration (version 2) and from before the audit's api_key
+        // column (version 1) both come through.
+        for version in [1, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let conn = rusqlite::Connection::open(dir.path().join("passerelle.db")).unwrap();
+                for sql in &crate::store::MIGRATIONS[..version] {
+                    conn.execute_batch(sql).unwrap();
+                }
+                conn.execute_batch(&format!(
+                    "INSERT INTO tenants (id, name, created_at) VALUES (1, 'one', 0);
+                     PRAGMA user_version = {version};"
+                ))
+                .unwrap();
+                let (line, fingerprint) = parse_public_key(KEY_A).unwrap();
+                conn.execute(
+                    "INSERT INTO agents (tenant_id, id, public_key, key_fingerprint, vnc_password,
+                                         created_at) VALUES (1, 'pc-1', ?1, ?2, x'0102', 7)",
+                    params![line, fingerprint],
+                )
+                .unwrap();
+            }
+            let store = Store::open(dir.path()).unwrap();
+            let agent = store.agent_for_key("pc-1", &fp(KEY_A)).unwrap().unwrap();
+            assert_eq!(
+                (agent.tenant_id, agent.created_at),
+                (1, 7),
+                "from {version}"
+            );
+            assert!(agent.has_vnc_password);
+            assert!(!store.tenant_info(1).unwrap().recording_required);
         }
-        let store = Store::open(dir.path()).unwrap();
-        let agent = store.agent_for_key("pc-1", &fp(KEY_A)).unwrap().unwrap();
-        assert_eq!((agent.tenant_id, agent.created_at), (1, 7));
-        assert!(agent.has_vnc_password);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod agents;
 mod audit;
 mod audit_retention;
+mod db;
 mod sessions;
 
 use std::path::Path;
@@ -24,6 +25,7 @@ pub mod agents_errors {
     pub use super::agents::{Conflict, Invalid};
 }
 pub use audit::{AuditFilter, AuditKind, NewEvent};
+pub use db::Db;
 
 use crate::secrets::{self, ApiKey, SecretBox};
 
@@ -96,11 +98,16 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_tenant ON audit(tenant_id, at);
 "#,
-    // 2: a public key is unique per tenant, not across tenants (a cross-tenant uniqueness check
+    // The API key behind each event of an API call; mandatory recording per tenant.
+    r#"
+ALTER TABLE audit ADD COLUMN api_key TEXT;
+ALTER TABLE tenants ADD COLUMN recording_required INTEGER NOT NULL DEFAULT 0;
+"#,
+    // A public key is unique per tenant, not across tenants (a cross-tenant uniqueness check
     // told one tenant that another had registered a key); the SSH login (agent id, key) stays
     // unambiguous through `agents_active_login` (see `Store::create_agent`). The audit gets an
     // index on time for retention. NOTE for merges: the column list below is the agents table
-    // of migration 1; a migration that adds agents columns must come after this one.
+    // of migrations 1 and 2; a migration that adds agents columns must come after this one.
     r#"
 CREATE TABLE agents_v2 (
     tenant_id INTEGER NOT NULL REFERENCES tenants(id),
@@ -211,6 +218,14 @@ impl Store {
         Ok(rows.join("; "))
     }
 
+    /// Holds the store's lock for `d`, as a long write on a slow disk would: for tests of what
+    /// must never wait on the store.
+    #[doc(hidden)]
+    pub fn stall_for_tests(&self, d: std::time::Duration) {
+        let _conn = self.conn();
+        std::thread::sleep(d);
+    }
+
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (statements are atomic).
         self.conn
@@ -317,13 +332,28 @@ impl Store {
 
     /// The tenant's settings as the API shows them.
     pub fn tenant_info(&self, id: TenantId) -> anyhow::Result<TenantInfo> {
-        let (name, has_pw, record, policy, days): (String, bool, bool, String, u32) =
-            self.conn().query_row(
-                "SELECT name, vnc_password IS NOT NULL, record_by_default, recording_policy,
-                        retention_days FROM tenants WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )?;
+        let (name, has_pw, record, policy, days, required): (
+            String,
+            bool,
+            bool,
+            String,
+            u32,
+            bool,
+        ) = self.conn().query_row(
+            "SELECT name, vnc_password IS NOT NULL, record_by_default, recording_policy,
+                    retention_days, recording_required FROM tenants WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?;
         Ok(TenantInfo {
             name: TenantName::new(name)?,
             has_vnc_password: has_pw,
@@ -334,6 +364,7 @@ impl Store {
                 RecordingPolicy::FailClosed
             },
             retention_days: days,
+            recording_required: required,
         })
     }
 
@@ -365,6 +396,12 @@ impl Store {
             conn.execute(
                 "UPDATE tenants SET recording_policy = ?1 WHERE id = ?2",
                 params![p, id],
+            )?;
+        }
+        if let Some(v) = patch.recording_required {
+            conn.execute(
+                "UPDATE tenants SET recording_required = ?1 WHERE id = ?2",
+                params![v, id],
             )?;
         }
         if let Some(d) = patch.retention_days {

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
-use passerelle_proto::recording::{Content, Verdict, verify};
+use passerelle_proto::recording::{Content, Verdict};
 
-use crate::playback::{self, Screen};
+use super::playback::{self, Screen};
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -106,9 +106,7 @@ pub fn parse_times(s: &str) -> anyhow::Result<Vec<f64>> {
 /// seconds and notes. A tampered file is refused unless `force`.
 fn check(bytes: &[u8], public_hex: &str, force: bool) -> anyhow::Result<(f64, Vec<String>)> {
     let mut notes = Vec::new();
-    let (header, duration_us) = match verify(bytes, |m, s| {
-        crate::recorder::check_signature(public_hex, m, s)
-    }) {
+    let (header, duration_us) = match super::verify_file(bytes, public_hex) {
         Verdict::Intact {
             header, summary, ..
         } => (header, summary.duration_us),
