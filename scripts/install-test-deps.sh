@@ -23,6 +23,8 @@ PACKAGES=(
   fonts-dejavu-core
   # `passerelle recording export --video` pipes frames into ffmpeg; ffprobe checks the result.
   ffmpeg
+  # A real PROXY protocol v2 sender in front of the SSH listener (trusted_proxies).
+  haproxy
 )
 # Node.js drives Chromium (playwright-core, no browser download); the image may bring its own.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
@@ -59,3 +61,5 @@ ensure_terminal_test_user() {
 apt_install_missing install-test-deps "${PACKAGES[@]}"
 install_page_driver
 ensure_terminal_test_user
+# ssh-audit (PyPI) for the SSH listener's scan test.
+bash "$(dirname "${BASH_SOURCE[0]}")/install-scan-deps.sh"

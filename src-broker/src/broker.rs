@@ -27,6 +27,9 @@ use crate::{http, keys, ssh};
 /// File in the data dir holding the first admin API key.
 pub const ADMIN_KEY_FILE: &str = "admin-api-key";
 
+/// The period of the upkeep task (sweeps, coalesced audit counts; retention every 60th tick).
+const UPKEEP_SECS: u64 = 60;
+
 /// A running broker. Dropping it cancels everything without waiting; [`Broker::shutdown`] ends
 /// live sessions cleanly first.
 pub struct Broker {
@@ -184,19 +187,27 @@ impl Broker {
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         };
-        tasks.spawn(ssh::run(ssh_listener, agents));
+        tasks.spawn(ssh::run(ssh_listener, agents.clone()));
         tasks.spawn(http::serve(http_listener, tls.map(|t| t.config), app));
         let upkeep = core.clone();
+        let listener = agents;
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let mut tick = tokio::time::interval(Duration::from_secs(UPKEEP_SECS));
             let mut ticks = 0u64;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
                         upkeep.sweep();
+                        listener.upkeep(UPKEEP_SECS);
                         // Retention: at start, then hourly.
                         if ticks.is_multiple_of(60) {
                             upkeep.sweep_recordings().await;
+                            let days = upkeep.config.audit_retention_days;
+                            match upkeep.db.run(move |s| s.prune_audit(days)).await {
+                                Ok(0) => {}
+                                Ok(n) => tracing::info!(deleted = n, days, "audit retention"),
+                                Err(e) => tracing::error!(error = %e, "audit retention failed"),
+                            }
                         }
                         ticks += 1;
                     }

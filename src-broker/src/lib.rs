@@ -23,6 +23,7 @@
 //! - [`http`]: the JSON API, the WebSocket endpoints, the pages.
 //! - [`store`]: SQLite (tenants, keys, agents, sessions, audit) and its async face [`store::Db`].
 //! - [`throttle`]: per-address limits on failed credentials.
+//! - [`netaddr`]: trusted proxies and the client address behind them.
 //! - [`accept`], [`shards`], [`keys`], [`secrets`], [`metrics`]: the accept loop, the data
 //!   threads, host key and certificate, tokens and sealing, counters.
 
@@ -34,6 +35,7 @@ pub(crate) mod ends;
 pub(crate) mod http;
 pub mod keys;
 pub(crate) mod metrics;
+pub(crate) mod netaddr;
 pub mod recording;
 pub(crate) mod registry;
 pub(crate) mod secrets;

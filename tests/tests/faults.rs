@@ -153,8 +153,8 @@ async fn a_broker_killed_mid_session_restarts_with_its_store_and_recordings_inta
     ws.round_trip(&pattern(20_000, 3)).await?;
     ws.close().await?;
 
-    // The recording: truncated but consistent, replays up to the crash, and one flipped byte
-    // is tampering.
+    // The recording: truncated, signed up to its last checkpoint, replays that signed part, and
+    // one flipped byte is tampering.
     let res = broker
         .http()
         .get(format!(
@@ -172,7 +172,7 @@ async fn a_broker_killed_mid_session_restarts_with_its_store_and_recordings_inta
     std::fs::write(&path, &file)?;
     let (code, out) = cli_verify(broker.data_dir(), &path).await?;
     ensure!(
-        code == 3 && out.starts_with("truncated but consistent"),
+        code == 3 && out.starts_with("truncated:") && out.contains("are signed"),
         "verify said ({code}) {out}"
     );
     let mut bad = file.clone();

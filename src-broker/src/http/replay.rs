@@ -56,6 +56,9 @@ async fn stream_of(
                 "recording_tampered",
                 format!("{e}; it cannot be replayed"),
             )),
+            Some(BuildError::Unsigned) => {
+                Err(ApiError::conflict("recording_unsigned", e.to_string()))
+            }
             Some(BuildError::Playback(_)) => {
                 Err(ApiError::conflict("recording_unplayable", e.to_string()))
             }

@@ -11,13 +11,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 use passerelle_proto::api::{Role, TerminalSearch, TerminalSearchHit, TerminalSearchLine};
 use passerelle_proto::ids::AgentId;
-use passerelle_proto::recording::Verdict;
 use passerelle_proto::terminal::asciicast::{self, CastError};
 use serde::Deserialize;
 
 use super::api::{ApiResult, SegmentQuery, session_of};
 use super::auth::Caller;
 use super::{ApiError, App};
+use crate::recording::terminal::{Unplayable, signed_part};
 use crate::store::{AuditKind, Db, MAX_QUERY, parse_rfc3339};
 
 const READERS: &[Role] = &[Role::Admin, Role::Auditor];
@@ -95,7 +95,8 @@ pub(super) async fn search(
 
 /// `GET /api/v1/recordings/{id}/asciicast[?segment=N]`: a terminal recording (the session's
 /// first connection unless `segment` says which) as asciicast v2, once its hash chain and
-/// signatures check. Auditor and admin keys; audited (`recording_viewed`).
+/// signatures check: its signed part only (a truncated recording's frames after its last
+/// checkpoint are not evidence). Auditor and admin keys; audited (`recording_viewed`).
 pub(super) async fn asciicast(
     caller: Caller,
     State(app): State<App>,
@@ -119,29 +120,40 @@ pub(super) async fn asciicast(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(anyhow::Error::from(e).context("reading a recording")),
         };
-        if let Verdict::Tampered(damage) = crate::recording::verify_file(&file, &key) {
-            return Ok(Some(Err(CastError::Damaged(damage))));
-        }
+        // Only what a signature covers is replayed.
+        let signed = match signed_part(&file, &key) {
+            Ok(signed) => signed,
+            Err(e) => return Ok(Some(Err(e))),
+        };
         // The connection's own start, from its header (a reconnect starts later than the
         // session).
-        let timestamp = passerelle_proto::recording::read_header(&file)
+        let timestamp = passerelle_proto::recording::read_header(signed)
             .ok()
             .and_then(|(h, _, _)| parse_rfc3339(&h.started_at))
             .map(|ms| ms / 1000);
-        Ok(Some(asciicast::from_recording(&file, timestamp)))
+        Ok(Some(Ok(asciicast::from_recording(signed, timestamp))))
     })
     .await
     .map_err(|e| anyhow::anyhow!("making an asciicast: {e}"))??;
     let cast = match made {
         None => return Err(ApiError::not_found("recording")),
-        Some(Ok(cast)) => cast,
-        Some(Err(CastError::Damaged(d))) => {
+        Some(Err(e @ Unplayable::Tampered(_))) => {
+            return Err(ApiError::conflict(
+                "recording_tampered",
+                format!("{e}; it cannot be replayed"),
+            ));
+        }
+        Some(Err(e @ Unplayable::Unsigned)) => {
+            return Err(ApiError::conflict("recording_unsigned", e.to_string()));
+        }
+        Some(Ok(Ok(cast))) => cast,
+        Some(Ok(Err(CastError::Damaged(d)))) => {
             return Err(ApiError::conflict(
                 "recording_tampered",
                 format!("{d}; it cannot be replayed"),
             ));
         }
-        Some(Err(e @ CastError::NotTerminal(_))) => {
+        Some(Ok(Err(e @ CastError::NotTerminal(_)))) => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "no_terminal",

@@ -58,6 +58,9 @@ pub struct Index {
     pub records_len: u64,
     /// Set when decoding stopped early; the stream is right up to there.
     pub decode_error: Option<String>,
+    /// Frames of a truncated recording that no signature covers, left out of the replay.
+    #[serde(default)]
+    pub unsigned_frames: u64,
 }
 
 /// Why a screen stream cannot be made.
@@ -65,6 +68,8 @@ pub struct Index {
 pub enum BuildError {
     #[error("the recording is tampered or damaged: {0}")]
     Tampered(Damage),
+    #[error("nothing in the recording is signed: it cannot be replayed as evidence")]
+    Unsigned,
     #[error("{0}")]
     Playback(#[from] playback::PlaybackError),
 }
@@ -101,13 +106,39 @@ fn record(out: &mut Vec<u8>, kind: u8, time_us: u64, head: &[u32], image: &[u8])
 
 /// Builds a recording's screen stream; `public_hex` is the broker's recording key.
 pub fn build(file: &[u8], public_hex: &str) -> Result<Vec<u8>, BuildError> {
-    let (header, complete, end_reason, duration_us) = match super::verify_file(file, public_hex) {
-        Verdict::Intact {
-            header, summary, ..
-        } => (header, true, Some(summary.end_reason), summary.duration_us),
-        Verdict::Truncated { header, end_us, .. } => (header, false, None, end_us),
-        Verdict::Tampered(d) => return Err(BuildError::Tampered(d)),
-    };
+    let source_len = file.len() as u64;
+    let (header, complete, end_reason, duration_us, signed_len, unsigned_frames) =
+        match super::verify_file(file, public_hex) {
+            Verdict::Intact {
+                header, summary, ..
+            } => (
+                header,
+                true,
+                Some(summary.end_reason),
+                summary.duration_us,
+                file.len(),
+                0,
+            ),
+            // Only what a signature covers is replayed.
+            Verdict::Truncated {
+                header,
+                frames,
+                signed_frames,
+                signed_len,
+                signed_end_us,
+                ..
+            } => (
+                header,
+                false,
+                None,
+                signed_end_us,
+                signed_len,
+                frames - signed_frames,
+            ),
+            Verdict::Unsigned { .. } => return Err(BuildError::Unsigned),
+            Verdict::Tampered(d) => return Err(BuildError::Tampered(d)),
+        };
+    let file = &file[..signed_len];
     let marks = Frames::new(file)
         .map(|(_, frames)| {
             frames
@@ -118,7 +149,7 @@ pub fn build(file: &[u8], public_hex: &str) -> Result<Vec<u8>, BuildError> {
         .unwrap_or_default();
     let mut index = Index {
         version: 1,
-        source_len: file.len() as u64,
+        source_len,
         header,
         complete,
         end_reason,
@@ -127,6 +158,7 @@ pub fn build(file: &[u8], public_hex: &str) -> Result<Vec<u8>, BuildError> {
         keyframes: Vec::new(),
         records_len: 0,
         decode_error: None,
+        unsigned_frames,
     };
     let mut records = Vec::new();
     if index.header.content == Content::Rfb {
@@ -419,6 +451,7 @@ mod tests {
             keyframes: vec![(100, 0), (2_500, 50), (6_000, 90)],
             records_len: 100,
             decode_error: None,
+            unsigned_frames: 0,
         };
         assert_eq!(keyframe_for(&index, 0), Some((0, 100, 0)));
         assert_eq!(keyframe_for(&index, 2_499), Some((0, 100, 0)));

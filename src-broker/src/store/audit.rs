@@ -20,6 +20,12 @@ pub enum AuditKind {
     /// An address presented too many unknown tokens or API keys and is locked out for a while
     /// (one event per lockout).
     TokenGuessing,
+    /// A source offered too many rejected SSH keys and is refused for a while (one event per
+    /// lockout).
+    SshKeyGuessing,
+    /// Audit events past `audit_retention_days` were deleted (one event per pruning, per tenant,
+    /// with the count).
+    AuditPruned,
     SessionCreated,
     SessionStarted,
     SessionEnded,
@@ -54,6 +60,8 @@ impl AuditKind {
             Self::RequestRefused => "request_refused",
             Self::TokenRefused => "token_refused",
             Self::TokenGuessing => "token_guessing",
+            Self::SshKeyGuessing => "ssh_key_guessing",
+            Self::AuditPruned => "audit_pruned",
             Self::SessionCreated => "session_created",
             Self::SessionStarted => "session_started",
             Self::SessionEnded => "session_ended",

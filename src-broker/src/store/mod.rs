@@ -7,6 +7,7 @@
 
 mod agents;
 mod audit;
+mod audit_retention;
 mod db;
 mod search;
 mod sessions;
@@ -20,7 +21,7 @@ use passerelle_proto::api::{RecordingPolicy, Role, TenantInfo};
 use passerelle_proto::ids::TenantName;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-pub use agents::AgentRecord;
+pub use agents::{AgentRecord, OfferTarget};
 /// The errors store calls return that the API maps to 400 and 409.
 pub mod agents_errors {
     pub use super::agents::{Conflict, Invalid};
@@ -105,6 +106,32 @@ CREATE INDEX audit_by_tenant ON audit(tenant_id, at);
     r#"
 ALTER TABLE audit ADD COLUMN api_key TEXT;
 ALTER TABLE tenants ADD COLUMN recording_required INTEGER NOT NULL DEFAULT 0;
+"#,
+    // A public key is unique per tenant, not across tenants (a cross-tenant uniqueness check
+    // told one tenant that another had registered a key); the SSH login (agent id, key) stays
+    // unambiguous through `agents_active_login` (see `Store::create_agent`). The audit gets an
+    // index on time for retention. NOTE for merges: the column list below is the agents table
+    // of migrations 1 and 2; a migration that adds agents columns must come after this one.
+    r#"
+CREATE TABLE agents_v2 (
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    id TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    key_fingerprint TEXT NOT NULL,
+    vnc_password BLOB,
+    created_at INTEGER NOT NULL,
+    shadowed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, id)
+);
+INSERT INTO agents_v2 (tenant_id, id, public_key, key_fingerprint, vnc_password, created_at)
+    SELECT tenant_id, id, public_key, key_fingerprint, vnc_password, created_at FROM agents;
+DROP TABLE agents;
+ALTER TABLE agents_v2 RENAME TO agents;
+CREATE INDEX agents_by_id ON agents(id);
+CREATE INDEX agents_by_key ON agents(key_fingerprint);
+CREATE UNIQUE INDEX agents_key_per_tenant ON agents(tenant_id, key_fingerprint);
+CREATE UNIQUE INDEX agents_active_login ON agents(id, key_fingerprint) WHERE shadowed = 0;
+CREATE INDEX audit_by_at ON audit(at);
 "#,
     ssh::MIGRATION,
     search::MIGRATION,

@@ -214,6 +214,9 @@ async function load(key) {
   ctx = canvas.getContext('2d');
   $('screen').replaceChildren(canvas);
   if (index.decode_error) $('status').textContent = `Plays up to ${index.decode_error}`;
+  if (index.unsigned_frames) {
+    $('meta').textContent += ` · ${index.unsigned_frames} frames after ${fmt(state.duration)} are not signed and not shown`;
+  }
   await seek(0);
   $('status').textContent = 'Ready';
   $('play').disabled = false;
