@@ -295,3 +295,60 @@ async fn a_session_takes_a_bounded_number_of_connections() -> Result<()> {
     ensure!(events.len() == 1, "{events:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn six_hundred_recorded_sessions_at_once_are_all_recorded_by_a_few_threads() -> Result<()> {
+    init();
+    let broker = TestBroker::start_with(|c| c.http_max_connections_per_ip = 0).await?;
+    let echo = EchoServer::start().await?;
+    let mut agents = Vec::new();
+    for i in 0..6 {
+        let mut agent = Agent::registered(&broker, &unique(&format!("many{i}"))).await?;
+        agent.connect(&[Forward::named("rdp", echo.port())])?;
+        agent.wait_online(&broker, &["rdp"]).await?;
+        agents.push(agent);
+    }
+    let mut created = Vec::new();
+    for i in 0..600 {
+        let mut req = session_request(&agents[i % agents.len()].id, "rdp");
+        req.record = Some(true);
+        created.push(broker.create_session(&req).await?);
+    }
+    // Every viewer connected and bridged at the same time.
+    let viewers = futures_util::future::try_join_all(created.iter().map(|c| async move {
+        let mut ws = Ws::connect(&c.raw_ws_url).await?;
+        ws.round_trip(&pattern(1000, 7)).await?;
+        anyhow::Ok(ws)
+    }))
+    .await?;
+    let writer_threads = std::fs::read_dir("/proc/self/task")?
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .filter(|n| n.starts_with("passerelle-rec"))
+        .count();
+    ensure!(
+        (1..=8).contains(&writer_threads),
+        "600 live recordings are written by {writer_threads} threads"
+    );
+    for ws in viewers {
+        ws.close().await?;
+    }
+    let public = SigningKey::load_or_create(broker.data_dir())?.public_hex();
+    let tenant = broker
+        .store()
+        .tenant_id(&passerelle_proto::ids::TenantName::new("default")?)?
+        .context("tenant")?;
+    let dir = broker.data_dir().join("recordings");
+    for c in &created {
+        let ended = broker.wait_ended(&c.id).await?;
+        ensure!(ended.record && ended.bytes_up == 1000, "{ended:?}");
+        let file = std::fs::read(passerelle::recording::path_for(&dir, tenant, &c.id, 1))?;
+        match verify(&file, |m, s| check_signature(&public, m, s)) {
+            Verdict::Intact { summary, .. } => {
+                ensure!(summary.bytes_down == 1000, "{summary:?}")
+            }
+            other => anyhow::bail!("session {}: {other:?}", c.id),
+        }
+    }
+    Ok(())
+}
