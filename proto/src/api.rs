@@ -258,7 +258,12 @@ pub struct AuditPage {
     pub events: Vec<AuditEvent>,
 }
 
-/// Every error body: `{"error": {"code": "...", "message": "..."}}`.
+/// `POST /api/v1/sessions/{id}/launch`: a launch URL for the desktop helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchAnswer {
+    pub launch_url: String,
+}
+
 /// One recorded connection of a session (`GET /api/v1/recordings/{id}/segments`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordingSegment {
@@ -271,6 +276,7 @@ pub struct RecordingSegment {
     pub bytes: u64,
 }
 
+/// Every error body: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
