@@ -334,6 +334,12 @@ fn first_segment() -> u32 {
     1
 }
 
+/// `POST /api/v1/sessions/{id}/launch`: a launch URL for the desktop helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchAnswer {
+    pub launch_url: String,
+}
+
 /// One recorded connection of a session (`GET /api/v1/recordings/{id}/segments`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordingSegment {

@@ -355,9 +355,9 @@ async fn filters_say_which_control_frames_the_recording_keeps_and_may_refuse_the
         signer: key.public_hex(),
         segment: 1,
     };
-    let tasks = tokio_util::task::TaskTracker::new();
+    let writers = crate::recording::Writers::start(1, 64 << 20).unwrap();
     let path = dir.path().join("s.psrec");
-    let rec = Recording::start(path.clone(), &header, key, 1 << 20, &tasks).unwrap();
+    let rec = Recording::start(path.clone(), &header, key, 1 << 20, &writers).unwrap();
     let (mut p, (viewer, agent)) = wire(16);
     let mut o = opts(1 << 20);
     o.up = Some(Box::new(Notes));

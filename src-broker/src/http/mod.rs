@@ -95,6 +95,7 @@ pub(crate) fn router(app: App) -> Router {
             get(sessions::get_session).delete(sessions::stop_session),
         )
         .route("/api/v1/sessions/{id}/tokens", post(sessions::new_token))
+        .route("/api/v1/sessions/{id}/launch", post(sessions::launch))
         .route(
             "/api/v1/agents",
             get(agents::list_agents).post(agents::register_agent),

@@ -11,6 +11,7 @@
 
 pub mod export;
 pub mod playback;
+mod pool;
 pub mod screen_stream;
 pub mod terminal;
 mod writer;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use passerelle_proto::api::RecordingSegment;
 use passerelle_proto::recording::Verdict;
 
+pub use pool::Writers;
 pub use writer::{KEY_FILE, Recording, SigningKey, check_signature};
 
 /// Verifies a recording's bytes with a signer's public key (hex).

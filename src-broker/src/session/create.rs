@@ -28,12 +28,14 @@ pub struct NewSession {
     pub ssh_user: Option<String>,
 }
 
-/// A session's tokens: a viewer token (one connection) and a launch token (the desktop
-/// helper's, reusable while the session lasts).
+/// A session's tokens: a viewer token (one connection), a launch token (the desktop helper's,
+/// reusable while the session lasts), and an exchange token (one use: the viewer page trades it
+/// for a launch URL).
 #[derive(Debug, Clone)]
 pub struct Tokens {
     pub viewer: String,
     pub launch: String,
+    pub exchange: String,
     /// When an unused token stops working (ms since the epoch).
     pub expires_at_ms: i64,
 }
@@ -263,6 +265,7 @@ impl Core {
         Tokens {
             viewer: self.table.issue_token(session, TokenKind::Viewer, ttl),
             launch: self.table.issue_token(session, TokenKind::Launch, ttl),
+            exchange: self.table.issue_token(session, TokenKind::Exchange, ttl),
             expires_at_ms: now_ms() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
         }
     }

@@ -141,6 +141,36 @@ impl Core {
         })
     }
 
+    /// Trades a viewer page's exchange token for a fresh launch token of its session (the
+    /// token is spent). Refusals count toward the address's lockout like a bad viewer token.
+    pub async fn exchange(
+        &self,
+        id: &str,
+        token: &str,
+        peer: SocketAddr,
+    ) -> Result<(Arc<LiveSession>, String), Closure> {
+        if let Err(wait) = self.guard.allowed(peer) {
+            let message = format!(
+                "too many failed token attempts from this address; retry in {}s",
+                wait.as_secs().max(1)
+            );
+            return Err(Closure::refusal(close::TOO_MANY_ATTEMPTS, &message));
+        }
+        let session = match self.table.admit_exchange(id, token) {
+            Ok(ok) => ok,
+            Err(refused) => {
+                if refused.is_guess() {
+                    let tenant = self.table.get(id).map(|l| l.tenant_id);
+                    self.guard.failed(peer, tenant, "an exchange token");
+                }
+                return Err(refused.closure());
+            }
+        };
+        let ttl = self.config.token_ttl;
+        let launch = self.table.issue_token(&session, TokenKind::Launch, ttl);
+        Ok((session, launch))
+    }
+
     /// Finds the agent connection and forward of a session (waiting, bounded, in the legacy
     /// flow).
     async fn locate(&self, session: &LiveSession) -> Result<Target, Closure> {

@@ -57,13 +57,13 @@ impl Core {
             &session.id,
             segment,
         );
-        let (key, limit, tasks) = (
+        let (key, limit, writers) = (
             self.recording_key.clone(),
             self.config.recording_buffer_bytes,
-            self.tasks.clone(),
+            self.writers.clone(),
         );
         let started = tokio::task::spawn_blocking(move || {
-            Recording::start(path, &header, key, limit, &tasks)
+            Recording::start(path, &header, key, limit, &writers)
         })
         .await
         .map_err(anyhow::Error::from)

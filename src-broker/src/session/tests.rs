@@ -63,6 +63,7 @@ fn fixture(tweak: impl FnOnce(&mut Config)) -> Fixture {
     ));
     let core = Arc::new(Core {
         recording_key: Arc::new(SigningKey::load_or_create(dir.path()).expect("key")),
+        writers: crate::recording::Writers::start(1, 1 << 20).expect("writers"),
         config,
         db,
         registry: Arc::default(),

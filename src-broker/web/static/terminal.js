@@ -2,7 +2,8 @@
 // terminal's bytes both ways; text frames are JSON control messages (see
 // proto/src/terminal/mod.rs): the page sends {"t":"resize"} and, when asked with {"t":"login"},
 // {"t":"credentials"}; the broker sends {"t":"ready"} and {"t":"exit"}. The token rides in the
-// URL fragment (never sent to a server) and is removed from the address bar at once.
+// URL fragment (never sent to a server) and is removed from the address bar at once; it goes to
+// the broker in a WebSocket subprotocol, not in the URL.
 import { Terminal } from '/static/xterm/lib/xterm.mjs';
 import { FitAddon } from '/static/xterm-addon-fit/lib/addon-fit.mjs';
 
@@ -141,7 +142,9 @@ if (!token) {
   notice('Cannot connect', 'This page must be opened with the link the console gives (it carries a one-time token).');
 } else {
   const proto = location.protocol === 'https:' ? 'wss://' : 'ws://';
-  ws = new WebSocket(`${proto}${location.host}/ws/sessions/${encodeURIComponent(sessionId)}?token=${encodeURIComponent(token)}`);
+  // The broker answers `binary`; the second protocol only carries the token.
+  ws = new WebSocket(`${proto}${location.host}/ws/sessions/${encodeURIComponent(sessionId)}`,
+    ['binary', `passerelle.token.${token}`]);
   ws.binaryType = 'arraybuffer';
   ws.addEventListener('open', () => { setStatus('Logging in…', ''); sendSize(); });
   ws.addEventListener('message', (e) => {

@@ -332,9 +332,9 @@ async fn bridged(dir: &std::path::Path, keys: filter::Keys) -> Bridged {
         segment: 1,
     };
     let public = key.public_hex();
-    let tasks = tokio_util::task::TaskTracker::new();
+    let writers = crate::recording::Writers::start(1, 64 << 20).unwrap();
     let path = dir.join("s1.psrec");
-    let rec = Recording::start(path, &header, key, 1 << 20, &tasks).unwrap();
+    let rec = Recording::start(path, &header, key, 1 << 20, &writers).unwrap();
     let plain = bridge::Options::plain(1 << 20, Duration::from_secs(30));
     let mut o = adapter::bridge_options(plain, keys, t.size);
     o.recording = Some(rec.clone());
