@@ -12,6 +12,9 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The e2e tests run the broker's binary, which `cargo test` does not build for another package.
 cargo build --workspace --bin passerelle
+# Test processes use this binary as it is instead of each running `cargo build` (a no-op that,
+# run by dozens of test processes at once, queued on cargo's lock for minutes).
+export PASSERELLE_BIN="$CARGO_TARGET_DIR/debug/passerelle"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace
 else

@@ -26,8 +26,24 @@ struct Cli {
     /// Data directory (store, keys, certificate) [default: ./passerelle-data].
     #[arg(long, global = true, env = "PASSERELLE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Logs on stderr: `text` (coloured only on a terminal) or `json` (one object per line, the
+    /// session, agent and tenant in the `span` object, for log shippers).
+    #[arg(
+        long,
+        global = true,
+        env = "PASSERELLE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -203,19 +219,34 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn,vnc=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("passerelle: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr, at `RUST_LOG`'s levels (default `info`). Colour codes only when stderr is
+/// a terminal, so that log files and journald stay plain text.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn,vnc=warn")),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
 }
 

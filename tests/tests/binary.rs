@@ -220,13 +220,60 @@ fn token_param(url: &str) -> Result<String> {
 
 #[tokio::test]
 async fn no_secret_reaches_the_log_even_at_debug_level() -> Result<()> {
+    let (log, _) = debug_log_without_secrets(&[]).await?;
+    // stderr is a pipe here, as under systemd or with `2>file`: no colour codes.
+    if let Some(line) = log.lines().find(|l| l.contains('\x1b')) {
+        bail!("colour codes in a log that is not a terminal: {line:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_naming_session_agent_and_tenant() -> Result<()> {
+    let (log, session) = debug_log_without_secrets(&[("PASSERELLE_LOG_FORMAT", "json")]).await?;
+    let lines = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).with_context(|| l.to_owned()))
+        .collect::<Result<Vec<_>>>()?;
+    ensure!(
+        lines.iter().all(|l| l["level"].is_string()),
+        "a line without a level"
+    );
+    let agent_line = lines.iter().any(|l| {
+        l["span"]["name"] == "agent"
+            && l["span"]["agent"] == "pc-logs"
+            && l["span"]["tenant_id"].is_i64()
+    });
+    ensure!(
+        agent_line,
+        "no line of the agent's connection names it:\n{log}"
+    );
+    let viewer_line = lines.iter().any(|l| {
+        l["span"]["name"] == "viewer"
+            && l["span"]["session"] == session.as_str()
+            && l["span"]["agent"] == "pc-logs"
+            && l["span"]["tenant_id"].is_i64()
+    });
+    ensure!(
+        viewer_line,
+        "no line of the viewer names its session:\n{log}"
+    );
+    Ok(())
+}
+
+/// A broker at debug level (with `env` added) through a whole session's life, with every kind
+/// of secret in play; fails if any reaches its log. Returns the log and the session's id.
+async fn debug_log_without_secrets(env: &[(&str, &str)]) -> Result<(String, String)> {
     const AGENT_PW: &str = "agentVNC-pw-31337";
     const TENANT_PW: &str = "tenantVNC-pw-4242";
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let data_arg = data.to_str().context("utf-8 temp path")?;
     let http = client()?;
-    let (serve, banner) = start_serve_env(&data, true, &[("RUST_LOG", "debug")]).await?;
+    let mut env = env.to_vec();
+    env.push(("RUST_LOG", "debug"));
+    let (serve, banner) = start_serve_env(&data, true, &env).await?;
     let admin = banner.admin_key.clone().context("no admin key")?;
     let base = banner.http.clone();
     let ssh_addr: std::net::SocketAddr = banner.ssh.parse()?;
@@ -376,7 +423,7 @@ async fn no_secret_reaches_the_log_even_at_debug_level() -> Result<()> {
         !log.contains(admin_secret),
         "the admin key's secret is in the log"
     );
-    Ok(())
+    Ok((log, created.id))
 }
 
 /// `http://HOST:PORT` → `HOST:PORT`.

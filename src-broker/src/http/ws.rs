@@ -60,8 +60,14 @@ fn upgrade(
     endpoint: Endpoint,
 ) -> Response {
     let max = core.config.max_ws_message_bytes;
-    let span =
-        tracing::info_span!("viewer", session = %id.chars().take(36).collect::<String>(), %peer);
+    // `agent` and `tenant_id` are filled in by the session core once the token is admitted.
+    let span = tracing::info_span!(
+        "viewer",
+        session = %id.chars().take(36).collect::<String>(),
+        %peer,
+        agent = tracing::field::Empty,
+        tenant_id = tracing::field::Empty
+    );
     let tasks = core.tasks.clone();
     viewer::accept(ws, max).on_upgrade(move |socket| {
         let serving = async move {

@@ -101,6 +101,9 @@ impl Core {
                 return Err(refused.closure());
             }
         };
+        tracing::Span::current()
+            .record("agent", tracing::field::display(&session.agent))
+            .record("tenant_id", session.tenant_id);
         let service = Service::of(&session.service, endpoint == Endpoint::Raw);
         if endpoint == Endpoint::Raw {
             let why = if session.view_only {

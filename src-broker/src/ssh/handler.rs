@@ -34,6 +34,9 @@ pub(super) struct AgentHandler {
     forwards: HashSet<(String, u32)>,
     /// The next placeholder port, never reused on this connection.
     next_placeholder: u32,
+    /// The connection's `agent` span: russh calls the handler from a task of its own, outside
+    /// it, so the handler's events name it as their parent.
+    span: tracing::Span,
 }
 
 struct SshLink {
@@ -94,6 +97,7 @@ impl AgentHandler {
             conn: None,
             forwards: HashSet::new(),
             next_placeholder: PLACEHOLDER_PORT_BASE,
+            span: tracing::Span::current(),
         }
     }
 
@@ -111,7 +115,7 @@ impl AgentHandler {
             .metrics
             .refused_requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(refused = %what, "refused agent request");
+        tracing::info!(parent: &self.span, refused = %what, "refused agent request");
         let text = format!("passerelle: refused: {what}");
         self.state
             .db
@@ -147,11 +151,11 @@ impl AgentHandler {
                 .run(move |s| s.offer_targets(&who, &fp))
                 .await
                 .unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "could not look up a rejected key's tenants");
+                    tracing::error!(parent: &self.span, error = %e, "could not look up a rejected key's tenants");
                     Vec::new()
                 });
             let events = guard::offer_events(&targets, &user, &fingerprint, self.peer);
-            tracing::info!(%user, key = %fingerprint, "agent authentication failed");
+            tracing::info!(parent: &self.span, %user, key = %fingerprint, "agent authentication failed");
             for ev in &events {
                 state.db.audit(ev.clone());
             }
@@ -162,7 +166,7 @@ impl AgentHandler {
         };
         if let Some(lockout) = rejection.lockout {
             state.metrics.auth_lockouts.fetch_add(1, Relaxed);
-            tracing::warn!(client = %lockout.client, failures = lockout.failures, "ssh key guessing: source locked out");
+            tracing::warn!(parent: &self.span, client = %lockout.client, failures = lockout.failures, "ssh key guessing: source locked out");
             let window = state.config.auth_failure_window.as_secs();
             for ev in guard::lockout_events(&lockout, &events, self.peer, window) {
                 state.db.audit(ev);
@@ -194,7 +198,7 @@ impl AgentHandler {
         match found {
             Ok(found) => found,
             Err(e) => {
-                tracing::error!(error = %e, "agent lookup failed");
+                tracing::error!(parent: &self.span, error = %e, "agent lookup failed");
                 None
             }
         }
@@ -264,7 +268,10 @@ impl Handler for AgentHandler {
         self.state
             .db
             .audit(self.event(AuditKind::AgentConnected, "authenticated".into()));
-        tracing::info!(agent = %record.id, "agent connected");
+        self.span
+            .record("agent", tracing::field::display(&record.id))
+            .record("tenant_id", record.tenant_id);
+        tracing::info!(parent: &self.span, "agent connected");
         self.conn = Some(conn.clone());
         if let Some(tx) = self.authed.take() {
             let _ = tx.send(conn);

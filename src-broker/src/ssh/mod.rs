@@ -165,7 +165,13 @@ pub(crate) async fn run(listener: TcpListener, state: Arc<Server>) {
         };
         let state2 = state.clone();
         let config = config.clone();
-        let span = tracing::info_span!("agent", %peer);
+        // `agent` and `tenant_id` are filled in once the agent has authenticated.
+        let span = tracing::info_span!(
+            "agent",
+            %peer,
+            agent = tracing::field::Empty,
+            tenant_id = tracing::field::Empty
+        );
         // The connection moves to a data shard (see crate::shards): its socket is registered
         // with that shard's reactor, and the bridges of its sessions run there too.
         let stream = match stream.into_std() {
