@@ -65,6 +65,35 @@ codes! {
     MESSAGE_TOO_BIG = 1009, "message too big";
 }
 
+/// The longest reason a close frame can carry: RFC 6455 caps a control frame's payload at 125
+/// bytes, two of which are the code. A longer reason makes the frame invalid, and the peer then
+/// sees 1006 (abnormal closure) instead of the code we meant.
+pub const MAX_REASON_BYTES: usize = 123;
+
+/// What ends a reason that [`bounded_reason`] had to cut.
+const ELLIPSIS: char = '\u{2026}';
+
+/// `text` as a close reason: at most [`MAX_REASON_BYTES`] bytes of UTF-8, cut on a character
+/// boundary and ended with "…" when it was longer. Control characters become spaces, so that
+/// text from outside (an operator's name, a VNC server's refusal) cannot forge lines.
+pub fn bounded_reason(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if clean.len() <= MAX_REASON_BYTES {
+        return clean;
+    }
+    let room = MAX_REASON_BYTES - ELLIPSIS.len_utf8();
+    let mut cut = room;
+    while !clean.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = clean[..cut].to_owned();
+    out.push(ELLIPSIS);
+    out
+}
+
 /// Looks a code up by number.
 pub fn by_code(code: u16) -> Option<CloseCode> {
     ALL.iter().copied().find(|c| c.code == code)
@@ -202,6 +231,44 @@ mod tests {
             assert_eq!(by_code(a.code), Some(*a));
         }
         assert_eq!(by_code(4999), None);
+    }
+
+    #[test]
+    fn reasons_are_bounded_on_a_character_boundary() {
+        // Short reasons pass unchanged; every fixed reason fits.
+        assert_eq!(
+            bounded_reason("session stopped by alice"),
+            "session stopped by alice"
+        );
+        for c in ALL {
+            assert_eq!(bounded_reason(c.reason), c.reason);
+        }
+        // Exactly at the limit: unchanged.
+        let at = "a".repeat(MAX_REASON_BYTES);
+        assert_eq!(bounded_reason(&at), at);
+        // One byte over: cut, with the ellipsis, within the limit.
+        let over = bounded_reason(&"a".repeat(MAX_REASON_BYTES + 1));
+        assert_eq!(over.len(), MAX_REASON_BYTES);
+        assert!(over.ends_with('\u{2026}'));
+        assert!(over.starts_with(&"a".repeat(120)));
+        // Multi-byte characters (2, 3 and 4 bytes) are never split, whatever the offset.
+        for prefix in 0..4 {
+            for ch in ['é', '€', '😀'] {
+                let text = format!("{}{}", "x".repeat(prefix), ch.to_string().repeat(80));
+                let b = bounded_reason(&text);
+                assert!(b.len() <= MAX_REASON_BYTES, "{} bytes", b.len());
+                assert!(
+                    b.len() > MAX_REASON_BYTES - 3 - ch.len_utf8(),
+                    "{} bytes",
+                    b.len()
+                );
+                assert!(b.ends_with('\u{2026}'));
+                let body = b.trim_end_matches('\u{2026}');
+                assert!(body.chars().skip(prefix).all(|c| c == ch), "{b}");
+            }
+        }
+        // Control characters cannot forge lines.
+        assert_eq!(bounded_reason("a\r\nb"), "a  b");
     }
 
     #[test]

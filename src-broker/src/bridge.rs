@@ -360,7 +360,7 @@ pub async fn run(
     tokio::spawn(finish_channel(ch_rx, ch_tx));
     let frame = CloseFrame {
         code: outcome.code.code,
-        reason: outcome.message.clone().into(),
+        reason: close::bounded_reason(&outcome.message).into(),
     };
     (
         outcome,
@@ -408,7 +408,7 @@ async fn finish_channel(
 pub async fn refuse(mut ws: WebSocket, code: CloseCode, reason: &str) {
     let frame = CloseFrame {
         code: code.code,
-        reason: reason.to_owned().into(),
+        reason: close::bounded_reason(reason).into(),
     };
     let closing = async {
         let _ = ws.send(Message::Close(Some(frame))).await;

@@ -14,6 +14,9 @@ use crate::recorder::{self, Recording};
 use crate::sessions::LiveSession;
 use crate::store::{AuditKind, NewEvent, now_ms, rfc3339};
 
+/// What a viewer is told when the recording fails (never the path or the OS error).
+const VIEWER_REASON: &str = "the broker could not write the recording (details in its log)";
+
 fn event(session: &LiveSession, kind: AuditKind, detail: String) -> NewEvent {
     let mut ev = NewEvent::new(kind, detail);
     ev.tenant_id = Some(session.tenant_id);
@@ -115,9 +118,12 @@ impl State {
     ) -> Result<(), String> {
         tracing::warn!(session = %session.id, %why, ?policy, "recording failed");
         let (detail, result) = match policy {
-            RecordingPolicy::FailClosed => {
-                (format!("{why}; session ended (fail_closed)"), Err(why))
-            }
+            // The viewer is told only that it failed: `why` names server paths, which stay in
+            // the log and the audit.
+            RecordingPolicy::FailClosed => (
+                format!("{why}; session ended (fail_closed)"),
+                Err(VIEWER_REASON.to_owned()),
+            ),
             RecordingPolicy::FailOpen => {
                 if let Some(rec) = session.recording.get() {
                     rec.stop();
