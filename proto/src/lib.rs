@@ -5,6 +5,7 @@
 //! desktop helper and the tests all speak through these types.
 
 pub mod api;
+pub mod api_keys;
 pub mod close;
 pub mod fuzzing;
 pub mod ids;

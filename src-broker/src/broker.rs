@@ -203,7 +203,10 @@ pub fn init_data_dir(config: &Config) -> anyhow::Result<(Store, Option<String>)>
     }
     let default = TenantName::new("default")?;
     store.create_tenant(&default)?;
-    let key = store.create_api_key(&default, Role::Admin)?;
+    let tenant = store
+        .tenant_id(&default)?
+        .context("tenant default was not created")?;
+    let (_, key) = store.create_named_api_key(tenant, Role::Admin, "first admin key", None)?;
     crate::secrets::write_private_file(
         &config.data_dir.join(ADMIN_KEY_FILE),
         format!("{key}\n").as_bytes(),

@@ -9,7 +9,7 @@ use passerelle_proto::api::Role;
 
 use super::ApiError;
 use crate::broker::State;
-use crate::store::TenantId;
+use crate::store::{KeyRefusal, TenantId};
 
 /// The authenticated caller of an API request.
 #[derive(Debug, Clone)]
@@ -67,15 +67,28 @@ impl FromRequestParts<Arc<State>> for Caller {
         let key = key.trim();
         let found = state.store.check_api_key(key)?;
         let Some((tenant_id, key_id, role)) = found else {
-            if let Some(peer) = peer {
-                let owner = state.store.api_key_owner(key).ok().flatten();
-                let what = match &owner {
-                    Some((_, id)) => format!("API key {id} with a wrong secret, or revoked"),
-                    None => "an unknown API key".to_owned(),
-                };
-                state.credential_failed(peer, owner.map(|o| o.0), &what);
-            }
-            return Err(ApiError::unauthorized("unknown or revoked API key"));
+            // A revoked or expired key (whole secret right) is refused at once but is no guess;
+            // only unknown keys count toward the address's lockout.
+            return Err(match state.store.refused_api_key(key)? {
+                KeyRefusal::Revoked { id, .. } => {
+                    tracing::info!(key = %id, "a revoked API key was presented");
+                    ApiError::unauthorized(format!("API key {id} has been revoked"))
+                }
+                KeyRefusal::Expired { id, .. } => {
+                    tracing::info!(key = %id, "an expired API key was presented");
+                    ApiError::unauthorized(format!("API key {id} has expired"))
+                }
+                KeyRefusal::Unknown { owner } => {
+                    if let Some(peer) = peer {
+                        let what = match &owner {
+                            Some((_, id)) => format!("API key {id} with a wrong secret"),
+                            None => "an unknown API key".to_owned(),
+                        };
+                        state.credential_failed(peer, owner.map(|o| o.0), &what);
+                    }
+                    ApiError::unauthorized("unknown API key")
+                }
+            });
         };
         let operator = parts
             .headers

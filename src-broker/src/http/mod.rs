@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod error;
+mod keys;
 mod pages;
 mod replay;
 mod server;
@@ -53,6 +54,7 @@ pub fn router(state: Arc<State>) -> Router {
             "/api/v1/tenant",
             get(api::get_tenant).patch(api::patch_tenant),
         )
+        .merge(keys::routes())
         .route("/api/v1/audit", get(api::audit))
         .route("/api/v1/recordings/{id}", get(api::recording))
         .route("/api/v1/recordings/{id}/screen/index", get(replay::index))

@@ -32,6 +32,10 @@ pub enum AuditKind {
     RecordingFailed,
     RecordingDeleted,
     RecordingViewed,
+    /// An API key was created (its id, role and name; never its secret).
+    ApiKeyCreated,
+    /// An API key was revoked.
+    ApiKeyRevoked,
 }
 
 impl AuditKind {
@@ -56,6 +60,8 @@ impl AuditKind {
             Self::RecordingFailed => "recording_failed",
             Self::RecordingDeleted => "recording_deleted",
             Self::RecordingViewed => "recording_viewed",
+            Self::ApiKeyCreated => "api_key_created",
+            Self::ApiKeyRevoked => "api_key_revoked",
         }
     }
 }

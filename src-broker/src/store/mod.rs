@@ -7,6 +7,7 @@
 
 mod agents;
 mod audit;
+mod keys;
 mod sessions;
 
 use std::path::Path;
@@ -23,6 +24,7 @@ pub mod agents_errors {
     pub use super::agents::{Conflict, Invalid};
 }
 pub use audit::{AuditFilter, AuditKind, NewEvent};
+pub use keys::{KeyRefusal, RevokeError, Revoked};
 
 use crate::secrets::{self, ApiKey, SecretBox};
 
@@ -30,7 +32,8 @@ use crate::secrets::{self, ApiKey, SecretBox};
 pub type TenantId = i64;
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tenants (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -93,7 +96,14 @@ CREATE TABLE audit (
     detail TEXT NOT NULL
 );
 CREATE INDEX audit_by_tenant ON audit(tenant_id, at);
-"#];
+"#,
+    // API keys get a name and an optional expiry (see keys.rs).
+    r#"
+ALTER TABLE api_keys ADD COLUMN name TEXT NOT NULL DEFAULT '';
+ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
+CREATE INDEX api_keys_by_tenant ON api_keys(tenant_id, created_at);
+"#,
+];
 
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
@@ -252,7 +262,8 @@ impl Store {
         Ok(key.expose().to_owned())
     }
 
-    /// Checks an API key; `Some((tenant, key id, role))` when valid.
+    /// Checks an API key; `Some((tenant, key id, role))` when valid (neither revoked nor
+    /// expired). [`Store::refused_api_key`] says why one is not.
     pub fn check_api_key(&self, text: &str) -> anyhow::Result<Option<(TenantId, String, Role)>> {
         let Some((id, hash)) = secrets::parse_api_key(text) else {
             return Ok(None);
@@ -260,8 +271,9 @@ impl Store {
         let row: Option<(TenantId, String, Vec<u8>)> = self
             .conn()
             .query_row(
-                "SELECT tenant_id, role, hash FROM api_keys WHERE id = ?1 AND revoked_at IS NULL",
-                [&id],
+                "SELECT tenant_id, role, hash FROM api_keys WHERE id = ?1 AND revoked_at IS NULL
+                 AND (expires_at IS NULL OR expires_at > ?2)",
+                params![&id, now_ms()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
