@@ -217,6 +217,7 @@ pub fn init_data_dir(config: &Config) -> anyhow::Result<(Store, Option<String>)>
 impl Broker {
     /// Prepares the data dir, binds both listeners and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Broker> {
+        crate::file_modes::check_and_fix(&config.data_dir, &config.recordings_dir);
         let (store, admin_key) = init_data_dir(&config)?;
         let orphans = store.end_orphans(now_ms())?;
         for id in &orphans {

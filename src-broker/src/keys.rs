@@ -36,9 +36,9 @@ pub fn load_or_create_host_key(data_dir: &Path) -> anyhow::Result<PrivateKey> {
         .public_key()
         .to_openssh()
         .context("encoding host public key")?;
-    std::fs::write(
-        data_dir.join(format!("{HOST_KEY_FILE}.pub")),
-        format!("{public}\n"),
+    crate::secrets::write_private(
+        &data_dir.join(format!("{HOST_KEY_FILE}.pub")),
+        format!("{public}\n").as_bytes(),
     )?;
     Ok(key)
 }
@@ -102,7 +102,7 @@ pub fn load_tls(data_dir: &Path, files: Option<(&Path, &Path)>) -> anyhow::Resul
                 let made = rcgen::generate_simple_self_signed(names)
                     .context("creating self-signed certificate")?;
                 write_private_file(&key, made.signing_key.serialize_pem().as_bytes())?;
-                std::fs::write(&cert, made.cert.pem())?;
+                crate::secrets::write_private(&cert, made.cert.pem().as_bytes())?;
             }
             (cert, key)
         }

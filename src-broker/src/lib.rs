@@ -13,6 +13,7 @@
 //! - [`http`]: the JSON API and WebSocket endpoints.
 //! - [`store`]: SQLite: tenants, keys, agents, sessions, audit.
 //! - [`throttle`]: per-address limits on failed credentials.
+//! - [`file_modes`]: the data dir's permissions, checked and narrowed at start.
 //! - [`keys`], [`secrets`], [`metrics`].
 
 pub mod accept;
@@ -20,6 +21,7 @@ pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod export;
+pub mod file_modes;
 pub mod http;
 pub mod keys;
 pub mod metrics;

@@ -357,7 +357,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::HostKey { known_hosts_host } => {
             let config = file_config(&cli)?.into_config()?;
-            std::fs::create_dir_all(&config.data_dir)?;
+            passerelle::secrets::create_private_dir_all(&config.data_dir)?;
             let key = keys::load_or_create_host_key(&config.data_dir)?;
             let (host, port) = known_hosts_host
                 .rsplit_once(':')
@@ -543,10 +543,21 @@ async fn serve(config: passerelle::Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let broker = Broker::start(config).await?;
     if let Some(key) = broker.admin_key() {
-        println!(
-            "admin API key (tenant default, shown once, also in {}): {key}",
-            data_dir.join(passerelle::broker::ADMIN_KEY_FILE).display()
-        );
+        let file = data_dir.join(passerelle::broker::ADMIN_KEY_FILE);
+        // Only a person at a terminal sees it; a service manager's or a CI job's captured
+        // stdout would keep it in a log. Then the file alone has it.
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            println!(
+                "admin API key (tenant default, shown once, also in {}): {key}",
+                file.display()
+            );
+        } else {
+            tracing::warn!(
+                file = %file.display(),
+                "first start: the admin API key of tenant default is in this file only \
+                 (not printed: stdout is not a terminal); delete it once stored elsewhere"
+            );
+        }
     }
     println!("ssh listening on {}", broker.ssh_addr());
     println!("http listening on {}", broker.base_url());

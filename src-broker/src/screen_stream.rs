@@ -246,7 +246,8 @@ pub fn load_or_build(recording: &Path, public_hex: &str) -> anyhow::Result<Vec<u
     let built = build(&file, public_hex)?;
     // A name of this process's own, so that another broker on the same dir cannot interleave.
     let tmp = sidecar.with_extension(format!("psscreen.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, &built).with_context(|| format!("writing {}", tmp.display()))?;
+    crate::secrets::write_private(&tmp, &built)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &sidecar).with_context(|| format!("writing {}", sidecar.display()))?;
     Ok(built)
 }

@@ -143,9 +143,17 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
 impl Store {
     /// Opens (creating if needed) `<data_dir>/passerelle.db` and applies pending migrations.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)
+        crate::secrets::create_private_dir_all(data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let path = data_dir.join("passerelle.db");
+        // Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+        // database file's mode, so they are private from their creation too.
+        crate::secrets::private_file_options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("creating database {}", path.display()))?;
         let conn = Connection::open(&path)
             .with_context(|| format!("opening database {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
