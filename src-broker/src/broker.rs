@@ -182,6 +182,7 @@ pub struct Broker {
     state: Arc<State>,
     ssh_addr: SocketAddr,
     http_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     admin_key: Option<String>,
 }
 
@@ -262,6 +263,11 @@ impl Broker {
         let http_listener = std::net::TcpListener::bind(config.http_listen)
             .with_context(|| format!("binding the HTTP listener on {}", config.http_listen))?;
         http_listener.set_nonblocking(true)?;
+        let metrics_listener = http::bind_metrics(&config)?;
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(std::net::TcpListener::local_addr)
+            .transpose()?;
         let ssh_addr = ssh_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -304,6 +310,11 @@ impl Broker {
             tls.map(|t| t.config),
             state.clone(),
         ));
+        if let Some(listener) = metrics_listener {
+            state
+                .tasks
+                .spawn(http::serve_metrics(listener, state.clone()));
+        }
         let sweeper = state.clone();
         state.tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -328,6 +339,7 @@ impl Broker {
             state,
             ssh_addr,
             http_addr,
+            metrics_addr,
             admin_key,
         })
     }
@@ -338,6 +350,11 @@ impl Broker {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where `/metrics` is served on its own, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The base of the URLs the API hands out.

@@ -88,6 +88,38 @@ pub struct Config {
     pub auth_failure_window: Duration,
     /// How long a locked-out address is refused, even with valid credentials.
     pub auth_lockout: Duration,
+    /// A listener of its own for `/metrics` (plain HTTP, e.g. `127.0.0.1:9100`); the public
+    /// listener's `/metrics` then answers 404.
+    pub metrics_listen: Option<SocketAddr>,
+    /// A bearer token `/metrics` requires (wherever it is served); without it, 404.
+    pub metrics_token: Option<Secret>,
+}
+
+/// A secret from the configuration: hidden from `Debug`, compared in constant time.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// Whether `presented` is this secret (constant time: both sides are hashed first, so
+    /// neither their bytes nor the secret's length show in the timing).
+    pub fn matches(&self, presented: &str) -> bool {
+        crate::secrets::ct_eq(
+            &crate::secrets::hash(&self.0),
+            &crate::secrets::hash(presented),
+        )
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 impl Config {
@@ -147,6 +179,8 @@ pub struct FileConfig {
     pub auth_failure_limit: Option<u32>,
     pub auth_failure_window_secs: Option<u64>,
     pub auth_lockout_secs: Option<u64>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_token: Option<Secret>,
 }
 
 macro_rules! overlay {
@@ -197,7 +231,9 @@ impl FileConfig {
             http_request_timeout_secs,
             auth_failure_limit,
             auth_failure_window_secs,
-            auth_lockout_secs
+            auth_lockout_secs,
+            metrics_listen,
+            metrics_token
         );
         self
     }
@@ -264,6 +300,8 @@ impl FileConfig {
             auth_failure_limit: self.auth_failure_limit.unwrap_or(20),
             auth_failure_window: secs(self.auth_failure_window_secs, 60),
             auth_lockout: secs(self.auth_lockout_secs, 60),
+            metrics_listen: self.metrics_listen,
+            metrics_token: self.metrics_token,
             data_dir,
         };
         if config.token_ttl.is_zero() || config.keepalive_interval.is_zero() {
@@ -286,6 +324,11 @@ impl FileConfig {
             && (config.auth_failure_window.is_zero() || config.auth_lockout.is_zero())
         {
             bail!("auth_failure_window_secs and auth_lockout_secs must be at least 1");
+        }
+        if let Some(token) = &config.metrics_token
+            && (token.0.len() < 16 || token.0.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            bail!("metrics_token must be at least 16 characters, without spaces");
         }
         if config.default_session_ttl > config.max_session_ttl {
             bail!("default_session_ttl_secs exceeds max_session_ttl_secs");
@@ -334,6 +377,27 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_token_is_checked_hidden_and_compared_whole() {
+        let short = FileConfig {
+            metrics_token: Some(Secret::new("short")),
+            ..Default::default()
+        };
+        assert!(short.into_config().is_err());
+        let c = FileConfig {
+            metrics_token: Some(Secret::new("0123456789abcdef-scrape")),
+            metrics_listen: Some(([127, 0, 0, 1], 9100).into()),
+            ..Default::default()
+        }
+        .into_config()
+        .unwrap();
+        let token = c.metrics_token.clone().unwrap();
+        assert!(token.matches("0123456789abcdef-scrape"));
+        assert!(!token.matches("0123456789abcdef-scrap"));
+        assert!(!token.matches(""));
+        assert!(!format!("{c:?}").contains("scrape"));
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file = FileConfig {
             token_ttl_secs: Some(30),
@@ -370,5 +434,9 @@ mod tests {
         assert_eq!(c.auth_failure_limit, d.auth_failure_limit);
         assert_eq!(c.auth_failure_window, d.auth_failure_window);
         assert_eq!(c.auth_lockout, d.auth_lockout);
+        // The metrics options are shown commented out: off by default.
+        assert_eq!((c.metrics_listen, d.metrics_listen), (None, None));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("# metrics_listen = ") && text.contains("# metrics_token = "));
     }
 }

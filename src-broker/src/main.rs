@@ -88,6 +88,13 @@ struct ServeArgs {
     /// Threads carrying agent connections and their sessions' data [default: 0 = one per CPU].
     #[arg(long, env = "PASSERELLE_DATA_THREADS")]
     data_threads: Option<usize>,
+    /// Serve /metrics on a listener of its own (e.g. 127.0.0.1:9100), not on the public one.
+    #[arg(long, env = "PASSERELLE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Bearer token /metrics requires. Prefer the variable or the file: other users can read
+    /// a command line.
+    #[arg(long, env = "PASSERELLE_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -255,6 +262,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 insecure_http: args.insecure_http.then_some(true),
                 public_url: args.public_url.clone(),
                 data_threads: args.data_threads,
+                metrics_listen: args.metrics_listen,
+                metrics_token: args
+                    .metrics_token
+                    .clone()
+                    .map(passerelle::config::Secret::new),
                 ..FileConfig::default()
             };
             let config = file_config(&cli)?.merge(flags).into_config()?;

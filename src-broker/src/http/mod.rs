@@ -7,6 +7,7 @@ mod error;
 mod keys;
 mod pages;
 mod replay;
+mod scrape;
 mod server;
 mod ws;
 
@@ -21,6 +22,7 @@ use axum::routing::{delete, get, post};
 use crate::broker::State;
 
 pub use error::ApiError;
+pub use scrape::{bind as bind_metrics, serve as serve_metrics};
 pub use server::serve;
 
 /// Largest API request body.
@@ -30,7 +32,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(scrape::public))
         .route(
             "/api/v1/sessions",
             post(api::create_session).get(api::list_sessions),
@@ -110,11 +112,4 @@ async fn request_deadline(
             response
         }
     }
-}
-
-async fn metrics(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
-    let body = state
-        .metrics
-        .render(state.registry.len(), state.sessions.len());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
