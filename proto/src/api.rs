@@ -200,6 +200,9 @@ pub struct TenantInfo {
     pub record_by_default: bool,
     pub recording_policy: RecordingPolicy,
     pub retention_days: u32,
+    /// Origins allowed to embed the viewer pages (`/view/...`) in a frame; empty: none.
+    #[serde(default)]
+    pub frame_ancestors: Vec<String>,
 }
 
 /// What to do when a recording cannot be written.
@@ -224,6 +227,10 @@ pub struct PatchTenant {
     pub recording_policy: Option<RecordingPolicy>,
     #[serde(default)]
     pub retention_days: Option<u32>,
+    /// Replaces the origins allowed to embed the viewer (`scheme://host[:port]` each, at most
+    /// 16; `[]` allows none again). See [`crate::origin`].
+    #[serde(default)]
+    pub frame_ancestors: Option<Vec<String>>,
 }
 
 /// One row of `GET /api/v1/audit`: a security or session event.

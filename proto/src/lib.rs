@@ -10,6 +10,7 @@ pub mod close;
 pub mod fuzzing;
 pub mod ids;
 pub mod launch;
+pub mod origin;
 pub mod recording;
 pub mod rfb;
 

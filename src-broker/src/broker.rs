@@ -252,7 +252,13 @@ impl Broker {
         )?);
         let tls = match &config.tls {
             TlsMode::Insecure => None,
-            TlsMode::SelfSigned => Some(keys::load_tls(&config.data_dir, None)?),
+            TlsMode::SelfSigned => {
+                let host = config
+                    .public_url
+                    .as_deref()
+                    .and_then(crate::self_signed::host_of_url);
+                Some(keys::load_tls_for(&config.data_dir, None, host.as_deref())?)
+            }
             TlsMode::Files { cert, key } => {
                 Some(keys::load_tls(&config.data_dir, Some((cert, key)))?)
             }

@@ -14,7 +14,7 @@
 //! - [`store`]: SQLite: tenants, keys, agents, sessions, audit.
 //! - [`throttle`]: per-address limits on failed credentials.
 //! - [`file_modes`]: the data dir's permissions, checked and narrowed at start.
-//! - [`keys`], [`secrets`], [`metrics`].
+//! - [`keys`], [`self_signed`], [`secrets`], [`metrics`].
 
 pub mod accept;
 pub mod bridge;
@@ -31,6 +31,7 @@ pub mod registry;
 pub mod rfb;
 pub mod screen_stream;
 pub mod secrets;
+pub mod self_signed;
 pub mod session_recording;
 pub mod sessions;
 pub mod shards;

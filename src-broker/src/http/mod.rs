@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod error;
+mod headers;
 mod keys;
 mod pages;
 mod replay;
@@ -79,6 +80,10 @@ pub fn router(state: Arc<State>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             request_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            headers::hsts,
         ))
         .with_state(state)
 }

@@ -1,9 +1,14 @@
 //! The browser pages: `/view/{id}` (the noVNC viewer), `/console`, and their static files,
-//! embedded in the binary at build time.
+//! embedded in the binary at build time. No page may be framed by another site, except the
+//! viewer by the origins its session's tenant lists ([`super::headers`]).
 
-use axum::extract::Path;
+use std::sync::Arc;
+
+use axum::extract::{Path, State as AxState};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+
+use crate::broker::State;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/assets.rs"));
@@ -33,13 +38,15 @@ fn asset(path: &str) -> Option<&'static [u8]> {
 }
 
 fn respond(path: &str, bytes: &'static [u8]) -> Response {
+    respond_framed(path, bytes, &[])
+}
+
+/// [`respond`], framable by `frame_ancestors` (none when empty).
+fn respond_framed(path: &str, bytes: &'static [u8], frame_ancestors: &[String]) -> Response {
     let mut res = bytes.into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime(path)));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    super::headers::set_frame_policy(h, CSP, frame_ancestors);
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -59,7 +66,7 @@ fn page(name: &str) -> Response {
     }
 }
 
-pub async fn view(Path(_id): Path<String>) -> Response {
+pub async fn view(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
     if !embedded::HAS_NOVNC {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -67,7 +74,15 @@ pub async fn view(Path(_id): Path<String>) -> Response {
         )
             .into_response();
     }
-    page("viewer.html")
+    // The session's tenant decides who may frame its viewer; an unknown session, nobody.
+    let allowed = match state.store.session_with_tenant(&id) {
+        Ok(Some((_, tenant))) => state.store.frame_ancestors(tenant).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    match asset("viewer.html") {
+        Some(bytes) => respond_framed("viewer.html", bytes, &allowed),
+        None => (StatusCode::NOT_FOUND, "page not built").into_response(),
+    }
 }
 
 pub async fn replay(Path(_id): Path<String>) -> Response {

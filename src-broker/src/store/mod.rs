@@ -7,6 +7,7 @@
 
 mod agents;
 mod audit;
+mod embedding;
 mod keys;
 mod sessions;
 
@@ -102,6 +103,10 @@ CREATE INDEX audit_by_tenant ON audit(tenant_id, at);
 ALTER TABLE api_keys ADD COLUMN name TEXT NOT NULL DEFAULT '';
 ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
 CREATE INDEX api_keys_by_tenant ON api_keys(tenant_id, created_at);
+"#,
+    // Origins allowed to frame a tenant's viewer pages (see embedding.rs).
+    r#"
+ALTER TABLE tenants ADD COLUMN frame_ancestors TEXT NOT NULL DEFAULT '';
 "#,
 ];
 
@@ -325,6 +330,7 @@ impl Store {
                 RecordingPolicy::FailClosed
             },
             retention_days: days,
+            frame_ancestors: self.frame_ancestors(id)?,
         })
     }
 
@@ -357,6 +363,9 @@ impl Store {
                 "UPDATE tenants SET recording_policy = ?1 WHERE id = ?2",
                 params![p, id],
             )?;
+        }
+        if let Some(origins) = &patch.frame_ancestors {
+            embedding::set(&conn, id, origins)?;
         }
         if let Some(d) = patch.retention_days {
             conn.execute(
