@@ -35,6 +35,8 @@ codes! {
     /// The viewer's address presented too many unknown tokens or API keys and is refused for
     /// a while, even with a valid token (the reason says how long).
     TOO_MANY_ATTEMPTS = 4004, "too many failed token attempts from this address; try again later";
+    /// The session already has as many connections as a session may have.
+    TOO_MANY_CONNECTIONS = 4005, "the session has too many connections";
     /// The agent is not connected.
     AGENT_OFFLINE = 4010, "agent offline";
     /// The agent is connected but does not offer the service, or refused the channel.
@@ -57,46 +59,113 @@ codes! {
     RECORDING_FAILED = 4025, "the session's recording failed";
     /// The viewer sent something other than binary frames, or malformed RFB.
     PROTOCOL_ERROR = 4030, "protocol error: binary frames only";
+    /// The session's raw stream (`/ws/sessions/{id}/raw`) is not served: the session is
+    /// view-only, or recorded in a form that the raw bytes would escape.
+    RAW_REFUSED = 4031, "this session is served on its viewer stream only";
     /// The workstation's VNC server refused the broker's password.
     VNC_AUTH_FAILED = 4040, "VNC authentication failed";
     /// The RFB handshake with the workstation's VNC server failed otherwise.
     VNC_HANDSHAKE_FAILED = 4041, "VNC handshake failed";
+    /// The SSH connection to the workstation's sshd failed (not SSH, no common algorithm, no
+    /// answer in time).
+    SSH_HANDSHAKE_FAILED = 4060, "SSH connection to the workstation failed";
+    /// The workstation's SSH host key is not the one pinned for this agent.
+    SSH_HOST_KEY_CHANGED = 4061, "the workstation's SSH host key has changed";
+    /// The workstation refused every credential (stored key, stored password, typed password).
+    SSH_AUTH_FAILED = 4062, "SSH authentication failed";
+    /// The workstation refused a terminal or a shell.
+    SSH_SHELL_FAILED = 4063, "the workstation refused to open a terminal";
     /// A frame or message over the size limit (RFC 6455's own code).
     MESSAGE_TOO_BIG = 1009, "message too big";
-}
-
-/// The longest reason a close frame can carry: RFC 6455 caps a control frame's payload at 125
-/// bytes, two of which are the code. A longer reason makes the frame invalid, and the peer then
-/// sees 1006 (abnormal closure) instead of the code we meant.
-pub const MAX_REASON_BYTES: usize = 123;
-
-/// What ends a reason that [`bounded_reason`] had to cut.
-const ELLIPSIS: char = '\u{2026}';
-
-/// `text` as a close reason: at most [`MAX_REASON_BYTES`] bytes of UTF-8, cut on a character
-/// boundary and ended with "…" when it was longer. Control characters become spaces, so that
-/// text from outside (an operator's name, a VNC server's refusal) cannot forge lines.
-pub fn bounded_reason(text: &str) -> String {
-    let clean: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if clean.len() <= MAX_REASON_BYTES {
-        return clean;
-    }
-    let room = MAX_REASON_BYTES - ELLIPSIS.len_utf8();
-    let mut cut = room;
-    while !clean.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let mut out = clean[..cut].to_owned();
-    out.push(ELLIPSIS);
-    out
 }
 
 /// Looks a code up by number.
 pub fn by_code(code: u16) -> Option<CloseCode> {
     ALL.iter().copied().find(|c| c.code == code)
+}
+
+/// The closes that end one connection of a session and not the session: the workstation's
+/// service or the viewer closed, or the agent could not serve this one connection. The desktop
+/// helper's launch token may open another connection after them (native clients reconnect); any
+/// other close of a launch-token connection ends the session, on the broker as in the helper.
+pub const CONNECTION_ONLY: &[CloseCode] = &[
+    SERVICE_CLOSED,
+    AGENT_OFFLINE,
+    SERVICE_UNAVAILABLE,
+    AGENT_TIMEOUT,
+];
+
+/// Whether a close with `code` ends only its connection (see [`CONNECTION_ONLY`]).
+pub fn ends_only_the_connection(code: u16) -> bool {
+    CONNECTION_ONLY.iter().any(|c| c.code == code)
+}
+
+/// The longest reason a close frame can carry: RFC 6455 leaves 125 bytes of payload, 2 of
+/// which are the code.
+pub const MAX_REASON_BYTES: usize = 123;
+
+/// `text` cut to fit a close frame's reason, on a character boundary, with "…" when cut. A
+/// longer reason would make the WebSocket library fail the close (the viewer would see 1006
+/// instead of the named code).
+pub fn bounded_reason(text: &str) -> String {
+    if text.len() <= MAX_REASON_BYTES {
+        return text.to_owned();
+    }
+    const ELLIPSIS: &str = "…";
+    let mut end = MAX_REASON_BYTES - ELLIPSIS.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &text[..end])
+}
+
+/// Why a viewer was turned away or its connection closed: the close frame it gets, and, when
+/// this ends (or would end) the session, the session's end reason. The one type for every
+/// refusal and every end, whatever refused or ended it (admission, the agent, a service's
+/// handshake, the bridge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closure {
+    pub code: CloseCode,
+    /// For people; at most [`MAX_REASON_BYTES`].
+    pub reason: String,
+    /// The session's end reason if this ends it; `None` for a refusal that never ends a session
+    /// (a bad token, a locked-out address).
+    pub end: Option<EndReason>,
+}
+
+impl Closure {
+    /// A refusal that leaves the session as it is.
+    pub fn refusal(code: CloseCode, reason: &str) -> Self {
+        Self {
+            code,
+            reason: bounded_reason(reason),
+            end: None,
+        }
+    }
+
+    /// An end for `end`, with its code and default reason.
+    pub fn ending(end: EndReason) -> Self {
+        let code = end.close_code();
+        Self {
+            code,
+            reason: code.reason.to_owned(),
+            end: Some(end),
+        }
+    }
+
+    /// An end for `end` with another code or a more specific reason.
+    pub fn ending_with(end: EndReason, code: CloseCode, reason: &str) -> Self {
+        Self {
+            code,
+            reason: bounded_reason(reason),
+            end: Some(end),
+        }
+    }
+
+    /// Whether this closes one connection only (see [`CONNECTION_ONLY`]).
+    pub fn connection_only(&self) -> bool {
+        ends_only_the_connection(self.code.code)
+    }
 }
 
 /// Why a session ended, as recorded in the audit and returned by the API.
@@ -131,6 +200,14 @@ pub enum EndReason {
     VncAuthFailed,
     /// The RFB handshake with the workstation failed (refusal, unsupported security, bad data).
     VncHandshakeFailed,
+    /// The SSH connection to the workstation's sshd failed (`ssh` terminal).
+    SshHandshakeFailed,
+    /// The workstation's SSH host key is not the one pinned for its agent.
+    SshHostKeyChanged,
+    /// The workstation refused every credential the broker had or the operator typed.
+    SshAuthFailed,
+    /// The workstation refused the terminal or the shell.
+    SshShellFailed,
     /// Recording failed under the `fail_closed` policy.
     RecordingFailed,
     /// The broker was shut down cleanly.
@@ -157,6 +234,10 @@ impl EndReason {
             Self::ProtocolError => "protocol_error",
             Self::VncAuthFailed => "vnc_auth_failed",
             Self::VncHandshakeFailed => "vnc_handshake_failed",
+            Self::SshHandshakeFailed => "ssh_handshake_failed",
+            Self::SshHostKeyChanged => "ssh_host_key_changed",
+            Self::SshAuthFailed => "ssh_auth_failed",
+            Self::SshShellFailed => "ssh_shell_failed",
             Self::RecordingFailed => "recording_failed",
             Self::BrokerShutdown => "broker_shutdown",
             Self::BrokerCrash => "broker_crash",
@@ -166,6 +247,11 @@ impl EndReason {
     /// Parses the snake_case name.
     pub fn parse(s: &str) -> Option<Self> {
         ALL_REASONS.iter().copied().find(|r| r.as_str() == s)
+    }
+
+    /// Whether this end concerns one connection only (see [`CONNECTION_ONLY`]).
+    pub fn connection_only(self) -> bool {
+        ends_only_the_connection(self.close_code().code)
     }
 
     /// The close code a viewer receives for this end.
@@ -184,6 +270,10 @@ impl EndReason {
             Self::ProtocolError => PROTOCOL_ERROR,
             Self::VncAuthFailed => VNC_AUTH_FAILED,
             Self::VncHandshakeFailed => VNC_HANDSHAKE_FAILED,
+            Self::SshHandshakeFailed => SSH_HANDSHAKE_FAILED,
+            Self::SshHostKeyChanged => SSH_HOST_KEY_CHANGED,
+            Self::SshAuthFailed => SSH_AUTH_FAILED,
+            Self::SshShellFailed => SSH_SHELL_FAILED,
             Self::RecordingFailed => RECORDING_FAILED,
             Self::BrokerShutdown => BROKER_SHUTDOWN,
         }
@@ -191,7 +281,7 @@ impl EndReason {
 }
 
 /// Every end reason.
-pub const ALL_REASONS: [EndReason; 17] = [
+pub const ALL_REASONS: [EndReason; 21] = [
     EndReason::ViewerClosed,
     EndReason::ServiceClosed,
     EndReason::Stopped,
@@ -206,6 +296,10 @@ pub const ALL_REASONS: [EndReason; 17] = [
     EndReason::ProtocolError,
     EndReason::VncAuthFailed,
     EndReason::VncHandshakeFailed,
+    EndReason::SshHandshakeFailed,
+    EndReason::SshHostKeyChanged,
+    EndReason::SshAuthFailed,
+    EndReason::SshShellFailed,
     EndReason::RecordingFailed,
     EndReason::BrokerShutdown,
     EndReason::BrokerCrash,
@@ -234,7 +328,23 @@ mod tests {
     }
 
     #[test]
-    fn reasons_are_bounded_on_a_character_boundary() {
+    fn reasons_are_bounded_on_character_boundaries() {
+        assert_eq!(
+            bounded_reason("session stopped by bob"),
+            "session stopped by bob"
+        );
+        let exact = "a".repeat(MAX_REASON_BYTES);
+        assert_eq!(bounded_reason(&exact), exact);
+        for filler in ["a", "é", "€", "𝄞"] {
+            let long = format!("session stopped by {}", filler.repeat(200));
+            let cut = bounded_reason(&long);
+            assert!(cut.len() <= MAX_REASON_BYTES, "{} bytes", cut.len());
+            assert!(cut.ends_with('…') && long.starts_with(cut.trim_end_matches('…')));
+        }
+    }
+
+    #[test]
+    fn fixed_reasons_fit_and_cuts_are_tight_at_every_offset() {
         // Short reasons pass unchanged; every fixed reason fits.
         assert_eq!(
             bounded_reason("session stopped by alice"),
@@ -267,8 +377,17 @@ mod tests {
                 assert!(body.chars().skip(prefix).all(|c| c == ch), "{b}");
             }
         }
-        // Control characters cannot forge lines.
-        assert_eq!(bounded_reason("a\r\nb"), "a  b");
+    }
+
+    #[test]
+    fn only_connection_ends_let_a_launch_token_reconnect() {
+        assert!(EndReason::ViewerClosed.connection_only());
+        assert!(EndReason::ServiceClosed.connection_only());
+        assert!(EndReason::AgentOffline.connection_only());
+        assert!(!EndReason::Stopped.connection_only());
+        assert!(!EndReason::VncAuthFailed.connection_only());
+        assert!(!ends_only_the_connection(TOKEN_INVALID.code));
+        assert!(ends_only_the_connection(AGENT_TIMEOUT.code));
     }
 
     #[test]
@@ -279,6 +398,14 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", r.as_str()));
             assert!(by_code(r.close_code().code).is_some());
         }
+        // Every reason is listed once.
+        for (i, a) in ALL_REASONS.iter().enumerate() {
+            assert!(!ALL_REASONS[i + 1..].contains(a), "{a} listed twice");
+        }
+        assert_eq!(
+            EndReason::SshHostKeyChanged.close_code(),
+            SSH_HOST_KEY_CHANGED
+        );
         assert_eq!(EndReason::parse("nope"), None);
     }
 }

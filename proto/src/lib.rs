@@ -11,7 +11,9 @@ pub mod fuzzing;
 pub mod ids;
 pub mod launch;
 pub mod origin;
+pub mod proxy;
 pub mod recording;
 pub mod rfb;
+pub mod terminal;
 
 pub use ids::{AgentId, IdError, ServiceName, TenantName};

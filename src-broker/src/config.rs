@@ -11,6 +11,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+pub use crate::netaddr::Cidr;
+
 /// How the HTTP listener speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsMode {
@@ -67,6 +69,10 @@ pub struct Config {
     pub recordings_dir: PathBuf,
     /// Bytes a recording may queue for a slow disk before it fails.
     pub recording_buffer_bytes: usize,
+    /// Bytes all recordings together may queue before the one that goes over fails.
+    pub recording_buffer_total_bytes: usize,
+    /// Threads that write recordings (however many sessions are recorded).
+    pub recording_writer_threads: usize,
     /// HTTP connections open at once (before and after TLS, WebSockets included); more are
     /// accepted and closed at once.
     pub http_max_connections: usize,
@@ -88,6 +94,27 @@ pub struct Config {
     pub auth_failure_window: Duration,
     /// How long a locked-out address is refused, even with valid credentials.
     pub auth_lockout: Duration,
+    /// New SSH connections one source (an IPv4 address or an IPv6 /64) may open at once before
+    /// [`Config::ssh_connections_per_source_per_sec`] paces it (a token bucket); 0 = no limit.
+    pub ssh_connection_burst_per_source: u32,
+    /// The steady rate of new SSH connections allowed per source, once the burst is spent.
+    pub ssh_connections_per_source_per_sec: f64,
+    /// SSH connections from one source that may be before authentication at once; 0 = no cap.
+    pub max_preauth_per_source: usize,
+    /// Rejected SSH key offers one source may make within `auth_failure_window` before it is
+    /// refused for `auth_lockout`; 0 turns the limit off.
+    pub ssh_auth_failure_limit: u32,
+    /// Audit events older than this many days are deleted (at start and hourly); 0 keeps them.
+    pub audit_retention_days: u32,
+    /// Reverse proxies (HAProxy, nginx...) whose word on the client's address is believed:
+    /// `X-Forwarded-For` on the HTTP listener, a PROXY protocol v2 header on the SSH listener
+    /// (required from them there).
+    pub trusted_proxies: Vec<Cidr>,
+    /// A viewer that takes nothing for this long while its session's buffer is full ends the
+    /// session (`viewer_too_slow`); a slower one only slows the transfer down.
+    pub viewer_stall: Duration,
+    /// Per-tenant caps.
+    pub quotas: Quotas,
     /// A listener of its own for `/metrics` (plain HTTP, e.g. `127.0.0.1:9100`); the public
     /// listener's `/metrics` then answers 404.
     pub metrics_listen: Option<SocketAddr>,
@@ -122,6 +149,20 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Caps that keep one tenant from taking the broker; the defaults are far above what a large
+/// tenant uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quotas {
+    /// Live sessions of a tenant.
+    pub sessions_per_tenant: usize,
+    /// Sessions of a tenant that nobody joined yet (legacy ones included).
+    pub pending_sessions_per_tenant: usize,
+    /// Connections open at once to one session (a launch token may reconnect, not flood).
+    pub connections_per_session: usize,
+    /// Agents registered in a tenant.
+    pub agents_per_tenant: usize,
+}
+
 impl Config {
     /// Defaults for a data dir, listening where the design says.
     pub fn with_data_dir(data_dir: &Path) -> Self {
@@ -139,6 +180,9 @@ impl Config {
             tls: TlsMode::Insecure,
             preauth_timeout: Duration::from_secs(10),
             legacy_wait: Duration::from_secs(10),
+            // Every test client comes from 127.0.0.1: tests that check these limits set them.
+            ssh_connection_burst_per_source: 0,
+            ssh_auth_failure_limit: 0,
             shutdown_grace: Duration::from_secs(3),
             ..Self::with_data_dir(data_dir)
         }
@@ -171,6 +215,8 @@ pub struct FileConfig {
     pub max_session_ttl_secs: Option<u64>,
     pub recordings_dir: Option<PathBuf>,
     pub recording_buffer_bytes: Option<usize>,
+    pub recording_buffer_total_bytes: Option<usize>,
+    pub recording_writer_threads: Option<usize>,
     pub http_max_connections: Option<usize>,
     pub http_max_connections_per_ip: Option<usize>,
     pub http_header_timeout_secs: Option<u64>,
@@ -179,6 +225,17 @@ pub struct FileConfig {
     pub auth_failure_limit: Option<u32>,
     pub auth_failure_window_secs: Option<u64>,
     pub auth_lockout_secs: Option<u64>,
+    pub ssh_connection_burst_per_source: Option<u32>,
+    pub ssh_connections_per_source_per_sec: Option<f64>,
+    pub max_preauth_per_source: Option<usize>,
+    pub ssh_auth_failure_limit: Option<u32>,
+    pub audit_retention_days: Option<u32>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub viewer_stall_secs: Option<u64>,
+    pub max_sessions_per_tenant: Option<usize>,
+    pub max_pending_sessions_per_tenant: Option<usize>,
+    pub max_connections_per_session: Option<usize>,
+    pub max_agents_per_tenant: Option<usize>,
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_token: Option<Secret>,
 }
@@ -224,6 +281,8 @@ impl FileConfig {
             max_session_ttl_secs,
             recordings_dir,
             recording_buffer_bytes,
+            recording_buffer_total_bytes,
+            recording_writer_threads,
             http_max_connections,
             http_max_connections_per_ip,
             http_header_timeout_secs,
@@ -232,6 +291,17 @@ impl FileConfig {
             auth_failure_limit,
             auth_failure_window_secs,
             auth_lockout_secs,
+            ssh_connection_burst_per_source,
+            ssh_connections_per_source_per_sec,
+            max_preauth_per_source,
+            ssh_auth_failure_limit,
+            audit_retention_days,
+            trusted_proxies,
+            viewer_stall_secs,
+            max_sessions_per_tenant,
+            max_pending_sessions_per_tenant,
+            max_connections_per_session,
+            max_agents_per_tenant,
             metrics_listen,
             metrics_token
         );
@@ -292,6 +362,8 @@ impl FileConfig {
                 .recordings_dir
                 .unwrap_or_else(|| data_dir.join("recordings")),
             recording_buffer_bytes: self.recording_buffer_bytes.unwrap_or(32 << 20),
+            recording_buffer_total_bytes: self.recording_buffer_total_bytes.unwrap_or(512 << 20),
+            recording_writer_threads: self.recording_writer_threads.unwrap_or(2).clamp(1, 64),
             http_max_connections: self.http_max_connections.unwrap_or(4096),
             http_max_connections_per_ip: self.http_max_connections_per_ip.unwrap_or(256),
             http_header_timeout: secs(self.http_header_timeout_secs, 10),
@@ -300,6 +372,27 @@ impl FileConfig {
             auth_failure_limit: self.auth_failure_limit.unwrap_or(20),
             auth_failure_window: secs(self.auth_failure_window_secs, 60),
             auth_lockout: secs(self.auth_lockout_secs, 60),
+            ssh_connection_burst_per_source: self.ssh_connection_burst_per_source.unwrap_or(20),
+            ssh_connections_per_source_per_sec: self
+                .ssh_connections_per_source_per_sec
+                .unwrap_or(5.0),
+            max_preauth_per_source: self.max_preauth_per_source.unwrap_or(64),
+            ssh_auth_failure_limit: self.ssh_auth_failure_limit.unwrap_or(30),
+            audit_retention_days: self.audit_retention_days.unwrap_or(400),
+            trusted_proxies: self
+                .trusted_proxies
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.parse::<Cidr>())
+                .collect::<Result<_, _>>()
+                .context("trusted_proxies")?,
+            viewer_stall: secs(self.viewer_stall_secs, 30),
+            quotas: Quotas {
+                sessions_per_tenant: self.max_sessions_per_tenant.unwrap_or(10_000),
+                pending_sessions_per_tenant: self.max_pending_sessions_per_tenant.unwrap_or(2_000),
+                connections_per_session: self.max_connections_per_session.unwrap_or(32),
+                agents_per_tenant: self.max_agents_per_tenant.unwrap_or(200_000),
+            },
             metrics_listen: self.metrics_listen,
             metrics_token: self.metrics_token,
             data_dir,
@@ -324,6 +417,20 @@ impl FileConfig {
             && (config.auth_failure_window.is_zero() || config.auth_lockout.is_zero())
         {
             bail!("auth_failure_window_secs and auth_lockout_secs must be at least 1");
+        }
+        if !(config.ssh_connections_per_source_per_sec.is_finite()
+            && config.ssh_connections_per_source_per_sec > 0.0)
+        {
+            bail!("ssh_connections_per_source_per_sec must be a number above 0");
+        }
+        let q = &config.quotas;
+        if config.viewer_stall.is_zero()
+            || q.sessions_per_tenant == 0
+            || q.pending_sessions_per_tenant == 0
+            || q.connections_per_session == 0
+            || q.agents_per_tenant == 0
+        {
+            bail!("viewer_stall_secs and the max_* quotas must be at least 1");
         }
         if let Some(token) = &config.metrics_token
             && (token.0.len() < 16 || token.0.chars().any(|c| c.is_whitespace() || c.is_control()))
@@ -434,9 +541,43 @@ mod tests {
         assert_eq!(c.auth_failure_limit, d.auth_failure_limit);
         assert_eq!(c.auth_failure_window, d.auth_failure_window);
         assert_eq!(c.auth_lockout, d.auth_lockout);
+        assert_eq!(
+            c.ssh_connection_burst_per_source,
+            d.ssh_connection_burst_per_source
+        );
+        assert_eq!(
+            c.ssh_connections_per_source_per_sec,
+            d.ssh_connections_per_source_per_sec
+        );
+        assert_eq!(c.max_preauth_per_source, d.max_preauth_per_source);
+        assert_eq!(c.ssh_auth_failure_limit, d.ssh_auth_failure_limit);
+        assert_eq!(c.audit_retention_days, d.audit_retention_days);
+        assert_eq!(c.trusted_proxies, d.trusted_proxies);
         // The metrics options are shown commented out: off by default.
         assert_eq!((c.metrics_listen, d.metrics_listen), (None, None));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("# metrics_listen = ") && text.contains("# metrics_token = "));
+    }
+
+    #[test]
+    fn trusted_proxies_parse_and_bad_ones_are_refused() {
+        let c = FileConfig {
+            trusted_proxies: Some(vec!["10.0.0.0/8".into(), "::1".into()]),
+            ..Default::default()
+        };
+        let c = c.into_config().unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(c.trusted_proxies[0].contains("10.1.2.3".parse().unwrap()));
+        assert!(c.trusted_proxies[1].contains("::1".parse().unwrap()));
+        let bad = FileConfig {
+            trusted_proxies: Some(vec!["10.0.0.0/33".into()]),
+            ..Default::default()
+        };
+        assert!(bad.into_config().is_err());
+        let zero_rate = FileConfig {
+            ssh_connections_per_source_per_sec: Some(0.0),
+            ..Default::default()
+        };
+        assert!(zero_rate.into_config().is_err());
     }
 }

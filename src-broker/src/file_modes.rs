@@ -21,13 +21,19 @@ pub const DATA_FILES: &[&str] = &[
     "passerelle.db-shm",
     "passerelle.db-journal",
     "secret.key",
-    crate::recorder::KEY_FILE,
+    crate::recording::KEY_FILE,
     crate::keys::HOST_KEY_FILE,
     "ssh_host_ed25519_key.pub",
     "tls-cert.pem",
     "tls-key.pem",
     crate::broker::ADMIN_KEY_FILE,
 ];
+
+/// Creates the data dir (and missing parents) with mode 0700; existing ones are left alone,
+/// for [`check_and_fix`] to narrow.
+pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
+    crate::secrets::create_private_dir_all(dir)
+}
 
 /// What the check changed or could not change.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

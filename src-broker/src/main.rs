@@ -103,6 +103,13 @@ enum TenantCmd {
     Add { name: TenantName },
     /// List tenants.
     List,
+    /// Print the tenant's SSH public key (made on first use) as an authorized_keys line for
+    /// workstations: the broker logs in with it for `ssh` sessions in the browser.
+    #[command(name = "ssh-key")]
+    SshKey {
+        #[arg(long, default_value = "default")]
+        tenant: TenantName,
+    },
 }
 
 #[derive(Subcommand)]
@@ -160,8 +167,10 @@ enum AgentCmd {
 
 #[derive(Subcommand)]
 enum RecordingCmd {
-    /// Check a recording's hash chain and signatures. Exit status: 0 intact, 3 truncated but
-    /// consistent (the broker stopped during the session), 1 tampered or unreadable.
+    /// Check a recording's hash chain and signatures, and say which frames a signature covers.
+    /// Exit status: 0 intact, 3 truncated (the broker stopped during the session: the frames up
+    /// to the last checkpoint are signed, the ones after it are not), 4 unsigned (no signature
+    /// at all: nothing is authenticated), 1 tampered or unreadable.
     Verify {
         /// The .psrec file.
         file: PathBuf,
@@ -170,10 +179,12 @@ enum RecordingCmd {
         public_key: Option<String>,
     },
     /// Export a VNC recording's screen as PNG files (--png DIR with --at or --every) or as a
-    /// video made by ffmpeg (--video OUT.mp4). The recording is verified first: a tampered one
-    /// is refused unless --force; a truncated one exports up to its last whole frame. A video
-    /// keeps the first screen size (a larger desktop is cropped, a smaller one padded).
-    #[command(group(clap::ArgGroup::new("output").required(true).args(["png", "video"])))]
+    /// video made by ffmpeg (--video OUT.mp4), or a terminal recording's transcript (--text
+    /// OUT) or asciicast v2 file (--asciicast OUT.cast). The recording is verified first: a
+    /// tampered one is refused unless --force; a truncated one exports its signed part only,
+    /// unless --include-unsigned (its unsigned frames are then marked). A video keeps the first
+    /// screen size (a larger desktop is cropped, a smaller one padded).
+    #[command(group(clap::ArgGroup::new("output").required(true).multiple(true).args(["png", "video", "text", "asciicast"])))]
     Export {
         /// The .psrec file.
         file: PathBuf,
@@ -192,12 +203,22 @@ enum RecordingCmd {
         /// Video frames per second.
         #[arg(long, default_value_t = 10)]
         fps: u32,
+        /// Write a terminal recording's transcript (plain text, one line per terminal line).
+        #[arg(long, conflicts_with_all = ["png", "video"])]
+        text: Option<PathBuf>,
+        /// Write a terminal recording as asciicast v2 (for asciinema and its players).
+        #[arg(long, conflicts_with_all = ["png", "video"])]
+        asciicast: Option<PathBuf>,
         /// Hex Ed25519 public key to check against [default: this data dir's recording key].
         #[arg(long)]
         public_key: Option<String>,
         /// Export a tampered or damaged recording anyway (up to the damage).
         #[arg(long)]
         force: bool,
+        /// Export the frames no signature covers too (after the last checkpoint of a truncated
+        /// recording): PNG files of those times are named `…-UNSIGNED.png`.
+        #[arg(long)]
+        include_unsigned: bool,
     },
 }
 
@@ -278,6 +299,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("tenant {name} created");
             Ok(())
         }
+        Command::Tenant(TenantCmd::SshKey { tenant }) => {
+            let store = open_store(&cli)?;
+            let id = tenant_id(&store, tenant)?;
+            store.ensure_tenant_ssh_key(id)?;
+            let key = store
+                .tenant_ssh(id)?
+                .public_key
+                .context("the tenant has no SSH key")?;
+            println!("from=\"127.0.0.1,::1\" {key}");
+            Ok(())
+        }
         Command::Tenant(TenantCmd::List) => {
             for name in open_store(&cli)?.tenants()? {
                 println!("{name}");
@@ -329,10 +361,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             every,
             video,
             fps,
+            text,
+            asciicast,
             public_key,
             force,
+            include_unsigned,
         }) => {
-            use passerelle::export::{Output, export, parse_times};
+            use passerelle::recording::export::{Output, Trust, export, parse_times};
+            let trust = Trust {
+                force: *force,
+                include_unsigned: *include_unsigned,
+            };
+            if text.is_some() || asciicast.is_some() {
+                let public = recording_key(&cli, public_key.as_deref())?;
+                let bytes =
+                    std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+                let done = passerelle::recording::terminal::export(
+                    &bytes,
+                    &public,
+                    trust,
+                    text.as_deref(),
+                    asciicast.as_deref(),
+                )?;
+                for note in &done.notes {
+                    eprintln!("passerelle: {note}");
+                }
+                for f in &done.files {
+                    println!("{}", f.display());
+                }
+                return Ok(());
+            }
             let output = match (png, video) {
                 (Some(dir), _) => Output::Png {
                     dir: dir.clone(),
@@ -352,7 +410,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let public = recording_key(&cli, public_key.as_deref())?;
             let bytes =
                 std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            let report = export(&bytes, &public, *force, &output)?;
+            let report = export(&bytes, &public, trust, &output)?;
             for note in &report.notes {
                 eprintln!("passerelle: {note}");
             }
@@ -369,7 +427,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::HostKey { known_hosts_host } => {
             let config = file_config(&cli)?.into_config()?;
-            passerelle::secrets::create_private_dir_all(&config.data_dir)?;
+            passerelle::file_modes::create_data_dir(&config.data_dir)?;
             let key = keys::load_or_create_host_key(&config.data_dir)?;
             let (host, port) = known_hosts_host
                 .rsplit_once(':')
@@ -490,7 +548,7 @@ fn recording_key(cli: &Cli, public_key: Option<&str>) -> anyhow::Result<String> 
     let config = file_config(cli)?.into_config()?;
     if !config
         .data_dir
-        .join(passerelle::recorder::KEY_FILE)
+        .join(passerelle::recording::KEY_FILE)
         .exists()
     {
         anyhow::bail!(
@@ -498,7 +556,7 @@ fn recording_key(cli: &Cli, public_key: Option<&str>) -> anyhow::Result<String> 
             config.data_dir.display()
         );
     }
-    Ok(passerelle::recorder::SigningKey::load_or_create(&config.data_dir)?.public_hex())
+    Ok(passerelle::recording::SigningKey::load_or_create(&config.data_dir)?.public_hex())
 }
 
 fn verify_recording(
@@ -506,12 +564,10 @@ fn verify_recording(
     file: &std::path::Path,
     public_key: Option<&str>,
 ) -> anyhow::Result<()> {
-    use passerelle_proto::recording::{Verdict, verify};
+    use passerelle_proto::recording::Verdict;
     let public = recording_key(cli, public_key)?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    match verify(&bytes, |m, s| {
-        passerelle::recorder::check_signature(&public, m, s)
-    }) {
+    match passerelle::recording::verify_file(&bytes, &public) {
         Verdict::Intact {
             header,
             summary,
@@ -534,14 +590,32 @@ fn verify_recording(
             header,
             frames,
             signed_frames,
+            signed_end_us,
             trailing_bytes,
             ..
         } => {
+            let unsigned = frames - signed_frames;
             println!(
-                "truncated but consistent: session {} has {frames} whole frames, the first {signed_frames} signed; no trailer (the broker stopped during the session); {trailing_bytes} bytes of a partial frame ignored",
+                "truncated: session {} has {frames} whole frames and no trailer (the broker stopped during the session); frames 1 to {signed_frames} are signed, up to {:.3} s",
+                header.session,
+                signed_end_us as f64 / 1e6
+            );
+            if unsigned > 0 {
+                println!(
+                    "NOT SIGNED: the last {unsigned} frames, after the last checkpoint (written before the broker stopped, or appended by anyone who could write the file: not evidence)"
+                );
+            }
+            if trailing_bytes > 0 {
+                println!("{trailing_bytes} bytes of a partial frame ignored");
+            }
+            std::process::exit(3);
+        }
+        Verdict::Unsigned { header, frames, .. } => {
+            println!(
+                "UNSIGNED: session {} has {frames} whole frames and no signature at all: nothing in it is authenticated",
                 header.session
             );
-            std::process::exit(3);
+            std::process::exit(4);
         }
         Verdict::Tampered(damage) => {
             println!("TAMPERED: {damage}");

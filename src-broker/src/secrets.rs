@@ -18,25 +18,25 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 /// 32 random bytes, base64url: a viewer or launch token.
-pub fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The hash under which a token is kept.
-pub fn hash(secret: &str) -> [u8; 32] {
+pub(crate) fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
 /// Constant-time equality of two byte strings (lengths are not secret).
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// An API key as issued: `psk_<id>_<secret>`, where the id (12 hex digits) is public and
 /// names the key in logs and audit, and the secret is 256 random bits.
-pub struct ApiKey {
+pub(crate) struct ApiKey {
     id: String,
     text: String,
 }
@@ -49,7 +49,7 @@ impl std::fmt::Debug for ApiKey {
 
 impl ApiKey {
     /// A fresh key.
-    pub fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         let mut id = [0u8; 6];
         rand::rng().fill_bytes(&mut id);
         let id = hex::encode(id);
@@ -58,23 +58,23 @@ impl ApiKey {
     }
 
     /// The public id.
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.id
     }
 
     /// The hash to store.
-    pub fn hash(&self) -> [u8; 32] {
+    pub(crate) fn hash(&self) -> [u8; 32] {
         hash(&self.text)
     }
 
     /// The secret text, to show the user once.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.text
     }
 }
 
 /// Splits a presented API key into (id, hash of the whole key); `None` if malformed.
-pub fn parse_api_key(text: &str) -> Option<(String, [u8; 32])> {
+pub(crate) fn parse_api_key(text: &str) -> Option<(String, [u8; 32])> {
     let rest = text.strip_prefix("psk_")?;
     let (id, secret) = rest.split_once('_')?;
     let well_formed = id.len() == 12
@@ -87,7 +87,7 @@ pub fn parse_api_key(text: &str) -> Option<(String, [u8; 32])> {
 }
 
 /// Seals and opens small secrets (VNC passwords) stored in the database.
-pub struct SecretBox {
+pub(crate) struct SecretBox {
     key: aead::LessSafeKey,
 }
 
@@ -99,7 +99,7 @@ impl std::fmt::Debug for SecretBox {
 
 impl SecretBox {
     /// Loads the key file, creating it (mode 0600) on first use.
-    pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn load_or_create(path: &Path) -> anyhow::Result<Self> {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -121,7 +121,7 @@ impl SecretBox {
     }
 
     /// Nonce (12 bytes) followed by ciphertext and tag.
-    pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal(&self, plain: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         let mut buf = plain.to_vec();
@@ -138,7 +138,7 @@ impl SecretBox {
     }
 
     /// Opens what [`SecretBox::seal`] made; `None` if it was altered or sealed with another key.
-    pub fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
         let (nonce, body) = sealed.split_at_checked(12)?;
         let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut buf = body.to_vec();
@@ -151,13 +151,13 @@ impl SecretBox {
 }
 
 /// Mode of every file the broker creates under its data dir: its owner's only.
-pub const PRIVATE_FILE_MODE: u32 = 0o600;
+pub(crate) const PRIVATE_FILE_MODE: u32 = 0o600;
 /// Mode of every directory the broker creates under its data dir.
-pub const PRIVATE_DIR_MODE: u32 = 0o700;
+pub(crate) const PRIVATE_DIR_MODE: u32 = 0o700;
 
 /// Options that create a file with mode 0600 from the start (never created wider and then
 /// narrowed, which would leave a window). Add `write`/`create_new`/`truncate` as needed.
-pub fn private_file_options() -> std::fs::OpenOptions {
+pub(crate) fn private_file_options() -> std::fs::OpenOptions {
     let mut options = std::fs::OpenOptions::new();
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, PRIVATE_FILE_MODE);
@@ -165,7 +165,7 @@ pub fn private_file_options() -> std::fs::OpenOptions {
 }
 
 /// Creates a new file (it must not exist) with mode 0600, for writing.
-pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
     private_file_options()
         .write(true)
         .create_new(true)
@@ -174,7 +174,7 @@ pub fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// Creates `dir` and its missing parents with mode 0700 (existing ones are left alone; the
 /// start-up check in [`crate::file_modes`] narrows them).
-pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -183,7 +183,7 @@ pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Writes `bytes` to `path`, creating it with mode 0600 or truncating it.
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = private_file_options()
         .write(true)
         .create(true)
@@ -193,7 +193,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Writes a file readable by its owner only (created with mode 0600, never widened).
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut file =
         create_private_file(path).with_context(|| format!("creating {}", path.display()))?;
     file.write_all(bytes)

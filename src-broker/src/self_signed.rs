@@ -19,18 +19,18 @@ use anyhow::Context as _;
 
 const DAY: u64 = 86_400;
 /// How long a generated certificate is valid.
-pub const VALIDITY: Duration = Duration::from_secs(365 * DAY);
+pub(crate) const VALIDITY: Duration = Duration::from_secs(365 * DAY);
 /// A generated certificate with less than this left is renewed at start.
-pub const RENEW_WITHIN: Duration = Duration::from_secs(30 * DAY);
+pub(crate) const RENEW_WITHIN: Duration = Duration::from_secs(30 * DAY);
 /// The longest validity the CA/Browser Forum allows a public certificate; one of ours that
 /// exceeds it was made by an older version and is replaced.
-pub const LONGEST: Duration = Duration::from_secs(398 * DAY);
+pub(crate) const LONGEST: Duration = Duration::from_secs(398 * DAY);
 /// Backdating, for clients whose clock is a little behind.
 const BACKDATE: Duration = Duration::from_secs(3600);
 
 /// What [`ensure`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The certificate in place is good.
     Kept,
     /// There was none; one was made.
@@ -41,7 +41,7 @@ pub enum Outcome {
 
 /// The host of a URL (`https://broker.example:8443/x` → `broker.example`, IPv6 without its
 /// brackets), if it has one.
-pub fn host_of_url(url: &str) -> Option<String> {
+pub(crate) fn host_of_url(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
@@ -62,7 +62,7 @@ fn machine_name() -> Option<String> {
 
 /// The names the certificate carries: `host` (else the machine's name), then the loopback
 /// names; the first is its common name.
-pub fn names(host: Option<&str>) -> Vec<String> {
+pub(crate) fn names(host: Option<&str>) -> Vec<String> {
     let mut names: Vec<String> = host
         .map(str::to_ascii_lowercase)
         .or_else(machine_name)
@@ -78,7 +78,7 @@ pub fn names(host: Option<&str>) -> Vec<String> {
 
 /// Checks the generated pair at `cert` and `key`, making or renewing it as the module says.
 /// Logs what it did.
-pub fn ensure(
+pub(crate) fn ensure(
     cert: &Path,
     key: &Path,
     host: Option<&str>,

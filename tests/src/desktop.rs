@@ -333,6 +333,9 @@ pub fn dominant_bgra(data: &[u8]) -> Option<(u8, u8, u8)> {
 #[serde(rename_all = "camelCase")]
 pub struct PageReport {
     pub state: Option<String>,
+    /// The "open in desktop app" link, once the page fetched it.
+    #[serde(default)]
+    pub desktop_link: Option<String>,
     pub close_code: Option<u16>,
     pub close_reason: Option<String>,
     pub dominant: Option<Vec<u8>>,
@@ -440,7 +443,7 @@ pub async fn open_console(url: &str, screenshot: &Path, args: &[&str]) -> Result
     run_page_script("console.mjs", url, screenshot, args).await
 }
 
-async fn run_page_script<T: serde::de::DeserializeOwned>(
+pub(crate) async fn run_page_script<T: serde::de::DeserializeOwned>(
     script: &str,
     url: &str,
     screenshot: &Path,

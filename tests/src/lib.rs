@@ -17,6 +17,8 @@ pub mod faults;
 pub mod process;
 mod rfb_server;
 mod services;
+pub mod sshd;
+pub mod terminal;
 mod ws;
 
 use std::sync::Once;

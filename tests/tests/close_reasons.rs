@@ -68,9 +68,10 @@ async fn a_recording_that_cannot_start_tells_the_viewer_without_naming_paths() -
     let broker = TestBroker::start_with(|c| c.recordings_dir = recordings.clone()).await?;
     let echo = EchoServer::start().await?;
     let mut agent = Agent::registered(&broker, "pc-no-disk").await?;
-    agent.connect(&[Forward::named("vnc", echo.port())])?;
-    agent.wait_online(&broker, &["vnc"]).await?;
-    let mut req = session_request(&agent.id, "vnc");
+    // An RDP session: its raw stream is recorded (metadata and byte counts).
+    agent.connect(&[Forward::named("rdp", echo.port())])?;
+    agent.wait_online(&broker, &["rdp"]).await?;
+    let mut req = session_request(&agent.id, "rdp");
     req.record = Some(true);
     let created = broker.create_session(&req).await?;
     let mut ws = Ws::connect(&created.raw_ws_url).await?;

@@ -8,25 +8,24 @@
 
 use std::sync::Arc;
 
-use axum::extract::State as AxState;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 
-use crate::broker::State;
-use crate::config::TlsMode;
+use crate::config::{Config, TlsMode};
 
 /// One year, without `includeSubDomains`: the broker's name says nothing of its neighbours.
-pub const HSTS: &str = "max-age=31536000";
+pub(super) const HSTS: &str = "max-age=31536000";
 
 /// Adds `Strict-Transport-Security` to every answer of an HTTPS listener (a browser ignores it
 /// over plain HTTP, and behind a TLS-terminating proxy it is the proxy's to send).
-pub async fn hsts(
-    AxState(state): AxState<Arc<State>>,
+pub(super) async fn hsts(
+    State(config): State<Arc<Config>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let mut res = next.run(req).await;
-    if state.config.tls != TlsMode::Insecure {
+    if config.tls != TlsMode::Insecure {
         res.headers_mut().insert(
             header::STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static(HSTS),
@@ -37,7 +36,7 @@ pub async fn hsts(
 
 /// The `frame-ancestors` directive for `allowed` origins (already checked by
 /// [`passerelle_proto::origin`]): `'none'` when there are none.
-pub fn frame_ancestors(allowed: &[String]) -> String {
+pub(super) fn frame_ancestors(allowed: &[String]) -> String {
     if allowed.is_empty() {
         "frame-ancestors 'none'".to_owned()
     } else {
@@ -48,7 +47,7 @@ pub fn frame_ancestors(allowed: &[String]) -> String {
 /// Sets the page's CSP (`base` plus its `frame-ancestors`) and, when no origin may frame it,
 /// `X-Frame-Options: DENY` for browsers that predate CSP's directive. (That header cannot name
 /// several origins, so an allowed list relies on CSP alone, as every current browser does.)
-pub fn set_frame_policy(headers: &mut HeaderMap, base: &str, allowed: &[String]) {
+pub(super) fn set_frame_policy(headers: &mut HeaderMap, base: &str, allowed: &[String]) {
     let csp = format!("{base}; {}", frame_ancestors(allowed));
     match HeaderValue::from_str(&csp) {
         Ok(v) => {

@@ -7,32 +7,29 @@
 //! command line to recover, so the command line (`passerelle api-key revoke`) is where that is
 //! done, deliberately.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State as AxState};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use passerelle_proto::api::Role;
 use passerelle_proto::api_keys::{ApiKeyInfo, CreateApiKey, CreatedApiKey, check_name};
 
-use super::ApiError;
 use super::auth::Caller;
-use crate::broker::State;
-use crate::store::{AuditKind, NewEvent, RevokeError, Revoked, now_ms, parse_rfc3339};
+use super::{ApiError, App};
+use crate::store::{AuditKind, RevokeError, Revoked, now_ms, parse_rfc3339};
 
 type ApiResult<T> = Result<T, ApiError>;
 
 /// The routes, merged into the router.
-pub fn routes() -> axum::Router<Arc<State>> {
+pub(super) fn routes() -> axum::Router<App> {
     use axum::routing::{delete, get};
     axum::Router::new()
         .route("/api/v1/keys", get(list).post(create))
         .route("/api/v1/keys/{id}", delete(revoke))
 }
 
-fn audit(state: &State, caller: &Caller, kind: AuditKind, key: &ApiKeyInfo, verb: &str) {
-    let mut ev = NewEvent::new(
+fn audit(app: &App, caller: &Caller, kind: AuditKind, key: &ApiKeyInfo, verb: &str) {
+    app.db.audit(caller.event(
         kind,
         format!(
             "API key {} ({}, {:?}) {verb} by API key {}",
@@ -41,25 +38,20 @@ fn audit(state: &State, caller: &Caller, kind: AuditKind, key: &ApiKeyInfo, verb
             key.name,
             caller.key_id
         ),
-    );
-    ev.tenant_id = Some(caller.tenant_id);
-    ev.operator = Some(caller.who());
-    state.store.audit(ev);
+    ));
 }
 
 /// `GET /api/v1/keys`: the tenant's keys, revoked and expired ones included.
-pub async fn list(
-    caller: Caller,
-    AxState(state): AxState<Arc<State>>,
-) -> ApiResult<Json<Vec<ApiKeyInfo>>> {
+async fn list(caller: Caller, State(app): State<App>) -> ApiResult<Json<Vec<ApiKeyInfo>>> {
     caller.require(&[Role::Admin])?;
-    Ok(Json(state.store.api_keys(caller.tenant_id)?))
+    let tenant_id = caller.tenant_id;
+    Ok(Json(app.db.run(move |s| s.api_keys(tenant_id)).await?))
 }
 
 /// `POST /api/v1/keys` `{name, role, expires_at?}`: 201 with the key's secret, shown once.
-pub async fn create(
+async fn create(
     caller: Caller,
-    AxState(state): AxState<Arc<State>>,
+    State(app): State<App>,
     body: Result<Json<CreateApiKey>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
     caller.require(&[Role::Admin])?;
@@ -79,25 +71,31 @@ pub async fn create(
             Some(at)
         }
     };
-    let (info, key) =
-        state
-            .store
-            .create_named_api_key(caller.tenant_id, req.role, &req.name, expires_at)?;
-    audit(&state, &caller, AuditKind::ApiKeyCreated, &info, "created");
+    let (tenant_id, role, name) = (caller.tenant_id, req.role, req.name);
+    let (info, key) = app
+        .db
+        .run(move |s| s.create_named_api_key(tenant_id, role, &name, expires_at))
+        .await?;
+    audit(&app, &caller, AuditKind::ApiKeyCreated, &info, "created");
     Ok((StatusCode::CREATED, Json(CreatedApiKey { info, key })))
 }
 
 /// `DELETE /api/v1/keys/{id}`: 204; the key fails from the next request on. Revoking a revoked
 /// key changes nothing and answers 204 again.
-pub async fn revoke(
+async fn revoke(
     caller: Caller,
-    AxState(state): AxState<Arc<State>>,
+    State(app): State<App>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     caller.require(&[Role::Admin])?;
-    match state.store.revoke_api_key(caller.tenant_id, &id, true) {
+    let tenant_id = caller.tenant_id;
+    let revoked = app
+        .db
+        .run(move |s| Ok(s.revoke_api_key(tenant_id, &id, true)))
+        .await?;
+    match revoked {
         Ok(Revoked::Now(info)) => {
-            audit(&state, &caller, AuditKind::ApiKeyRevoked, &info, "revoked");
+            audit(&app, &caller, AuditKind::ApiKeyRevoked, &info, "revoked");
             Ok(StatusCode::NO_CONTENT)
         }
         Ok(Revoked::Already(_)) => Ok(StatusCode::NO_CONTENT),

@@ -1,14 +1,14 @@
-//! The browser pages: `/view/{id}` (the noVNC viewer), `/console`, and their static files,
-//! embedded in the binary at build time. No page may be framed by another site, except the
-//! viewer by the origins its session's tenant lists ([`super::headers`]).
+//! The browser pages: `/view/{id}` (the noVNC viewer, or the xterm.js terminal of an `ssh`
+//! session), `/replay/{id}`, `/console`, and their static files, embedded in the binary at
+//! build time. No page may be framed by another site, except the viewer (noVNC or terminal) by
+//! the origins its session's tenant lists ([`super::headers`]).
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State as AxState};
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use crate::broker::State;
+use super::App;
+use crate::store::Db;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/assets.rs"));
@@ -66,7 +66,46 @@ fn page(name: &str) -> Response {
     }
 }
 
-pub async fn view(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
+/// Whether the session is an `ssh` one (its pages are the terminal's).
+async fn is_terminal(db: &Db, id: String) -> bool {
+    db.run(move |s| s.session_service(&id))
+        .await
+        .is_ok_and(|s| s.as_deref() == Some("ssh"))
+}
+
+/// A terminal page, framable by `frame_ancestors` (none when empty).
+fn terminal_page(name: &str, frame_ancestors: &[String]) -> Response {
+    if !embedded::HAS_XTERM || !embedded::HAS_XTERM_FIT {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this broker was built without xterm.js (npm was missing at build time); install npm and rebuild",
+        )
+            .into_response();
+    }
+    match asset(name) {
+        Some(bytes) => respond_framed(name, bytes, frame_ancestors),
+        None => (StatusCode::NOT_FOUND, "page not built").into_response(),
+    }
+}
+
+/// The origins the session's tenant lets frame its viewer; an unknown session, none.
+async fn frame_ancestors_of(db: &Db, id: String) -> Vec<String> {
+    db.run(move |s| {
+        Ok(match s.session_with_tenant(&id)? {
+            Some((_, tenant)) => s.frame_ancestors(tenant)?,
+            None => Vec::new(),
+        })
+    })
+    .await
+    .unwrap_or_default()
+}
+
+pub(super) async fn view(State(app): State<App>, Path(id): Path<String>) -> Response {
+    // The session's tenant decides who may frame its viewer.
+    let allowed = frame_ancestors_of(&app.db, id.clone()).await;
+    if is_terminal(&app.db, id).await {
+        return terminal_page("terminal.html", &allowed);
+    }
     if !embedded::HAS_NOVNC {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -74,18 +113,16 @@ pub async fn view(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -
         )
             .into_response();
     }
-    // The session's tenant decides who may frame its viewer; an unknown session, nobody.
-    let allowed = match state.store.session_with_tenant(&id) {
-        Ok(Some((_, tenant))) => state.store.frame_ancestors(tenant).unwrap_or_default(),
-        _ => Vec::new(),
-    };
     match asset("viewer.html") {
         Some(bytes) => respond_framed("viewer.html", bytes, &allowed),
         None => (StatusCode::NOT_FOUND, "page not built").into_response(),
     }
 }
 
-pub async fn replay(Path(_id): Path<String>) -> Response {
+pub(super) async fn replay(State(db): State<Db>, Path(id): Path<String>) -> Response {
+    if is_terminal(&db, id).await {
+        return terminal_page("terminal-replay.html", &[]);
+    }
     if !embedded::HAS_NOVNC {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -96,15 +133,15 @@ pub async fn replay(Path(_id): Path<String>) -> Response {
     page("replay.html")
 }
 
-pub async fn console() -> Response {
+pub(super) async fn console() -> Response {
     page("console.html")
 }
 
-pub async fn root() -> Redirect {
+pub(super) async fn root() -> Redirect {
     Redirect::to("/console")
 }
 
-pub async fn static_file(Path(path): Path<String>) -> Response {
+pub(super) async fn static_file(Path(path): Path<String>) -> Response {
     match asset(&path) {
         Some(bytes) => respond(&path, bytes),
         None => (StatusCode::NOT_FOUND, "not found").into_response(),

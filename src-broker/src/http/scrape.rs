@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State as AxState};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -24,8 +24,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
-use super::ApiError;
-use crate::broker::State;
+use super::{ApiError, App};
 
 /// Connections the metrics listener serves at once (scrapers are few).
 const MAX_CONNECTIONS: usize = 16;
@@ -33,11 +32,11 @@ const MAX_CONNECTIONS: usize = 16;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `GET /metrics` on the public listener.
-pub async fn public(AxState(state): AxState<Arc<State>>, req: axum::extract::Request) -> Response {
-    if state.config.metrics_listen.is_some() {
+pub(super) async fn public(State(app): State<App>, req: axum::extract::Request) -> Response {
+    if app.config.metrics_listen.is_some() {
         return ApiError::not_found("route").into_response();
     }
-    render(&state, peer_of(&req), req.headers())
+    render(&app, peer_of(&req), req.headers())
 }
 
 /// The client's address, as the accept loop recorded it.
@@ -48,10 +47,10 @@ fn peer_of(req: &axum::extract::Request) -> Option<SocketAddr> {
 }
 
 /// The exposition, if the request may have it.
-fn render(state: &State, peer: Option<SocketAddr>, headers: &HeaderMap) -> Response {
-    if let Some(token) = &state.config.metrics_token {
+fn render(app: &App, peer: Option<SocketAddr>, headers: &HeaderMap) -> Response {
+    if let Some(token) = &app.config.metrics_token {
         if let Some(peer) = peer
-            && let Err(wait) = state.credentials_allowed(peer)
+            && let Err(wait) = app.guard.allowed(peer)
         {
             return ApiError::too_many_attempts(wait).into_response();
         }
@@ -63,20 +62,20 @@ fn render(state: &State, peer: Option<SocketAddr>, headers: &HeaderMap) -> Respo
             Some(p) if token.matches(p.trim()) => {}
             other => {
                 if let (Some(_), Some(peer)) = (other, peer) {
-                    state.credential_failed(peer, None, "a wrong /metrics token");
+                    app.guard.failed(peer, None, "a wrong /metrics token");
                 }
                 return ApiError::not_found("route").into_response();
             }
         }
     }
-    let body = state
+    let body = app
         .metrics
-        .render(state.registry.len(), state.sessions.len());
+        .render(app.registry.len(), app.core.table().len());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-async fn separate(AxState(state): AxState<Arc<State>>, req: axum::extract::Request) -> Response {
-    render(&state, peer_of(&req), req.headers())
+async fn separate(State(app): State<App>, req: axum::extract::Request) -> Response {
+    render(&app, peer_of(&req), req.headers())
 }
 
 async fn nothing_else() -> Response {
@@ -84,7 +83,7 @@ async fn nothing_else() -> Response {
 }
 
 /// Binds `metrics_listen`, when configured (at start, so that a taken port stops the broker).
-pub fn bind(state_config: &crate::Config) -> anyhow::Result<Option<std::net::TcpListener>> {
+pub(crate) fn bind(state_config: &crate::Config) -> anyhow::Result<Option<std::net::TcpListener>> {
     use anyhow::Context as _;
     let Some(addr) = state_config.metrics_listen else {
         return Ok(None);
@@ -97,7 +96,7 @@ pub fn bind(state_config: &crate::Config) -> anyhow::Result<Option<std::net::Tcp
 
 /// Serves `/metrics` alone on its own listener until shutdown: HTTP/1.1, a request header
 /// within 10 s, at most 16 connections at once (more are closed at once).
-pub async fn serve(listener: std::net::TcpListener, state: Arc<State>) {
+pub(crate) async fn serve(listener: std::net::TcpListener, app: App) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => return tracing::error!(error = %e, "the metrics listener could not start"),
@@ -105,16 +104,16 @@ pub async fn serve(listener: std::net::TcpListener, state: Arc<State>) {
     let router = Router::new()
         .route("/metrics", axum::routing::get(separate))
         .fallback(nothing_else)
-        .with_state(state.clone());
+        .with_state(app.clone());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut acceptor = crate::accept::Acceptor::new(listener, "metrics");
-    while let Some((stream, peer)) = acceptor.next(&state.shutdown).await {
+    while let Some((stream, peer)) = acceptor.next(&app.shutdown).await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "too many metrics connections; closed at once");
             continue;
         };
-        let (router, shutdown) = (router.clone(), state.shutdown.clone());
-        state.tasks.spawn(
+        let (router, shutdown) = (router.clone(), app.shutdown.clone());
+        app.tasks.spawn(
             async move {
                 let _slot = slot;
                 let service = hyper::service::service_fn(

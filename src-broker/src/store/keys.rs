@@ -365,4 +365,41 @@ mod tests {
         assert_eq!((keys[0].name.as_str(), keys[0].active), ("", true));
         assert!(text.contains(&keys[0].id));
     }
+
+    #[test]
+    fn a_store_from_before_key_names_and_frame_ancestors_opens_and_keeps_its_keys() {
+        // main's last schema before this branch's migrations (key names and expiry, then the
+        // tenants' frame ancestors), with a tenant and an admin key in it.
+        let before = crate::store::MIGRATIONS
+            .iter()
+            .position(|m| m.contains("ADD COLUMN expires_at"))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::secrets::ApiKey::generate();
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("passerelle.db")).unwrap();
+            for sql in &crate::store::MIGRATIONS[..before] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(&format!(
+                "INSERT INTO tenants (id, name, created_at) VALUES (1, 'one', 0);
+                 PRAGMA user_version = {before};"
+            ))
+            .unwrap();
+            conn.execute(
+                "INSERT INTO api_keys (id, tenant_id, role, hash, created_at)
+                 VALUES (?1, 1, 'admin', ?2, 5)",
+                rusqlite::params![key.id(), key.hash().to_vec()],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (tenant, id, role) = store.check_api_key(key.expose()).unwrap().unwrap();
+        assert_eq!((tenant, id.as_str(), role), (1, key.id(), Role::Admin));
+        let keys = store.api_keys(1).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!((keys[0].name.as_str(), keys[0].active), ("", true));
+        assert!(keys[0].expires_at.is_none());
+        assert!(store.tenant_info(1).unwrap().frame_ancestors.is_empty());
+    }
 }

@@ -7,9 +7,13 @@
 
 mod agents;
 mod audit;
+mod audit_retention;
+mod db;
 mod embedding;
 mod keys;
+mod search;
 mod sessions;
+mod ssh;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -19,13 +23,16 @@ use passerelle_proto::api::{RecordingPolicy, Role, TenantInfo};
 use passerelle_proto::ids::TenantName;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-pub use agents::AgentRecord;
+pub use agents::{AgentRecord, OfferTarget};
 /// The errors store calls return that the API maps to 400 and 409.
 pub mod agents_errors {
     pub use super::agents::{Conflict, Invalid};
 }
 pub use audit::{AuditFilter, AuditKind, NewEvent};
+pub use db::Db;
 pub use keys::{KeyRefusal, RevokeError, Revoked};
+pub use search::{MAX_QUERY, TextMatch};
+pub use ssh::{AgentSsh, TenantSsh, check_agent_ssh, check_username};
 
 use crate::secrets::{self, ApiKey, SecretBox};
 
@@ -98,6 +105,39 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_tenant ON audit(tenant_id, at);
 "#,
+    // The API key behind each event of an API call; mandatory recording per tenant.
+    r#"
+ALTER TABLE audit ADD COLUMN api_key TEXT;
+ALTER TABLE tenants ADD COLUMN recording_required INTEGER NOT NULL DEFAULT 0;
+"#,
+    // A public key is unique per tenant, not across tenants (a cross-tenant uniqueness check
+    // told one tenant that another had registered a key); the SSH login (agent id, key) stays
+    // unambiguous through `agents_active_login` (see `Store::create_agent`). The audit gets an
+    // index on time for retention. NOTE for merges: the column list below is the agents table
+    // of migrations 1 and 2; a migration that adds agents columns must come after this one.
+    r#"
+CREATE TABLE agents_v2 (
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    id TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    key_fingerprint TEXT NOT NULL,
+    vnc_password BLOB,
+    created_at INTEGER NOT NULL,
+    shadowed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, id)
+);
+INSERT INTO agents_v2 (tenant_id, id, public_key, key_fingerprint, vnc_password, created_at)
+    SELECT tenant_id, id, public_key, key_fingerprint, vnc_password, created_at FROM agents;
+DROP TABLE agents;
+ALTER TABLE agents_v2 RENAME TO agents;
+CREATE INDEX agents_by_id ON agents(id);
+CREATE INDEX agents_by_key ON agents(key_fingerprint);
+CREATE UNIQUE INDEX agents_key_per_tenant ON agents(tenant_id, key_fingerprint);
+CREATE UNIQUE INDEX agents_active_login ON agents(id, key_fingerprint) WHERE shadowed = 0;
+CREATE INDEX audit_by_at ON audit(at);
+"#,
+    ssh::MIGRATION,
+    search::MIGRATION,
     // API keys get a name and an optional expiry (see keys.rs).
     r#"
 ALTER TABLE api_keys ADD COLUMN name TEXT NOT NULL DEFAULT '';
@@ -205,6 +245,14 @@ impl Store {
         Ok(rows.join("; "))
     }
 
+    /// Holds the store's lock for `d`, as a long write on a slow disk would: for tests of what
+    /// must never wait on the store.
+    #[doc(hidden)]
+    pub fn stall_for_tests(&self, d: std::time::Duration) {
+        let _conn = self.conn();
+        std::thread::sleep(d);
+    }
+
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (statements are atomic).
         self.conn
@@ -225,7 +273,10 @@ impl Store {
         if n == 0 {
             bail!("tenant {name} already exists");
         }
-        Ok(())
+        let id = self
+            .tenant_id(name)?
+            .context("tenant vanished after insert")?;
+        self.ensure_tenant_ssh_key(id)
     }
 
     /// The tenant's row id, if it exists.
@@ -313,15 +364,34 @@ impl Store {
 
     /// The tenant's settings as the API shows them.
     pub fn tenant_info(&self, id: TenantId) -> anyhow::Result<TenantInfo> {
-        let (name, has_pw, record, policy, days): (String, bool, bool, String, u32) =
-            self.conn().query_row(
-                "SELECT name, vnc_password IS NOT NULL, record_by_default, recording_policy,
-                        retention_days FROM tenants WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )?;
+        let (name, has_pw, record, policy, days, required): (
+            String,
+            bool,
+            bool,
+            String,
+            u32,
+            bool,
+        ) = self.conn().query_row(
+            "SELECT name, vnc_password IS NOT NULL, record_by_default, recording_policy,
+                    retention_days, recording_required FROM tenants WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?;
+        let ssh = self.tenant_ssh(id)?;
         Ok(TenantInfo {
             name: TenantName::new(name)?,
+            ssh_username: ssh.ssh_username,
+            ssh_public_key: ssh.public_key,
+            record_terminal_input: ssh.record_terminal_input,
             has_vnc_password: has_pw,
             record_by_default: record,
             recording_policy: if policy == "fail_open" {
@@ -330,6 +400,7 @@ impl Store {
                 RecordingPolicy::FailClosed
             },
             retention_days: days,
+            recording_required: required,
             frame_ancestors: self.frame_ancestors(id)?,
         })
     }
@@ -340,6 +411,10 @@ impl Store {
         id: TenantId,
         patch: &passerelle_proto::api::PatchTenant,
     ) -> anyhow::Result<()> {
+        // Checked first, so that a bad value changes nothing.
+        if let Some(name) = patch.ssh_username.as_deref().filter(|n| !n.is_empty()) {
+            check_username(name)?;
+        }
         let conn = self.conn();
         if let Some(pw) = &patch.vnc_password {
             let sealed = (!pw.is_empty()).then(|| self.secret_box.seal(pw.as_bytes()));
@@ -364,6 +439,12 @@ impl Store {
                 params![p, id],
             )?;
         }
+        if let Some(v) = patch.recording_required {
+            conn.execute(
+                "UPDATE tenants SET recording_required = ?1 WHERE id = ?2",
+                params![v, id],
+            )?;
+        }
         if let Some(origins) = &patch.frame_ancestors {
             embedding::set(&conn, id, origins)?;
         }
@@ -373,7 +454,12 @@ impl Store {
                 params![d, id],
             )?;
         }
-        Ok(())
+        drop(conn);
+        self.patch_tenant_ssh(
+            id,
+            patch.ssh_username.as_deref(),
+            patch.record_terminal_input,
+        )
     }
 }
 

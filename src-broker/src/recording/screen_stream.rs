@@ -1,7 +1,7 @@
 //! Screen streams: a VNC recording turned, once, into something a browser can start anywhere.
 //!
 //! noVNC cannot start in the middle of an RFB stream (ZRLE and Tight keep zlib state), so the
-//! replay page does not read the recording. The broker decodes it ([`crate::playback`]) into a
+//! replay page does not read the recording. The broker decodes it ([`super::playback`]) into a
 //! sidecar file next to it, `<session>.psscreen`: an index, then timestamped records, each
 //! stateless — rectangles as PNG, copies, resizes — with a full-screen PNG keyframe at least
 //! every [`KEYFRAME_EVERY_US`] of recorded time when the screen changes. Seeking fetches from
@@ -21,10 +21,10 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use passerelle_proto::recording::{Content, Damage, Frames, Header, Kind, Verdict, verify};
+use passerelle_proto::recording::{Content, Damage, Frames, Header, Kind, Verdict};
 use serde::{Deserialize, Serialize};
 
-use crate::playback::{self, Op, Screen};
+use super::playback::{self, Op, Screen};
 
 /// The first 8 bytes of a screen stream.
 pub const MAGIC: &[u8; 8] = b"PSSCRN\x00\x01";
@@ -58,6 +58,9 @@ pub struct Index {
     pub records_len: u64,
     /// Set when decoding stopped early; the stream is right up to there.
     pub decode_error: Option<String>,
+    /// Frames of a truncated recording that no signature covers, left out of the replay.
+    #[serde(default)]
+    pub unsigned_frames: u64,
 }
 
 /// Why a screen stream cannot be made.
@@ -65,6 +68,8 @@ pub struct Index {
 pub enum BuildError {
     #[error("the recording is tampered or damaged: {0}")]
     Tampered(Damage),
+    #[error("nothing in the recording is signed: it cannot be replayed as evidence")]
+    Unsigned,
     #[error("{0}")]
     Playback(#[from] playback::PlaybackError),
 }
@@ -101,15 +106,39 @@ fn record(out: &mut Vec<u8>, kind: u8, time_us: u64, head: &[u32], image: &[u8])
 
 /// Builds a recording's screen stream; `public_hex` is the broker's recording key.
 pub fn build(file: &[u8], public_hex: &str) -> Result<Vec<u8>, BuildError> {
-    let (header, complete, end_reason, duration_us) = match verify(file, |m, s| {
-        crate::recorder::check_signature(public_hex, m, s)
-    }) {
-        Verdict::Intact {
-            header, summary, ..
-        } => (header, true, Some(summary.end_reason), summary.duration_us),
-        Verdict::Truncated { header, end_us, .. } => (header, false, None, end_us),
-        Verdict::Tampered(d) => return Err(BuildError::Tampered(d)),
-    };
+    let source_len = file.len() as u64;
+    let (header, complete, end_reason, duration_us, signed_len, unsigned_frames) =
+        match super::verify_file(file, public_hex) {
+            Verdict::Intact {
+                header, summary, ..
+            } => (
+                header,
+                true,
+                Some(summary.end_reason),
+                summary.duration_us,
+                file.len(),
+                0,
+            ),
+            // Only what a signature covers is replayed.
+            Verdict::Truncated {
+                header,
+                frames,
+                signed_frames,
+                signed_len,
+                signed_end_us,
+                ..
+            } => (
+                header,
+                false,
+                None,
+                signed_end_us,
+                signed_len,
+                frames - signed_frames,
+            ),
+            Verdict::Unsigned { .. } => return Err(BuildError::Unsigned),
+            Verdict::Tampered(d) => return Err(BuildError::Tampered(d)),
+        };
+    let file = &file[..signed_len];
     let marks = Frames::new(file)
         .map(|(_, frames)| {
             frames
@@ -120,7 +149,7 @@ pub fn build(file: &[u8], public_hex: &str) -> Result<Vec<u8>, BuildError> {
         .unwrap_or_default();
     let mut index = Index {
         version: 1,
-        source_len: file.len() as u64,
+        source_len,
         header,
         complete,
         end_reason,
@@ -129,6 +158,7 @@ pub fn build(file: &[u8], public_hex: &str) -> Result<Vec<u8>, BuildError> {
         keyframes: Vec::new(),
         records_len: 0,
         decode_error: None,
+        unsigned_frames,
     };
     let mut records = Vec::new();
     if index.header.content == Content::Rfb {
@@ -223,9 +253,83 @@ pub fn keyframe_for(index: &Index, from_us: u64) -> Option<(usize, u64, u64)> {
     index.keyframes.get(k).map(|(t, off)| (k, *t, *off))
 }
 
-/// The screen stream for the recording at `recording`: the cached sidecar if it was built from
-/// a recording of the same length, otherwise a new one (written next to it, atomically).
-pub fn load_or_build(recording: &Path, public_hex: &str) -> anyhow::Result<Vec<u8>> {
+/// A screen stream on disk: its index, and where in the file its records start.
+#[derive(Debug)]
+pub struct Built {
+    pub path: PathBuf,
+    pub index: Index,
+    /// Offset of the first record in the file.
+    pub base: u64,
+}
+
+impl Built {
+    /// The records from `start` to `end` (offsets from the first record), read from the file
+    /// alone: a fetch costs what it sends, not the whole stream.
+    pub fn records(&self, start: u64, end: u64) -> anyhow::Result<Vec<u8>> {
+        use anyhow::Context as _;
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        let end = end.min(self.index.records_len);
+        let len = usize::try_from(end.saturating_sub(start)).unwrap_or(0);
+        let mut file = std::fs::File::open(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        file.seek(SeekFrom::Start(self.base + start))?;
+        let mut out = vec![0; len];
+        file.read_exact(&mut out)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        Ok(out)
+    }
+}
+
+/// The largest index a sidecar may hold (a keyframe every 2 s of a day is a few MiB).
+const MAX_INDEX: usize = 64 << 20;
+
+/// Reads a sidecar's index from its file, without its records.
+fn read_index_file(path: &Path) -> Option<(Index, u64)> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut head = [0u8; 12];
+    file.read_exact(&mut head).ok()?;
+    if head[..8] != MAGIC[..] {
+        return None;
+    }
+    let len = u32::from_le_bytes(head[8..12].try_into().ok()?) as usize;
+    if len > MAX_INDEX {
+        return None;
+    }
+    let mut json = vec![0; len];
+    file.read_exact(&mut json).ok()?;
+    let index = serde_json::from_slice(&json).ok()?;
+    Some((index, 12 + len as u64))
+}
+
+/// Replays decoded at once, at most: each holds its recording in memory while it decodes.
+const BUILDS_AT_ONCE: usize = 2;
+
+/// Waits for a build slot; the slot frees on drop.
+fn build_slot() -> impl Drop {
+    use std::sync::{Condvar, Mutex, OnceLock};
+    static SLOTS: OnceLock<(Mutex<usize>, Condvar)> = OnceLock::new();
+    struct Slot(&'static (Mutex<usize>, Condvar));
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            let mut used = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
+            *used -= 1;
+            self.0.1.notify_one();
+        }
+    }
+    let slots = SLOTS.get_or_init(|| (Mutex::new(0), Condvar::new()));
+    let mut used = slots.0.lock().unwrap_or_else(|p| p.into_inner());
+    while *used >= BUILDS_AT_ONCE {
+        used = slots.1.wait(used).unwrap_or_else(|p| p.into_inner());
+    }
+    *used += 1;
+    Slot(slots)
+}
+
+/// The screen stream for the recording at `recording` (blocking): the cached sidecar if it was
+/// built from a recording of the same length, otherwise a new one, written next to it
+/// atomically. At most [`BUILDS_AT_ONCE`] builds run at once.
+pub fn ensure_built(recording: &Path, public_hex: &str) -> anyhow::Result<Built> {
     use anyhow::Context as _;
     let sidecar = path_for(recording);
     // One build per recording at a time: simultaneous first replays wait for the first build
@@ -236,20 +340,31 @@ pub fn load_or_build(recording: &Path, public_hex: &str) -> anyhow::Result<Vec<u
     let source_len = std::fs::metadata(recording)
         .with_context(|| format!("reading {}", recording.display()))?
         .len();
-    if let Ok(cached) = std::fs::read(&sidecar)
-        && read_index(&cached).is_some_and(|(i, _)| i.source_len == source_len)
+    if let Some((index, base)) = read_index_file(&sidecar)
+        && index.source_len == source_len
     {
-        return Ok(cached);
+        return Ok(Built {
+            path: sidecar,
+            index,
+            base,
+        });
     }
+    let _slot = build_slot();
     let file =
         std::fs::read(recording).with_context(|| format!("reading {}", recording.display()))?;
     let built = build(&file, public_hex)?;
+    drop(file);
+    let (index, base) = read_index(&built).context("a screen stream without an index")?;
     // A name of this process's own, so that another broker on the same dir cannot interleave.
     let tmp = sidecar.with_extension(format!("psscreen.{}.tmp", std::process::id()));
     crate::secrets::write_private(&tmp, &built)
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &sidecar).with_context(|| format!("writing {}", sidecar.display()))?;
-    Ok(built)
+    Ok(Built {
+        path: sidecar,
+        index,
+        base: base as u64,
+    })
 }
 
 /// The lock that serializes building the sidecar `sidecar` within this process.
@@ -276,7 +391,7 @@ mod tests {
     use passerelle_proto::recording::{Summary, Writer};
 
     /// A signed 2x1 recording whose screen changes colour every second for `seconds`.
-    fn recording(key: &crate::recorder::SigningKey, seconds: u64) -> Vec<u8> {
+    fn recording(key: &crate::recording::SigningKey, seconds: u64) -> Vec<u8> {
         let header = Header {
             version: 1,
             session: "s".into(),
@@ -288,6 +403,7 @@ mod tests {
             started_at: String::new(),
             content: Content::Rfb,
             signer: key.public_hex(),
+            segment: 1,
         };
         let (mut w, mut out) = Writer::start(&header);
         // ServerInit: 2x1, 32 bpp, red at bit 0.
@@ -344,7 +460,7 @@ mod tests {
     #[test]
     fn seeking_starts_at_a_keyframe_that_holds_the_whole_screen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let key = crate::recorder::SigningKey::load_or_create(dir.path()).expect("key");
+        let key = crate::recording::SigningKey::load_or_create(dir.path()).expect("key");
         let file = recording(&key, 10);
         let stream = build(&file, &key.public_hex()).expect("builds");
         let (index, base) = read_index(&stream).expect("index");
@@ -370,7 +486,7 @@ mod tests {
             Err(BuildError::Tampered(_))
         ));
         let other_dir = tempfile::tempdir().expect("tempdir");
-        let other = crate::recorder::SigningKey::load_or_create(other_dir.path()).expect("key");
+        let other = crate::recording::SigningKey::load_or_create(other_dir.path()).expect("key");
         assert!(matches!(
             build(&file, &other.public_hex()),
             Err(BuildError::Tampered(_))
@@ -380,22 +496,25 @@ mod tests {
     #[test]
     fn simultaneous_first_replays_agree_and_leave_no_temporary_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let key = crate::recorder::SigningKey::load_or_create(dir.path()).expect("key");
+        let key = crate::recording::SigningKey::load_or_create(dir.path()).expect("key");
         let path = dir.path().join("s.psrec");
         std::fs::write(&path, recording(&key, 6)).expect("write");
         let public = key.public_hex();
-        let results: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let results: Vec<Built> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..6)
-                .map(|_| s.spawn(|| load_or_build(&path, &public).expect("builds")))
+                .map(|_| s.spawn(|| ensure_built(&path, &public).expect("builds")))
                 .collect();
             handles
                 .into_iter()
                 .map(|h| h.join().expect("thread"))
                 .collect()
         });
-        assert!(results.windows(2).all(|w| w[0] == w[1]));
+        assert!(results.windows(2).all(|w| w[0].index == w[1].index));
         let on_disk = std::fs::read(path_for(&path)).expect("sidecar");
-        assert_eq!(on_disk, results[0]);
+        let (index, base) = read_index(&on_disk).expect("index");
+        assert_eq!(index, results[0].index);
+        let all = results[0].records(0, index.records_len).expect("records");
+        assert_eq!(all, on_disk[base..], "records read from the file alone");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .expect("dir")
             .flatten()
@@ -421,6 +540,7 @@ mod tests {
             keyframes: vec![(100, 0), (2_500, 50), (6_000, 90)],
             records_len: 100,
             decode_error: None,
+            unsigned_frames: 0,
         };
         assert_eq!(keyframe_for(&index, 0), Some((0, 100, 0)));
         assert_eq!(keyframe_for(&index, 2_499), Some((0, 100, 0)));

@@ -1,0 +1,232 @@
+//! `/api/v1/agents`: registration (the store) and presence (the registry) in one view; a
+//! revocation ends the agent's sessions and disconnects it at once.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use passerelle_proto::api::{AgentInfo, PatchAgent, RegisterAgent, Role};
+use passerelle_proto::close::EndReason;
+use passerelle_proto::ids::AgentId;
+
+use super::api::{ANY, ApiResult};
+use super::auth::Caller;
+use super::{ApiError, App};
+use crate::registry::Registry;
+use crate::store::{AgentRecord, AgentSsh, AuditKind, Store, TenantId, check_agent_ssh, rfc3339};
+
+/// What the API shows of an agent: its registration, its SSH settings (`ssh`, read from the
+/// store by the caller) and its presence.
+fn agent_info(registry: &Registry, rec: &AgentRecord, ssh: AgentSsh) -> AgentInfo {
+    let mut info = AgentInfo {
+        id: rec.id.clone(),
+        key_fingerprint: rec.key_fingerprint.clone(),
+        has_vnc_password: rec.has_vnc_password,
+        ssh_host_key: ssh.host_key_fingerprint(),
+        ssh_username: ssh.ssh_username,
+        has_ssh_password: ssh.has_ssh_password,
+        online: false,
+        services: Vec::new(),
+        connected_since: None,
+        last_seen: None,
+        peer_addr: None,
+        created_at: rfc3339(rec.created_at),
+    };
+    if let Some(conn) = registry.get(rec.tenant_id, &rec.id) {
+        conn.fill(&mut info);
+    }
+    info
+}
+
+/// An agent's SSH settings, for [`agent_info`].
+fn ssh_of(store: &Store, rec: &AgentRecord) -> anyhow::Result<AgentSsh> {
+    store.agent_ssh(rec.tenant_id, &rec.id)
+}
+
+async fn agent_of(app: &App, tenant_id: TenantId, id: &str) -> ApiResult<AgentRecord> {
+    let id = AgentId::new(id).map_err(|_| ApiError::not_found("agent"))?;
+    app.db
+        .run(move |s| s.agent(tenant_id, &id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent"))
+}
+
+pub(super) async fn list_agents(
+    caller: Caller,
+    State(app): State<App>,
+) -> ApiResult<Json<Vec<AgentInfo>>> {
+    caller.require(ANY)?;
+    let tenant_id = caller.tenant_id;
+    let agents = app
+        .db
+        .run(move |s| {
+            let agents = s.agents(tenant_id)?;
+            agents
+                .into_iter()
+                .map(|a| Ok((ssh_of(s, &a)?, a)))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .await?;
+    Ok(Json(
+        agents
+            .into_iter()
+            .map(|(ssh, a)| agent_info(&app.registry, &a, ssh))
+            .collect(),
+    ))
+}
+
+pub(super) async fn get_agent(
+    caller: Caller,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AgentInfo>> {
+    caller.require(ANY)?;
+    let rec = agent_of(&app, caller.tenant_id, &id).await?;
+    let (r, ssh) = (rec.clone(), app.db.clone());
+    let ssh = ssh.run(move |s| ssh_of(s, &r)).await?;
+    Ok(Json(agent_info(&app.registry, &rec, ssh)))
+}
+
+pub(super) async fn register_agent(
+    caller: Caller,
+    State(app): State<App>,
+    body: Result<Json<RegisterAgent>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<AgentInfo>)> {
+    caller.require(&[Role::Admin])?;
+    let Json(req) = body?;
+    check_agent_ssh(req.ssh_username.as_deref(), req.ssh_password.as_deref())
+        .map_err(anyhow::Error::from)?;
+    let tenant_id = caller.tenant_id;
+    let cap = app.config.quotas.agents_per_tenant;
+    let count = app.db.run(move |s| s.agent_count(tenant_id)).await?;
+    if count >= cap {
+        let why =
+            format!("this tenant has {count} agents, the most allowed (max_agents_per_tenant)");
+        let mut ev = caller.event(
+            AuditKind::RequestRefused,
+            format!("agent {}: {why}", req.id),
+        );
+        ev.agent = Some(req.id.to_string());
+        app.db.audit(ev);
+        return Err(ApiError::conflict("quota_exceeded", why));
+    }
+    let (rec, ssh) = app
+        .db
+        .run(move |s| {
+            let rec = s.create_agent(
+                tenant_id,
+                &req.id,
+                &req.public_key,
+                req.vnc_password.as_deref(),
+            )?;
+            s.set_agent_ssh(
+                tenant_id,
+                &rec.id,
+                req.ssh_username.as_deref(),
+                req.ssh_password.as_deref(),
+            )?;
+            let ssh = ssh_of(s, &rec)?;
+            Ok((rec, ssh))
+        })
+        .await?;
+    let mut ev = caller.event(
+        AuditKind::AgentRegistered,
+        format!("key {}", rec.key_fingerprint),
+    );
+    ev.agent = Some(rec.id.to_string());
+    app.db.audit(ev);
+    Ok((
+        StatusCode::CREATED,
+        Json(agent_info(&app.registry, &rec, ssh)),
+    ))
+}
+
+pub(super) async fn patch_agent(
+    caller: Caller,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    body: Result<Json<PatchAgent>, JsonRejection>,
+) -> ApiResult<Json<AgentInfo>> {
+    caller.require(&[Role::Admin])?;
+    let Json(req) = body?;
+    check_agent_ssh(req.ssh_username.as_deref(), req.ssh_password.as_deref())
+        .map_err(anyhow::Error::from)?;
+    let before = agent_of(&app, caller.tenant_id, &id).await?;
+    let (tenant_id, agent) = (caller.tenant_id, before.id.clone());
+    let changes = [
+        (req.vnc_password.is_some(), "VNC password"),
+        (req.ssh_username.is_some(), "SSH user name"),
+        (req.ssh_password.is_some(), "SSH password"),
+    ];
+    let (after, ssh) = app
+        .db
+        .run(move |s| {
+            let Some(after) = s.update_agent(
+                tenant_id,
+                &agent,
+                req.public_key.as_deref(),
+                req.vnc_password.as_deref(),
+            )?
+            else {
+                return Ok(None);
+            };
+            s.set_agent_ssh(
+                tenant_id,
+                &after.id,
+                req.ssh_username.as_deref(),
+                req.ssh_password.as_deref(),
+            )?;
+            let ssh = ssh_of(s, &after)?;
+            Ok(Some((after, ssh)))
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent"))?;
+    let key_changed = after.key_fingerprint != before.key_fingerprint;
+    if key_changed && let Some(conn) = app.registry.get(caller.tenant_id, &after.id) {
+        conn.disconnect("the agent's key was changed");
+    }
+    let changed: Vec<&str> = std::iter::once((key_changed, "key"))
+        .chain(changes)
+        .filter_map(|(yes, what)| yes.then_some(what))
+        .collect();
+    let what = if changed.is_empty() {
+        "nothing changed".to_owned()
+    } else {
+        format!("{} changed", changed.join(", "))
+    };
+    let mut ev = caller.event(AuditKind::AgentChanged, what);
+    ev.agent = Some(after.id.to_string());
+    app.db.audit(ev);
+    Ok(Json(agent_info(&app.registry, &after, ssh)))
+}
+
+pub(super) async fn revoke_agent(
+    caller: Caller,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(&[Role::Admin])?;
+    let rec = agent_of(&app, caller.tenant_id, &id).await?;
+    let (tenant_id, agent) = (caller.tenant_id, rec.id.clone());
+    app.db
+        .run(move |s| s.delete_agent(tenant_id, &agent))
+        .await?;
+    app.core
+        .end_agent_sessions(
+            caller.tenant_id,
+            &rec.id,
+            EndReason::AgentRevoked,
+            &crate::session::Actor::broker(),
+        )
+        .await;
+    if let Some(conn) = app.registry.get(caller.tenant_id, &rec.id) {
+        conn.disconnect("this agent was revoked");
+    }
+    let mut ev = caller.event(
+        AuditKind::AgentRevoked,
+        format!("key {}", rec.key_fingerprint),
+    );
+    ev.agent = Some(rec.id.to_string());
+    app.db.audit(ev);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,216 @@
+//! `/api/v1/sessions`: thin adapters over the session core ([`crate::session::Core`]), and the
+//! URLs that carry a session's tokens.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::StatusCode;
+use passerelle_proto::api::{
+    CreateSession, CreatedSession, IssuedToken, LaunchAnswer, SessionInfo, SessionState,
+};
+use passerelle_proto::launch::LaunchUrl;
+use serde::Deserialize;
+
+use super::api::{ANY, ApiResult, OPERATORS, session_of};
+use super::auth::Caller;
+use super::{ApiError, App, Urls};
+use crate::session::{CreateError, LiveSession, NewSession, Tokens};
+use crate::store::rfc3339;
+
+/// A `passerelle://open?…` URL for the desktop helper with a launch token of the session.
+fn launch_url(urls: &Urls, session: &LiveSession, token: String) -> String {
+    LaunchUrl {
+        broker: urls.base.clone(),
+        session: session.id.clone(),
+        token,
+        service: session.service.clone(),
+        fingerprint: urls.tls_fingerprint.clone(),
+    }
+    .to_url()
+}
+
+/// The URLs that carry a viewer token and a launch token.
+fn issued(urls: &Urls, session: &LiveSession, tokens: &Tokens) -> IssuedToken {
+    let base = &urls.base;
+    let ws_base = base
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    let id = &session.id;
+    // Tokens ride in the fragment, which no server or proxy sees; the reusable launch token is
+    // not there at all: the page trades its one-time exchange token for a launch URL.
+    let mut viewer = format!(
+        "{base}/view/{id}#token={}&exchange={}",
+        tokens.viewer, tokens.exchange
+    );
+    if session.view_only {
+        viewer.push_str("&view_only=1");
+    }
+    // What the page shows (agent, service, a "recorded" badge) before it connects.
+    viewer.push_str(&format!(
+        "&agent={}&service={}",
+        session.agent, session.service
+    ));
+    if session.record {
+        viewer.push_str("&record=1");
+    }
+    IssuedToken {
+        token: tokens.viewer.clone(),
+        token_expires_at: rfc3339(tokens.expires_at_ms),
+        viewer_url: viewer,
+        ws_url: format!("{ws_base}/ws/sessions/{id}?token={}", tokens.viewer),
+        raw_ws_url: format!("{ws_base}/ws/sessions/{id}/raw?token={}", tokens.viewer),
+        launch_url: launch_url(urls, session, tokens.launch.clone()),
+    }
+}
+
+fn create_error(e: CreateError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        CreateError::Invalid(m) => ApiError::bad_request(m),
+        CreateError::UnknownAgent => ApiError::not_found("agent"),
+        CreateError::AgentOffline(_) => ApiError::conflict("agent_offline", message),
+        CreateError::ServiceUnavailable(..) => ApiError::conflict("service_unavailable", message),
+        CreateError::RecordingRequired => {
+            ApiError::new(StatusCode::FORBIDDEN, "recording_required", message)
+        }
+        CreateError::Quota(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m),
+        CreateError::NoLegacyPort(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_legacy_port",
+            "every legacy port is taken by a pending legacy session; retry when one ends",
+        ),
+        CreateError::Store(e) => e.into(),
+    }
+}
+
+pub(super) async fn create_session(
+    caller: Caller,
+    State(app): State<App>,
+    body: Result<Json<CreateSession>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<CreatedSession>)> {
+    caller.require(OPERATORS)?;
+    let Json(req) = body?;
+    let new = NewSession {
+        tenant_id: caller.tenant_id,
+        agent: req.agent,
+        service: req.service,
+        operator: req.operator,
+        record: req.record,
+        view_only: req.view_only,
+        legacy: req.legacy,
+        ttl_secs: req.ttl_secs,
+        ssh_user: req.ssh_user,
+    };
+    let created = app
+        .core
+        .create(new, &caller.actor())
+        .await
+        .map_err(create_error)?;
+    let t = issued(&app.urls, &created.session, &created.tokens);
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedSession {
+            id: created.session.id.clone(),
+            state: SessionState::Pending,
+            token: t.token,
+            token_expires_at: t.token_expires_at,
+            viewer_url: t.viewer_url,
+            ws_url: t.ws_url,
+            raw_ws_url: t.raw_ws_url,
+            launch_url: t.launch_url,
+            legacy_port: created.session.legacy_port,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+pub(super) async fn list_sessions(
+    caller: Caller,
+    State(app): State<App>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<SessionInfo>>> {
+    caller.require(ANY)?;
+    let Query(q) = query?;
+    let filter = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(
+            SessionState::parse(s)
+                .ok_or_else(|| ApiError::bad_request("state is pending, active or ended"))?,
+        ),
+    };
+    let (tenant_id, limit) = (caller.tenant_id, q.limit.unwrap_or(100).clamp(1, 1000));
+    let found = app
+        .db
+        .run(move |s| s.sessions(tenant_id, filter, limit))
+        .await?;
+    Ok(Json(found))
+}
+
+pub(super) async fn get_session(
+    caller: Caller,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionInfo>> {
+    caller.require(ANY)?;
+    Ok(Json(session_of(&app.db, &caller, &id).await?))
+}
+
+pub(super) async fn stop_session(
+    caller: Caller,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionInfo>> {
+    caller.require(OPERATORS)?;
+    session_of(&app.db, &caller, &id).await?;
+    app.core.stop(caller.tenant_id, &id, &caller.actor()).await;
+    Ok(Json(session_of(&app.db, &caller, &id).await?))
+}
+
+/// `POST /api/v1/sessions/{id}/launch` with `Authorization: Bearer <exchange token>` (no API
+/// key): a launch URL for the session, for the viewer page's "open in desktop app". The token
+/// works once.
+pub(super) async fn launch(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Json<LaunchAnswer>> {
+    let token = super::viewer::bearer(&headers).unwrap_or_default();
+    let (session, launch) = match app.core.exchange(&id, &token, peer).await {
+        Ok(ok) => ok,
+        Err(refused) if refused.code == passerelle_proto::close::TOO_MANY_ATTEMPTS => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                refused.reason,
+            ));
+        }
+        Err(refused) => return Err(ApiError::unauthorized(refused.reason)),
+    };
+    Ok(Json(LaunchAnswer {
+        launch_url: launch_url(&app.urls, &session, launch),
+    }))
+}
+
+pub(super) async fn new_token(
+    caller: Caller,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<IssuedToken>)> {
+    caller.require(OPERATORS)?;
+    session_of(&app.db, &caller, &id).await?;
+    let Some(live) = app.core.live(caller.tenant_id, &id) else {
+        return Err(ApiError::conflict(
+            "session_ended",
+            "the session has ended; create a new one",
+        ));
+    };
+    let tokens = app.core.issue(&live);
+    Ok((StatusCode::CREATED, Json(issued(&app.urls, &live, &tokens))))
+}
