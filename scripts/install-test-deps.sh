@@ -12,6 +12,8 @@ PACKAGES=(
   ca-certificates
   # Fault tests: network namespaces and veth pairs (ip), a tmpfs (mount, in util-linux).
   iproute2
+  # `script` gives a test's process a terminal (the admin key and the helper's question).
+  bsdutils
   # VNC in the browser and recordings: a real desktop, real VNC servers, a real browser.
   xvfb
   x11vnc

@@ -238,6 +238,9 @@ pub struct TenantInfo {
     /// Every session of the tenant is recorded: `"record": false` is refused (403).
     #[serde(default)]
     pub recording_required: bool,
+    /// Origins allowed to embed the viewer pages (`/view/...`) in a frame; empty: none.
+    #[serde(default)]
+    pub frame_ancestors: Vec<String>,
 }
 
 /// What to do when a recording cannot be written.
@@ -269,6 +272,10 @@ pub struct PatchTenant {
     pub record_terminal_input: Option<bool>,
     #[serde(default)]
     pub recording_required: Option<bool>,
+    /// Replaces the origins allowed to embed the viewer (`scheme://host[:port]` each, at most
+    /// 16; `[]` allows none again). See [`crate::origin`].
+    #[serde(default)]
+    pub frame_ancestors: Option<Vec<String>>,
 }
 
 /// One row of `GET /api/v1/audit`: a security or session event.

@@ -344,6 +344,42 @@ mod tests {
     }
 
     #[test]
+    fn fixed_reasons_fit_and_cuts_are_tight_at_every_offset() {
+        // Short reasons pass unchanged; every fixed reason fits.
+        assert_eq!(
+            bounded_reason("session stopped by alice"),
+            "session stopped by alice"
+        );
+        for c in ALL {
+            assert_eq!(bounded_reason(c.reason), c.reason);
+        }
+        // Exactly at the limit: unchanged.
+        let at = "a".repeat(MAX_REASON_BYTES);
+        assert_eq!(bounded_reason(&at), at);
+        // One byte over: cut, with the ellipsis, within the limit.
+        let over = bounded_reason(&"a".repeat(MAX_REASON_BYTES + 1));
+        assert_eq!(over.len(), MAX_REASON_BYTES);
+        assert!(over.ends_with('\u{2026}'));
+        assert!(over.starts_with(&"a".repeat(120)));
+        // Multi-byte characters (2, 3 and 4 bytes) are never split, whatever the offset.
+        for prefix in 0..4 {
+            for ch in ['é', '€', '😀'] {
+                let text = format!("{}{}", "x".repeat(prefix), ch.to_string().repeat(80));
+                let b = bounded_reason(&text);
+                assert!(b.len() <= MAX_REASON_BYTES, "{} bytes", b.len());
+                assert!(
+                    b.len() > MAX_REASON_BYTES - 3 - ch.len_utf8(),
+                    "{} bytes",
+                    b.len()
+                );
+                assert!(b.ends_with('\u{2026}'));
+                let body = b.trim_end_matches('\u{2026}');
+                assert!(body.chars().skip(prefix).all(|c| c == ch), "{b}");
+            }
+        }
+    }
+
+    #[test]
     fn only_connection_ends_let_a_launch_token_reconnect() {
         assert!(EndReason::ViewerClosed.connection_only());
         assert!(EndReason::ServiceClosed.connection_only());

@@ -5,10 +5,12 @@
 //! desktop helper and the tests all speak through these types.
 
 pub mod api;
+pub mod api_keys;
 pub mod close;
 pub mod fuzzing;
 pub mod ids;
 pub mod launch;
+pub mod origin;
 pub mod proxy;
 pub mod recording;
 pub mod rfb;

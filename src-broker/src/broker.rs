@@ -40,6 +40,7 @@ pub struct Broker {
     tls_fingerprint: Option<String>,
     ssh_addr: SocketAddr,
     http_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     admin_key: Option<String>,
 }
 
@@ -61,7 +62,10 @@ pub fn init_data_dir(config: &Config) -> anyhow::Result<(Store, Option<String>)>
     }
     let default = TenantName::new("default")?;
     store.create_tenant(&default)?;
-    let key = store.create_api_key(&default, Role::Admin)?;
+    let tenant = store
+        .tenant_id(&default)?
+        .context("tenant default was not created")?;
+    let (_, key) = store.create_named_api_key(tenant, Role::Admin, "first admin key", None)?;
     crate::secrets::write_private_file(
         &config.data_dir.join(ADMIN_KEY_FILE),
         format!("{key}\n").as_bytes(),
@@ -72,6 +76,7 @@ pub fn init_data_dir(config: &Config) -> anyhow::Result<(Store, Option<String>)>
 impl Broker {
     /// Prepares the data dir, binds both listeners and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Broker> {
+        crate::file_modes::check_and_fix(&config.data_dir, &config.recordings_dir);
         let (store, admin_key) = init_data_dir(&config)?;
         let orphans = store.end_orphans(now_ms())?;
         for id in &orphans {
@@ -105,7 +110,13 @@ impl Broker {
         )?);
         let tls = match &config.tls {
             TlsMode::Insecure => None,
-            TlsMode::SelfSigned => Some(keys::load_tls(&config.data_dir, None)?),
+            TlsMode::SelfSigned => {
+                let host = config
+                    .public_url
+                    .as_deref()
+                    .and_then(crate::self_signed::host_of_url);
+                Some(keys::load_tls_for(&config.data_dir, None, host.as_deref())?)
+            }
             TlsMode::Files { cert, key } => {
                 Some(keys::load_tls(&config.data_dir, Some((cert, key)))?)
             }
@@ -116,6 +127,11 @@ impl Broker {
         let http_listener = std::net::TcpListener::bind(config.http_listen)
             .with_context(|| format!("binding the HTTP listener on {}", config.http_listen))?;
         http_listener.set_nonblocking(true)?;
+        let metrics_listener = http::bind_metrics(&config)?;
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(std::net::TcpListener::local_addr)
+            .transpose()?;
         let ssh_addr = ssh_listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -192,6 +208,9 @@ impl Broker {
             shutdown: shutdown.clone(),
         };
         tasks.spawn(ssh::run(ssh_listener, agents.clone()));
+        if let Some(listener) = metrics_listener {
+            tasks.spawn(http::serve_metrics(listener, app.clone()));
+        }
         tasks.spawn(http::serve(http_listener, tls.map(|t| t.config), app));
         let upkeep = core.clone();
         let listener = agents;
@@ -228,6 +247,7 @@ impl Broker {
             tls_fingerprint,
             ssh_addr,
             http_addr,
+            metrics_addr,
             admin_key,
         })
     }
@@ -238,6 +258,11 @@ impl Broker {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where `/metrics` is served on its own, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The base of the URLs the API hands out.

@@ -115,6 +115,38 @@ pub struct Config {
     pub viewer_stall: Duration,
     /// Per-tenant caps.
     pub quotas: Quotas,
+    /// A listener of its own for `/metrics` (plain HTTP, e.g. `127.0.0.1:9100`); the public
+    /// listener's `/metrics` then answers 404.
+    pub metrics_listen: Option<SocketAddr>,
+    /// A bearer token `/metrics` requires (wherever it is served); without it, 404.
+    pub metrics_token: Option<Secret>,
+}
+
+/// A secret from the configuration: hidden from `Debug`, compared in constant time.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// Whether `presented` is this secret (constant time: both sides are hashed first, so
+    /// neither their bytes nor the secret's length show in the timing).
+    pub fn matches(&self, presented: &str) -> bool {
+        crate::secrets::ct_eq(
+            &crate::secrets::hash(&self.0),
+            &crate::secrets::hash(presented),
+        )
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// Caps that keep one tenant from taking the broker; the defaults are far above what a large
@@ -204,6 +236,8 @@ pub struct FileConfig {
     pub max_pending_sessions_per_tenant: Option<usize>,
     pub max_connections_per_session: Option<usize>,
     pub max_agents_per_tenant: Option<usize>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_token: Option<Secret>,
 }
 
 macro_rules! overlay {
@@ -267,7 +301,9 @@ impl FileConfig {
             max_sessions_per_tenant,
             max_pending_sessions_per_tenant,
             max_connections_per_session,
-            max_agents_per_tenant
+            max_agents_per_tenant,
+            metrics_listen,
+            metrics_token
         );
         self
     }
@@ -357,6 +393,8 @@ impl FileConfig {
                 connections_per_session: self.max_connections_per_session.unwrap_or(32),
                 agents_per_tenant: self.max_agents_per_tenant.unwrap_or(200_000),
             },
+            metrics_listen: self.metrics_listen,
+            metrics_token: self.metrics_token,
             data_dir,
         };
         if config.token_ttl.is_zero() || config.keepalive_interval.is_zero() {
@@ -393,6 +431,11 @@ impl FileConfig {
             || q.agents_per_tenant == 0
         {
             bail!("viewer_stall_secs and the max_* quotas must be at least 1");
+        }
+        if let Some(token) = &config.metrics_token
+            && (token.0.len() < 16 || token.0.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            bail!("metrics_token must be at least 16 characters, without spaces");
         }
         if config.default_session_ttl > config.max_session_ttl {
             bail!("default_session_ttl_secs exceeds max_session_ttl_secs");
@@ -438,6 +481,27 @@ mod tests {
             ..Default::default()
         };
         assert!(half.into_config().is_err());
+    }
+
+    #[test]
+    fn the_metrics_token_is_checked_hidden_and_compared_whole() {
+        let short = FileConfig {
+            metrics_token: Some(Secret::new("short")),
+            ..Default::default()
+        };
+        assert!(short.into_config().is_err());
+        let c = FileConfig {
+            metrics_token: Some(Secret::new("0123456789abcdef-scrape")),
+            metrics_listen: Some(([127, 0, 0, 1], 9100).into()),
+            ..Default::default()
+        }
+        .into_config()
+        .unwrap();
+        let token = c.metrics_token.clone().unwrap();
+        assert!(token.matches("0123456789abcdef-scrape"));
+        assert!(!token.matches("0123456789abcdef-scrap"));
+        assert!(!token.matches(""));
+        assert!(!format!("{c:?}").contains("scrape"));
     }
 
     #[test]
@@ -489,6 +553,10 @@ mod tests {
         assert_eq!(c.ssh_auth_failure_limit, d.ssh_auth_failure_limit);
         assert_eq!(c.audit_retention_days, d.audit_retention_days);
         assert_eq!(c.trusted_proxies, d.trusted_proxies);
+        // The metrics options are shown commented out: off by default.
+        assert_eq!((c.metrics_listen, d.metrics_listen), (None, None));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("# metrics_listen = ") && text.contains("# metrics_token = "));
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! The broker's long-lived keys, created once in the data dir: the SSH host key (ed25519, so
 //! agents can pin it) and the HTTPS certificate (self-signed unless the operator gives one).
+//!
+//! The self-signed certificate is named after the broker's host (the public URL's host, else
+//! the machine's name; `localhost`, `127.0.0.1` and `::1` as further names), valid for a year,
+//! and renewed at start when under 30 days are left, when it names another host, or when an
+//! older version made it for centuries. A certificate given with `--tls-cert` is never touched.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,9 +41,9 @@ pub fn load_or_create_host_key(data_dir: &Path) -> anyhow::Result<PrivateKey> {
         .public_key()
         .to_openssh()
         .context("encoding host public key")?;
-    std::fs::write(
-        data_dir.join(format!("{HOST_KEY_FILE}.pub")),
-        format!("{public}\n"),
+    crate::secrets::write_private(
+        &data_dir.join(format!("{HOST_KEY_FILE}.pub")),
+        format!("{public}\n").as_bytes(),
     )?;
     Ok(key)
 }
@@ -65,6 +70,11 @@ pub fn known_hosts_line(host: &str, port: u16, key: &PrivateKey) -> String {
     format!("{host} {}", public_openssh(key))
 }
 
+/// The generated certificate and its key, in the data dir.
+pub const TLS_CERT_FILE: &str = "tls-cert.pem";
+/// See [`TLS_CERT_FILE`].
+pub const TLS_KEY_FILE: &str = "tls-key.pem";
+
 /// The TLS material the HTTP listener uses.
 pub struct Tls {
     pub config: Arc<rustls::ServerConfig>,
@@ -80,30 +90,23 @@ impl std::fmt::Debug for Tls {
     }
 }
 
-/// Loads PEM files, or creates a self-signed pair in the data dir when `files` is `None`.
+/// Loads PEM files, or the self-signed pair in the data dir when `files` is `None` (made or
+/// renewed for the machine's name first).
 pub fn load_tls(data_dir: &Path, files: Option<(&Path, &Path)>) -> anyhow::Result<Tls> {
+    load_tls_for(data_dir, files, None)
+}
+
+/// [`load_tls`], with the self-signed certificate named after `host` (the public URL's host).
+pub fn load_tls_for(
+    data_dir: &Path,
+    files: Option<(&Path, &Path)>,
+    host: Option<&str>,
+) -> anyhow::Result<Tls> {
     let (cert_path, key_path) = match files {
         Some((c, k)) => (c.to_path_buf(), k.to_path_buf()),
         None => {
-            let cert = data_dir.join("tls-cert.pem");
-            let key = data_dir.join("tls-key.pem");
-            if !cert.exists() {
-                let mut names = vec![
-                    "localhost".to_owned(),
-                    "127.0.0.1".to_owned(),
-                    "::1".to_owned(),
-                ];
-                if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
-                    let host = host.trim();
-                    if !host.is_empty() {
-                        names.push(host.to_owned());
-                    }
-                }
-                let made = rcgen::generate_simple_self_signed(names)
-                    .context("creating self-signed certificate")?;
-                write_private_file(&key, made.signing_key.serialize_pem().as_bytes())?;
-                std::fs::write(&cert, made.cert.pem())?;
-            }
+            let (cert, key) = (data_dir.join(TLS_CERT_FILE), data_dir.join(TLS_KEY_FILE));
+            crate::self_signed::ensure(&cert, &key, host, std::time::SystemTime::now())?;
             (cert, key)
         }
     };

@@ -24,14 +24,17 @@
 //! - [`store`]: SQLite (tenants, keys, agents, sessions, audit) and its async face [`store::Db`].
 //! - [`throttle`]: per-address limits on failed credentials.
 //! - [`netaddr`]: trusted proxies and the client address behind them.
-//! - [`accept`], [`shards`], [`keys`], [`secrets`], [`metrics`]: the accept loop, the data
-//!   threads, host key and certificate, tokens and sealing, counters.
+//! - [`file_modes`]: the data dir's permissions, checked and narrowed at start.
+//! - [`accept`], [`shards`], [`keys`], [`self_signed`], [`secrets`], [`metrics`]: the accept
+//!   loop, the data threads, host key and certificate (the generated one), tokens and
+//!   sealing, counters.
 
 pub(crate) mod accept;
 pub(crate) mod bridge;
 pub mod broker;
 pub mod config;
 pub(crate) mod ends;
+pub mod file_modes;
 pub(crate) mod http;
 pub mod keys;
 pub(crate) mod metrics;
@@ -39,6 +42,7 @@ pub(crate) mod netaddr;
 pub mod recording;
 pub(crate) mod registry;
 pub(crate) mod secrets;
+pub(crate) mod self_signed;
 pub(crate) mod service;
 pub(crate) mod session;
 pub(crate) mod shards;

@@ -104,6 +104,13 @@ struct ServeArgs {
     /// Threads carrying agent connections and their sessions' data [default: 0 = one per CPU].
     #[arg(long, env = "PASSERELLE_DATA_THREADS")]
     data_threads: Option<usize>,
+    /// Serve /metrics on a listener of its own (e.g. 127.0.0.1:9100), not on the public one.
+    #[arg(long, env = "PASSERELLE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Bearer token /metrics requires. Prefer the variable or the file: other users can read
+    /// a command line.
+    #[arg(long, env = "PASSERELLE_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +136,24 @@ enum ApiKeyCmd {
         tenant: TenantName,
         #[arg(long, value_parser = parse_role)]
         role: Role,
+        /// What the key is for (shown by `api-key list` and the API).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// When the key stops working (RFC 3339, e.g. 2030-01-31T12:00:00Z) [default: never].
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// List a tenant's API keys (id, role, state, created, expires, name); never the secrets.
+    List {
+        #[arg(long)]
+        tenant: TenantName,
+    },
+    /// Revoke an API key by its id (the 12 hex digits after `psk_`); it fails from the next
+    /// request on. Unlike the API, this may revoke a tenant's last admin key.
+    Revoke {
+        #[arg(long)]
+        tenant: TenantName,
+        id: String,
     },
 }
 
@@ -289,6 +314,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 insecure_http: args.insecure_http.then_some(true),
                 public_url: args.public_url.clone(),
                 data_threads: args.data_threads,
+                metrics_listen: args.metrics_listen,
+                metrics_token: args
+                    .metrics_token
+                    .clone()
+                    .map(passerelle::config::Secret::new),
                 ..FileConfig::default()
             };
             let config = file_config(&cli)?.merge(flags).into_config()?;
@@ -317,10 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::ApiKey(ApiKeyCmd::Add { tenant, role }) => {
-            println!("{}", open_store(&cli)?.create_api_key(tenant, *role)?);
-            Ok(())
-        }
+        Command::ApiKey(cmd) => api_key(&open_store(&cli)?, cmd),
         Command::Agent(AgentCmd::Add {
             tenant,
             id,
@@ -431,7 +458,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::HostKey { known_hosts_host } => {
             let config = file_config(&cli)?.into_config()?;
-            std::fs::create_dir_all(&config.data_dir)?;
+            passerelle::file_modes::create_data_dir(&config.data_dir)?;
             let key = keys::load_or_create_host_key(&config.data_dir)?;
             let (host, port) = known_hosts_host
                 .rsplit_once(':')
@@ -442,6 +469,95 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `passerelle api-key add|list|revoke`; changes are audited with operator `cli`.
+fn api_key(store: &Store, cmd: &ApiKeyCmd) -> anyhow::Result<()> {
+    use passerelle::store::{AuditKind, NewEvent, Revoked};
+    let audit = |tenant: i64, kind: AuditKind, detail: String| {
+        let mut ev = NewEvent::new(kind, detail);
+        ev.tenant_id = Some(tenant);
+        ev.operator = Some("cli".to_owned());
+        store.audit(ev);
+    };
+    match cmd {
+        ApiKeyCmd::Add {
+            tenant,
+            role,
+            name,
+            expires_at,
+        } => {
+            let tenant_id = tenant_id(store, tenant)?;
+            if !name.is_empty() {
+                passerelle_proto::api_keys::check_name(name).map_err(anyhow::Error::msg)?;
+            }
+            let expires_at = expires_at
+                .as_deref()
+                .map(|t| {
+                    let at = passerelle::store::parse_rfc3339(t)
+                        .with_context(|| format!("--expires-at {t:?} is not an RFC 3339 time"))?;
+                    anyhow::ensure!(
+                        at > passerelle::store::now_ms(),
+                        "--expires-at must be in the future"
+                    );
+                    Ok(at)
+                })
+                .transpose()?;
+            let (info, key) = store.create_named_api_key(tenant_id, *role, name, expires_at)?;
+            audit(
+                tenant_id,
+                AuditKind::ApiKeyCreated,
+                format!(
+                    "API key {} ({}, {:?}) created on the command line",
+                    info.id,
+                    role.as_str(),
+                    info.name
+                ),
+            );
+            println!("{key}");
+        }
+        ApiKeyCmd::List { tenant } => {
+            for k in store.api_keys(tenant_id(store, tenant)?)? {
+                let state = match (&k.revoked_at, k.active) {
+                    (Some(_), _) => "revoked",
+                    (None, true) => "active",
+                    (None, false) => "expired",
+                };
+                println!(
+                    "{}\t{}\t{state}\t{}\t{}\t{}",
+                    k.id,
+                    k.role.as_str(),
+                    k.created_at,
+                    k.expires_at.as_deref().unwrap_or("never"),
+                    k.name
+                );
+            }
+        }
+        ApiKeyCmd::Revoke { tenant, id } => {
+            let tenant_id = tenant_id(store, tenant)?;
+            match store.revoke_api_key(tenant_id, id, false) {
+                Ok(Revoked::Now(info)) => {
+                    audit(
+                        tenant_id,
+                        AuditKind::ApiKeyRevoked,
+                        format!(
+                            "API key {} ({}, {:?}) revoked on the command line",
+                            info.id,
+                            info.role.as_str(),
+                            info.name
+                        ),
+                    );
+                    println!("API key {id} revoked in {tenant}");
+                }
+                Ok(Revoked::Already(_)) => println!("API key {id} was already revoked"),
+                Err(passerelle::store::RevokeError::NotFound) => {
+                    anyhow::bail!("no API key {id} in tenant {tenant}")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Raises the soft limit on open files to the hard limit: each agent holds a socket.
@@ -544,10 +660,21 @@ async fn serve(config: passerelle::Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let broker = Broker::start(config).await?;
     if let Some(key) = broker.admin_key() {
-        println!(
-            "admin API key (tenant default, shown once, also in {}): {key}",
-            data_dir.join(passerelle::broker::ADMIN_KEY_FILE).display()
-        );
+        let file = data_dir.join(passerelle::broker::ADMIN_KEY_FILE);
+        // Only a person at a terminal sees it; a service manager's or a CI job's captured
+        // stdout would keep it in a log. Then the file alone has it.
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            println!(
+                "admin API key (tenant default, shown once, also in {}): {key}",
+                file.display()
+            );
+        } else {
+            tracing::warn!(
+                file = %file.display(),
+                "first start: the admin API key of tenant default is in this file only \
+                 (not printed: stdout is not a terminal); delete it once stored elsewhere"
+            );
+        }
     }
     println!("ssh listening on {}", broker.ssh_addr());
     println!("http listening on {}", broker.base_url());

@@ -150,15 +150,52 @@ impl SecretBox {
     }
 }
 
+/// Mode of every file the broker creates under its data dir: its owner's only.
+pub(crate) const PRIVATE_FILE_MODE: u32 = 0o600;
+/// Mode of every directory the broker creates under its data dir.
+pub(crate) const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Options that create a file with mode 0600 from the start (never created wider and then
+/// narrowed, which would leave a window). Add `write`/`create_new`/`truncate` as needed.
+pub(crate) fn private_file_options() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, PRIVATE_FILE_MODE);
+    options
+}
+
+/// Creates a new file (it must not exist) with mode 0600, for writing.
+pub(crate) fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    private_file_options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
+/// Creates `dir` and its missing parents with mode 0700 (existing ones are left alone; the
+/// start-up check in [`crate::file_modes`] narrows them).
+pub(crate) fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, PRIVATE_DIR_MODE);
+    builder.create(dir)
+}
+
+/// Writes `bytes` to `path`, creating it with mode 0600 or truncating it.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = private_file_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
 /// Writes a file readable by its owner only (created with mode 0600, never widened).
 pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut file =
+        create_private_file(path).with_context(|| format!("creating {}", path.display()))?;
     file.write_all(bytes)
         .with_context(|| format!("writing {}", path.display()))?;
     file.sync_all()?;
@@ -187,6 +224,46 @@ mod tests {
         assert!(!format!("{k:?}").contains(&k.expose()[17..]));
         for bad in ["", "psk_", "psk_zz_x", "Bearer x", &k.expose()[..40]] {
             assert!(parse_api_key(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_files_and_dirs_are_created_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a").join("b");
+        create_private_dir_all(&sub).unwrap();
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        assert_eq!(mode(&sub), 0o700);
+        let f = sub.join("f");
+        drop(create_private_file(&f).unwrap());
+        assert_eq!(mode(&f), 0o600);
+        // Never over an existing file.
+        assert_eq!(
+            create_private_file(&f).unwrap_err().kind(),
+            std::io::ErrorKind::AlreadyExists
+        );
+        let g = sub.join("g");
+        write_private(&g, b"long content").unwrap();
+        write_private(&g, b"short").unwrap();
+        assert_eq!(std::fs::read(&g).unwrap(), b"short");
+        assert_eq!(mode(&g), 0o600);
+        // The store, with its WAL and SHM files.
+        let data = dir.path().join("data");
+        let store = crate::Store::open(&data).unwrap();
+        store
+            .create_tenant(&passerelle_proto::ids::TenantName::new("t").unwrap())
+            .unwrap();
+        assert_eq!(mode(&data), 0o700);
+        for name in [
+            "passerelle.db",
+            "passerelle.db-wal",
+            "passerelle.db-shm",
+            "secret.key",
+        ] {
+            assert_eq!(mode(&data.join(name)), 0o600, "{name}");
         }
     }
 

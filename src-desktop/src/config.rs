@@ -6,6 +6,9 @@
 //! ```toml
 //! ssh_user = "admin"          # login name for SSH sessions
 //! connect_timeout_secs = 10   # bound on each connection step to the broker
+//! trusted_brokers = ["https://broker.example:8443"]   # opened without asking
+//! allow_http = false          # plain http:// brokers only when true
+//! local_connections = "first" # or "any": later local connections are refused by default
 //!
 //! # Command templates per service (see the `template` module for placeholders).
 //! [clients]
@@ -31,6 +34,23 @@ struct File {
     clients: BTreeMap<String, String>,
     ssh_user: Option<String>,
     connect_timeout_secs: Option<u64>,
+    #[serde(default)]
+    trusted_brokers: Vec<String>,
+    allow_http: Option<bool>,
+    local_connections: Option<LocalConnections>,
+    trust_file: Option<PathBuf>,
+}
+
+/// Which local connections a tunnel accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalConnections {
+    /// Only the first: once the client has connected, nobody else on this machine can use the
+    /// session through the port, and the tunnel ends with that connection.
+    #[default]
+    First,
+    /// Any, for as long as the session lasts (clients that reconnect, or several windows).
+    Any,
 }
 
 /// The validated configuration.
@@ -42,6 +62,16 @@ pub struct Config {
     pub ssh_user: Option<String>,
     /// Bound on each step of a connection to the broker.
     pub connect_timeout: Duration,
+    /// Broker origins (`https://host[:port]`) trusted by configuration.
+    pub trusted_brokers: Vec<String>,
+    /// Whether plain `http://` brokers may be used at all.
+    pub allow_http: bool,
+    /// Which local connections a tunnel accepts.
+    pub local_connections: LocalConnections,
+    /// Where brokers confirmed by the user are remembered (`None`: nowhere to keep them).
+    pub trust_file: Option<PathBuf>,
+    /// The configuration file this came from, for messages.
+    pub path: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -50,6 +80,12 @@ impl Default for Config {
             clients: BTreeMap::new(),
             ssh_user: None,
             connect_timeout: Duration::from_secs(10),
+            trusted_brokers: Vec::new(),
+            allow_http: false,
+            local_connections: LocalConnections::First,
+            trust_file: Self::default_path()
+                .and_then(|p| p.parent().map(|d| d.join(crate::trust::TRUST_FILE))),
+            path: None,
         }
     }
 }
@@ -81,7 +117,10 @@ impl Config {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => Self::parse(&text, &path),
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
+                path: Some(path),
+                ..Self::default()
+            }),
             Err(e) => Err(Error::Config {
                 path: path.display().to_string(),
                 detail: e.to_string(),
@@ -116,10 +155,22 @@ impl Config {
                 )));
             }
         };
+        let mut trusted_brokers = Vec::with_capacity(file.trusted_brokers.len());
+        for broker in &file.trusted_brokers {
+            let origin = passerelle_proto::origin::normalize_origin(broker)
+                .map_err(|e| fail(format!("trusted_brokers: {e}")))?;
+            trusted_brokers.push(origin);
+        }
+        let defaults = Self::default();
         Ok(Self {
             clients: file.clients,
             ssh_user: file.ssh_user,
             connect_timeout,
+            trusted_brokers,
+            allow_http: file.allow_http.unwrap_or(false),
+            local_connections: file.local_connections.unwrap_or_default(),
+            trust_file: file.trust_file.or(defaults.trust_file),
+            path: Some(path.to_path_buf()),
         })
     }
 }
@@ -138,11 +189,43 @@ mod tests {
         let config = parse(text).unwrap();
         assert!(config.clients.contains_key("rdp"));
         assert_eq!(config.ssh_user.as_deref(), Some("admin"));
+        assert_eq!(config.trusted_brokers, ["https://broker.example:8443"]);
+        assert!(!config.allow_http);
+        assert_eq!(config.local_connections, LocalConnections::First);
     }
 
     #[test]
     fn an_empty_file_is_the_default() {
-        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(
+            parse("").unwrap(),
+            Config {
+                path: Some("desktop.toml".into()),
+                ..Config::default()
+            }
+        );
+        let d = Config::default();
+        assert!(!d.allow_http && d.trusted_brokers.is_empty());
+        assert_eq!(d.local_connections, LocalConnections::First);
+    }
+
+    #[test]
+    fn trusted_brokers_are_origins() {
+        let c = parse(
+            "trusted_brokers = [\"https://Broker.Example:443/\", \"http://10.0.0.2:8080\"]\n\
+             allow_http = true\nlocal_connections = \"any\"\ntrust_file = \"/tmp/t\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.trusted_brokers,
+            ["https://broker.example", "http://10.0.0.2:8080"]
+        );
+        assert!(c.allow_http);
+        assert_eq!(c.local_connections, LocalConnections::Any);
+        assert_eq!(c.trust_file.as_deref(), Some(Path::new("/tmp/t")));
+        let err = |t: &str| parse(t).unwrap_err().to_string();
+        assert!(err("trusted_brokers = [\"broker.example\"]").contains("trusted_brokers"));
+        assert!(err("trusted_brokers = [\"https://b.example/pmad\"]").contains("without a path"));
+        assert!(err("local_connections = \"some\"").contains("unknown variant"));
     }
 
     #[test]

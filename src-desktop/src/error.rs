@@ -71,6 +71,32 @@ pub enum Error {
         /// What to install or configure.
         hint: String,
     },
+    /// The link names a plain `http://` broker and the configuration does not allow those.
+    #[error(
+        "the link names a plain-HTTP broker ({broker}): its token and the session would cross \
+         the network unencrypted. Refused; set allow_http = true in {config} to accept such \
+         brokers (test benches only)"
+    )]
+    InsecureBroker {
+        /// The broker's origin.
+        broker: String,
+        /// The configuration file to change.
+        config: String,
+    },
+    /// The link names a broker the user does not trust (and did not confirm).
+    #[error(
+        "{origin} is not a trusted broker{}: add \"{origin}\" to trusted_brokers in {config}, or \
+         open the link from a terminal or the desktop app and confirm it",
+        declined_note(.declined)
+    )]
+    UntrustedBroker {
+        /// The broker's origin.
+        origin: String,
+        /// The configuration file to change.
+        config: String,
+        /// Whether the user was asked and said no.
+        declined: bool,
+    },
     /// The native client could not be started.
     #[error("cannot start {program}: {detail}")]
     Launch {
@@ -91,8 +117,13 @@ impl Error {
             Self::Unreachable { .. } | Self::BrokerGone(_) | Self::Protocol(_) => 5,
             Self::NoClient { .. } | Self::Launch { .. } => 6,
             Self::Listen { .. } => 1,
+            Self::InsecureBroker { .. } | Self::UntrustedBroker { .. } => 8,
         }
     }
+}
+
+fn declined_note(declined: &bool) -> &'static str {
+    if *declined { " (you declined it)" } else { "" }
 }
 
 /// How the broker ended the session, as read from its close frame.

@@ -6,7 +6,8 @@
 //! Modules: [`endpoint`] derives the broker stream from the launch URL, [`tls`] verifies the
 //! broker (WebPKI or a pinned fingerprint), [`connect`] opens probes and WebSockets, [`pump`]
 //! moves one connection's bytes, [`tunnel`] owns the listener, its connections and its end,
-//! [`config`] reads the helper's TOML file, [`template`] and [`launcher`] pick and start clients.
+//! [`config`] reads the helper's TOML file, [`trust`] says which brokers links may name,
+//! [`template`] and [`launcher`] pick and start clients.
 
 pub mod config;
 pub mod connect;
@@ -16,6 +17,7 @@ pub mod launcher;
 pub mod pump;
 pub mod template;
 pub mod tls;
+pub mod trust;
 pub mod tunnel;
 
 pub use endpoint::Endpoint;

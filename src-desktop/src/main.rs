@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use passerelle_desktop::config::Config;
 use passerelle_desktop::launcher::{self, Os, Source};
+use passerelle_desktop::trust::{Trust, Verdict};
 use passerelle_desktop::{Error, Tunnel, TunnelEnd, TunnelOptions};
 use tokio::time::Instant;
 
@@ -26,7 +27,8 @@ const FIRST_CONNECTION_WAIT: Duration = Duration::from_secs(30);
     after_help = "Exit codes: 0 closed, or the session was stopped or timed out; 1 other failure; \
                   2 bad launch URL or configuration; 3 TLS or pinned certificate mismatch; \
                   4 token refused; 5 broker unreachable or gone; 6 no client or client failed; \
-                  7 the session ended abnormally (agent lost, broker shut down, ...)."
+                  7 the session ended abnormally (agent lost, broker shut down, ...); \
+                  8 the broker is not trusted (or plain HTTP without allow_http)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -98,6 +100,14 @@ async fn open(url: &str, no_launch: bool, config: Option<PathBuf>) -> u8 {
 async fn try_open(url: &str, no_launch: bool, config: Option<PathBuf>) -> Result<u8, Error> {
     let config = Config::load(config.as_deref())?;
     let launch = passerelle_desktop::parse_launch_url(url)?;
+    let trust = Trust::new(&config);
+    if let Verdict::Unknown { origin } = trust.check(&launch)? {
+        if !confirm(&origin).await {
+            let asked = is_terminal();
+            return Err(trust.refusal(&origin, asked));
+        }
+        trust.remember(&origin)?;
+    }
     let service = launch.service.to_string();
     // Find the client before opening anything, so that "nothing installed" costs nothing.
     let choice = if no_launch {
@@ -110,6 +120,7 @@ async fn try_open(url: &str, no_launch: bool, config: Option<PathBuf>) -> Result
     };
     let opts = TunnelOptions {
         connect_timeout: config.connect_timeout,
+        local_connections: config.local_connections,
         ..TunnelOptions::default()
     };
     let tunnel = Tunnel::start(launch, opts).await?;
@@ -175,6 +186,34 @@ async fn try_open(url: &str, no_launch: bool, config: Option<PathBuf>) -> Result
             }
         }
     }
+}
+
+/// Whether a person is at this terminal to answer (stdin and stderr both terminals).
+fn is_terminal() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Asks the person at the terminal whether to trust `origin`; false without a terminal.
+async fn confirm(origin: &str) -> bool {
+    if !is_terminal() {
+        return false;
+    }
+    let question = format!(
+        "passerelle-desktop: open a session on {origin}? It is not among your trusted brokers; \
+         answering yes remembers it. [y/N] "
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut err = std::io::stderr().lock();
+        let _ = err
+            .write_all(question.as_bytes())
+            .and_then(|()| err.flush());
+        drop(err);
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await;
+    matches!(answer, Ok(Ok(line)) if matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
 }
 
 /// Tells the user how the tunnel ended and picks the exit code.

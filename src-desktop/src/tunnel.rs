@@ -5,9 +5,11 @@
 //! expected one (without spending the session: a `GET /healthz`), so that a wrong pin or an
 //! unreachable broker is reported before anything listens. The launch token then opens one
 //! WebSocket per local connection for as long as the session lasts. The tunnel stops listening
-//! when the broker ends the session, refuses the token, or cannot be reached any more; one
-//! connection that merely ends (the client disconnected, the service closed) leaves it open,
-//! because native clients reconnect.
+//! when the broker ends the session, refuses the token, or cannot be reached any more. By
+//! default only the first local connection is bridged: any later one is closed at once (another
+//! user or program on this machine cannot ride the session), and the tunnel ends with that
+//! first connection. With [`LocalConnections::Any`], one connection that merely ends (the client
+//! disconnected, the service closed) leaves it open, for native clients that reconnect.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+pub use crate::config::LocalConnections;
 use crate::connect::Connector;
 use crate::error::{CloseMeaning, SessionEnd, classify_close};
 use crate::pump::{self, Counters, PumpEnd};
@@ -38,6 +41,8 @@ pub struct TunnelOptions {
     pub max_connections: usize,
     /// Extra trusted roots for brokers without a pinned fingerprint (private CAs).
     pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Only the first local connection, or any.
+    pub local_connections: LocalConnections,
 }
 
 impl Default for TunnelOptions {
@@ -47,6 +52,7 @@ impl Default for TunnelOptions {
             connect_timeout: Duration::from_secs(10),
             max_connections: 32,
             extra_roots: Vec::new(),
+            local_connections: LocalConnections::First,
         }
     }
 }
@@ -93,6 +99,12 @@ pub enum TunnelEvent {
         /// The broker's close code and reason, when it closed.
         close: Option<(u16, String)>,
     },
+    /// A local connection was refused: only the first one is bridged
+    /// ([`LocalConnections::First`]).
+    Refused {
+        /// The local client's address.
+        peer: SocketAddr,
+    },
     /// The tunnel stopped listening.
     Ended(TunnelEnd),
 }
@@ -123,6 +135,8 @@ struct Shared {
     events: broadcast::Sender<TunnelEvent>,
     /// The first fatal outcome of a connection stops the tunnel.
     fatal: mpsc::UnboundedSender<TunnelEnd>,
+    /// Whether only the first local connection is bridged (the tunnel ends with it).
+    first_only: bool,
     /// Cancelled to close every connection.
     conns_cancel: CancellationToken,
 }
@@ -175,6 +189,7 @@ impl Tunnel {
             bridged: AtomicBool::new(false),
             events,
             fatal: fatal_tx,
+            first_only: opts.local_connections == LocalConnections::First,
             conns_cancel: CancellationToken::new(),
         });
         let cancel = CancellationToken::new();
@@ -284,6 +299,11 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     backoff = Duration::from_millis(10);
+                    if shared.first_only && shared.connections.load(Ordering::Relaxed) > 0 {
+                        tracing::warn!(%peer, "a second local connection was refused: only the first is bridged (local_connections = \"first\")");
+                        let _ = shared.events.send(TunnelEvent::Refused { peer });
+                        continue;
+                    }
                     if shared.active.load(Ordering::Relaxed) >= max_connections {
                         tracing::warn!(%peer, max_connections, "too many local connections; refused");
                         continue;
@@ -372,5 +392,13 @@ async fn serve(socket: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>
                 }
             }
         }
+    }
+    if shared.first_only {
+        // Nothing else may connect: the tunnel's work is done (unless the broker's end above
+        // came first, which then wins).
+        tracing::info!(
+            "the local connection ended; closing the tunnel (local_connections = \"first\")"
+        );
+        let _ = shared.fatal.send(TunnelEnd::Closed);
     }
 }

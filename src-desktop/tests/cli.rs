@@ -45,10 +45,13 @@ async fn no_launch_bridges_bytes_and_serves_reconnections() -> Result<()> {
     let broker = TestBroker::start().await?;
     let echo = EchoServer::start().await?;
     let s = Setup::new(&broker, "rdp", echo.port()).await?;
-    let mut helper = Helper::no_launch(&s.session.launch_url)?;
+    let url = &s.session.launch_url;
+    let config = format!("{}local_connections = \"any\"\n", common::trusting(url));
+    let mut helper = Helper::no_launch_with(url, &config)?;
     let addr = helper.addr().await?;
     ensure!(addr.ip().is_loopback(), "{addr} is not on loopback");
-    // Native clients reconnect: the launch token opens every connection of the session.
+    // Native clients reconnect: with local_connections = "any", the launch token opens every
+    // connection of the session.
     for seed in 0..3u8 {
         let mut conn = TcpStream::connect(addr).await?;
         round_trip(&mut conn, &pattern(200_000, seed)).await?;

@@ -130,10 +130,8 @@ impl TestBroker {
             ],
         )
         .await?;
-        let admin_key = banner
-            .admin_key
-            .clone()
-            .context("a first start on an empty data dir printed no admin key")?;
+        // Its stdout is a pipe, not a terminal: the key is in the data dir's file only.
+        let admin_key = admin_key_file(dir.path())?;
         let host_key = passerelle::keys::public_openssh(
             &passerelle::keys::load_or_create_host_key(dir.path())?,
         );
@@ -176,8 +174,8 @@ impl TestBroker {
             ],
         )
         .await?;
-        if banner.admin_key.is_some() {
-            bail!("a restart printed a new admin key: the data dir was not reused");
+        if banner.admin_key.is_some() || admin_key_file(self.dir.path())? != self.admin_key {
+            bail!("a restart made a new admin key: the data dir was not reused");
         }
         if addrs(&banner)? != (self.ssh_addr, self.http_addr) {
             bail!("the restarted broker listens elsewhere: {banner:?}");
@@ -475,6 +473,15 @@ impl TestBroker {
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
+}
+
+/// The first admin key, as `passerelle serve` leaves it in `<data_dir>/admin-api-key`.
+pub fn admin_key_file(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join(passerelle::broker::ADMIN_KEY_FILE);
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_owned())
 }
 
 /// The SSH and HTTP listeners a banner names.

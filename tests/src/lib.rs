@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use agent::{Agent, AgentKey, Forward, SshOutput, SshProcess};
-pub use broker::{TestBroker, session_request};
+pub use broker::{TestBroker, admin_key_file, session_request};
 pub use process::passerelle_bin;
 pub use rfb_server::FakeVnc;
 pub use services::{ConnStats, EchoServer, SourceServer};

@@ -66,19 +66,14 @@ async fn serve_first_start_restart_subcommands_and_sigterm() -> Result<()> {
     let data_arg = data.to_str().context("utf-8 temp path")?;
     let http = client()?;
 
-    // First start: self-signed HTTPS, a new admin key printed once and kept in a 0600 file.
+    // First start: self-signed HTTPS, a new admin key kept in a 0600 file (stdout is not a
+    // terminal here, so it is not printed; tests/file_modes.rs has both cases).
     let (serve, banner) = start_serve(&data, false).await?;
-    let admin_key = banner
-        .admin_key
-        .clone()
-        .context("first start printed no admin key")?;
+    ensure!(banner.admin_key.is_none(), "the key was printed to a pipe");
+    let admin_key = passerelle_e2e::admin_key_file(&data)?;
     let key_file = data.join("admin-api-key");
     let mode = std::fs::metadata(&key_file)?.permissions().mode() & 0o777;
     ensure!(mode == 0o600, "admin-api-key has mode {mode:o}");
-    ensure!(
-        std::fs::read_to_string(&key_file)?.trim() == admin_key,
-        "admin-api-key content differs"
-    );
     ensure!(
         banner.ssh.starts_with("127.0.0.1:") && !banner.ssh.ends_with(":0"),
         "{banner:?}"
@@ -274,7 +269,7 @@ async fn debug_log_without_secrets(env: &[(&str, &str)]) -> Result<(String, Stri
     let mut env = env.to_vec();
     env.push(("RUST_LOG", "debug"));
     let (serve, banner) = start_serve_env(&data, true, &env).await?;
-    let admin = banner.admin_key.clone().context("no admin key")?;
+    let admin = passerelle_e2e::admin_key_file(&data)?;
     let base = banner.http.clone();
     let ssh_addr: std::net::SocketAddr = banner.ssh.parse()?;
     let mut secrets: Vec<(&str, String)> = vec![

@@ -123,6 +123,32 @@ async fn a_recorded_session_verifies_and_replays_the_same_pixels() -> Result<()>
         "seeking to the middle shows {:?}",
         seeked.dominant
     );
+    // The recording, the screen stream the replay built and their directory are the broker's
+    // user's alone.
+    let tenant = broker
+        .store()
+        .tenant_id(&passerelle_proto::ids::TenantName::new("default")?)?
+        .context("tenant default")?;
+    let psrec = passerelle::recording::path_for(
+        &broker.data_dir().join("recordings"),
+        tenant,
+        &created.id,
+        1,
+    );
+    let psscreen = passerelle::recording::screen_stream::path_for(&psrec);
+    for (path, want) in [
+        (psrec.clone(), 0o600),
+        (psscreen, 0o600),
+        (psrec.parent().context("tenant dir")?.to_path_buf(), 0o700),
+    ] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path)
+            .with_context(|| path.display().to_string())?
+            .permissions()
+            .mode()
+            & 0o777;
+        ensure!(mode == want, "{} has mode {mode:o}", path.display());
+    }
     let page = broker
         .audit(&format!("session={}&kind=recording_viewed", created.id))
         .await?;

@@ -54,7 +54,12 @@ pub(super) async fn patch_tenant(
     body: Result<Json<PatchTenant>, JsonRejection>,
 ) -> ApiResult<Json<TenantInfo>> {
     caller.require(&[Role::Admin])?;
-    let Json(req) = body?;
+    let Json(mut req) = body?;
+    if let Some(list) = &req.frame_ancestors {
+        let origins = passerelle_proto::origin::normalize_origins(list)
+            .map_err(|e| ApiError::bad_request(format!("frame_ancestors: {e}")))?;
+        req.frame_ancestors = Some(origins);
+    }
     if req.retention_days == Some(0) {
         return Err(ApiError::bad_request("retention_days must be at least 1"));
     }

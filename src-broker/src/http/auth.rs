@@ -8,7 +8,7 @@ use passerelle_proto::api::Role;
 
 use super::{ApiError, App};
 use crate::session::Actor;
-use crate::store::{NewEvent, TenantId};
+use crate::store::{KeyRefusal, NewEvent, TenantId};
 
 /// The authenticated caller of an API request.
 #[derive(Debug, Clone)]
@@ -87,21 +87,33 @@ impl FromRequestParts<App> for Caller {
             .run(move |s| {
                 Ok(match s.check_api_key(&key)? {
                     Some(found) => Ok(found),
-                    None => Err(s.api_key_owner(&key).ok().flatten()),
+                    None => Err(s.refused_api_key(&key)?),
                 })
             })
             .await?;
         let (tenant_id, key_id, role) = match found {
             Ok(found) => found,
-            Err(owner) => {
+            // A revoked or expired key (whole secret right) is refused at once but is no guess;
+            // only unknown keys count toward the address's lockout.
+            Err(KeyRefusal::Revoked { id, .. }) => {
+                tracing::info!(key = %id, "a revoked API key was presented");
+                return Err(ApiError::unauthorized(format!(
+                    "API key {id} has been revoked"
+                )));
+            }
+            Err(KeyRefusal::Expired { id, .. }) => {
+                tracing::info!(key = %id, "an expired API key was presented");
+                return Err(ApiError::unauthorized(format!("API key {id} has expired")));
+            }
+            Err(KeyRefusal::Unknown { owner }) => {
                 if let Some(peer) = peer {
                     let what = match &owner {
-                        Some((_, id)) => format!("API key {id} with a wrong secret, or revoked"),
+                        Some((_, id)) => format!("API key {id} with a wrong secret"),
                         None => "an unknown API key".to_owned(),
                     };
                     state.guard.failed(peer, owner.map(|o| o.0), &what);
                 }
-                return Err(ApiError::unauthorized("unknown or revoked API key"));
+                return Err(ApiError::unauthorized("unknown API key"));
             }
         };
         let operator = parts

@@ -5,8 +5,11 @@ mod agents;
 mod api;
 mod auth;
 mod error;
+mod headers;
+mod keys;
 mod pages;
 mod replay;
+mod scrape;
 mod server;
 mod sessions;
 mod terminal;
@@ -32,6 +35,7 @@ use crate::store::Db;
 use crate::throttle::Guard;
 
 pub(crate) use error::ApiError;
+pub(crate) use scrape::{bind as bind_metrics, serve as serve_metrics};
 pub(crate) use server::serve;
 
 /// Where the URLs handed out point.
@@ -85,7 +89,7 @@ pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 pub(crate) fn router(app: App) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(scrape::public))
         .route(
             "/api/v1/sessions",
             post(sessions::create_session).get(sessions::list_sessions),
@@ -114,6 +118,7 @@ pub(crate) fn router(app: App) -> Router {
             "/api/v1/tenant",
             get(api::get_tenant).patch(api::patch_tenant),
         )
+        .merge(keys::routes())
         .route("/api/v1/audit", get(api::audit))
         .route("/api/v1/audit/search", get(terminal::search))
         .route(
@@ -142,6 +147,10 @@ pub(crate) fn router(app: App) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             app.config.clone(),
             request_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.config.clone(),
+            headers::hsts,
         ))
         .with_state(app)
 }
@@ -175,11 +184,4 @@ async fn request_deadline(
             response
         }
     }
-}
-
-async fn metrics(State(app): State<App>) -> impl IntoResponse {
-    let body = app
-        .metrics
-        .render(app.registry.len(), app.core.table().len());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

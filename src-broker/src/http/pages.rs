@@ -1,11 +1,13 @@
 //! The browser pages: `/view/{id}` (the noVNC viewer, or the xterm.js terminal of an `ssh`
 //! session), `/replay/{id}`, `/console`, and their static files, embedded in the binary at
-//! build time.
+//! build time. No page may be framed by another site, except the viewer (noVNC or terminal) by
+//! the origins its session's tenant lists ([`super::headers`]).
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
+use super::App;
 use crate::store::Db;
 
 mod embedded {
@@ -36,13 +38,15 @@ fn asset(path: &str) -> Option<&'static [u8]> {
 }
 
 fn respond(path: &str, bytes: &'static [u8]) -> Response {
+    respond_framed(path, bytes, &[])
+}
+
+/// [`respond`], framable by `frame_ancestors` (none when empty).
+fn respond_framed(path: &str, bytes: &'static [u8], frame_ancestors: &[String]) -> Response {
     let mut res = bytes.into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime(path)));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    super::headers::set_frame_policy(h, CSP, frame_ancestors);
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -69,7 +73,8 @@ async fn is_terminal(db: &Db, id: String) -> bool {
         .is_ok_and(|s| s.as_deref() == Some("ssh"))
 }
 
-fn terminal_page(name: &str) -> Response {
+/// A terminal page, framable by `frame_ancestors` (none when empty).
+fn terminal_page(name: &str, frame_ancestors: &[String]) -> Response {
     if !embedded::HAS_XTERM || !embedded::HAS_XTERM_FIT {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -77,12 +82,29 @@ fn terminal_page(name: &str) -> Response {
         )
             .into_response();
     }
-    page(name)
+    match asset(name) {
+        Some(bytes) => respond_framed(name, bytes, frame_ancestors),
+        None => (StatusCode::NOT_FOUND, "page not built").into_response(),
+    }
 }
 
-pub(super) async fn view(State(db): State<Db>, Path(id): Path<String>) -> Response {
-    if is_terminal(&db, id).await {
-        return terminal_page("terminal.html");
+/// The origins the session's tenant lets frame its viewer; an unknown session, none.
+async fn frame_ancestors_of(db: &Db, id: String) -> Vec<String> {
+    db.run(move |s| {
+        Ok(match s.session_with_tenant(&id)? {
+            Some((_, tenant)) => s.frame_ancestors(tenant)?,
+            None => Vec::new(),
+        })
+    })
+    .await
+    .unwrap_or_default()
+}
+
+pub(super) async fn view(State(app): State<App>, Path(id): Path<String>) -> Response {
+    // The session's tenant decides who may frame its viewer.
+    let allowed = frame_ancestors_of(&app.db, id.clone()).await;
+    if is_terminal(&app.db, id).await {
+        return terminal_page("terminal.html", &allowed);
     }
     if !embedded::HAS_NOVNC {
         return (
@@ -91,12 +113,15 @@ pub(super) async fn view(State(db): State<Db>, Path(id): Path<String>) -> Respon
         )
             .into_response();
     }
-    page("viewer.html")
+    match asset("viewer.html") {
+        Some(bytes) => respond_framed("viewer.html", bytes, &allowed),
+        None => (StatusCode::NOT_FOUND, "page not built").into_response(),
+    }
 }
 
 pub(super) async fn replay(State(db): State<Db>, Path(id): Path<String>) -> Response {
     if is_terminal(&db, id).await {
-        return terminal_page("terminal-replay.html");
+        return terminal_page("terminal-replay.html", &[]);
     }
     if !embedded::HAS_NOVNC {
         return (

@@ -357,7 +357,8 @@ pub fn ensure_built(recording: &Path, public_hex: &str) -> anyhow::Result<Built>
     let (index, base) = read_index(&built).context("a screen stream without an index")?;
     // A name of this process's own, so that another broker on the same dir cannot interleave.
     let tmp = sidecar.with_extension(format!("psscreen.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, &built).with_context(|| format!("writing {}", tmp.display()))?;
+    crate::secrets::write_private(&tmp, &built)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &sidecar).with_context(|| format!("writing {}", sidecar.display()))?;
     Ok(Built {
         path: sidecar,

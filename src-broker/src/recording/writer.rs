@@ -135,12 +135,10 @@ impl Recording {
         writers: &Arc<Writers>,
     ) -> anyhow::Result<Arc<Self>> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::secrets::create_private_dir_all(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
         }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let mut file = crate::secrets::create_private_file(&path)
             .with_context(|| format!("creating {}", path.display()))?;
         let (writer, head) = Writer::start(header);
         file.write_all(&head)

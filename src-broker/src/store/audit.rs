@@ -48,6 +48,10 @@ pub enum AuditKind {
     RecordingFailed,
     RecordingDeleted,
     RecordingViewed,
+    /// An API key was created (its id, role and name; never its secret).
+    ApiKeyCreated,
+    /// An API key was revoked.
+    ApiKeyRevoked,
 }
 
 impl AuditKind {
@@ -79,6 +83,8 @@ impl AuditKind {
             Self::RecordingFailed => "recording_failed",
             Self::RecordingDeleted => "recording_deleted",
             Self::RecordingViewed => "recording_viewed",
+            Self::ApiKeyCreated => "api_key_created",
+            Self::ApiKeyRevoked => "api_key_revoked",
         }
     }
 }

@@ -9,6 +9,8 @@ mod agents;
 mod audit;
 mod audit_retention;
 mod db;
+mod embedding;
+mod keys;
 mod search;
 mod sessions;
 mod ssh;
@@ -28,6 +30,7 @@ pub mod agents_errors {
 }
 pub use audit::{AuditFilter, AuditKind, NewEvent};
 pub use db::Db;
+pub use keys::{KeyRefusal, RevokeError, Revoked};
 pub use search::{MAX_QUERY, TextMatch};
 pub use ssh::{AgentSsh, TenantSsh, check_agent_ssh, check_username};
 
@@ -135,6 +138,16 @@ CREATE INDEX audit_by_at ON audit(at);
 "#,
     ssh::MIGRATION,
     search::MIGRATION,
+    // API keys get a name and an optional expiry (see keys.rs).
+    r#"
+ALTER TABLE api_keys ADD COLUMN name TEXT NOT NULL DEFAULT '';
+ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
+CREATE INDEX api_keys_by_tenant ON api_keys(tenant_id, created_at);
+"#,
+    // Origins allowed to frame a tenant's viewer pages (see embedding.rs).
+    r#"
+ALTER TABLE tenants ADD COLUMN frame_ancestors TEXT NOT NULL DEFAULT '';
+"#,
 ];
 
 /// The store. Cheap to share behind an `Arc`.
@@ -175,9 +188,17 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
 impl Store {
     /// Opens (creating if needed) `<data_dir>/passerelle.db` and applies pending migrations.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)
+        crate::secrets::create_private_dir_all(data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let path = data_dir.join("passerelle.db");
+        // Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+        // database file's mode, so they are private from their creation too.
+        crate::secrets::private_file_options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("creating database {}", path.display()))?;
         let conn = Connection::open(&path)
             .with_context(|| format!("opening database {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -305,7 +326,8 @@ impl Store {
         Ok(key.expose().to_owned())
     }
 
-    /// Checks an API key; `Some((tenant, key id, role))` when valid.
+    /// Checks an API key; `Some((tenant, key id, role))` when valid (neither revoked nor
+    /// expired). [`Store::refused_api_key`] says why one is not.
     pub fn check_api_key(&self, text: &str) -> anyhow::Result<Option<(TenantId, String, Role)>> {
         let Some((id, hash)) = secrets::parse_api_key(text) else {
             return Ok(None);
@@ -313,8 +335,9 @@ impl Store {
         let row: Option<(TenantId, String, Vec<u8>)> = self
             .conn()
             .query_row(
-                "SELECT tenant_id, role, hash FROM api_keys WHERE id = ?1 AND revoked_at IS NULL",
-                [&id],
+                "SELECT tenant_id, role, hash FROM api_keys WHERE id = ?1 AND revoked_at IS NULL
+                 AND (expires_at IS NULL OR expires_at > ?2)",
+                params![&id, now_ms()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
@@ -378,6 +401,7 @@ impl Store {
             },
             retention_days: days,
             recording_required: required,
+            frame_ancestors: self.frame_ancestors(id)?,
         })
     }
 
@@ -420,6 +444,9 @@ impl Store {
                 "UPDATE tenants SET recording_required = ?1 WHERE id = ?2",
                 params![v, id],
             )?;
+        }
+        if let Some(origins) = &patch.frame_ancestors {
+            embedding::set(&conn, id, origins)?;
         }
         if let Some(d) = patch.retention_days {
             conn.execute(

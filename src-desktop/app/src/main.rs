@@ -5,6 +5,7 @@
 
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
 
+mod confirm;
 mod tunnels;
 
 use tauri::menu::{Menu, MenuItem};
@@ -30,7 +31,17 @@ async fn open_url(app: AppHandle, url: String) -> Result<u64, String> {
     tunnels::open(app, url).await
 }
 
-fn show(app: &AppHandle) {
+#[tauri::command]
+fn pending_brokers(state: tauri::State<'_, confirm::Questions>) -> Vec<confirm::Question> {
+    state.list()
+}
+
+#[tauri::command]
+fn answer_broker(state: tauri::State<'_, confirm::Questions>, id: u64, open: bool) -> bool {
+    state.answer(id, open)
+}
+
+pub(crate) fn show(app: &AppHandle) {
     if let Some(w) = app.get_webview_window("main") {
         let _ = w.show();
         let _ = w.unminimize();
@@ -76,10 +87,13 @@ fn main() {
         .plugin(tauri_plugin_deep_link::init())
         .plugin(tauri_plugin_notification::init())
         .manage(Tunnels::default())
+        .manage(confirm::Questions::default())
         .invoke_handler(tauri::generate_handler![
             list_tunnels,
             close_tunnel,
-            open_url
+            open_url,
+            pending_brokers,
+            answer_broker
         ])
         .setup(|app| {
             let handle = app.handle().clone();

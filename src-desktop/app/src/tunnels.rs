@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use passerelle_desktop::config::Config;
 use passerelle_desktop::launcher::{self, Os};
+use passerelle_desktop::trust::{Trust, Verdict};
 use passerelle_desktop::{Tunnel, TunnelEnd, TunnelOptions};
 use serde::Serialize;
 use tauri::{AppHandle, Manager as _};
@@ -107,8 +108,12 @@ impl Tunnels {
     }
 }
 
-/// Sets the window title to the number of live tunnels (also what tests look for).
+/// Sets the window title to the number of live tunnels (also what tests look for), unless a
+/// question about a broker is open (its title stays until it is answered).
 pub fn retitle(app: &AppHandle) {
+    if !app.state::<crate::confirm::Questions>().list().is_empty() {
+        return;
+    }
     let n = app.state::<Tunnels>().count();
     let title = match n {
         0 => "Passerelle".to_owned(),
@@ -131,8 +136,17 @@ pub async fn open(app: AppHandle, url: String) -> Result<u64, String> {
     let launch = passerelle_desktop::parse_launch_url(&url).map_err(|e| e.to_string())?;
     let config_path = std::env::var_os("PASSERELLE_DESKTOP_CONFIG").map(std::path::PathBuf::from);
     let config = Config::load(config_path.as_deref()).map_err(|e| e.to_string())?;
+    // Any web page can open a passerelle:// link: only brokers the user trusts are used.
+    let trust = Trust::new(&config);
+    if let Verdict::Unknown { origin } = trust.check(&launch).map_err(|e| e.to_string())? {
+        if !crate::confirm::ask(&app, &origin).await {
+            return Err(trust.refusal(&origin, true).to_string());
+        }
+        trust.remember(&origin).map_err(|e| e.to_string())?;
+    }
     let opts = TunnelOptions {
         connect_timeout: config.connect_timeout,
+        local_connections: config.local_connections,
         ..TunnelOptions::default()
     };
     let service = launch.service.to_string();

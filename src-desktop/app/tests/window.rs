@@ -76,7 +76,7 @@ async fn wait_window(display: &Xvfb, title: &str, within: Duration, app: &mut Pr
     let deadline = Instant::now() + within;
     loop {
         app.check_running()?;
-        let pattern = format!("^{title}$");
+        let pattern = format!("^{}$", regex_escape(title));
         if display
             .run("xdotool", &["search", "--onlyvisible", "--name", &pattern])
             .await
@@ -89,14 +89,33 @@ async fn wait_window(display: &Xvfb, title: &str, within: Duration, app: &mut Pr
                 .run("xdotool", &["search", "--name", "."])
                 .await
                 .unwrap_or_default();
+            let mut names = Vec::new();
+            for id in String::from_utf8_lossy(&all).split_whitespace() {
+                let name = display
+                    .run("xdotool", &["getwindowname", id])
+                    .await
+                    .unwrap_or_default();
+                names.push(String::from_utf8_lossy(&name).trim().to_owned());
+            }
             bail!(
-                "no window {title:?} (windows: {}); app output:\n{}",
-                String::from_utf8_lossy(&all),
+                "no window {title:?} (windows: {names:?}); app output:\n{}",
                 app.output()
             );
         }
         sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// `text` as a POSIX extended regular expression matching it literally (xdotool's `--name`).
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\^$.|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The local address of the tunnel for `session`, from the app's log line "tunnel listening".
@@ -127,10 +146,14 @@ async fn the_app_lists_tunnels_in_its_window() -> Result<()> {
     let display = Xvfb::start(1024, 768, &["-br"]).await?;
     let bus = Bus::start().await?;
     let home = tempfile::tempdir()?;
-    // A client that starts and exits at once: the tunnel stays for the technician.
+    // A client that starts and exits at once: the tunnel stays for the technician. The test
+    // broker speaks plain HTTP, trusted by configuration.
     std::fs::write(
         home.path().join("desktop.toml"),
-        "[clients]\nrdp = \"true\"\n",
+        format!(
+            "{}[clients]\nrdp = \"true\"\n",
+            common::trusting(&s.session.launch_url)
+        ),
     )?;
 
     let mut first = Proc::spawn(
@@ -198,13 +221,25 @@ async fn the_app_lists_tunnels_in_its_window() -> Result<()> {
 
 /// The centres of the close buttons (runs of rows holding their red, #c0392b).
 fn red_buttons(rgb: &[u8], width: u32) -> Vec<(u32, u32)> {
-    let red =
-        |p: &[u8]| p[0].abs_diff(0xc0) < 8 && p[1].abs_diff(0x39) < 8 && p[2].abs_diff(0x2b) < 8;
+    buttons_of(rgb, width, [0xc0, 0x39, 0x2b])
+}
+
+/// The centres of buttons of colour `rgb` (runs of rows holding a solid stretch of it, so that
+/// anti-aliased text of a close colour is not taken for a button), from the top.
+fn buttons_of(rgb: &[u8], width: u32, colour: [u8; 3]) -> Vec<(u32, u32)> {
+    const SOLID: usize = 8;
+    let red = |p: &[u8]| {
+        p[0].abs_diff(colour[0]) < 8 && p[1].abs_diff(colour[1]) < 8 && p[2].abs_diff(colour[2]) < 8
+    };
     let mut buttons = Vec::new();
     let mut run: Option<(u32, u32, u32)> = None; // first row, last row, x of the first red pixel
     for (y, row) in rgb.chunks_exact(width as usize * 3).enumerate() {
         let y = y as u32;
-        let hit = row.chunks_exact(3).position(red).map(|x| x as u32);
+        let pixels: Vec<&[u8]> = row.chunks_exact(3).collect();
+        let hit = pixels
+            .windows(SOLID)
+            .position(|w| w.iter().all(|p| red(p)))
+            .map(|x| x as u32);
         run = match (run, hit) {
             (Some((top, _, x)), Some(_)) => Some((top, y, x)),
             (None, Some(x)) => Some((y, y, x)),
@@ -216,4 +251,103 @@ fn red_buttons(rgb: &[u8], width: u32) -> Vec<(u32, u32)> {
         };
     }
     buttons
+}
+
+/// Clicks the first button of `colour` once the screen shows one.
+async fn click(display: &Xvfb, colour: [u8; 3], what: &str) -> Result<()> {
+    let width = display.size.0;
+    let shot = display
+        .wait_screen(WAIT, what, |shot| {
+            !buttons_of(shot, width, colour).is_empty()
+        })
+        .await?;
+    let (x, y) = buttons_of(&shot, width, colour)[0];
+    display
+        .run(
+            "xdotool",
+            &["mousemove", "--sync", &x.to_string(), &y.to_string()],
+        )
+        .await?;
+    display.run("xdotool", &["click", "1"]).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_to_an_unknown_broker_asks_before_opening_anything() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let echo = EchoServer::start().await?;
+    let s = Setup::new(&broker, "rdp", echo.port()).await?;
+    let origin = passerelle_desktop::trust::origin_of(
+        &passerelle_desktop::parse_launch_url(&s.session.launch_url)?.broker,
+    )?;
+    let display = Xvfb::start(1024, 768, &["-br"]).await?;
+    let bus = Bus::start().await?;
+    let home = tempfile::tempdir()?;
+    // Plain HTTP allowed (a test broker), but no broker trusted.
+    std::fs::write(
+        home.path().join("desktop.toml"),
+        "allow_http = true\n[clients]\nrdp = \"true\"\n",
+    )?;
+    let mut app_proc = Proc::spawn(
+        app(&s.session.launch_url, &display.display, &bus, &home),
+        "passerelle-desktop-app",
+    )?;
+    let question = format!("Passerelle — open a session on {origin}?");
+    wait_window(&display, &question, WINDOW_WAIT, &mut app_proc).await?;
+    ensure!(
+        echo.stats().accepted == 0,
+        "the service was reached before the answer"
+    );
+    // Open: the tunnel comes, and the broker is remembered.
+    click(&display, [0x1e, 0x84, 0x49], "the Open button").await?;
+    display
+        .save_png(&shot_path("app-confirm-broker.png"))
+        .await?;
+    wait_window(&display, "Passerelle — 1 tunnel", WAIT, &mut app_proc).await?;
+    let trusted = std::fs::read_to_string(
+        home.path()
+            .join("config")
+            .join("passerelle")
+            .join(passerelle_desktop::trust::TRUST_FILE),
+    )?;
+    ensure!(trusted.lines().any(|l| l == origin), "{trusted}");
+
+    // Another broker: asked again; Refuse opens nothing.
+    let other = TestBroker::start().await?;
+    let echo2 = EchoServer::start().await?;
+    let s2 = Setup::new(&other, "rdp", echo2.port()).await?;
+    let origin2 = passerelle_desktop::trust::origin_of(
+        &passerelle_desktop::parse_launch_url(&s2.session.launch_url)?.broker,
+    )?;
+    let mut cmd = app(&s2.session.launch_url, &display.display, &bus, &home);
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let status = timeout(WINDOW_WAIT, cmd.status())
+        .await
+        .context("the second instance did not exit")??;
+    ensure!(status.success(), "second instance: {status}");
+    let question = format!("Passerelle — open a session on {origin2}?");
+    wait_window(&display, &question, WAIT, &mut app_proc).await?;
+    click(&display, [0x7a, 0x84, 0x94], "the Refuse button").await?;
+    wait_window(&display, "Passerelle — 1 tunnel", WAIT, &mut app_proc).await?;
+    ensure!(echo2.stats().accepted == 0, "a refused broker was used");
+    let trusted = std::fs::read_to_string(
+        home.path()
+            .join("config")
+            .join("passerelle")
+            .join(passerelle_desktop::trust::TRUST_FILE),
+    )?;
+    ensure!(
+        !trusted.contains(&origin2),
+        "a refusal was remembered: {trusted}"
+    );
+    ensure!(
+        app_proc
+            .output()
+            .contains("not a trusted broker (you declined it)"),
+        "{}",
+        app_proc.output()
+    );
+    Ok(())
 }

@@ -80,5 +80,44 @@ document.getElementById("open").addEventListener("submit", async (ev) => {
   refresh();
 });
 
+// A broker a link names for the first time: the app asks before opening anything.
+let asking = null;
+
+async function ask() {
+  let questions;
+  try {
+    questions = await invoke("pending_brokers");
+  } catch (e) {
+    return;
+  }
+  const box = document.getElementById("confirm");
+  const q = questions[0];
+  if (!q) {
+    box.hidden = true;
+    asking = null;
+    return;
+  }
+  if (asking === q.id) return;
+  asking = q.id;
+  document.getElementById("confirm-question").textContent =
+    "Open a session on " + q.origin.replace(/^https?:\/\//, "") + "?";
+  box.hidden = false;
+  document.getElementById("confirm-open").focus();
+}
+
+async function answer(open) {
+  if (asking === null) return;
+  const id = asking;
+  asking = null;
+  document.getElementById("confirm").hidden = true;
+  await invoke("answer_broker", { id, open });
+  ask();
+}
+
+document.getElementById("confirm-open").addEventListener("click", () => answer(true));
+document.getElementById("confirm-refuse").addEventListener("click", () => answer(false));
+
 refresh();
+ask();
 setInterval(refresh, 1000);
+setInterval(ask, 300);

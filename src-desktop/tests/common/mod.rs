@@ -151,21 +151,51 @@ impl Setup {
     }
 }
 
+/// Configuration lines that trust the broker a launch URL names (and allow it plain HTTP, as
+/// the test brokers mostly are); empty for a URL that does not parse.
+pub fn trusting(url: &str) -> String {
+    passerelle_desktop::parse_launch_url(url)
+        .ok()
+        .and_then(|l| passerelle_desktop::trust::origin_of(&l.broker).ok())
+        .map(|origin| format!("trusted_brokers = [\"{origin}\"]\nallow_http = true\n"))
+        .unwrap_or_default()
+}
+
 /// The `passerelle-desktop` binary as a child process.
 pub struct Helper {
     child: Child,
     stdout: Option<tokio::io::Lines<BufReader<tokio::process::ChildStdout>>>,
     stderr: Arc<Mutex<String>>,
+    /// Its private configuration directory (`XDG_CONFIG_HOME`).
+    home: tempfile::TempDir,
 }
 
 impl Helper {
-    /// `passerelle-desktop ARGS` with extra environment variables, in its own process group.
+    /// `passerelle-desktop ARGS` with extra environment variables, in its own process group,
+    /// with a configuration directory of its own (empty: nothing trusted).
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn_with_config(args, envs, None)
+    }
+
+    /// [`Self::spawn`] with `config` as its default configuration file
+    /// (`$XDG_CONFIG_HOME/passerelle/desktop.toml`).
+    pub fn spawn_with_config(
+        args: &[&str],
+        envs: &[(&str, &str)],
+        config: Option<&str>,
+    ) -> Result<Self> {
+        let home = tempfile::tempdir()?;
+        std::fs::create_dir_all(home.path().join("passerelle"))?;
+        if let Some(text) = config {
+            std::fs::write(home.path().join("passerelle").join("desktop.toml"), text)?;
+        }
         // Defined for passerelle-desktop's own tests (the app's tests share this module).
         let bin = option_env!("CARGO_BIN_EXE_passerelle-desktop")
             .context("the CLI binary is only known to passerelle-desktop's tests")?;
         let mut cmd = Command::new(bin);
         cmd.args(args)
+            .env("XDG_CONFIG_HOME", home.path())
+            .env_remove("PASSERELLE_DESKTOP_CONFIG")
             .envs(envs.iter().copied())
             .env("RUST_LOG", "passerelle_desktop=debug,info")
             .stdin(Stdio::null())
@@ -194,12 +224,23 @@ impl Helper {
             child,
             stdout,
             stderr,
+            home,
         })
     }
 
-    /// `open URL --no-launch`.
+    /// `open URL --no-launch`, trusting the URL's broker.
     pub fn no_launch(url: &str) -> Result<Self> {
-        Self::spawn(&["open", url, "--no-launch"], &[])
+        Self::no_launch_with(url, &trusting(url))
+    }
+
+    /// `open URL --no-launch` with `config` as its configuration.
+    pub fn no_launch_with(url: &str, config: &str) -> Result<Self> {
+        Self::spawn_with_config(&["open", url, "--no-launch"], &[], Some(config))
+    }
+
+    /// Its configuration directory (`$XDG_CONFIG_HOME/passerelle`).
+    pub fn config_dir(&self) -> std::path::PathBuf {
+        self.home.path().join("passerelle")
     }
 
     /// What it wrote on stderr so far.
