@@ -49,7 +49,7 @@ pub struct CreateSession {
     /// Record the session (defaults to the tenant's setting).
     #[serde(default)]
     pub record: Option<bool>,
-    /// Drop the viewer's input (VNC).
+    /// Drop the viewer's input (VNC and RDP).
     #[serde(default)]
     pub view_only: bool,
     /// Legacy flow: the agent will connect later with a numeric `-R PORT:...` forward.
@@ -156,6 +156,13 @@ pub struct RegisterAgent {
     /// Write-only: the workstation's VNC password.
     #[serde(default)]
     pub vnc_password: Option<String>,
+    /// The login the broker injects into RDP sessions over TLS (`DOMAIN\\user`,
+    /// `user@domain` or `user`); an empty string clears it.
+    #[serde(default)]
+    pub rdp_username: Option<String>,
+    /// Write-only: the password injected with `rdp_username`; an empty string clears it.
+    #[serde(default)]
+    pub rdp_password: Option<String>,
 }
 
 /// `PATCH /api/v1/agents/{id}`.
@@ -167,6 +174,13 @@ pub struct PatchAgent {
     /// `Some(None)` is not expressible in JSON here: an empty string clears the password.
     #[serde(default)]
     pub vnc_password: Option<String>,
+    /// The login the broker injects into RDP sessions over TLS (`DOMAIN\\user`,
+    /// `user@domain` or `user`); an empty string clears it.
+    #[serde(default)]
+    pub rdp_username: Option<String>,
+    /// Write-only: the password injected with `rdp_username`; an empty string clears it.
+    #[serde(default)]
+    pub rdp_password: Option<String>,
 }
 
 /// One announced service of a connected agent.
@@ -184,6 +198,18 @@ pub struct AgentInfo {
     /// SHA256 fingerprint of its public key, as `ssh-keygen -l` prints it.
     pub key_fingerprint: String,
     pub has_vnc_password: bool,
+    /// The login injected into RDP sessions (the agent's own; the tenant's applies otherwise).
+    #[serde(default)]
+    pub rdp_username: Option<String>,
+    #[serde(default)]
+    pub has_rdp_password: bool,
+    /// SHA-256 (hex) of the RDP server certificate pinned on first use; a change is refused
+    /// until an admin resets it (`DELETE /api/v1/agents/{id}/rdp-certificate`).
+    #[serde(default)]
+    pub rdp_certificate_sha256: Option<String>,
+    /// When it was pinned (RFC 3339).
+    #[serde(default)]
+    pub rdp_certificate_pinned_at: Option<String>,
     pub online: bool,
     pub services: Vec<AgentService>,
     pub connected_since: Option<String>,
@@ -197,6 +223,11 @@ pub struct AgentInfo {
 pub struct TenantInfo {
     pub name: TenantName,
     pub has_vnc_password: bool,
+    /// The default login injected into RDP sessions of agents without their own.
+    #[serde(default)]
+    pub rdp_username: Option<String>,
+    #[serde(default)]
+    pub has_rdp_password: bool,
     pub record_by_default: bool,
     pub recording_policy: RecordingPolicy,
     pub retention_days: u32,
@@ -224,6 +255,13 @@ pub struct PatchTenant {
     pub recording_policy: Option<RecordingPolicy>,
     #[serde(default)]
     pub retention_days: Option<u32>,
+    /// The tenant's default login the broker injects into RDP sessions over TLS (`DOMAIN\\user`,
+    /// `user@domain` or `user`); an empty string clears it.
+    #[serde(default)]
+    pub rdp_username: Option<String>,
+    /// Write-only: the password injected with `rdp_username`; an empty string clears it.
+    #[serde(default)]
+    pub rdp_password: Option<String>,
 }
 
 /// One row of `GET /api/v1/audit`: a security or session event.

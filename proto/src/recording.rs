@@ -74,8 +74,14 @@ impl Kind {
 pub enum Content {
     /// The RFB stream after the broker-terminated handshake (replayable).
     Rfb,
-    /// Metadata and byte counts only: the service's bytes are encrypted end to end (RDP, SSH).
+    /// Metadata and byte counts only: the service's bytes are encrypted end to end (raw
+    /// sessions, SSH).
     Metadata,
+    /// The plaintext RDP stream after the broker's TLS with the workstation, both directions:
+    /// X.224/MCS/slow-path and fast-path PDUs as they went, except that the Client Info PDU
+    /// has an empty password and every CredSSP message is an empty `TSRequest` (see
+    /// `rdp::filter`). A player decodes it as an RDP client would after TLS.
+    Rdp,
 }
 
 /// The session metadata at the head of a recording.

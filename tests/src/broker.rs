@@ -423,6 +423,8 @@ impl TestBroker {
             id: AgentId::new(id)?,
             public_key: public_key.to_owned(),
             vnc_password: None,
+            rdp_username: None,
+            rdp_password: None,
         };
         let body = serde_json::to_value(&req)?;
         let got = self

@@ -165,6 +165,8 @@ impl Api {
             id: AgentId::new(id)?,
             public_key: public_key.to_owned(),
             vnc_password: None,
+            rdp_username: None,
+            rdp_password: None,
         };
         let r = self
             .http
