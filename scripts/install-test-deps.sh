@@ -23,6 +23,13 @@ PACKAGES=(
   fonts-dejavu-core
   # `passerelle recording export --video` pipes frames into ffmpeg; ffprobe checks the result.
   ffmpeg
+  # RDP in the browser: FreeRDP's shadow server (TLS and NLA, a SAM file from winpr-hash) and
+  # xrdp with its Xorg backend (TLS, credentials injected); xdotool reads window sizes.
+  freerdp2-shadow-x11
+  winpr-utils
+  xrdp
+  xorgxrdp
+  xdotool
 )
 # Node.js drives Chromium (playwright-core, no browser download); the image may bring its own.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

@@ -23,13 +23,29 @@ struct Package {
 
 /// Every embedded package. A new viewer's client is one more row (and its entry in
 /// `web/package.json`).
-const PACKAGES: &[Package] = &[Package {
-    name: "@novnc/novnc",
-    mount: "novnc",
-    include: &["core", "vendor", "LICENSE.txt", "package.json"],
-    marker: "core/rfb.js",
-    flag: "HAS_NOVNC",
-}];
+const PACKAGES: &[Package] = &[
+    Package {
+        name: "@novnc/novnc",
+        mount: "novnc",
+        include: &["core", "vendor", "LICENSE.txt", "package.json"],
+        marker: "core/rfb.js",
+        flag: "HAS_NOVNC",
+    },
+    Package {
+        name: "@devolutions/iron-remote-desktop",
+        mount: "ironrdp",
+        include: &["iron-remote-desktop.js", "package.json"],
+        marker: "iron-remote-desktop.js",
+        flag: "HAS_IRONRDP",
+    },
+    Package {
+        name: "@devolutions/iron-remote-desktop-rdp",
+        mount: "ironrdp-rdp",
+        include: &["iron-remote-desktop-rdp.js", "package.json"],
+        marker: "iron-remote-desktop-rdp.js",
+        flag: "HAS_IRONRDP_RDP",
+    },
+];
 
 fn files_under(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -58,9 +74,12 @@ fn npm_install(out_dir: &Path, web: &Path) -> bool {
         return false;
     };
     let installed_lock = std::fs::read(dir.join("package-lock.json")).ok();
-    let all_there = PACKAGES
-        .iter()
-        .all(|p| dir.join("node_modules").join(p.name).join(p.marker).exists());
+    let all_there = PACKAGES.iter().all(|p| {
+        dir.join("node_modules")
+            .join(p.name)
+            .join(p.marker)
+            .exists()
+    });
     if installed_lock.as_deref() == Some(&lock[..]) && all_there {
         return true;
     }

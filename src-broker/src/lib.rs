@@ -10,6 +10,8 @@
 //! - [`sessions`]: live sessions, tokens, legacy ports (no SSH or WebSocket types).
 //! - [`bridge`]: the bytes between a viewer's WebSocket and an agent's channel.
 //! - [`rfb`]: RFB handshake termination for `vnc` sessions.
+//! - [`ends`]: the contract between the bridge and the service adapters.
+//! - [`service`]: service adapters (`rdp`: RDCleanPath, TLS with the workstation, filters).
 //! - [`http`]: the JSON API and WebSocket endpoints.
 //! - [`store`]: SQLite: tenants, keys, agents, sessions, audit.
 //! - [`throttle`]: per-address limits on failed credentials.
@@ -19,6 +21,7 @@ pub mod accept;
 pub mod bridge;
 pub mod broker;
 pub mod config;
+pub mod ends;
 pub mod export;
 pub mod http;
 pub mod keys;
@@ -29,6 +32,7 @@ pub mod registry;
 pub mod rfb;
 pub mod screen_stream;
 pub mod secrets;
+pub mod service;
 pub mod session_recording;
 pub mod sessions;
 pub mod shards;

@@ -32,6 +32,16 @@ impl State {
         session: &Arc<LiveSession>,
         rfb: bool,
     ) -> Result<Option<Arc<Recording>>, String> {
+        let content = if rfb { Content::Rfb } else { Content::Metadata };
+        self.start_recording_as(session, content)
+    }
+
+    /// [`Self::start_recording`] for any content kind (`Content::Rdp` for RDP sessions).
+    pub fn start_recording_as(
+        self: &Arc<Self>,
+        session: &Arc<LiveSession>,
+        content: Content,
+    ) -> Result<Option<Arc<Recording>>, String> {
         if !session.record {
             return Ok(None);
         }
@@ -56,7 +66,7 @@ impl State {
             operator: session.operator.clone(),
             view_only: session.view_only,
             started_at: rfc3339(now_ms()),
-            content: if rfb { Content::Rfb } else { Content::Metadata },
+            content,
             signer: self.recording_key.public_hex(),
         };
         let path = recorder::path_for(&self.config.recordings_dir, session.tenant_id, &session.id);
@@ -74,7 +84,7 @@ impl State {
                 return self.recording_failed(session, policy, why).map(|()| None);
             }
         };
-        if !rfb {
+        if content == Content::Metadata {
             rec.event(&serde_json::json!({
                 "note": format!("{} is encrypted end to end: only metadata and byte counts are recorded", session.service)
             }));

@@ -347,7 +347,7 @@ impl PageReport {
     }
 }
 
-fn shows(dominant: Option<&[u8]>, colour: (u8, u8, u8)) -> bool {
+pub(crate) fn shows(dominant: Option<&[u8]>, colour: (u8, u8, u8)) -> bool {
     matches!(dominant, Some([r, g, b, ..]) if close_to((*r, *g, *b), colour, 12))
 }
 
@@ -440,7 +440,7 @@ pub async fn open_console(url: &str, screenshot: &Path, args: &[&str]) -> Result
     run_page_script("console.mjs", url, screenshot, args).await
 }
 
-async fn run_page_script<T: serde::de::DeserializeOwned>(
+pub(crate) async fn run_page_script<T: serde::de::DeserializeOwned>(
     script: &str,
     url: &str,
     screenshot: &Path,

@@ -67,6 +67,17 @@ fn urls(
     if session.view_only {
         viewer.push_str("&view_only=1");
     }
+    // What the page shows and needs (the session core will tell pages this another way).
+    viewer.push_str(&format!(
+        "&agent={}&service={}",
+        session.agent, session.service
+    ));
+    if session.record {
+        viewer.push_str("&record=1");
+    }
+    if session.service.as_str() == "rdp" {
+        viewer.push_str(crate::service::rdp::glue::fragment(state, session));
+    }
     viewer.push_str("&launch=");
     let launch_url = launch.to_url();
     for b in launch_url.bytes() {
@@ -124,9 +135,9 @@ pub async fn create_session(
         Some(s) => Duration::from_secs(s),
         None => state.config.default_session_ttl,
     };
-    if req.view_only && req.service.as_str() != "vnc" {
+    if req.view_only && !matches!(req.service.as_str(), "vnc" | "rdp") {
         return Err(ApiError::bad_request(
-            "view_only is enforced for vnc sessions only",
+            "view_only is enforced for vnc and rdp sessions only",
         ));
     }
     if req.legacy && req.service.default_port().is_none() {
@@ -305,6 +316,10 @@ fn agent_info(state: &State, rec: &AgentRecord) -> AgentInfo {
         id: rec.id.clone(),
         key_fingerprint: rec.key_fingerprint.clone(),
         has_vnc_password: rec.has_vnc_password,
+        rdp_username: rec.rdp_username.clone(),
+        has_rdp_password: rec.has_rdp_password,
+        rdp_certificate_sha256: rec.rdp_cert_sha256.clone(),
+        rdp_certificate_pinned_at: rec.rdp_cert_pinned_at.map(rfc3339),
         online: false,
         services: Vec::new(),
         connected_since: None,
@@ -318,7 +333,7 @@ fn agent_info(state: &State, rec: &AgentRecord) -> AgentInfo {
     info
 }
 
-fn agent_of(state: &State, tenant_id: TenantId, id: &str) -> ApiResult<AgentRecord> {
+pub(super) fn agent_of(state: &State, tenant_id: TenantId, id: &str) -> ApiResult<AgentRecord> {
     let id = parse_agent_id(id)?;
     state
         .store
@@ -354,12 +369,20 @@ pub async fn register_agent(
 ) -> ApiResult<(StatusCode, Json<AgentInfo>)> {
     caller.require(&[Role::Admin])?;
     let Json(req) = body?;
-    let rec = state.store.create_agent(
+    let (rdp_user, rdp_pw) = (req.rdp_username.as_deref(), req.rdp_password.as_deref());
+    crate::store::check_rdp_login(rdp_user, rdp_pw).map_err(anyhow::Error::from)?;
+    let mut rec = state.store.create_agent(
         caller.tenant_id,
         &req.id,
         &req.public_key,
         req.vnc_password.as_deref(),
     )?;
+    if rdp_user.is_some() || rdp_pw.is_some() {
+        state
+            .store
+            .set_agent_rdp(caller.tenant_id, &rec.id, rdp_user, rdp_pw)?;
+        rec = agent_of(&state, caller.tenant_id, rec.id.as_str())?;
+    }
     let mut ev = event(
         AuditKind::AgentRegistered,
         &caller,
@@ -379,6 +402,11 @@ pub async fn patch_agent(
     caller.require(&[Role::Admin])?;
     let Json(req) = body?;
     let before = agent_of(&state, caller.tenant_id, &id)?;
+    let (rdp_user, rdp_pw) = (req.rdp_username.as_deref(), req.rdp_password.as_deref());
+    crate::store::check_rdp_login(rdp_user, rdp_pw).map_err(anyhow::Error::from)?;
+    state
+        .store
+        .set_agent_rdp(caller.tenant_id, &before.id, rdp_user, rdp_pw)?;
     let after = state
         .store
         .update_agent(
@@ -392,13 +420,23 @@ pub async fn patch_agent(
     if key_changed && let Some(conn) = state.registry.get(caller.tenant_id, &after.id) {
         conn.disconnect("the agent's key was changed");
     }
-    let what = match (key_changed, req.vnc_password.is_some()) {
-        (true, true) => "key and VNC password changed",
-        (true, false) => "key changed",
-        (false, true) => "VNC password changed",
-        (false, false) => "nothing changed",
+    let mut changed = Vec::new();
+    for (yes, what) in [
+        (key_changed, "key"),
+        (req.vnc_password.is_some(), "VNC password"),
+        (rdp_user.is_some(), "RDP login"),
+        (rdp_pw.is_some(), "RDP password"),
+    ] {
+        if yes {
+            changed.push(what);
+        }
+    }
+    let what = if changed.is_empty() {
+        "nothing changed".to_owned()
+    } else {
+        format!("{} changed", changed.join(", "))
     };
-    let mut ev = event(AuditKind::AgentChanged, &caller, what.to_owned());
+    let mut ev = event(AuditKind::AgentChanged, &caller, what);
     ev.agent = Some(after.id.to_string());
     state.store.audit(ev);
     Ok(Json(agent_info(&state, &after)))

@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod error;
 mod pages;
+mod rdp;
 mod replay;
 mod server;
 mod ws;
@@ -48,6 +49,10 @@ pub fn router(state: Arc<State>) -> Router {
             get(api::get_agent)
                 .patch(api::patch_agent)
                 .delete(api::revoke_agent),
+        )
+        .route(
+            "/api/v1/agents/{id}/rdp-certificate",
+            delete(rdp::reset_certificate),
         )
         .route(
             "/api/v1/tenant",

@@ -1,9 +1,13 @@
-//! The browser pages: `/view/{id}` (the noVNC viewer), `/console`, and their static files,
-//! embedded in the binary at build time.
+//! The browser pages: `/view/{id}` (the noVNC viewer, or IronRDP's for an `rdp` session),
+//! `/console`, and their static files, embedded in the binary at build time.
 
-use axum::extract::Path;
+use std::sync::Arc;
+
+use axum::extract::{Path, State as AxState};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+
+use crate::broker::State;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/assets.rs"));
@@ -12,6 +16,14 @@ mod embedded {
 /// Content security policy of every page: our own scripts only, WebSockets to ourselves.
 const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; \
                    style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'";
+
+/// The RDP page's policy: IronRDP's client is WebAssembly, inlined as a `data:` URL that it
+/// fetches and compiles (`'wasm-unsafe-eval'`, `connect-src data:`); its web component styles
+/// itself inline and draws the remote cursor from `data:` images. Nothing else is allowed.
+const RDP_CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+                       connect-src 'self' data:; img-src 'self' data: blob:; \
+                       style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; \
+                       frame-ancestors 'none'; form-action 'none'";
 
 fn mime(path: &str) -> &'static str {
     match path.rsplit('.').next() {
@@ -33,12 +45,16 @@ fn asset(path: &str) -> Option<&'static [u8]> {
 }
 
 fn respond(path: &str, bytes: &'static [u8]) -> Response {
+    respond_with(path, bytes, CSP)
+}
+
+fn respond_with(path: &str, bytes: &'static [u8], csp: &'static str) -> Response {
     let mut res = bytes.into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime(path)));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
+        HeaderValue::from_static(csp),
     );
     h.insert(
         header::REFERRER_POLICY,
@@ -59,7 +75,20 @@ fn page(name: &str) -> Response {
     }
 }
 
-pub async fn view(Path(_id): Path<String>) -> Response {
+pub async fn view(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
+    if crate::service::rdp::glue::is_rdp_session(&state, &id) {
+        if !(embedded::HAS_IRONRDP && embedded::HAS_IRONRDP_RDP) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this broker was built without IronRDP's web client (npm was missing at build time); install npm and rebuild",
+            )
+                .into_response();
+        }
+        return match asset("rdp.html") {
+            Some(bytes) => respond_with("rdp.html", bytes, RDP_CSP),
+            None => (StatusCode::NOT_FOUND, "page not built").into_response(),
+        };
+    }
     if !embedded::HAS_NOVNC {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

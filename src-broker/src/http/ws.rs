@@ -93,7 +93,7 @@ async fn serve(
     id: String,
     token: String,
     peer: SocketAddr,
-    mut ws: WebSocket,
+    ws: WebSocket,
     raw: bool,
     mover: Option<MoveHandle>,
 ) {
@@ -106,6 +106,12 @@ async fn serve(
         tracing::info!("viewer refused: its address is locked out");
         return bridge::refuse(ws, code, &message).await;
     }
+    // glue until the session core lands: an RDP viewer may carry its token in its request.
+    let Ok((token, rdp_request, mut ws)) =
+        crate::service::rdp::glue::early_request(&state, &id, token, raw, ws).await
+    else {
+        return;
+    };
     let (session, kind) = match state.sessions.admit(&id, &token) {
         Ok(admitted) => admitted,
         Err(refusal) => {
@@ -174,6 +180,11 @@ async fn serve(
             return bridge::refuse(ws, close::SERVICE_UNAVAILABLE, &why).await;
         }
     };
+    if !raw && session.service.as_str() == "rdp" {
+        // glue until the session core lands
+        let glue = crate::service::rdp::glue::serve;
+        return glue(state, session, kind, conn, channel, ws, rdp_request, peer).await;
+    }
     let opts = if !raw && session.service.as_str() == "vnc" {
         match terminate_rfb(&state, &session, &mut channel, &mut ws).await {
             Ok(opts) => opts,

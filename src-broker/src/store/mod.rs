@@ -7,6 +7,7 @@
 
 mod agents;
 mod audit;
+mod rdp;
 mod sessions;
 
 use std::path::Path;
@@ -23,6 +24,7 @@ pub mod agents_errors {
     pub use super::agents::{Conflict, Invalid};
 }
 pub use audit::{AuditFilter, AuditKind, NewEvent};
+pub use rdp::{PinCheck, check as check_rdp_login};
 
 use crate::secrets::{self, ApiKey, SecretBox};
 
@@ -30,7 +32,8 @@ use crate::secrets::{self, ApiKey, SecretBox};
 pub type TenantId = i64;
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tenants (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -93,7 +96,17 @@ CREATE TABLE audit (
     detail TEXT NOT NULL
 );
 CREATE INDEX audit_by_tenant ON audit(tenant_id, at);
-"#];
+"#,
+    // RDP: credentials injected into sessions (passwords sealed), the pinned server certificate.
+    r#"
+ALTER TABLE tenants ADD COLUMN rdp_username TEXT;
+ALTER TABLE tenants ADD COLUMN rdp_password BLOB;
+ALTER TABLE agents ADD COLUMN rdp_username TEXT;
+ALTER TABLE agents ADD COLUMN rdp_password BLOB;
+ALTER TABLE agents ADD COLUMN rdp_cert_sha256 TEXT;
+ALTER TABLE agents ADD COLUMN rdp_cert_pinned_at INTEGER;
+"#,
+];
 
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
@@ -295,9 +308,12 @@ impl Store {
                 [id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )?;
+        let (rdp_username, has_rdp_password) = self.tenant_rdp(id)?;
         Ok(TenantInfo {
             name: TenantName::new(name)?,
             has_vnc_password: has_pw,
+            rdp_username,
+            has_rdp_password,
             record_by_default: record,
             recording_policy: if policy == "fail_open" {
                 RecordingPolicy::FailOpen
@@ -314,6 +330,7 @@ impl Store {
         id: TenantId,
         patch: &passerelle_proto::api::PatchTenant,
     ) -> anyhow::Result<()> {
+        rdp::check(patch.rdp_username.as_deref(), patch.rdp_password.as_deref())?;
         let conn = self.conn();
         if let Some(pw) = &patch.vnc_password {
             let sealed = (!pw.is_empty()).then(|| self.secret_box.seal(pw.as_bytes()));
@@ -344,6 +361,12 @@ impl Store {
                 params![d, id],
             )?;
         }
+        drop(conn);
+        self.set_tenant_rdp(
+            id,
+            patch.rdp_username.as_deref(),
+            patch.rdp_password.as_deref(),
+        )?;
         Ok(())
     }
 }
