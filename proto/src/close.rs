@@ -74,6 +74,9 @@ codes! {
     RDP_CERTIFICATE_CHANGED = 4053, "the workstation's RDP certificate changed";
     /// The viewer's RDCleanPath request was missing, late, malformed or too big.
     RDP_BAD_REQUEST = 4054, "malformed RDP request from the viewer";
+    /// The workstation's RDP server ended the connection during NLA (CredSSP) or denied the
+    /// logon: the credentials typed were refused.
+    RDP_LOGON_FAILED = 4055, "the workstation refused the NLA logon";
     /// A frame or message over the size limit (RFC 6455's own code).
     MESSAGE_TOO_BIG = 1009, "message too big";
 }
@@ -125,6 +128,8 @@ pub enum EndReason {
     RdpTlsFailed,
     /// The workstation's RDP certificate is not the pinned one.
     RdpCertificateChanged,
+    /// The workstation refused the NLA logon (it closed during CredSSP, or denied access).
+    RdpLogonFailed,
     /// The broker was shut down cleanly.
     BrokerShutdown,
     /// The broker stopped without ending the session (found on the next start).
@@ -154,6 +159,7 @@ impl EndReason {
             Self::RdpNegotiationFailed => "rdp_negotiation_failed",
             Self::RdpTlsFailed => "rdp_tls_failed",
             Self::RdpCertificateChanged => "rdp_certificate_changed",
+            Self::RdpLogonFailed => "rdp_logon_failed",
             Self::BrokerShutdown => "broker_shutdown",
             Self::BrokerCrash => "broker_crash",
         }
@@ -185,13 +191,14 @@ impl EndReason {
             Self::RdpNegotiationFailed => RDP_NEGOTIATION_FAILED,
             Self::RdpTlsFailed => RDP_TLS_FAILED,
             Self::RdpCertificateChanged => RDP_CERTIFICATE_CHANGED,
+            Self::RdpLogonFailed => RDP_LOGON_FAILED,
             Self::BrokerShutdown => BROKER_SHUTDOWN,
         }
     }
 }
 
 /// Every end reason.
-pub const ALL_REASONS: [EndReason; 21] = [
+pub const ALL_REASONS: [EndReason; 22] = [
     EndReason::ViewerClosed,
     EndReason::ServiceClosed,
     EndReason::Stopped,
@@ -211,6 +218,7 @@ pub const ALL_REASONS: [EndReason; 21] = [
     EndReason::RdpNegotiationFailed,
     EndReason::RdpTlsFailed,
     EndReason::RdpCertificateChanged,
+    EndReason::RdpLogonFailed,
     EndReason::BrokerShutdown,
     EndReason::BrokerCrash,
 ];

@@ -3,7 +3,9 @@
 // displays, and the dominant colour and size of the remote desktop as IronRDP drew it.
 //
 // usage: node rdp.mjs URL SCREENSHOT.png [--login USER:PASSWORD[:DOMAIN]] [--type TEXT]
-//            [--resize WIDTHxHEIGHT] [--wait-close] [--timeout MS]
+//            [--wait-file PATH] [--resize WIDTHxHEIGHT] [--wait-close] [--timeout MS]
+// --wait-file: type only once PATH exists (the workstation's typing target is up).
+import { existsSync } from 'node:fs';
 import { launch } from './common.mjs';
 
 const [url, shot, ...rest] = process.argv.slice(2);
@@ -12,6 +14,7 @@ const timeout = Number(opt('--timeout') || 30000);
 const login = opt('--login');
 const typeText = opt('--type');
 const resize = opt('--resize');
+const waitFile = opt('--wait-file');
 const waitClose = rest.includes('--wait-close');
 
 // The canvas IronRDP draws on, inside its web component's shadow root.
@@ -73,6 +76,10 @@ try {
       await page.waitForTimeout(20);
     }
     if (info) { result.dominant = info.dominant; result.desktop = { width: info.width, height: info.height }; }
+    if (typeText && waitFile) {
+      const until = Date.now() + timeout;
+      while (!existsSync(waitFile) && Date.now() < until) await page.waitForTimeout(50);
+    }
     if (typeText) {
       const canvas = page.locator('iron-remote-desktop canvas');
       const box = await canvas.boundingBox();

@@ -112,9 +112,47 @@ pub const XRDP_USER: &str = "passerelle-rdp";
 pub struct XrdpServer {
     pub port: u16,
     pub password: String,
-    dir: tempfile::TempDir,
-    _sesman: Option<Child>,
+    uid: u32,
+    // Dropped in this order: xrdp, then its session manager, then the sessions left.
     _xrdp: Child,
+    _sesman: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for XrdpServer {
+    fn drop(&mut self) {
+        let _ = self._xrdp.start_kill();
+        let _ = self._sesman.start_kill();
+        kill_sessions(self.uid);
+    }
+}
+
+/// Kills the processes of the test account (an X session sesman left, or one an earlier run
+/// left behind): sesman would otherwise reconnect the next test to that session.
+fn kill_sessions(uid: u32) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let owner = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse::<u32>().ok());
+        if owner == Some(uid) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid])
+                .status();
+        }
+    }
 }
 
 /// Whether this machine can run xrdp for the tests (root, to create the user and start
@@ -141,6 +179,16 @@ async fn run(cmd: &mut Command, what: &str) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+/// Whether xrdp's session manager listens (xrdp 0.9 binds `::1` for `127.0.0.1` when it can).
+async fn sesman_listening() -> bool {
+    for addr in ["[::1]:3350", "127.0.0.1:3350"] {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+    }
+    false
 }
 
 impl XrdpServer {
@@ -242,12 +290,21 @@ impl XrdpServer {
             );
         let sesman_path = dir.path().join("sesman.ini");
         std::fs::write(&sesman_path, sesman_ini)?;
-        let sesman_up = tokio::net::TcpStream::connect(("localhost", 3350))
-            .await
-            .is_ok();
-        let sesman = if sesman_up {
-            None
-        } else {
+        ensure!(
+            !sesman_listening().await,
+            "an xrdp-sesman already listens on port 3350; the xrdp test needs its own (stop it)"
+        );
+        let uid: u32 = String::from_utf8(
+            Command::new("id")
+                .args(["-u", XRDP_USER])
+                .output()
+                .await?
+                .stdout,
+        )?
+        .trim()
+        .parse()?;
+        kill_sessions(uid);
+        let sesman = {
             std::fs::create_dir_all("/run/xrdp/sockdir")?;
             let mut s = Command::new("xrdp-sesman")
                 .arg("--nodaemon")
@@ -259,22 +316,19 @@ impl XrdpServer {
                 .kill_on_drop(true)
                 .spawn()
                 .context("starting xrdp-sesman")?;
-            // It listens on 127.0.0.1 or ::1, as "localhost" resolves.
             let deadline = tokio::time::Instant::now() + crate::WAIT;
-            while tokio::net::TcpStream::connect(("localhost", 3350))
-                .await
-                .is_err()
-            {
+            while !sesman_listening().await {
                 if let Some(status) = s.try_wait()? {
                     bail!("xrdp-sesman exited ({status})");
                 }
                 ensure!(
                     tokio::time::Instant::now() < deadline,
-                    "xrdp-sesman did not listen in time"
+                    "xrdp-sesman did not listen in time: {}",
+                    std::fs::read_to_string(dir.path().join("sesman.log")).unwrap_or_default()
                 );
                 tokio::time::sleep(crate::POLL).await;
             }
-            Some(s)
+            s
         };
         let mut xrdp = Command::new("xrdp")
             .arg("--nodaemon")
@@ -297,9 +351,10 @@ impl XrdpServer {
         Ok(Self {
             port,
             password,
-            dir,
-            _sesman: sesman,
+            uid,
             _xrdp: xrdp,
+            _sesman: sesman,
+            dir,
         })
     }
 

@@ -294,7 +294,7 @@ async fn view_only_input_never_reaches_the_server() -> Result<()> {
     let _xterm = typing_target(&display, &typed).await?;
     let server = ShadowServer::start(&display, Security::Tls).await?;
     let (broker, agent) = setup(server.port).await?;
-    store_credentials(&broker, &agent.id, "viewer", "any").await?;
+    store_credentials(&broker, &agent.id, "viewer", "View-Only-Pw-2").await?;
 
     let mut req = session_request(&agent.id, "rdp");
     req.view_only = true;
@@ -391,8 +391,19 @@ async fn nla_takes_typed_credentials_and_says_when_they_are_wrong() -> Result<()
     ensure!(page.state.as_deref() == Some("disconnected"), "{page:?}");
     let notice = page.notice.clone().unwrap_or_default();
     ensure!(
-        notice.contains("user name or password") || notice.contains("logon"),
+        page.close_code == Some(close::RDP_LOGON_FAILED.code)
+            && notice.contains("user name or password"),
         "wrong credentials get a clear message: {page:?}"
+    );
+    let ended = broker.wait_ended(&wrong.id).await?;
+    ensure!(
+        ended.end_reason == Some(passerelle_e2e::EndReason::RdpLogonFailed),
+        "{ended:?}"
+    );
+    let audit = events(&broker, &wrong.id, "rdp_failed").await?;
+    ensure!(
+        audit.iter().any(|d| d.contains("refused the credentials")),
+        "{audit:?}"
     );
     Ok(())
 }
@@ -430,7 +441,7 @@ async fn each_failure_says_why_in_the_page_and_the_audit() -> Result<()> {
     display.set_colour("#3366cc").await?;
     let first = ShadowServer::start(&display, Security::Tls).await?;
     let (broker, mut agent) = setup(first.port).await?;
-    store_credentials(&broker, &agent.id, "u", "p").await?;
+    store_credentials(&broker, &agent.id, "tester", "Failures-Pw-1").await?;
     let dir = tempfile::tempdir()?;
 
     // A bad token.
@@ -580,9 +591,9 @@ async fn xrdp_logs_on_with_injected_credentials_and_follows_the_window_size() ->
         &server.password,
     )
     .await?;
-    let created = broker
-        .create_session(&session_request(&agent.id, "rdp"))
-        .await?;
+    let mut req = session_request(&agent.id, "rdp");
+    req.record = Some(true);
+    let created = broker.create_session(&req).await?;
     let shot = dir.path().join("xrdp.png");
     let page = open_rdp(
         &created.viewer_url,
@@ -590,6 +601,8 @@ async fn xrdp_logs_on_with_injected_credentials_and_follows_the_window_size() ->
         &[
             "--type",
             "hello xrdp",
+            "--wait-file",
+            typed.to_str().context("path")?,
             "--resize",
             "1200x800",
             "--timeout",
@@ -603,11 +616,20 @@ async fn xrdp_logs_on_with_injected_credentials_and_follows_the_window_size() ->
         "no login prompt, the user's desktop: {page:?}; xrdp log: {}",
         server.log()
     );
-    wait_file_contains(&typed, "hello xrdp").await?;
-    let (before, after) = (
-        page.desktop.context("size")?,
-        page.resized.context("no resize seen")?,
+    wait_file_contains(&typed, "hello xrdp")
+        .await
+        .with_context(|| format!("{page:?}"))?;
+    broker.wait_ended(&created.id).await?;
+    let file = fetch_recording(&broker, &created.id).await?;
+    let password = Credentials::from_login("", &server.password).password_utf16();
+    ensure!(
+        !holds(&file, &password),
+        "the injected password in the recording"
     );
+    let before = page.desktop.context("size")?;
+    let after = page
+        .resized
+        .with_context(|| format!("no resize seen: {page:?}; xrdp log: {}", server.log()))?;
     ensure!(
         after != before,
         "the remote desktop follows the window: {before:?} -> {after:?}"
@@ -628,7 +650,7 @@ async fn measure_api_call_to_first_rdp_frame() -> Result<()> {
     display.set_colour("#3366cc").await?;
     let server = ShadowServer::start(&display, Security::Tls).await?;
     let (broker, agent) = setup(server.port).await?;
-    store_credentials(&broker, &agent.id, "bench", "bench").await?;
+    store_credentials(&broker, &agent.id, "bench", "Bench-Pw-3").await?;
     let dir = tempfile::tempdir()?;
     let (mut total, mut in_page) = (Vec::new(), Vec::new());
     for _ in 0..7 {

@@ -24,6 +24,8 @@ pub const REDACTED_TS_REQUEST: &[u8] = &[0x30, 0x05, 0xA0, 0x03, 0x02, 0x01, 0x0
 const DER_SEQUENCE: u8 = 0x30;
 const X224_DATA: u8 = 0xF0;
 const MCS_SEND_DATA_REQUEST: u8 = 25;
+const MCS_SEND_DATA_INDICATION: u8 = 26;
+const PDUTYPE_DEACTIVATEALLPDU: u16 = 0x6;
 const PDUTYPE_DATAPDU: u16 = 0x7;
 const PDUTYPE2_INPUT: u8 = 0x1C;
 
@@ -108,15 +110,16 @@ struct SendData<'a> {
 }
 
 impl<'a> SendData<'a> {
-    /// `None` for TPKTs that hold something else (MCS connection PDUs, X.224 control).
-    fn parse(pdu: &'a [u8]) -> Result<Option<Self>, Malformed> {
+    /// `None` for TPKTs that hold something else (MCS connection PDUs, X.224 control); `kind`
+    /// is the MCS PDU type (Send Data Request from clients, Indication from servers).
+    fn parse(pdu: &'a [u8], kind: u8) -> Result<Option<Self>, Malformed> {
         if pdu.get(4..6) != Some(&[2, X224_DATA]) {
             return Ok(None);
         }
         let Some(head) = pdu.get(7..13) else {
             return Ok(None);
         };
-        if head[0] >> 2 != MCS_SEND_DATA_REQUEST {
+        if head[0] >> 2 != kind {
             return Ok(None);
         }
         let b = *pdu
@@ -161,6 +164,49 @@ impl<'a> SendData<'a> {
         pdu.extend_from_slice(&per);
         pdu.extend_from_slice(user_data);
         Ok(pdu)
+    }
+}
+
+/// The BER tag of MCS Connect-Initial (`[APPLICATION 101]`).
+const MCS_CONNECT_INITIAL: [u8; 2] = [0x7F, 0x65];
+/// The client build below which xrdp 0.9 refuses to resize a session ("older client can't
+/// resize"); IronRDP's web client reports 0.
+pub const MIN_RESIZABLE_CLIENT_BUILD: u32 = 420;
+/// What a lower client build is raised to: FreeRDP's default.
+pub const RAISED_CLIENT_BUILD: u32 = 2600;
+
+/// Raises `clientBuild` in the Client Core Data (`TS_UD_CS_CORE`) of an MCS Connect-Initial to
+/// [`RAISED_CLIENT_BUILD`] when it is below [`MIN_RESIZABLE_CLIENT_BUILD`], in place (no length
+/// changes). The user data follow the GCC "Duca" key; anything unexpected is left alone.
+fn raise_client_build(pdu: &mut [u8]) {
+    let Some(key) = pdu.windows(4).position(|w| w == b"Duca") else {
+        return;
+    };
+    // The PER length of the user data, one or two bytes.
+    let mut at = key + 4;
+    match pdu.get(at) {
+        Some(b) if b & 0x80 != 0 => at += 2,
+        Some(_) => at += 1,
+        None => return,
+    }
+    while let Some(head) = pdu.get(at..at + 4) {
+        let kind = u16::from_le_bytes([head[0], head[1]]);
+        let len = usize::from(u16::from_le_bytes([head[2], head[3]]));
+        if len < 4 {
+            return;
+        }
+        if kind == 0xC001 {
+            // Header (4), version (4), width, height, colour depth, SAS sequence (2 each),
+            // keyboard layout (4), then clientBuild.
+            if let Some(build) = pdu.get_mut(at + 20..at + 24).filter(|_| len >= 24) {
+                let value = u32::from_le_bytes([build[0], build[1], build[2], build[3]]);
+                if value < MIN_RESIZABLE_CLIENT_BUILD {
+                    build.copy_from_slice(&RAISED_CLIENT_BUILD.to_le_bytes());
+                }
+            }
+            return;
+        }
+        at += len;
     }
 }
 
@@ -326,7 +372,13 @@ impl ClientFilter {
         o: &mut Outputs<'_>,
         fed: &mut Fed,
     ) -> Result<(), Malformed> {
-        let Some(data) = SendData::parse(pdu)? else {
+        if pdu.get(7..9) == Some(&MCS_CONNECT_INITIAL) {
+            let mut pdu = pdu.to_vec();
+            raise_client_build(&mut pdu);
+            o.pass(&pdu);
+            return Ok(());
+        }
+        let Some(data) = SendData::parse(pdu, MCS_SEND_DATA_REQUEST)? else {
             o.pass(pdu);
             return Ok(());
         };
@@ -360,13 +412,19 @@ impl ClientFilter {
     }
 }
 
-/// Filters the server's stream: frames its CredSSP messages (NLA) for redaction, then passes
-/// everything as it comes.
+/// Filters the server's stream: frames its CredSSP messages (NLA) for redaction, then its TPKT
+/// and fast-path PDUs, which pass as they come but for one repair: xrdp sends the Deactivate
+/// All PDU as a bare 6-byte Share Control Header, which IronRDP's web client (npm 0.7, before
+/// IronRDP #1719) refuses, ending the session when xrdp resizes it; the broker adds the
+/// `shareId` it expects (zero, as IronRDP itself now assumes).
 #[derive(Debug)]
 pub struct ServerFilter {
     credssp: bool,
     early_authorization: bool,
+    denied: bool,
     buf: Vec<u8>,
+    /// Deactivate All PDUs repaired so far.
+    pub repaired: u64,
 }
 
 impl ServerFilter {
@@ -375,61 +433,120 @@ impl ServerFilter {
         Self {
             credssp: protocol::is_nla(selected_protocol),
             early_authorization: selected_protocol == protocol::HYBRID_EX,
+            denied: false,
             buf: Vec::new(),
+            repaired: 0,
         }
     }
 
-    /// Takes bytes as they arrive and appends what to pass on to `out` (always all of them).
+    /// Whether the server has not let the logon through (yet): it is still in CredSSP, or its
+    /// Early User Authorization Result denied access. A server that ends the connection then
+    /// has refused the credentials.
+    pub fn logon_refused(&self) -> bool {
+        self.credssp || self.denied
+    }
+
+    /// Bytes held back: the start of a PDU not all there yet.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes bytes as they arrive and appends what to pass on to `out`: every byte, in order,
+    /// but for repaired Deactivate All PDUs (4 bytes longer each).
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Fed, Malformed> {
-        if !self.credssp && self.buf.is_empty() {
-            out.extend_from_slice(input);
-            return Ok(Fed::default());
-        }
-        self.buf.extend_from_slice(input);
-        let buf = std::mem::take(&mut self.buf);
         let mut o = Outputs::new(out);
-        let mut pos = 0;
-        let result = loop {
-            let rest = &buf[pos..];
-            let Some(&first) = rest.first() else {
-                break Ok(());
-            };
-            if !self.credssp {
-                o.pass(rest);
-                pos = buf.len();
-                break Ok(());
-            }
-            match first {
-                DER_SEQUENCE => match der_length(rest).and_then(checked) {
-                    Err(e) => break Err(e),
-                    Ok(Some(len)) if rest.len() >= len => {
-                        o.redact(&rest[..len], REDACTED_TS_REQUEST);
-                        pos += len;
-                    }
-                    Ok(_) => break Ok(()),
-                },
-                x224::TPKT_VERSION => self.credssp = false,
-                _ if self.early_authorization => {
-                    // The Early User Authorization Result: 4 bytes, then RDP.
-                    let Some(result) = rest.get(..4) else {
-                        break Ok(());
-                    };
-                    o.pass(result);
-                    pos += 4;
-                    self.early_authorization = false;
-                    self.credssp = false;
-                }
-                _ => break Err(Malformed::new("the server sent neither CredSSP nor RDP")),
-            }
-        };
-        self.buf = buf;
-        self.buf.drain(..pos);
-        result?;
+        if self.buf.is_empty() {
+            let used = self.frames(input, &mut o)?;
+            self.buf.extend_from_slice(&input[used..]);
+        } else {
+            self.buf.extend_from_slice(input);
+            let buf = std::mem::take(&mut self.buf);
+            let used = self.frames(&buf, &mut o);
+            self.buf = buf;
+            self.buf.drain(..*used.as_ref().unwrap_or(&0));
+            used?;
+        }
         Ok(Fed {
             input_events: 0,
             record: o.rec,
         })
     }
+
+    /// Passes the whole PDUs at the start of `data`; returns how many bytes they took.
+    fn frames(&mut self, data: &[u8], o: &mut Outputs<'_>) -> Result<usize, Malformed> {
+        let mut pos = 0;
+        loop {
+            let rest = &data[pos..];
+            let Some(&first) = rest.first() else {
+                return Ok(pos);
+            };
+            if self.credssp {
+                match first {
+                    DER_SEQUENCE => {
+                        let Some(len) = checked(der_length(rest)?)? else {
+                            return Ok(pos);
+                        };
+                        let Some(msg) = rest.get(..len) else {
+                            return Ok(pos);
+                        };
+                        o.redact(msg, REDACTED_TS_REQUEST);
+                        pos += len;
+                        continue;
+                    }
+                    x224::TPKT_VERSION => self.credssp = false,
+                    _ if self.early_authorization => {
+                        // The Early User Authorization Result: 4 bytes, then RDP.
+                        let Some(result) = rest.get(..4) else {
+                            return Ok(pos);
+                        };
+                        o.pass(result);
+                        pos += 4;
+                        self.denied = result != [0, 0, 0, 0];
+                        self.early_authorization = false;
+                        self.credssp = false;
+                        continue;
+                    }
+                    _ => return Err(Malformed::new("the server sent neither CredSSP nor RDP")),
+                }
+            }
+            let len = if first == x224::TPKT_VERSION {
+                checked(x224::tpkt_length(rest)?)?
+            } else if first & 0x3 == 0 {
+                checked(fast_path_length(rest)?.map(|(len, _)| len))?
+            } else {
+                return Err(Malformed::new("the server sent neither TPKT nor fast-path"));
+            };
+            let Some(pdu) = len.and_then(|len| rest.get(..len)) else {
+                return Ok(pos);
+            };
+            match bare_deactivate_all(pdu) {
+                Some(repaired) => {
+                    o.pass(&repaired);
+                    self.repaired += 1;
+                }
+                None => o.pass(pdu),
+            }
+            pos += pdu.len();
+        }
+    }
+}
+
+/// A Deactivate All PDU that is a bare 6-byte Share Control Header (xrdp), with the `shareId`
+/// (zero) it lacks added.
+fn bare_deactivate_all(pdu: &[u8]) -> Option<Vec<u8>> {
+    if pdu.first() != Some(&x224::TPKT_VERSION) {
+        return None;
+    }
+    let data = SendData::parse(pdu, MCS_SEND_DATA_INDICATION).ok()??;
+    let ud = data.user_data;
+    let pdu_type = u16::from_le_bytes([*ud.get(2)?, *ud.get(3)?]);
+    if ud.len() != 6 || pdu_type & 0xF != PDUTYPE_DEACTIVATEALLPDU {
+        return None;
+    }
+    let mut fixed = ud.to_vec();
+    fixed[..2].copy_from_slice(&10u16.to_le_bytes());
+    fixed.extend_from_slice(&[0; 4]);
+    data.with_user_data(&fixed).ok()
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ fn info_in(stream: &[u8]) -> (Credentials, u32) {
         } else {
             usize::from(u16::from_be_bytes([rest[1], rest[2]]) & 0x7FFF)
         };
-        if let Ok(Some(d)) = SendData::parse(&rest[..len])
+        if let Ok(Some(d)) = SendData::parse(&rest[..len], MCS_SEND_DATA_REQUEST)
             && client_info::is_client_info(d.user_data)
         {
             return credentials(d.user_data).unwrap();
@@ -153,11 +153,11 @@ fn nla_messages_pass_but_are_redacted_in_recordings() {
 }
 
 #[test]
-fn the_server_stream_is_only_framed_during_credssp() {
+fn the_server_credssp_messages_are_redacted() {
     let rdp = [
         vec![0, 0, 0, 0], // Early User Authorization Result: success
         slow_path(IO_CHANNEL, &[5; 30]),
-        vec![0x30, 0x05, 1, 2, 3, 4, 5], // fast-path output that starts like DER
+        vec![0x30, 0x07, 1, 2, 3, 4, 5], // fast-path output that starts like DER
     ]
     .concat();
     let stream = [ts_request(200, 0x11), ts_request(90, 0x22), rdp.clone()].concat();
@@ -177,10 +177,28 @@ fn the_server_stream_is_only_framed_during_credssp() {
             [REDACTED_TS_REQUEST, REDACTED_TS_REQUEST, &rdp].concat()
         );
     }
+    // Still in CredSSP, or denied by the early authorization: the logon was refused.
+    let mut f = ServerFilter::new(protocol::HYBRID);
+    f.feed(&ts_request(10, 1), &mut Vec::new()).unwrap();
+    assert!(f.logon_refused());
+    f.feed(&slow_path(IO_CHANNEL, &[1; 9]), &mut Vec::new())
+        .unwrap();
+    assert!(!f.logon_refused());
+    let mut f = ServerFilter::new(protocol::HYBRID_EX);
+    f.feed(
+        &[ts_request(10, 1), vec![5, 0, 0, 0]].concat(),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    assert!(f.logon_refused(), "ACCESS_DENIED");
     let mut tls = ServerFilter::new(protocol::SSL);
     let mut o = Vec::new();
-    let fed = tls.feed(&stream, &mut o).unwrap();
-    assert_eq!((o, fed), (stream, Fed::default()), "TLS: nothing framed");
+    let fed = tls.feed(&rdp[4..], &mut o).unwrap();
+    assert_eq!(
+        (o.as_slice(), fed),
+        (&rdp[4..], Fed::default()),
+        "TLS: all passes"
+    );
 }
 
 #[test]
@@ -243,4 +261,81 @@ fn malformed_streams_are_refused() {
     }
     let mut s = ServerFilter::new(protocol::HYBRID);
     assert!(s.feed(&[0x07, 1, 2, 3], &mut Vec::new()).is_err());
+}
+
+#[test]
+fn the_server_stream_passes_whole_but_repairs_bare_deactivate_all() {
+    // MCS Send Data Indication on the I/O channel around a 6-byte Share Control Header.
+    let bare = |pdu_type: u16| {
+        let mut ud = 6u16.to_le_bytes().to_vec();
+        ud.extend_from_slice(&pdu_type.to_le_bytes());
+        ud.extend_from_slice(&1002u16.to_le_bytes());
+        let mut pdu = slow_path(IO_CHANNEL, &ud);
+        pdu[7] = 26 << 2;
+        pdu
+    };
+    let fast = vec![0x00, 0x05, 1, 2, 3];
+    let update = slow_path(IO_CHANNEL, &[7; 40]);
+    let stream = [fast.clone(), bare(0x16), update.clone(), bare(0x17)].concat();
+    for chunk in [1, 3, stream.len()] {
+        let mut f = ServerFilter::new(protocol::SSL);
+        let mut out = Vec::new();
+        for piece in stream.chunks(chunk) {
+            let fed = f.feed(piece, &mut out).unwrap();
+            assert_eq!(fed.record, None, "nothing to redact after CredSSP");
+        }
+        assert_eq!(f.repaired, 1);
+        assert_eq!(f.pending(), 0);
+        assert_eq!(out.len(), stream.len() + 4);
+        let repaired = &out[fast.len()..fast.len() + bare(0x16).len() + 4];
+        let d = SendData::parse(repaired, MCS_SEND_DATA_INDICATION)
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.user_data, [10, 0, 0x16, 0, 0xEA, 0x03, 0, 0, 0, 0]);
+        assert!(
+            out.ends_with(&[update.clone(), bare(0x17)].concat()),
+            "other PDUs untouched"
+        );
+    }
+    let mut f = ServerFilter::new(protocol::SSL);
+    assert!(f.feed(&[0x01, 0x02], &mut Vec::new()).is_err());
+}
+
+#[test]
+fn a_connect_initial_gets_a_client_build_xrdp_resizes() {
+    // Connect-Initial's tag, some BER, the GCC key, a PER length, then TS_UD_CS_CORE.
+    let mut core = vec![0x01, 0xC0, 24 + 8, 0];
+    core.extend_from_slice(&0x0008_0004u32.to_le_bytes());
+    core.extend_from_slice(&[0xE8, 0x03, 0x90, 0x02, 0x01, 0xCA, 0x03, 0xAA]);
+    core.extend_from_slice(&0x0409u32.to_le_bytes()); // keyboard layout
+    core.extend_from_slice(&0u32.to_le_bytes()); // clientBuild
+    core.extend_from_slice(&[0; 8]);
+    let mut body = vec![0x7F, 0x65, 0x82, 0x01, 0x00, 0x04, 0x01, 0x01];
+    body.extend_from_slice(b"Duca");
+    body.extend_from_slice(&[0x81, 0x0A]);
+    body.extend_from_slice(&core);
+    let mut pdu = vec![3, 0, 0, 0, 2, 0xF0, 0x80];
+    pdu.extend_from_slice(&body);
+    let n = pdu.len() as u16;
+    pdu[2..4].copy_from_slice(&n.to_be_bytes());
+    let mut f = ClientFilter::new(ClientOptions::default());
+    let mut out = Vec::new();
+    f.feed(&pdu, &mut out).unwrap();
+    assert_eq!(out.len(), pdu.len());
+    let at = out.windows(2).position(|w| w == [0x01, 0xC0]).unwrap();
+    assert_eq!(
+        &out[at + 16..at + 20],
+        &0x0409u32.to_le_bytes(),
+        "keyboard layout kept"
+    );
+    assert_eq!(&out[at + 20..at + 24], &2600u32.to_le_bytes());
+    // A build xrdp already accepts stays.
+    let mut newer = pdu.clone();
+    let at = newer.windows(2).position(|w| w == [0x01, 0xC0]).unwrap();
+    newer[at + 20..at + 24].copy_from_slice(&19041u32.to_le_bytes());
+    let mut out = Vec::new();
+    ClientFilter::new(ClientOptions::default())
+        .feed(&newer, &mut out)
+        .unwrap();
+    assert_eq!(out, newer);
 }

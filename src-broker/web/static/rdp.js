@@ -47,6 +47,7 @@ const REASONS = {
   4052: "The broker could not establish TLS with the workstation's RDP server.",
   4053: "The workstation's RDP certificate is not the one the broker knows for it, so the connection was refused. If the workstation was reinstalled or its certificate renewed, an administrator can reset the pinned certificate.",
   4054: "The broker did not accept this viewer's connection request.",
+  4055: 'The workstation refused the user name or password (NLA). Open the session again from the console to retry.',
 };
 // Codes whose close reason adds what a person needs (who stopped it, what the server said).
 const DETAILED = new Set([4011, 4020, 4050, 4051, 4052, 4054]);
@@ -79,6 +80,9 @@ window.WebSocket = class extends NativeWebSocket {
   constructor(...args) {
     super(...args);
     this.addEventListener('close', (e) => {
+      // IronRDP's WebSocket wrapper dispatches a close event of its own ("client dropped")
+      // when it lets go of the socket: only the browser's (trusted) one has the broker's code.
+      if (!e.isTrusted || state.closeCode !== null) return;
       state.closeCode = e.code;
       state.closeReason = e.reason;
       socketClosed();
@@ -195,7 +199,8 @@ async function main() {
     .withAuthToken(token)
     .withDesktopSize(screenSize())
     .withExtension(enableCredssp(creds.credssp))
-    .withExtension(displayControl(true))
+    // A view-only viewer does not resize the workstation's desktop.
+    .withExtension(displayControl(!viewOnly))
     .build();
   ui.setEnableClipboard(!viewOnly);
 
@@ -218,15 +223,35 @@ async function main() {
   }
 }
 
+function canvasSize() {
+  const el = document.querySelector('iron-remote-desktop');
+  const c = el && el.shadowRoot && el.shadowRoot.querySelector('canvas');
+  return c ? { width: c.width, height: c.height } : null;
+}
+
 function wire(ui) {
+  // Asks the server for the window's size (display control). A request made before the
+  // server opened its display control channel is dropped by IronRDP: ask again, a few times,
+  // until the desktop has the size asked for (servers without display control ignore it).
   let resizing;
-  const follow = () => {
-    if (!$('fit').checked || state.state !== 'connected') return;
-    clearTimeout(resizing);
+  let attempts = 0;
+  const apply = () => {
+    if (viewOnly || !$('fit').checked || state.state !== 'connected') return;
+    const { width, height } = screenSize();
+    const before = canvasSize();
+    if (!before || (before.width === width && before.height === height) || attempts >= 5) return;
+    attempts += 1;
+    ui.resize(width, height);
+    // Nothing changed after a while: the request was dropped, ask again.
     resizing = setTimeout(() => {
-      const { width, height } = screenSize();
-      ui.resize(width, height);
-    }, 250);
+      const now = canvasSize();
+      if (now && now.width === before.width && now.height === before.height) apply();
+    }, 3000);
+  };
+  const follow = () => {
+    clearTimeout(resizing);
+    attempts = 0;
+    resizing = setTimeout(apply, 250);
   };
   window.addEventListener('resize', follow);
   document.addEventListener('fullscreenchange', follow);

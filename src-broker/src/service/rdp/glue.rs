@@ -286,6 +286,12 @@ pub async fn serve(
     let (outcome, ws) = relay(&state, &session, &conn, viewer.0, c, recording.as_deref()).await;
     drop(guard);
     tracing::info!(reason = %outcome.reason, code = outcome.code.code, "rdp relay ended");
+    if outcome.reason == EndReason::RdpLogonFailed {
+        let detail =
+            "the workstation ended the connection during NLA: it refused the credentials typed";
+        let ev = event(&session, AuditKind::RdpFailed, detail.to_owned(), peer);
+        state.store.audit(ev);
+    }
     let closing = async {
         if let Some(ws) = ws {
             bridge::refuse(ws, outcome.code, &outcome.message).await;
@@ -359,6 +365,8 @@ where
     let (mut rd, mut wr) = tokio::io::split(tls);
     let (queue_tx, mut queue_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
     let queued = AtomicUsize::new(0);
+    // The server ended the connection before letting the NLA logon through.
+    let refused = std::sync::atomic::AtomicBool::new(false);
 
     let from_server = async {
         let queue_tx = queue_tx;
@@ -390,6 +398,7 @@ where
             }
             let _ = queue_tx.send(out);
         }
+        refused.store(down.0.logon_refused(), Ordering::Relaxed);
         // Closing the queue lets the viewer get what the server sent before it closed.
         drop(queue_tx);
         std::future::pending::<Outcome>().await
@@ -405,6 +414,9 @@ where
             }
         }
         let _ = ws_tx.flush().await;
+        if refused.load(Ordering::Relaxed) {
+            return Outcome::new(EndReason::RdpLogonFailed, close::RDP_LOGON_FAILED);
+        }
         Outcome::new(EndReason::ServiceClosed, close::SERVICE_CLOSED)
     };
 

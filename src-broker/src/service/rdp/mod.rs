@@ -128,7 +128,8 @@ impl ends::Filter for UpFilter {
     }
 }
 
-/// The server-to-viewer filter, as the bridge takes it.
+/// The server-to-viewer filter, as the bridge takes it. When the server ends the connection
+/// and [`ServerFilter::logon_refused`] holds, the session ends `rdp_logon_failed` (4055).
 #[derive(Debug)]
 pub struct DownFilter(pub ServerFilter);
 
