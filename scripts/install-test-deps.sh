@@ -30,6 +30,8 @@ PACKAGES=(
   xrdp
   xorgxrdp
   xdotool
+  # A real PROXY protocol v2 sender in front of the SSH listener (trusted_proxies).
+  haproxy
 )
 # Node.js drives Chromium (playwright-core, no browser download); the image may bring its own.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
@@ -47,3 +49,5 @@ install_page_driver() {
 
 apt_install_missing install-test-deps "${PACKAGES[@]}"
 install_page_driver
+# ssh-audit (PyPI) for the SSH listener's scan test.
+bash "$(dirname "${BASH_SOURCE[0]}")/install-scan-deps.sh"

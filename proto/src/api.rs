@@ -231,6 +231,9 @@ pub struct TenantInfo {
     pub record_by_default: bool,
     pub recording_policy: RecordingPolicy,
     pub retention_days: u32,
+    /// Every session of the tenant is recorded: `"record": false` is refused (403).
+    #[serde(default)]
+    pub recording_required: bool,
 }
 
 /// What to do when a recording cannot be written.
@@ -255,6 +258,8 @@ pub struct PatchTenant {
     pub recording_policy: Option<RecordingPolicy>,
     #[serde(default)]
     pub retention_days: Option<u32>,
+    #[serde(default)]
+    pub recording_required: Option<bool>,
     /// The tenant's default login the broker injects into RDP sessions over TLS (`DOMAIN\\user`,
     /// `user@domain` or `user`); an empty string clears it.
     #[serde(default)]
@@ -277,6 +282,10 @@ pub struct AuditEvent {
     pub session: Option<String>,
     pub operator: Option<String>,
     pub peer_addr: Option<String>,
+    /// The id of the API key that made the call (events of API calls), next to the operator
+    /// the console named.
+    #[serde(default)]
+    pub api_key: Option<String>,
     pub detail: String,
 }
 
@@ -288,6 +297,18 @@ pub struct AuditPage {
 }
 
 /// Every error body: `{"error": {"code": "...", "message": "..."}}`.
+/// One recorded connection of a session (`GET /api/v1/recordings/{id}/segments`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingSegment {
+    /// From 1, in the order the connections were bridged.
+    pub segment: u32,
+    /// RFC 3339, from the file's header (none when the header is unreadable).
+    pub started_at: Option<String>,
+    pub content: Option<crate::recording::Content>,
+    /// The file's size.
+    pub bytes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,

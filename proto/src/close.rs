@@ -35,6 +35,8 @@ codes! {
     /// The viewer's address presented too many unknown tokens or API keys and is refused for
     /// a while, even with a valid token (the reason says how long).
     TOO_MANY_ATTEMPTS = 4004, "too many failed token attempts from this address; try again later";
+    /// The session already has as many connections as a session may have.
+    TOO_MANY_CONNECTIONS = 4005, "the session has too many connections";
     /// The agent is not connected.
     AGENT_OFFLINE = 4010, "agent offline";
     /// The agent is connected but does not offer the service, or refused the channel.
@@ -57,6 +59,9 @@ codes! {
     RECORDING_FAILED = 4025, "the session's recording failed";
     /// The viewer sent something other than binary frames, or malformed RFB.
     PROTOCOL_ERROR = 4030, "protocol error: binary frames only";
+    /// The session's raw stream (`/ws/sessions/{id}/raw`) is not served: the session is
+    /// view-only, or recorded in a form that the raw bytes would escape.
+    RAW_REFUSED = 4031, "this session is served on its viewer stream only";
     /// The workstation's VNC server refused the broker's password.
     VNC_AUTH_FAILED = 4040, "VNC authentication failed";
     /// The RFB handshake with the workstation's VNC server failed otherwise.
@@ -84,6 +89,90 @@ codes! {
 /// Looks a code up by number.
 pub fn by_code(code: u16) -> Option<CloseCode> {
     ALL.iter().copied().find(|c| c.code == code)
+}
+
+/// The closes that end one connection of a session and not the session: the workstation's
+/// service or the viewer closed, or the agent could not serve this one connection. The desktop
+/// helper's launch token may open another connection after them (native clients reconnect); any
+/// other close of a launch-token connection ends the session, on the broker as in the helper.
+pub const CONNECTION_ONLY: &[CloseCode] = &[
+    SERVICE_CLOSED,
+    AGENT_OFFLINE,
+    SERVICE_UNAVAILABLE,
+    AGENT_TIMEOUT,
+];
+
+/// Whether a close with `code` ends only its connection (see [`CONNECTION_ONLY`]).
+pub fn ends_only_the_connection(code: u16) -> bool {
+    CONNECTION_ONLY.iter().any(|c| c.code == code)
+}
+
+/// The longest reason a close frame can carry: RFC 6455 leaves 125 bytes of payload, 2 of
+/// which are the code.
+pub const MAX_REASON_BYTES: usize = 123;
+
+/// `text` cut to fit a close frame's reason, on a character boundary, with "…" when cut. A
+/// longer reason would make the WebSocket library fail the close (the viewer would see 1006
+/// instead of the named code).
+pub fn bounded_reason(text: &str) -> String {
+    if text.len() <= MAX_REASON_BYTES {
+        return text.to_owned();
+    }
+    const ELLIPSIS: &str = "…";
+    let mut end = MAX_REASON_BYTES - ELLIPSIS.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &text[..end])
+}
+
+/// Why a viewer was turned away or its connection closed: the close frame it gets, and, when
+/// this ends (or would end) the session, the session's end reason. The one type for every
+/// refusal and every end, whatever refused or ended it (admission, the agent, a service's
+/// handshake, the bridge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closure {
+    pub code: CloseCode,
+    /// For people; at most [`MAX_REASON_BYTES`].
+    pub reason: String,
+    /// The session's end reason if this ends it; `None` for a refusal that never ends a session
+    /// (a bad token, a locked-out address).
+    pub end: Option<EndReason>,
+}
+
+impl Closure {
+    /// A refusal that leaves the session as it is.
+    pub fn refusal(code: CloseCode, reason: &str) -> Self {
+        Self {
+            code,
+            reason: bounded_reason(reason),
+            end: None,
+        }
+    }
+
+    /// An end for `end`, with its code and default reason.
+    pub fn ending(end: EndReason) -> Self {
+        let code = end.close_code();
+        Self {
+            code,
+            reason: code.reason.to_owned(),
+            end: Some(end),
+        }
+    }
+
+    /// An end for `end` with another code or a more specific reason.
+    pub fn ending_with(end: EndReason, code: CloseCode, reason: &str) -> Self {
+        Self {
+            code,
+            reason: bounded_reason(reason),
+            end: Some(end),
+        }
+    }
+
+    /// Whether this closes one connection only (see [`CONNECTION_ONLY`]).
+    pub fn connection_only(&self) -> bool {
+        ends_only_the_connection(self.code.code)
+    }
 }
 
 /// Why a session ended, as recorded in the audit and returned by the API.
@@ -170,6 +259,11 @@ impl EndReason {
         ALL_REASONS.iter().copied().find(|r| r.as_str() == s)
     }
 
+    /// Whether this end concerns one connection only (see [`CONNECTION_ONLY`]).
+    pub fn connection_only(self) -> bool {
+        ends_only_the_connection(self.close_code().code)
+    }
+
     /// The close code a viewer receives for this end.
     pub fn close_code(self) -> CloseCode {
         match self {
@@ -246,6 +340,33 @@ mod tests {
     }
 
     #[test]
+    fn reasons_are_bounded_on_character_boundaries() {
+        assert_eq!(
+            bounded_reason("session stopped by bob"),
+            "session stopped by bob"
+        );
+        let exact = "a".repeat(MAX_REASON_BYTES);
+        assert_eq!(bounded_reason(&exact), exact);
+        for filler in ["a", "é", "€", "𝄞"] {
+            let long = format!("session stopped by {}", filler.repeat(200));
+            let cut = bounded_reason(&long);
+            assert!(cut.len() <= MAX_REASON_BYTES, "{} bytes", cut.len());
+            assert!(cut.ends_with('…') && long.starts_with(cut.trim_end_matches('…')));
+        }
+    }
+
+    #[test]
+    fn only_connection_ends_let_a_launch_token_reconnect() {
+        assert!(EndReason::ViewerClosed.connection_only());
+        assert!(EndReason::ServiceClosed.connection_only());
+        assert!(EndReason::AgentOffline.connection_only());
+        assert!(!EndReason::Stopped.connection_only());
+        assert!(!EndReason::VncAuthFailed.connection_only());
+        assert!(!ends_only_the_connection(TOKEN_INVALID.code));
+        assert!(ends_only_the_connection(AGENT_TIMEOUT.code));
+    }
+
+    #[test]
     fn end_reasons_round_trip_through_text_and_json() {
         for r in ALL_REASONS {
             assert_eq!(EndReason::parse(r.as_str()), Some(r));
@@ -260,6 +381,8 @@ mod tests {
                 TOKEN_INVALID,
                 TOKEN_EXPIRED,
                 SESSION_ENDED,
+                TOO_MANY_CONNECTIONS,
+                RAW_REFUSED,
                 RDP_BAD_REQUEST,
                 MESSAGE_TOO_BIG,
             ];

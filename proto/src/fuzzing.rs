@@ -23,6 +23,7 @@ pub type Property = fn(&[u8]);
 pub const TARGETS: &[(&str, Property)] = &[
     ("api_bodies", api_bodies),
     ("launch_url", launch_url),
+    ("proxy_header", proxy_header),
     ("rdcleanpath_request", rdcleanpath_request),
     ("rdp_client_filter", rdp_client_filter),
     ("rdp_server_filter", rdp_server_filter),
@@ -80,6 +81,27 @@ pub fn launch_url(data: &[u8]) {
         && let Ok(url) = LaunchUrl::parse(text)
     {
         assert_eq!(LaunchUrl::parse(&url.to_url()).as_ref(), Ok(&url));
+    }
+}
+
+/// A PROXY protocol v2 header as anyone who can reach the SSH port may send it (the broker only
+/// reads one from a trusted proxy, but parses whatever comes): a header is never longer than the
+/// limit or than the bytes given, and every prefix of a complete header asks for more.
+pub fn proxy_header(data: &[u8]) {
+    match crate::proxy::parse(data) {
+        Ok(h) => {
+            assert!(h.len <= data.len() && h.len <= crate::proxy::MAX_HEADER);
+            for cut in 0..h.len {
+                assert!(matches!(
+                    crate::proxy::parse(&data[..cut]),
+                    Err(crate::proxy::Error::Incomplete(n)) if n > cut && n <= h.len
+                ));
+            }
+        }
+        Err(crate::proxy::Error::Incomplete(n)) => {
+            assert!(n > data.len() && n <= crate::proxy::MAX_HEADER);
+        }
+        Err(_) => {}
     }
 }
 

@@ -111,20 +111,53 @@ name_type!(
 /// The services every tenant allows.
 pub const BUILTIN_SERVICES: [&str; 3] = ["vnc", "rdp", "ssh"];
 
+/// A built-in service: what the broker knows how to serve in the browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceKind {
+    Vnc,
+    Rdp,
+    Ssh,
+}
+
+impl ServiceKind {
+    /// Its name, as agents announce it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Vnc => "vnc",
+            Self::Rdp => "rdp",
+            Self::Ssh => "ssh",
+        }
+    }
+
+    /// The workstation port it conventionally runs on (the legacy numeric flow).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Vnc => 5900,
+            Self::Rdp => 3389,
+            Self::Ssh => 22,
+        }
+    }
+}
+
 impl ServiceName {
+    /// Which built-in service this is, if any.
+    pub fn kind(&self) -> Option<ServiceKind> {
+        match self.0.as_str() {
+            "vnc" => Some(ServiceKind::Vnc),
+            "rdp" => Some(ServiceKind::Rdp),
+            "ssh" => Some(ServiceKind::Ssh),
+            _ => None,
+        }
+    }
+
     /// Whether this is one of `vnc`, `rdp`, `ssh`.
     pub fn is_builtin(&self) -> bool {
-        BUILTIN_SERVICES.contains(&self.0.as_str())
+        self.kind().is_some()
     }
 
     /// The workstation port a service conventionally runs on, for the legacy numeric flow.
     pub fn default_port(&self) -> Option<u16> {
-        match self.0.as_str() {
-            "vnc" => Some(5900),
-            "rdp" => Some(3389),
-            "ssh" => Some(22),
-            _ => None,
-        }
+        self.kind().map(ServiceKind::default_port)
     }
 }
 

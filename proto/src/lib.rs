@@ -9,6 +9,7 @@ pub mod close;
 pub mod fuzzing;
 pub mod ids;
 pub mod launch;
+pub mod proxy;
 pub mod rdp;
 pub mod recording;
 pub mod rfb;

@@ -99,6 +99,14 @@ pub struct Header {
     pub content: Content,
     /// Hex Ed25519 public key of the signer.
     pub signer: String,
+    /// Which connection of the session this file records, from 1 (each connection of a
+    /// recorded session has its own file; files older than segments have none: 1).
+    #[serde(default = "first_segment")]
+    pub segment: u32,
+}
+
+fn first_segment() -> u32 {
+    1
 }
 
 /// The summary in the trailer.
@@ -150,6 +158,26 @@ impl Writer {
     /// Frames written so far.
     pub fn frames(&self) -> u64 {
         self.frames
+    }
+
+    /// A writer that continues a file after its last whole frame, as the broker's own writer
+    /// would have. The chain is not keyed: this is what anyone who can write a recording can
+    /// do, which is why only signed frames count (see [`Verdict::Truncated`]). `None` for a
+    /// damaged file.
+    pub fn after(file: &[u8]) -> Option<(Self, usize)> {
+        let (_, mut frames) = Frames::new(file).ok()?;
+        let count = frames.by_ref().count() as u64;
+        if frames.damage.is_some() {
+            return None;
+        }
+        let end = file.len() - frames.remaining();
+        Some((
+            Self {
+                chain: frames.head(),
+                frames: count,
+            },
+            end,
+        ))
     }
 
     /// Appends one frame's bytes to `out`. Payloads over [`MAX_PAYLOAD`] are split.
@@ -260,14 +288,30 @@ pub enum Verdict {
         summary: Summary,
         frames: u64,
     },
-    /// No trailer (the broker stopped during the session): every whole frame checks, and those
-    /// up to the last valid checkpoint are signed.
+    /// No trailer (the broker stopped during the session): every whole frame checks, and the
+    /// frames up to the last checkpoint are signed. The frames after it are NOT authenticated:
+    /// the hash chain is not keyed, so whoever can write the file can cut it after a checkpoint
+    /// and append frames with a recomputed chain. Only the signed part is evidence; replay and
+    /// export show it alone unless asked otherwise.
     Truncated {
         header: Header,
         frames: u64,
+        /// Frames covered by the last checkpoint's signature (the checkpoint included).
         signed_frames: u64,
+        /// Bytes of the file that the signatures cover (the header and the signed frames).
+        signed_len: usize,
+        /// Recorded time of the last signed frame.
+        signed_end_us: u64,
         trailing_bytes: usize,
         /// Recorded time of the last whole frame (0 with none).
+        end_us: u64,
+    },
+    /// No trailer and no checkpoint: nothing in the file is signed, so nothing in it is
+    /// authenticated (a broker that stopped within its first second of recording, or a forgery).
+    Unsigned {
+        header: Header,
+        frames: u64,
+        trailing_bytes: usize,
         end_us: u64,
     },
     /// Something was altered or damaged.
@@ -399,6 +443,7 @@ pub fn verify(file: &[u8], check: impl Fn(&[u8], &[u8]) -> bool) -> Verdict {
         Err(d) => return Verdict::Tampered(d),
     };
     let (mut count, mut signed, mut end_us) = (0u64, 0u64, 0u64);
+    let (mut signed_len, mut signed_end_us) = (0usize, 0u64);
     let mut before = frames.head();
     while let Some(f) = frames.next() {
         end_us = f.time_us;
@@ -421,6 +466,8 @@ pub fn verify(file: &[u8], check: impl Fn(&[u8], &[u8]) -> bool) -> Verdict {
                     return bad("checkpoint signature invalid");
                 }
                 signed = count + 1;
+                signed_len = file.len() - frames.remaining();
+                signed_end_us = f.time_us;
             }
             Kind::Trailer => {
                 let p = f.payload;
@@ -460,12 +507,38 @@ pub fn verify(file: &[u8], check: impl Fn(&[u8], &[u8]) -> bool) -> Verdict {
     if let Some(d) = frames.damage.take() {
         return Verdict::Tampered(d);
     }
+    if signed == 0 {
+        return Verdict::Unsigned {
+            header,
+            frames: count,
+            trailing_bytes: frames.remaining(),
+            end_us,
+        };
+    }
     Verdict::Truncated {
         header,
         frames: count,
         signed_frames: signed,
+        signed_len,
+        signed_end_us,
         trailing_bytes: frames.remaining(),
         end_us,
+    }
+}
+
+impl Verdict {
+    /// The part of the file a signature vouches for: the bytes and the recorded time they end
+    /// at. `None` when nothing is signed (an unsigned or a tampered file).
+    pub fn signed_part(&self, file_len: usize) -> Option<(usize, u64)> {
+        match self {
+            Self::Intact { summary, .. } => Some((file_len, summary.duration_us)),
+            Self::Truncated {
+                signed_len,
+                signed_end_us,
+                ..
+            } => Some((*signed_len, *signed_end_us)),
+            Self::Unsigned { .. } | Self::Tampered(_) => None,
+        }
     }
 }
 
@@ -485,6 +558,7 @@ mod tests {
             started_at: "2026-11-28T00:00:00.000Z".into(),
             content: Content::Rfb,
             signer: "00".into(),
+            segment: 1,
         }
     }
 
@@ -543,23 +617,42 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_recording_is_truncated_but_consistent_at_every_length() {
+    fn a_cut_recording_says_which_frames_are_signed_at_every_length() {
         let file = sample(false);
         let (_, head_len, _) = read_header(&file).unwrap();
+        let checkpoint_end = {
+            let (_, frames) = Frames::new(&file).unwrap();
+            let cp = frames.take(3).last().unwrap();
+            cp.offset + FRAME_OVERHEAD + cp.payload.len()
+        };
         for cut in head_len..=file.len() {
             match verify(&file[..cut], check) {
                 Verdict::Truncated {
                     frames,
                     signed_frames,
+                    signed_len,
+                    signed_end_us,
                     end_us,
                     ..
                 } => {
-                    assert!(signed_frames <= frames);
+                    assert!(
+                        cut >= checkpoint_end,
+                        "signed before the checkpoint at {cut}"
+                    );
+                    assert_eq!(
+                        (signed_frames, signed_len, signed_end_us),
+                        (3, checkpoint_end, 30)
+                    );
                     let last = Frames::new(&file[..cut]).unwrap().1.last();
                     assert_eq!(end_us, last.map_or(0, |f| f.time_us), "cut at {cut}");
                     if cut == file.len() {
                         assert_eq!((frames, signed_frames), (5, 3));
                     }
+                }
+                // Before the first checkpoint nothing is signed: not "consistent".
+                Verdict::Unsigned { frames, .. } => {
+                    assert!(cut < checkpoint_end, "cut at {cut}");
+                    assert!(frames <= 2);
                 }
                 other => panic!("cut at {cut}: {other:?}"),
             }
@@ -593,6 +686,59 @@ mod tests {
             verify(b"GIF89a", check),
             Verdict::Tampered(Damage::NotARecording)
         ));
+    }
+
+    #[test]
+    fn frames_appended_after_a_checkpoint_are_reported_unsigned() {
+        // The attack: cut a recording after a checkpoint, append frames with a recomputed
+        // chain. Every frame checks, but the signatures cover the prefix only, and say so.
+        let file = sample(false);
+        let (signed_len, signed_end) = verify(&file, check).signed_part(file.len()).unwrap();
+        let (mut forger, end) = Writer::after(&file[..signed_len]).unwrap();
+        assert_eq!(end, signed_len);
+        let mut forged = file[..signed_len].to_vec();
+        forger.frame(Kind::Down, 9_000_000, b"what never happened", &mut forged);
+        forger.frame(Kind::Event, 9_500_000, br#"{"input":1}"#, &mut forged);
+        match verify(&forged, check) {
+            Verdict::Truncated {
+                frames,
+                signed_frames,
+                signed_len: len,
+                signed_end_us,
+                end_us,
+                ..
+            } => {
+                assert_eq!((frames, signed_frames), (5, 3));
+                assert_eq!((len, signed_end_us), (signed_len, signed_end));
+                assert_eq!(
+                    end_us, 9_500_000,
+                    "the forged frames are read, and told apart"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A forged trailer needs the broker's key.
+        let summary = Summary {
+            ended_at: "x".into(),
+            end_reason: "viewer_closed".into(),
+            duration_us: 9_600_000,
+            bytes_up: 0,
+            bytes_down: 0,
+            frames: forger.frames(),
+        };
+        forger.finish(9_600_000, &summary, |_| [7; 64], &mut forged);
+        assert!(matches!(verify(&forged, check), Verdict::Tampered(_)));
+    }
+
+    #[test]
+    fn a_recording_without_any_signature_is_unsigned() {
+        let (mut w, mut out) = Writer::start(&header());
+        w.frame(Kind::Down, 10, b"RFB server init", &mut out);
+        assert!(matches!(
+            verify(&out, check),
+            Verdict::Unsigned { frames: 1, .. }
+        ));
+        assert_eq!(verify(&out, check).signed_part(out.len()), None);
     }
 
     #[test]

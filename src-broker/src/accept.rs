@@ -11,7 +11,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A listener and its backoff state.
-pub struct Acceptor {
+pub(crate) struct Acceptor {
     listener: TcpListener,
     backoff: Duration,
     what: &'static str,
@@ -19,7 +19,7 @@ pub struct Acceptor {
 
 impl Acceptor {
     /// `what` names the listener in logs ("ssh", "http").
-    pub fn new(listener: TcpListener, what: &'static str) -> Self {
+    pub(crate) fn new(listener: TcpListener, what: &'static str) -> Self {
         Self {
             listener,
             backoff: FIRST_BACKOFF,
@@ -28,7 +28,10 @@ impl Acceptor {
     }
 
     /// The next connection, or `None` once `shutdown` is cancelled.
-    pub async fn next(&mut self, shutdown: &CancellationToken) -> Option<(TcpStream, SocketAddr)> {
+    pub(crate) async fn next(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Option<(TcpStream, SocketAddr)> {
         loop {
             let accepted = tokio::select! {
                 r = self.listener.accept() => r,

@@ -1,9 +1,9 @@
-//! The running broker: shared state, start-up (data dir, keys, listeners) and shutdown, and the
-//! operations that span several parts (ending a session, revoking an agent).
+//! The running broker: start-up (data dir, keys, the parts and the listeners) and shutdown. The
+//! parts: the session core (`crate::session`), the agents' listener (`crate::ssh`), the HTTP
+//! side (`crate::http`), over one store (`crate::store`) and one presence registry.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -18,168 +18,26 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, TlsMode};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::sessions::{LiveSession, Sessions};
+use crate::session::{Core, Table};
 use crate::shards::Shards;
-use crate::store::{AuditKind, NewEvent, Store, TenantId, now_ms};
-use crate::throttle::Throttle;
+use crate::store::{AuditKind, Db, NewEvent, Store, now_ms};
+use crate::throttle::{Guard, Throttle};
 use crate::{http, keys, ssh};
 
 /// File in the data dir holding the first admin API key.
 pub const ADMIN_KEY_FILE: &str = "admin-api-key";
 
-/// Everything the listeners share.
-pub struct State {
-    pub config: Config,
-    pub store: Arc<Store>,
-    pub registry: Registry,
-    pub sessions: Sessions,
-    pub metrics: Arc<Metrics>,
-    /// Every task the broker spawns, so shutdown can wait for them.
-    pub tasks: TaskTracker,
-    /// Cancelled to shut down.
-    pub shutdown: CancellationToken,
-    /// Where agent connections and their sessions' bridges run.
-    pub shards: Shards,
-    /// `http(s)://host:port`, the base of the URLs handed out.
-    pub base_url: String,
-    /// Hex SHA-256 of the HTTPS certificate, when serving HTTPS.
-    pub tls_fingerprint: Option<String>,
-    pub host_key: PrivateKey,
-    /// Signs recordings.
-    pub recording_key: Arc<crate::recorder::SigningKey>,
-    /// Failed credentials per client address.
-    pub throttle: Throttle,
-    next_conn_id: AtomicU64,
-}
-
-impl std::fmt::Debug for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
-            .field("base_url", &self.base_url)
-            .finish_non_exhaustive()
-    }
-}
-
-impl State {
-    /// A fresh connection id.
-    pub fn next_conn_id(&self) -> u64 {
-        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Whether `peer` may present credentials now; `Err(retry_after)` while it is locked out.
-    pub fn credentials_allowed(&self, peer: SocketAddr) -> Result<(), Duration> {
-        let allowed = self.throttle.check(peer.ip());
-        if allowed.is_err() {
-            self.metrics.auth_throttled.fetch_add(1, Ordering::Relaxed);
-        }
-        allowed
-    }
-
-    /// Counts an unknown token or API key presented by `peer`. When that starts a lockout, it
-    /// is logged and audited once, in `tenant` (the tenant of what the attempt named, if it
-    /// named something that exists), with `what` for people; never the credential itself.
-    pub fn credential_failed(&self, peer: SocketAddr, tenant: Option<TenantId>, what: &str) {
-        let Some(lockout) = self.throttle.failed(peer.ip()) else {
-            return;
-        };
-        self.metrics.auth_lockouts.fetch_add(1, Ordering::Relaxed);
-        let detail = format!(
-            "{} failed credentials from {} within {}s (last: {what}); refused for {}s",
-            lockout.failures,
-            lockout.client,
-            self.config.auth_failure_window.as_secs(),
-            lockout.duration.as_secs()
-        );
-        tracing::warn!(client = %lockout.client, failures = lockout.failures, "token guessing: address locked out");
-        let mut ev = NewEvent::new(AuditKind::TokenGuessing, detail);
-        ev.tenant_id = tenant;
-        ev.peer_addr = Some(peer.to_string());
-        self.store.audit(ev);
-    }
-
-    /// Ends a session once and persists its audit row after its bridges let go (bounded wait).
-    /// Returns false if it had already ended.
-    pub async fn end_session(
-        &self,
-        session: &Arc<LiveSession>,
-        reason: EndReason,
-        by: &str,
-    ) -> bool {
-        if !self.sessions.end(session, reason, by) {
-            return false;
-        }
-        session.wait_idle(Duration::from_secs(2)).await;
-        let (up, down) = (
-            session.bytes_up.load(Ordering::Relaxed),
-            session.bytes_down.load(Ordering::Relaxed),
-        );
-        self.finish_recording(session, reason).await;
-        if let Err(e) = self
-            .store
-            .session_ended(&session.id, now_ms(), reason, by, up, down)
-        {
-            tracing::error!(session = %session.id, error = %e, "could not record the end of a session");
-        }
-        self.metrics.session_ended(reason);
-        let mut ev = NewEvent::new(
-            AuditKind::SessionEnded,
-            format!("{reason} ({by}); {up} bytes up, {down} bytes down"),
-        );
-        ev.tenant_id = Some(session.tenant_id);
-        ev.agent = Some(session.agent.to_string());
-        ev.session = Some(session.id.clone());
-        ev.operator = Some(session.operator.clone());
-        self.store.audit(ev);
-        tracing::info!(session = %session.id, %reason, by, up, down, "session ended");
-        self.sessions.forget(&session.id);
-        true
-    }
-
-    /// Spawns [`State::end_session`] (for callers that must not wait).
-    pub fn end_session_later(
-        self: &Arc<Self>,
-        session: &Arc<LiveSession>,
-        reason: EndReason,
-        by: &str,
-    ) {
-        let (state, session, by) = (self.clone(), session.clone(), by.to_owned());
-        self.tasks.spawn(async move {
-            state.end_session(&session, reason, &by).await;
-        });
-    }
-
-    /// Ends a session when its TTL passes, or when nobody joined within the grace period.
-    pub fn watch_session(self: &Arc<Self>, session: &Arc<LiveSession>) {
-        let (state, session) = (self.clone(), session.clone());
-        let grace = self.config.join_grace;
-        self.tasks.spawn(async move {
-            let join_deadline = tokio::time::sleep(grace);
-            tokio::pin!(join_deadline);
-            let mut join_checked = false;
-            loop {
-                tokio::select! {
-                    () = session.ended.cancelled() => return,
-                    () = tokio::time::sleep_until(session.expires_at) => {
-                        state.end_session(&session, EndReason::TtlExpired, "broker").await;
-                        return;
-                    }
-                    () = &mut join_deadline, if !join_checked => {
-                        join_checked = true;
-                        if !session.is_started() {
-                            state.end_session(&session, EndReason::NotJoined, "broker").await;
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-    }
-}
+/// The period of the upkeep task (sweeps, coalesced audit counts; retention every 60th tick).
+const UPKEEP_SECS: u64 = 60;
 
 /// A running broker. Dropping it cancels everything without waiting; [`Broker::shutdown`] ends
 /// live sessions cleanly first.
 pub struct Broker {
-    state: Arc<State>,
+    core: Arc<Core>,
+    shards: Arc<Shards>,
+    host_key: PrivateKey,
+    base_url: String,
+    tls_fingerprint: Option<String>,
     ssh_addr: SocketAddr,
     http_addr: SocketAddr,
     admin_key: Option<String>,
@@ -242,7 +100,7 @@ impl Broker {
             }
         }
         let host_key = keys::load_or_create_host_key(&config.data_dir)?;
-        let recording_key = Arc::new(crate::recorder::SigningKey::load_or_create(
+        let recording_key = Arc::new(crate::recording::SigningKey::load_or_create(
             &config.data_dir,
         )?);
         let tls = match &config.tls {
@@ -274,54 +132,96 @@ impl Broker {
             };
             format!("{scheme}://{host}:{}", http_addr.port())
         });
-        let state = Arc::new(State {
-            store: Arc::new(store),
-            registry: Registry::default(),
-            sessions: Sessions::default(),
-            metrics: Arc::new(Metrics::default()),
-            tasks: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
-            shards: Shards::start(config.data_threads)?,
-            base_url,
-            tls_fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
-            host_key,
-            recording_key,
-            throttle: Throttle::new(
+        let config = Arc::new(config);
+        let db = Db::new(Arc::new(store))?;
+        let metrics = Arc::new(Metrics::default());
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let shards = Arc::new(Shards::start(config.data_threads)?);
+        let registry = Arc::new(Registry::default());
+        let guard = Arc::new(Guard::new(
+            Throttle::new(
                 config.auth_failure_limit,
                 config.auth_failure_window,
                 config.auth_lockout,
             ),
-            config,
-            next_conn_id: AtomicU64::new(1),
-        });
-        state.tasks.spawn(ssh::run(ssh_listener, state.clone()));
-        state.tasks.spawn(http::serve(
-            http_listener,
-            tls.map(|t| t.config),
-            state.clone(),
+            config.auth_failure_window,
+            metrics.clone(),
+            db.clone(),
         ));
-        let sweeper = state.clone();
-        state.tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let core = Arc::new(Core {
+            config: config.clone(),
+            db: db.clone(),
+            registry: registry.clone(),
+            table: Table::default(),
+            metrics: metrics.clone(),
+            guard: guard.clone(),
+            recording_key: recording_key.clone(),
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let agents = Arc::new(ssh::Server::new(
+            config.clone(),
+            db.clone(),
+            registry.clone(),
+            core.clone(),
+            metrics.clone(),
+            host_key.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+            shards.clone(),
+        ));
+        let tls_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
+        let app = http::App {
+            core: core.clone(),
+            db,
+            registry,
+            metrics,
+            guard,
+            config,
+            urls: Arc::new(http::Urls {
+                base: base_url.clone(),
+                tls_fingerprint: tls_fingerprint.clone(),
+            }),
+            recording_key,
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(ssh::run(ssh_listener, agents.clone()));
+        tasks.spawn(http::serve(http_listener, tls.map(|t| t.config), app));
+        let upkeep = core.clone();
+        let listener = agents;
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(UPKEEP_SECS));
             let mut ticks = 0u64;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        sweeper.sessions.sweep(Duration::from_secs(600));
-                        sweeper.throttle.sweep();
+                        upkeep.sweep();
+                        listener.upkeep(UPKEEP_SECS);
                         // Retention: at start, then hourly.
                         if ticks.is_multiple_of(60) {
-                            sweeper.sweep_recordings();
+                            upkeep.sweep_recordings().await;
+                            let days = upkeep.config.audit_retention_days;
+                            match upkeep.db.run(move |s| s.prune_audit(days)).await {
+                                Ok(0) => {}
+                                Ok(n) => tracing::info!(deleted = n, days, "audit retention"),
+                                Err(e) => tracing::error!(error = %e, "audit retention failed"),
+                            }
                         }
                         ticks += 1;
                     }
-                    () = sweeper.shutdown.cancelled() => return,
+                    () = upkeep.shutdown.cancelled() => return,
                 }
             }
         });
         tracing::info!(%ssh_addr, %http_addr, "broker started");
         Ok(Broker {
-            state,
+            core,
+            shards,
+            host_key,
+            base_url,
+            tls_fingerprint,
             ssh_addr,
             http_addr,
             admin_key,
@@ -338,7 +238,7 @@ impl Broker {
 
     /// The base of the URLs the API hands out.
     pub fn base_url(&self) -> String {
-        self.state.base_url.clone()
+        self.base_url.clone()
     }
 
     /// The admin key created on the first start of this data dir.
@@ -348,52 +248,49 @@ impl Broker {
 
     /// `ssh-ed25519 AAAA...`
     pub fn host_key_openssh(&self) -> String {
-        keys::public_openssh(&self.state.host_key)
+        keys::public_openssh(&self.host_key)
     }
 
     /// `SHA256:...`
     pub fn host_key_fingerprint(&self) -> String {
-        keys::fingerprint(&self.state.host_key)
+        keys::fingerprint(&self.host_key)
     }
 
     /// The HTTPS certificate's SHA-256, when serving HTTPS.
     pub fn tls_fingerprint(&self) -> Option<String> {
-        self.state.tls_fingerprint.clone()
+        self.tls_fingerprint.clone()
     }
 
     pub fn store(&self) -> &Store {
-        &self.state.store
+        self.core.db.blocking()
+    }
+
+    /// The store as the broker's async code uses it.
+    pub fn db(&self) -> &Db {
+        &self.core.db
     }
 
     /// Ends live sessions (`broker_shutdown`), disconnects agents, stops the listeners and waits
     /// (bounded) for every task.
     pub async fn shutdown(self) {
-        let state = self.state.clone();
-        let ends = state.sessions.all().into_iter().map(|s| {
-            let state = state.clone();
-            async move {
-                state
-                    .end_session(&s, EndReason::BrokerShutdown, "broker")
-                    .await
-            }
-        });
-        futures_util::future::join_all(ends).await;
-        state.shutdown.cancel();
-        state.tasks.close();
-        if tokio::time::timeout(state.config.shutdown_grace, state.tasks.wait())
+        let core = self.core.clone();
+        core.end_all(EndReason::BrokerShutdown).await;
+        core.shutdown.cancel();
+        core.tasks.close();
+        if tokio::time::timeout(core.config.shutdown_grace, core.tasks.wait())
             .await
             .is_err()
         {
             tracing::warn!("some tasks did not finish within the shutdown grace period");
         }
-        state.shards.stop();
+        self.shards.stop();
         tracing::info!("broker stopped");
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        self.state.shutdown.cancel();
-        self.state.shards.stop();
+        self.core.shutdown.cancel();
+        self.shards.stop();
     }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+pub use crate::netaddr::Cidr;
+
 /// How the HTTP listener speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsMode {
@@ -88,6 +90,41 @@ pub struct Config {
     pub auth_failure_window: Duration,
     /// How long a locked-out address is refused, even with valid credentials.
     pub auth_lockout: Duration,
+    /// New SSH connections one source (an IPv4 address or an IPv6 /64) may open at once before
+    /// [`Config::ssh_connections_per_source_per_sec`] paces it (a token bucket); 0 = no limit.
+    pub ssh_connection_burst_per_source: u32,
+    /// The steady rate of new SSH connections allowed per source, once the burst is spent.
+    pub ssh_connections_per_source_per_sec: f64,
+    /// SSH connections from one source that may be before authentication at once; 0 = no cap.
+    pub max_preauth_per_source: usize,
+    /// Rejected SSH key offers one source may make within `auth_failure_window` before it is
+    /// refused for `auth_lockout`; 0 turns the limit off.
+    pub ssh_auth_failure_limit: u32,
+    /// Audit events older than this many days are deleted (at start and hourly); 0 keeps them.
+    pub audit_retention_days: u32,
+    /// Reverse proxies (HAProxy, nginx...) whose word on the client's address is believed:
+    /// `X-Forwarded-For` on the HTTP listener, a PROXY protocol v2 header on the SSH listener
+    /// (required from them there).
+    pub trusted_proxies: Vec<Cidr>,
+    /// A viewer that takes nothing for this long while its session's buffer is full ends the
+    /// session (`viewer_too_slow`); a slower one only slows the transfer down.
+    pub viewer_stall: Duration,
+    /// Per-tenant caps.
+    pub quotas: Quotas,
+}
+
+/// Caps that keep one tenant from taking the broker; the defaults are far above what a large
+/// tenant uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quotas {
+    /// Live sessions of a tenant.
+    pub sessions_per_tenant: usize,
+    /// Sessions of a tenant that nobody joined yet (legacy ones included).
+    pub pending_sessions_per_tenant: usize,
+    /// Connections open at once to one session (a launch token may reconnect, not flood).
+    pub connections_per_session: usize,
+    /// Agents registered in a tenant.
+    pub agents_per_tenant: usize,
 }
 
 impl Config {
@@ -107,6 +144,9 @@ impl Config {
             tls: TlsMode::Insecure,
             preauth_timeout: Duration::from_secs(10),
             legacy_wait: Duration::from_secs(10),
+            // Every test client comes from 127.0.0.1: tests that check these limits set them.
+            ssh_connection_burst_per_source: 0,
+            ssh_auth_failure_limit: 0,
             shutdown_grace: Duration::from_secs(3),
             ..Self::with_data_dir(data_dir)
         }
@@ -147,6 +187,17 @@ pub struct FileConfig {
     pub auth_failure_limit: Option<u32>,
     pub auth_failure_window_secs: Option<u64>,
     pub auth_lockout_secs: Option<u64>,
+    pub ssh_connection_burst_per_source: Option<u32>,
+    pub ssh_connections_per_source_per_sec: Option<f64>,
+    pub max_preauth_per_source: Option<usize>,
+    pub ssh_auth_failure_limit: Option<u32>,
+    pub audit_retention_days: Option<u32>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub viewer_stall_secs: Option<u64>,
+    pub max_sessions_per_tenant: Option<usize>,
+    pub max_pending_sessions_per_tenant: Option<usize>,
+    pub max_connections_per_session: Option<usize>,
+    pub max_agents_per_tenant: Option<usize>,
 }
 
 macro_rules! overlay {
@@ -197,7 +248,18 @@ impl FileConfig {
             http_request_timeout_secs,
             auth_failure_limit,
             auth_failure_window_secs,
-            auth_lockout_secs
+            auth_lockout_secs,
+            ssh_connection_burst_per_source,
+            ssh_connections_per_source_per_sec,
+            max_preauth_per_source,
+            ssh_auth_failure_limit,
+            audit_retention_days,
+            trusted_proxies,
+            viewer_stall_secs,
+            max_sessions_per_tenant,
+            max_pending_sessions_per_tenant,
+            max_connections_per_session,
+            max_agents_per_tenant
         );
         self
     }
@@ -264,6 +326,27 @@ impl FileConfig {
             auth_failure_limit: self.auth_failure_limit.unwrap_or(20),
             auth_failure_window: secs(self.auth_failure_window_secs, 60),
             auth_lockout: secs(self.auth_lockout_secs, 60),
+            ssh_connection_burst_per_source: self.ssh_connection_burst_per_source.unwrap_or(20),
+            ssh_connections_per_source_per_sec: self
+                .ssh_connections_per_source_per_sec
+                .unwrap_or(5.0),
+            max_preauth_per_source: self.max_preauth_per_source.unwrap_or(64),
+            ssh_auth_failure_limit: self.ssh_auth_failure_limit.unwrap_or(30),
+            audit_retention_days: self.audit_retention_days.unwrap_or(400),
+            trusted_proxies: self
+                .trusted_proxies
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.parse::<Cidr>())
+                .collect::<Result<_, _>>()
+                .context("trusted_proxies")?,
+            viewer_stall: secs(self.viewer_stall_secs, 30),
+            quotas: Quotas {
+                sessions_per_tenant: self.max_sessions_per_tenant.unwrap_or(10_000),
+                pending_sessions_per_tenant: self.max_pending_sessions_per_tenant.unwrap_or(2_000),
+                connections_per_session: self.max_connections_per_session.unwrap_or(32),
+                agents_per_tenant: self.max_agents_per_tenant.unwrap_or(200_000),
+            },
             data_dir,
         };
         if config.token_ttl.is_zero() || config.keepalive_interval.is_zero() {
@@ -286,6 +369,20 @@ impl FileConfig {
             && (config.auth_failure_window.is_zero() || config.auth_lockout.is_zero())
         {
             bail!("auth_failure_window_secs and auth_lockout_secs must be at least 1");
+        }
+        if !(config.ssh_connections_per_source_per_sec.is_finite()
+            && config.ssh_connections_per_source_per_sec > 0.0)
+        {
+            bail!("ssh_connections_per_source_per_sec must be a number above 0");
+        }
+        let q = &config.quotas;
+        if config.viewer_stall.is_zero()
+            || q.sessions_per_tenant == 0
+            || q.pending_sessions_per_tenant == 0
+            || q.connections_per_session == 0
+            || q.agents_per_tenant == 0
+        {
+            bail!("viewer_stall_secs and the max_* quotas must be at least 1");
         }
         if config.default_session_ttl > config.max_session_ttl {
             bail!("default_session_ttl_secs exceeds max_session_ttl_secs");
@@ -370,5 +467,39 @@ mod tests {
         assert_eq!(c.auth_failure_limit, d.auth_failure_limit);
         assert_eq!(c.auth_failure_window, d.auth_failure_window);
         assert_eq!(c.auth_lockout, d.auth_lockout);
+        assert_eq!(
+            c.ssh_connection_burst_per_source,
+            d.ssh_connection_burst_per_source
+        );
+        assert_eq!(
+            c.ssh_connections_per_source_per_sec,
+            d.ssh_connections_per_source_per_sec
+        );
+        assert_eq!(c.max_preauth_per_source, d.max_preauth_per_source);
+        assert_eq!(c.ssh_auth_failure_limit, d.ssh_auth_failure_limit);
+        assert_eq!(c.audit_retention_days, d.audit_retention_days);
+        assert_eq!(c.trusted_proxies, d.trusted_proxies);
+    }
+
+    #[test]
+    fn trusted_proxies_parse_and_bad_ones_are_refused() {
+        let c = FileConfig {
+            trusted_proxies: Some(vec!["10.0.0.0/8".into(), "::1".into()]),
+            ..Default::default()
+        };
+        let c = c.into_config().unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(c.trusted_proxies[0].contains("10.1.2.3".parse().unwrap()));
+        assert!(c.trusted_proxies[1].contains("::1".parse().unwrap()));
+        let bad = FileConfig {
+            trusted_proxies: Some(vec!["10.0.0.0/33".into()]),
+            ..Default::default()
+        };
+        assert!(bad.into_config().is_err());
+        let zero_rate = FileConfig {
+            ssh_connections_per_source_per_sec: Some(0.0),
+            ..Default::default()
+        };
+        assert!(zero_rate.into_config().is_err());
     }
 }

@@ -11,7 +11,6 @@ use std::future::Future;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::mpsc;
 
 /// One message between the ends of a bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +72,7 @@ pub trait Sink: Send {
 /// An end over any byte stream (a TCP or TLS stream, a channel's stream): bytes only; a text
 /// frame is refused.
 #[derive(Debug)]
-pub struct IoSource<R> {
+pub(crate) struct IoSource<R> {
     io: R,
     buf: BytesMut,
     chunk: usize,
@@ -81,12 +80,17 @@ pub struct IoSource<R> {
 
 impl<R: AsyncRead + Unpin + Send> IoSource<R> {
     /// Reads at most `chunk` bytes per frame.
-    pub fn new(io: R, chunk: usize) -> Self {
+    pub(crate) fn new(io: R, chunk: usize) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
             chunk,
         }
+    }
+
+    /// The stream back (to end it after the bridge).
+    pub(crate) fn into_inner(self) -> R {
+        self.io
     }
 }
 
@@ -103,13 +107,18 @@ impl<R: AsyncRead + Unpin + Send> Source for IoSource<R> {
 
 /// The sending half over a byte stream.
 #[derive(Debug)]
-pub struct IoSink<W> {
+pub(crate) struct IoSink<W> {
     io: W,
 }
 
 impl<W: AsyncWrite + Unpin + Send> IoSink<W> {
-    pub fn new(io: W) -> Self {
+    pub(crate) fn new(io: W) -> Self {
         Self { io }
+    }
+
+    /// The stream back (to end it after the bridge).
+    pub(crate) fn into_inner(self) -> W {
+        self.io
     }
 }
 
@@ -130,65 +139,16 @@ impl<W: AsyncWrite + Unpin + Send> Sink for IoSink<W> {
     }
 }
 
-/// One end of an in-memory pipe (tests, and adapters that sit between two ends).
-#[derive(Debug)]
-pub struct PipeSource {
-    rx: mpsc::Receiver<Result<Frame, EndError>>,
-}
-
-/// The sending half of an in-memory pipe. Its capacity (in frames) gives back-pressure.
-#[derive(Debug)]
-pub struct PipeSink {
-    tx: Option<mpsc::Sender<Result<Frame, EndError>>>,
-}
-
-/// A one-way in-memory pipe holding at most `capacity` frames.
-pub fn pipe(capacity: usize) -> (PipeSink, PipeSource) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    (PipeSink { tx: Some(tx) }, PipeSource { rx })
-}
-
-impl PipeSink {
-    /// Makes the other side's next `recv` fail with `error` (a test injecting a failure).
-    pub async fn fail(&mut self, error: EndError) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Err(error)).await;
-        }
-    }
-}
-
-impl Source for PipeSource {
-    async fn recv(&mut self) -> Result<Option<Frame>, EndError> {
-        self.rx.recv().await.transpose()
-    }
-}
-
-impl Sink for PipeSink {
-    async fn send(&mut self, frame: Frame) -> Result<(), EndError> {
-        let tx = self.tx.as_ref().ok_or(EndError::Closed)?;
-        tx.send(Ok(frame)).await.map_err(|_| EndError::Closed)
-    }
-
-    async fn flush(&mut self) -> Result<(), EndError> {
-        Ok(())
-    }
-
-    async fn finish(&mut self) -> Result<(), EndError> {
-        self.tx = None;
-        Ok(())
-    }
-}
-
 /// Filters one direction of a bridge: frames a protocol to drop what a view-only viewer may not
 /// send, injects credentials, and says what a recording must hold instead (redaction).
-pub trait Filter: Send {
+pub(crate) trait Filter: Send {
     /// Takes bytes as they arrive (split anywhere) and appends what to pass on to `out`.
     fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Fed, FilterError>;
 }
 
 /// What a [`Filter`] saw in one call.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Fed {
+pub(crate) struct Fed {
     /// Input events (keys, pointer moves) seen, for the recording's activity marks.
     pub input_events: u64,
     /// When set, the recording gets these bytes instead of what was appended to `out` (a
@@ -199,4 +159,64 @@ pub struct Fed {
 /// The viewer's bytes do not follow the protocol; the session ends with `protocol_error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct FilterError(pub String);
+pub(crate) struct FilterError(pub String);
+
+#[cfg(test)]
+pub(crate) use pipes::{PipeSink, PipeSource, pipe};
+
+/// In-memory pipes for the unit tests of the bridge and the session core.
+#[cfg(test)]
+mod pipes {
+    use tokio::sync::mpsc;
+
+    use super::{EndError, Frame, Sink, Source};
+
+    /// One end of an in-memory pipe (tests, and adapters that sit between two ends).
+    #[derive(Debug)]
+    pub(crate) struct PipeSource {
+        rx: mpsc::Receiver<Result<Frame, EndError>>,
+    }
+
+    /// The sending half of an in-memory pipe. Its capacity (in frames) gives back-pressure.
+    #[derive(Debug)]
+    pub(crate) struct PipeSink {
+        tx: Option<mpsc::Sender<Result<Frame, EndError>>>,
+    }
+
+    /// A one-way in-memory pipe holding at most `capacity` frames.
+    pub(crate) fn pipe(capacity: usize) -> (PipeSink, PipeSource) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (PipeSink { tx: Some(tx) }, PipeSource { rx })
+    }
+
+    impl PipeSink {
+        /// Makes the other side's next `recv` fail with `error` (a test injecting a failure).
+        pub(crate) async fn fail(&mut self, error: EndError) {
+            if let Some(tx) = &self.tx {
+                let _ = tx.send(Err(error)).await;
+            }
+        }
+    }
+
+    impl Source for PipeSource {
+        async fn recv(&mut self) -> Result<Option<Frame>, EndError> {
+            self.rx.recv().await.transpose()
+        }
+    }
+
+    impl Sink for PipeSink {
+        async fn send(&mut self, frame: Frame) -> Result<(), EndError> {
+            let tx = self.tx.as_ref().ok_or(EndError::Closed)?;
+            tx.send(Ok(frame)).await.map_err(|_| EndError::Closed)
+        }
+
+        async fn flush(&mut self) -> Result<(), EndError> {
+            Ok(())
+        }
+
+        async fn finish(&mut self) -> Result<(), EndError> {
+            self.tx = None;
+            Ok(())
+        }
+    }
+}

@@ -1,44 +1,49 @@
+#![warn(unreachable_pub)]
 //! Passerelle broker: workstation agents connect over SSH and announce their VNC, RDP or SSH
 //! service with a remote forward; operators open sessions through the HTTP API and reach the
 //! service over a WebSocket, through a channel opened on the agent's own connection.
 //!
-//! Modules, one concern each:
+//! A viewer's bytes, from the listener to the agent's channel: [`http`] (the listener, the
+//! WebSocket endpoint as a bridge end) → [`session`] (join: token, audit, the agent, the
+//! recording) → [`service`] (the service's adapter: raw, vnc, rdp) → [`bridge`] (on the agent
+//! connection's data thread, [`shards`]) → the agent's channel ([`ssh`], [`registry`]).
+//!
+//! Modules, one concern each (public: what the binary, the tests and the bench use):
 //! - [`config`]: flags, file and defaults, validated into [`config::Config`].
-//! - [`broker`]: start-up, shared state, shutdown, cross-cutting operations.
+//! - [`broker`]: start-up and shutdown; builds the parts below and starts the listeners.
+//! - [`session`]: the session core: create, join, end; tokens, legacy ports, quotas, and
+//!   which connections are recorded (no HTTP, SSH or WebSocket types).
+//! - [`service`]: service adapters between "channel open" and "bytes flow" (raw, vnc, rdp).
+//! - [`ends`]: the two ends of a bridge (frames in, frames out) and per-direction filters.
+//! - [`bridge`]: the bytes between a viewer's end and an agent's end, with back-pressure.
+//! - [`recording`]: recording files (writer, verification, screen streams, playback, export).
 //! - [`ssh`]: the agents' listener and SSH handler.
-//! - [`registry`]: presence (who is connected, what they announce).
-//! - [`sessions`]: live sessions, tokens, legacy ports (no SSH or WebSocket types).
-//! - [`bridge`]: the bytes between a viewer's WebSocket and an agent's channel.
-//! - [`rfb`]: RFB handshake termination for `vnc` sessions.
-//! - [`ends`]: the contract between the bridge and the service adapters.
-//! - [`service`]: service adapters (`rdp`: RDCleanPath, TLS with the workstation, filters).
-//! - [`http`]: the JSON API and WebSocket endpoints.
-//! - [`store`]: SQLite: tenants, keys, agents, sessions, audit.
+//! - [`registry`]: presence (who is connected, what they announce, how to open a channel).
+//! - [`http`]: the JSON API, the WebSocket endpoints, the pages.
+//! - [`store`]: SQLite (tenants, keys, agents, sessions, audit) and its async face [`store::Db`].
 //! - [`throttle`]: per-address limits on failed credentials.
-//! - [`keys`], [`secrets`], [`metrics`].
+//! - [`netaddr`]: trusted proxies and the client address behind them.
+//! - [`accept`], [`shards`], [`keys`], [`secrets`], [`metrics`]: the accept loop, the data
+//!   threads, host key and certificate, tokens and sealing, counters.
 
-pub mod accept;
-pub mod bridge;
+pub(crate) mod accept;
+pub(crate) mod bridge;
 pub mod broker;
 pub mod config;
-pub mod ends;
-pub mod export;
-pub mod http;
+pub(crate) mod ends;
+pub(crate) mod http;
 pub mod keys;
-pub mod metrics;
-pub mod playback;
-pub mod recorder;
-pub mod registry;
-pub mod rfb;
-pub mod screen_stream;
-pub mod secrets;
-pub mod service;
-pub mod session_recording;
-pub mod sessions;
-pub mod shards;
-pub mod ssh;
+pub(crate) mod metrics;
+pub(crate) mod netaddr;
+pub mod recording;
+pub(crate) mod registry;
+pub(crate) mod secrets;
+pub(crate) mod service;
+pub(crate) mod session;
+pub(crate) mod shards;
+pub(crate) mod ssh;
 pub mod store;
-pub mod throttle;
+pub(crate) mod throttle;
 
 pub use broker::Broker;
 pub use config::{Config, TlsMode};

@@ -135,8 +135,10 @@ enum AgentCmd {
 
 #[derive(Subcommand)]
 enum RecordingCmd {
-    /// Check a recording's hash chain and signatures. Exit status: 0 intact, 3 truncated but
-    /// consistent (the broker stopped during the session), 1 tampered or unreadable.
+    /// Check a recording's hash chain and signatures, and say which frames a signature covers.
+    /// Exit status: 0 intact, 3 truncated (the broker stopped during the session: the frames up
+    /// to the last checkpoint are signed, the ones after it are not), 4 unsigned (no signature
+    /// at all: nothing is authenticated), 1 tampered or unreadable.
     Verify {
         /// The .psrec file.
         file: PathBuf,
@@ -146,8 +148,9 @@ enum RecordingCmd {
     },
     /// Export a VNC recording's screen as PNG files (--png DIR with --at or --every) or as a
     /// video made by ffmpeg (--video OUT.mp4). The recording is verified first: a tampered one
-    /// is refused unless --force; a truncated one exports up to its last whole frame. A video
-    /// keeps the first screen size (a larger desktop is cropped, a smaller one padded).
+    /// is refused unless --force; a truncated one exports its signed part only, unless
+    /// --include-unsigned (its unsigned frames are then marked). A video keeps the first screen
+    /// size (a larger desktop is cropped, a smaller one padded).
     #[command(group(clap::ArgGroup::new("output").required(true).args(["png", "video"])))]
     Export {
         /// The .psrec file.
@@ -173,6 +176,10 @@ enum RecordingCmd {
         /// Export a tampered or damaged recording anyway (up to the damage).
         #[arg(long)]
         force: bool,
+        /// Export the frames no signature covers too (after the last checkpoint of a truncated
+        /// recording): PNG files of those times are named `…-UNSIGNED.png`.
+        #[arg(long)]
+        include_unsigned: bool,
     },
 }
 
@@ -304,8 +311,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fps,
             public_key,
             force,
+            include_unsigned,
         }) => {
-            use passerelle::export::{Output, export, parse_times};
+            use passerelle::recording::export::{Output, Trust, export, parse_times};
             let output = match (png, video) {
                 (Some(dir), _) => Output::Png {
                     dir: dir.clone(),
@@ -325,7 +333,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let public = recording_key(&cli, public_key.as_deref())?;
             let bytes =
                 std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            let report = export(&bytes, &public, *force, &output)?;
+            let trust = Trust {
+                force: *force,
+                include_unsigned: *include_unsigned,
+            };
+            let report = export(&bytes, &public, trust, &output)?;
             for note in &report.notes {
                 eprintln!("passerelle: {note}");
             }
@@ -374,7 +386,7 @@ fn recording_key(cli: &Cli, public_key: Option<&str>) -> anyhow::Result<String> 
     let config = file_config(cli)?.into_config()?;
     if !config
         .data_dir
-        .join(passerelle::recorder::KEY_FILE)
+        .join(passerelle::recording::KEY_FILE)
         .exists()
     {
         anyhow::bail!(
@@ -382,7 +394,7 @@ fn recording_key(cli: &Cli, public_key: Option<&str>) -> anyhow::Result<String> 
             config.data_dir.display()
         );
     }
-    Ok(passerelle::recorder::SigningKey::load_or_create(&config.data_dir)?.public_hex())
+    Ok(passerelle::recording::SigningKey::load_or_create(&config.data_dir)?.public_hex())
 }
 
 fn verify_recording(
@@ -390,12 +402,10 @@ fn verify_recording(
     file: &std::path::Path,
     public_key: Option<&str>,
 ) -> anyhow::Result<()> {
-    use passerelle_proto::recording::{Verdict, verify};
+    use passerelle_proto::recording::Verdict;
     let public = recording_key(cli, public_key)?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    match verify(&bytes, |m, s| {
-        passerelle::recorder::check_signature(&public, m, s)
-    }) {
+    match passerelle::recording::verify_file(&bytes, &public) {
         Verdict::Intact {
             header,
             summary,
@@ -419,14 +429,32 @@ fn verify_recording(
             header,
             frames,
             signed_frames,
+            signed_end_us,
             trailing_bytes,
             ..
         } => {
+            let unsigned = frames - signed_frames;
             println!(
-                "truncated but consistent: session {} has {frames} whole frames, the first {signed_frames} signed; no trailer (the broker stopped during the session); {trailing_bytes} bytes of a partial frame ignored",
+                "truncated: session {} has {frames} whole frames and no trailer (the broker stopped during the session); frames 1 to {signed_frames} are signed, up to {:.3} s",
+                header.session,
+                signed_end_us as f64 / 1e6
+            );
+            if unsigned > 0 {
+                println!(
+                    "NOT SIGNED: the last {unsigned} frames, after the last checkpoint (written before the broker stopped, or appended by anyone who could write the file: not evidence)"
+                );
+            }
+            if trailing_bytes > 0 {
+                println!("{trailing_bytes} bytes of a partial frame ignored");
+            }
+            std::process::exit(3);
+        }
+        Verdict::Unsigned { header, frames, .. } => {
+            println!(
+                "UNSIGNED: session {} has {frames} whole frames and no signature at all: nothing in it is authenticated",
                 header.session
             );
-            std::process::exit(3);
+            std::process::exit(4);
         }
         Verdict::Tampered(damage) => {
             println!("TAMPERED: {damage}");

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub http_handshake_timeouts: AtomicU64,
     pub auth_lockouts: AtomicU64,
     pub auth_throttled: AtomicU64,
+    /// SSH connections refused before the banner (per-source rate, pre-auth cap, lockout).
+    pub ssh_connections_refused: AtomicU64,
     ended: [AtomicU64; REASONS.len()],
 }
 
@@ -132,6 +134,13 @@ impl Metrics {
             "counter",
             "Requests and viewers refused because their address was locked out.",
             get(&self.auth_throttled),
+        );
+        metric(
+            "passerelle_ssh_connections_refused_total",
+            "counter",
+            "SSH connections refused before the banner: per-source rate or pre-authentication cap \
+             exceeded, or the source locked out for rejected keys.",
+            get(&self.ssh_connections_refused),
         );
         let _ = writeln!(
             out,

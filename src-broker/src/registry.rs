@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{AgentRecord, TenantId, now_ms, rfc3339};
 
+/// A forwarded-tcpip channel to one of the agent's services.
+pub(crate) type AgentChannel = russh::Channel<russh::server::Msg>;
+
 /// What the SSH side exposes to the rest of the broker for one connection.
 pub trait AgentLink: Send + Sync {
     /// Opens a forwarded-tcpip channel to `(address, port)` as the agent was told them.
@@ -24,7 +27,7 @@ pub trait AgentLink: Send + Sync {
         address: String,
         port: u32,
         originator: SocketAddr,
-    ) -> futures_util::future::BoxFuture<'static, anyhow::Result<crate::bridge::AgentStream>>;
+    ) -> futures_util::future::BoxFuture<'static, anyhow::Result<AgentChannel>>;
     /// Ends the connection, telling the agent why.
     fn disconnect(&self, reason: &str);
 }
@@ -109,7 +112,7 @@ impl AgentConn {
         address: String,
         port: u32,
         originator: SocketAddr,
-    ) -> anyhow::Result<crate::bridge::AgentStream> {
+    ) -> anyhow::Result<AgentChannel> {
         self.link.open(address, port, originator).await
     }
 

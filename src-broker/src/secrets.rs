@@ -18,25 +18,25 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 /// 32 random bytes, base64url: a viewer or launch token.
-pub fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The hash under which a token is kept.
-pub fn hash(secret: &str) -> [u8; 32] {
+pub(crate) fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
 /// Constant-time equality of two byte strings (lengths are not secret).
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// An API key as issued: `psk_<id>_<secret>`, where the id (12 hex digits) is public and
 /// names the key in logs and audit, and the secret is 256 random bits.
-pub struct ApiKey {
+pub(crate) struct ApiKey {
     id: String,
     text: String,
 }
@@ -49,7 +49,7 @@ impl std::fmt::Debug for ApiKey {
 
 impl ApiKey {
     /// A fresh key.
-    pub fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         let mut id = [0u8; 6];
         rand::rng().fill_bytes(&mut id);
         let id = hex::encode(id);
@@ -58,23 +58,23 @@ impl ApiKey {
     }
 
     /// The public id.
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.id
     }
 
     /// The hash to store.
-    pub fn hash(&self) -> [u8; 32] {
+    pub(crate) fn hash(&self) -> [u8; 32] {
         hash(&self.text)
     }
 
     /// The secret text, to show the user once.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.text
     }
 }
 
 /// Splits a presented API key into (id, hash of the whole key); `None` if malformed.
-pub fn parse_api_key(text: &str) -> Option<(String, [u8; 32])> {
+pub(crate) fn parse_api_key(text: &str) -> Option<(String, [u8; 32])> {
     let rest = text.strip_prefix("psk_")?;
     let (id, secret) = rest.split_once('_')?;
     let well_formed = id.len() == 12
@@ -87,7 +87,7 @@ pub fn parse_api_key(text: &str) -> Option<(String, [u8; 32])> {
 }
 
 /// Seals and opens small secrets (VNC passwords) stored in the database.
-pub struct SecretBox {
+pub(crate) struct SecretBox {
     key: aead::LessSafeKey,
 }
 
@@ -99,7 +99,7 @@ impl std::fmt::Debug for SecretBox {
 
 impl SecretBox {
     /// Loads the key file, creating it (mode 0600) on first use.
-    pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn load_or_create(path: &Path) -> anyhow::Result<Self> {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -121,7 +121,7 @@ impl SecretBox {
     }
 
     /// Nonce (12 bytes) followed by ciphertext and tag.
-    pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal(&self, plain: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; 12];
         rand::rng().fill_bytes(&mut nonce);
         let mut buf = plain.to_vec();
@@ -138,7 +138,7 @@ impl SecretBox {
     }
 
     /// Opens what [`SecretBox::seal`] made; `None` if it was altered or sealed with another key.
-    pub fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
         let (nonce, body) = sealed.split_at_checked(12)?;
         let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut buf = body.to_vec();
@@ -151,7 +151,7 @@ impl SecretBox {
 }
 
 /// Writes a file readable by its owner only (created with mode 0600, never widened).
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

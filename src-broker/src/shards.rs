@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A fixed set of current-thread runtimes, each on its own OS thread.
 #[derive(Debug)]
-pub struct Shards {
+pub(crate) struct Shards {
     handles: Vec<Handle>,
     next: AtomicUsize,
     stop: CancellationToken,
@@ -30,7 +30,7 @@ pub struct Shards {
 
 impl Shards {
     /// Starts `n` shards (at least one); `0` means one per available CPU.
-    pub fn start(n: usize) -> anyhow::Result<Self> {
+    pub(crate) fn start(n: usize) -> anyhow::Result<Self> {
         let n = match n {
             0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
             n => n,
@@ -56,25 +56,15 @@ impl Shards {
         })
     }
 
-    /// How many shards there are.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// Never true: there is always at least one shard.
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
     /// The shard for the next connection (round-robin).
-    pub fn pick(&self) -> &Handle {
+    pub(crate) fn pick(&self) -> &Handle {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
         &self.handles[i]
     }
 
     /// Stops every shard; tasks still on them are dropped. Spawning afterwards yields a
     /// cancelled task.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.cancel();
     }
 }
@@ -91,24 +81,24 @@ impl Drop for Shards {
 /// on its own thread instead of through the main runtime (a thread hop per message, which showed
 /// in the round-trip figures).
 #[derive(Debug)]
-pub struct MovableStream {
+pub(crate) struct MovableStream {
     io: Option<TcpStream>,
     requested: Arc<AtomicBool>,
 }
 
 /// Asks a [`MovableStream`] to move to the runtime that polls it next.
 #[derive(Debug, Clone)]
-pub struct MoveHandle(Arc<AtomicBool>);
+pub(crate) struct MoveHandle(Arc<AtomicBool>);
 
 impl MoveHandle {
     /// The stream moves at its next read or write (from inside a runtime).
-    pub fn request(&self) {
+    pub(crate) fn request(&self) {
         self.0.store(true, Ordering::Release);
     }
 }
 
 impl MovableStream {
-    pub fn new(io: TcpStream) -> (Self, MoveHandle) {
+    pub(crate) fn new(io: TcpStream) -> (Self, MoveHandle) {
         let requested = Arc::new(AtomicBool::new(false));
         let handle = MoveHandle(requested.clone());
         (
@@ -199,7 +189,7 @@ mod tests {
     #[tokio::test]
     async fn tasks_run_on_their_shard_thread_and_stop_with_it() {
         let shards = Shards::start(2).unwrap();
-        assert_eq!(shards.len(), 2);
+        assert_eq!(shards.handles.len(), 2);
         let name = || std::thread::current().name().map(str::to_owned);
         let a = shards.pick().spawn(async move { name() }).await.unwrap();
         let b = shards.pick().spawn(async move { name() }).await.unwrap();

@@ -15,11 +15,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Addresses remembered at most.
-pub const MAX_TRACKED: usize = 10_000;
+pub(crate) const MAX_TRACKED: usize = 10_000;
 
 /// The unit a limit applies to: an IPv4 address, or an IPv6 /64 (IPv4-mapped IPv6 addresses
 /// count as their IPv4 address).
-pub fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -178,6 +178,76 @@ impl Throttle {
                 }
             }
         }
+    }
+}
+
+/// The credential lockout as the listeners use it: a [`Throttle`] that counts refusals in the
+/// metrics and audits each lockout once (in the tenant the attempt named, when it named one).
+#[derive(Debug)]
+pub struct Guard {
+    throttle: Throttle,
+    window: Duration,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    db: crate::store::Db,
+}
+
+impl Guard {
+    pub fn new(
+        throttle: Throttle,
+        window: Duration,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+        db: crate::store::Db,
+    ) -> Self {
+        Self {
+            throttle,
+            window,
+            metrics,
+            db,
+        }
+    }
+
+    /// Whether `peer` may present credentials now; `Err(retry_after)` while it is locked out.
+    pub fn allowed(&self, peer: std::net::SocketAddr) -> Result<(), Duration> {
+        let allowed = self.throttle.check(peer.ip());
+        if allowed.is_err() {
+            self.metrics
+                .auth_throttled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        allowed
+    }
+
+    /// Counts an unknown token or API key presented by `peer`. When that starts a lockout, it
+    /// is logged and audited once, in `tenant`, with `what` for people; never the credential.
+    pub fn failed(
+        &self,
+        peer: std::net::SocketAddr,
+        tenant: Option<crate::store::TenantId>,
+        what: &str,
+    ) {
+        let Some(lockout) = self.throttle.failed(peer.ip()) else {
+            return;
+        };
+        self.metrics
+            .auth_lockouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let detail = format!(
+            "{} failed credentials from {} within {}s (last: {what}); refused for {}s",
+            lockout.failures,
+            lockout.client,
+            self.window.as_secs(),
+            lockout.duration.as_secs()
+        );
+        tracing::warn!(client = %lockout.client, failures = lockout.failures, "token guessing: address locked out");
+        let mut ev = crate::store::NewEvent::new(crate::store::AuditKind::TokenGuessing, detail);
+        ev.tenant_id = tenant;
+        ev.peer_addr = Some(peer.to_string());
+        self.db.audit(ev);
+    }
+
+    /// Forgets addresses whose window and lockout are over.
+    pub fn sweep(&self) {
+        self.throttle.sweep();
     }
 }
 

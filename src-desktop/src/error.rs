@@ -154,14 +154,9 @@ pub fn classify_close(code: u16, reason: &str, ever_bridged: bool) -> CloseMeani
         reason: reason.to_owned(),
     };
     match close::by_code(code) {
-        // Reconnectable for a launch token: the service or the client closed, or the agent was
-        // (for now) unable to serve this one connection.
-        Some(
-            close::SERVICE_CLOSED
-            | close::AGENT_OFFLINE
-            | close::SERVICE_UNAVAILABLE
-            | close::AGENT_TIMEOUT,
-        ) => CloseMeaning::Connection,
+        // Reconnectable for a launch token: the broker ends only this connection after these
+        // (one rule for both sides, in passerelle_proto::close).
+        Some(_) if close::ends_only_the_connection(code) => CloseMeaning::Connection,
         Some(close::SESSION_ENDED) if ever_bridged => CloseMeaning::SessionEnded(end),
         // The broker forgets a session's tokens when it ends: a token that worked before and
         // is now unknown means the session ended while no connection was open.

@@ -200,12 +200,15 @@ pub struct Agent {
     /// Its key pair.
     pub key: AgentKey,
     api_key: String,
-    ssh_addr: SocketAddr,
     known_hosts: PathBuf,
     /// The broker's address as ssh is given it.
     host: String,
     /// Runs ssh through this (e.g. `ip netns exec NAME`).
     prefix: Vec<String>,
+    /// The port ssh connects to (the broker's, or a proxy's in front of it).
+    port: u16,
+    /// Extra ssh arguments for every run (e.g. `-b 127.0.0.2`).
+    extra: Vec<String>,
     process: Option<SshProcess>,
 }
 
@@ -236,10 +239,11 @@ impl Agent {
             id: id.to_owned(),
             key,
             api_key: api_key.to_owned(),
-            ssh_addr,
             known_hosts,
             host: "127.0.0.1".into(),
             prefix: Vec::new(),
+            port: ssh_addr.port(),
+            extra: Vec::new(),
             process: None,
         })
     }
@@ -247,11 +251,26 @@ impl Agent {
     /// Makes ssh run through `prefix` (e.g. `ip netns exec NAME`) and reach the broker at
     /// `host` (on the broker's SSH port) instead of 127.0.0.1.
     pub fn reach_via(&mut self, prefix: Vec<String>, host: &str, host_key: &str) -> Result<()> {
-        let line = format!("[{host}]:{} {}\n", self.ssh_addr.port(), host_key.trim());
+        let line = format!("[{host}]:{} {}\n", self.port, host_key.trim());
         std::fs::write(&self.known_hosts, line)?;
         self.prefix = prefix;
         self.host = host.to_owned();
         Ok(())
+    }
+
+    /// Makes ssh connect to `port` on 127.0.0.1 (e.g. a proxy in front of the broker, which
+    /// still answers with `host_key`).
+    pub fn through_port(&mut self, port: u16, host_key: &str) -> Result<()> {
+        self.port = port;
+        let line = format!("[{}]:{port} {}\n", self.host, host_key.trim());
+        std::fs::write(&self.known_hosts, line)?;
+        Ok(())
+    }
+
+    /// Extra ssh arguments for every later run, e.g. `["-b", "127.0.0.2"]` to connect from
+    /// another local address.
+    pub fn extra_args(&mut self, args: &[&str]) {
+        self.extra = args.iter().map(|a| (*a).to_owned()).collect();
     }
 
     /// A new agent registered in tenant `default` (`POST /api/v1/agents` with the admin key).
@@ -293,7 +312,8 @@ impl Agent {
         cmd.arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()));
         cmd.arg("-i").arg(&self.key.path);
-        cmd.args(["-p", &self.ssh_addr.port().to_string()]);
+        cmd.args(&self.extra);
+        cmd.args(["-p", &self.port.to_string()]);
         cmd.args(args);
         cmd.arg(format!("{user}@{}", self.host));
         cmd

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use passerelle::recorder::{SigningKey, check_signature};
+use passerelle::recording::{SigningKey, check_signature};
 use passerelle::store::Store;
 use passerelle_e2e::desktop::{self, VncOverWs, VncServer, XDisplay};
 use passerelle_e2e::faults::{NetNs, TinyDisk};
@@ -88,7 +88,7 @@ async fn a_broker_killed_mid_session_restarts_with_its_store_and_recordings_inta
         .tenant_id(&passerelle_proto::ids::TenantName::new("default")?)?
         .context("tenant default")?;
     let path =
-        passerelle::recorder::path_for(&broker.data_dir().join("recordings"), tenant, &rec.id);
+        passerelle::recording::path_for(&broker.data_dir().join("recordings"), tenant, &rec.id, 1);
     let deadline = Instant::now() + WAIT;
     loop {
         let on_disk = std::fs::read(&path).unwrap_or_default();
@@ -153,8 +153,8 @@ async fn a_broker_killed_mid_session_restarts_with_its_store_and_recordings_inta
     ws.round_trip(&pattern(20_000, 3)).await?;
     ws.close().await?;
 
-    // The recording: truncated but consistent, replays up to the crash, and one flipped byte
-    // is tampering.
+    // The recording: truncated, signed up to its last checkpoint, replays that signed part, and
+    // one flipped byte is tampering.
     let res = broker
         .http()
         .get(format!(
@@ -172,7 +172,7 @@ async fn a_broker_killed_mid_session_restarts_with_its_store_and_recordings_inta
     std::fs::write(&path, &file)?;
     let (code, out) = cli_verify(broker.data_dir(), &path).await?;
     ensure!(
-        code == 3 && out.starts_with("truncated but consistent"),
+        code == 3 && out.starts_with("truncated:") && out.contains("are signed"),
         "verify said ({code}) {out}"
     );
     let mut bad = file.clone();

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use passerelle::recorder::SigningKey;
+use passerelle::recording::SigningKey;
 use passerelle_e2e::desktop::{self, XDisplay};
 use passerelle_e2e::rdp::{RdpPage, Security, ShadowServer, XrdpServer, open_rdp, xrdp_usable};
 use passerelle_e2e::{
@@ -238,7 +238,7 @@ async fn shadow_over_tls_with_injected_credentials_shows_types_and_records() -> 
     let file = fetch_recording(&broker, &created.id).await?;
     let public = SigningKey::load_or_create(broker.data_dir())?.public_hex();
     match verify(&file, |m, s| {
-        passerelle::recorder::check_signature(&public, m, s)
+        passerelle::recording::check_signature(&public, m, s)
     }) {
         Verdict::Intact { header, frames, .. } => {
             ensure!(

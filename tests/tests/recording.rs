@@ -5,14 +5,14 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, ensure};
-use passerelle::recorder::{SigningKey, check_signature};
+use passerelle::recording::{SigningKey, check_signature};
 use passerelle_e2e::desktop::{self, VncOverWs, VncServer, XDisplay};
 use passerelle_e2e::faults::TinyDisk;
 use passerelle_e2e::{
     Agent, EchoServer, EndReason, Forward, Method, TestBroker, Ws, init, pattern, session_request,
     unique,
 };
-use passerelle_proto::recording::{Content, Frames, Kind, Verdict, verify};
+use passerelle_proto::recording::{Content, Frames, Kind, Verdict, Writer, verify};
 use serde_json::json;
 
 const BLUE: (u8, u8, u8) = (0x33, 0x66, 0xcc);
@@ -306,31 +306,115 @@ async fn a_recording_exports_to_png_and_video_as_it_was_at_each_time() -> Result
         "{seconds} s vs {duration} s"
     );
 
-    // A truncated copy (cut in the red phase) exports up to its last whole frame, and says so.
+    // A truncated copy (cut in the red phase) exports its signed part, up to its last
+    // checkpoint, and says so; the frames after it only on request, marked UNSIGNED.
     let (_, frames_iter) = Frames::new(&rec.file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let frames_before: Vec<_> = frames_iter.collect();
+    // Cut inside the first checkpoint of the green phase: the green screen's frames are whole
+    // but no signature covers them; the last signature is from the red phase.
     let cut_frame = frames_before
         .iter()
-        .position(|f| f.time_us > 5_500_000)
-        .context("no frame after 5.5 s")?;
+        .position(|f| f.kind == Kind::Checkpoint && f.time_us > 6_000_000)
+        .context("no checkpoint in the green phase")?;
     let (cut_at, last) = (
         frames_before[cut_frame].offset + 10,
         frames_before[cut_frame - 1].time_us,
     );
-    ensure!(last > 3_000_000, "nothing recorded in the red phase");
+    ensure!(last > 6_000_000, "nothing recorded in the green phase");
     let cut = dir.join("cut.psrec");
     std::fs::write(&cut, &rec.file[..cut_at])?;
+    let Verdict::Truncated { signed_end_us, .. } = verdict(&rec.broker, &rec.file[..cut_at])?
+    else {
+        anyhow::bail!("a cut recording is truncated");
+    };
+    ensure!(
+        (3_000_000..6_000_000).contains(&signed_end_us),
+        "signed up to {signed_end_us} µs (the red phase), last frame at {last} µs"
+    );
     let cut_arg = cut.display().to_string();
-    let last_arg = format!("{:.6}", last as f64 / 1e6);
-    let mut args = export(&["--png", &png_arg, "--at", &last_arg]);
+    let signed_arg = format!("{:.6}", signed_end_us as f64 / 1e6);
+    let mut args = export(&["--png", &png_arg, "--at", &signed_arg]);
     args[4] = cut_arg.clone();
     let (ok, out, err) = run(args.clone(), None).await?;
-    ensure!(ok && err.contains("truncated"), "{err}");
+    ensure!(
+        ok && err.contains("truncated") && err.contains("signed part"),
+        "{err}"
+    );
     let got = png_dominant(Path::new(out.trim()))?;
     ensure!(desktop::close_to(got, RED, 12), "truncated export: {got:?}");
-    args[8] = "7.5".into();
-    let (ok, _, err) = run(args, None).await?;
-    ensure!(!ok && err.contains("past the end"), "{err}");
+    let last_arg = format!("{:.6}", last as f64 / 1e6);
+    args[8] = last_arg.clone();
+    let (ok, _, err) = run(args.clone(), None).await?;
+    ensure!(
+        !ok && err.contains("past the end"),
+        "past the signed part: {err}"
+    );
+    args.push("--include-unsigned".into());
+    let (ok, out, err) = run(args, None).await?;
+    ensure!(ok && out.trim().ends_with("-UNSIGNED.png"), "{out} {err}");
+    // The unsigned frames exported are the recorded ones: the same screen as the whole file's.
+    let (ok, whole, err) = run(export(&["--png", &png_arg, "--at", &last_arg]), None).await?;
+    ensure!(ok, "{err}");
+    let (unsigned, recorded) = (
+        png_dominant(Path::new(out.trim()))?,
+        png_dominant(Path::new(whole.trim()))?,
+    );
+    ensure!(
+        unsigned == recorded,
+        "--include-unsigned shows {unsigned:?}, the recording {recorded:?}"
+    );
+
+    // The attack: whoever can write the file cuts it after a checkpoint of the blue phase and
+    // appends the rest with a recomputed hash chain. Every frame checks; verify says which
+    // are signed, export and replay show only those.
+    let cp = frames_before
+        .iter()
+        .rposition(|f| f.kind == Kind::Checkpoint && f.time_us < 2_500_000)
+        .context("no checkpoint in the blue phase")?;
+    let cut_len = frames_before[cp + 1].offset;
+    let (mut forger, _) = Writer::after(&rec.file[..cut_len]).context("resume the chain")?;
+    let mut forged = rec.file[..cut_len].to_vec();
+    for f in &frames_before[cp + 1..] {
+        if matches!(f.kind, Kind::Down | Kind::Up | Kind::Event) {
+            forger.frame(f.kind, f.time_us, f.payload, &mut forged);
+        }
+    }
+    let forged_file = dir.join("forged.psrec");
+    std::fs::write(&forged_file, &forged)?;
+    let forged_arg = forged_file.display().to_string();
+    let out = passerelle_e2e::process::run_cli(
+        &[
+            std::ffi::OsStr::new("--data-dir"),
+            std::ffi::OsStr::new(&data_dir),
+            std::ffi::OsStr::new("recording"),
+            std::ffi::OsStr::new("verify"),
+            std::ffi::OsStr::new(&forged_arg),
+        ],
+        &[],
+    )
+    .await?;
+    ensure!(
+        out.code == Some(3) && out.stdout.contains("NOT SIGNED"),
+        "verify of a forged tail: {out:?}"
+    );
+    let mut args = export(&["--png", &png_arg, "--at", "4.5"]);
+    args[4] = forged_arg.clone();
+    let (ok, _, err) = run(args.clone(), None).await?;
+    ensure!(
+        !ok && err.contains("past the end"),
+        "forged frames exported: {err}"
+    );
+    let Verdict::Truncated { signed_end_us, .. } = verdict(&rec.broker, &forged)? else {
+        anyhow::bail!("a forged tail reads as truncated");
+    };
+    args[8] = format!("{:.6}", signed_end_us as f64 / 1e6);
+    let (ok, out, err) = run(args, None).await?;
+    ensure!(ok, "{err}");
+    ensure!(desktop::close_to(
+        png_dominant(Path::new(out.trim()))?,
+        BLUE,
+        12
+    ));
 
     // A tampered copy is refused, with the reason.
     let mut bad = rec.file.clone();
@@ -392,6 +476,28 @@ async fn a_recording_exports_to_png_and_video_as_it_was_at_each_time() -> Result
     eprintln!(
         "figures: recording {} bytes, {duration:.1} s; export --png (3 times) {png_time:.2?}, --video 10 fps {video_time:.2?}; screen stream {total} bytes, the seek fetched {fetched} from keyframe {number} at {key:.2} s",
         rec.file.len()
+    );
+
+    // The forged file in the broker's place of the recording: the replay shows the signed
+    // part only (blue, about 2 s), never the appended red and green.
+    let tenant = rec
+        .broker
+        .store()
+        .tenant_id(&passerelle_proto::ids::TenantName::new("default")?)?
+        .context("tenant")?;
+    let stored = passerelle::recording::path_for(
+        &rec.broker.data_dir().join("recordings"),
+        tenant,
+        &rec.id,
+        1,
+    );
+    std::fs::write(&stored, &forged)?;
+    let replayed = desktop::open_replay(&url, &dir.join("forged.png"), &[]).await?;
+    ensure!(
+        replayed.error.is_none()
+            && replayed.shows(BLUE)
+            && replayed.duration.is_some_and(|d| d < 3.0),
+        "the replay of a forged tail: {replayed:?}"
     );
     Ok(())
 }
@@ -557,7 +663,8 @@ async fn raw_sessions_record_metadata_and_byte_counts_only() -> Result<()> {
         .map(|f| String::from_utf8_lossy(f.payload).into_owned())
         .collect();
     ensure!(
-        text.iter().any(|t| t.contains("encrypted end to end")),
+        text.iter()
+            .any(|t| t.contains("only metadata and byte counts are recorded")),
         "it says what it is: {text:?}"
     );
     let dir = tempfile::tempdir()?;
@@ -584,7 +691,7 @@ async fn raw_sessions_record_metadata_and_byte_counts_only() -> Result<()> {
     )
     .await?;
     ensure!(
-        !ok && err.contains("RDP/SSH recordings hold metadata only; nothing to export"),
+        !ok && err.contains("holds metadata only; nothing to export"),
         "{err}"
     );
     Ok(())

@@ -1,13 +1,15 @@
-//! Isolation under a slow reader: one viewer that stops reading must not stall the other
-//! sessions of the same agent nor the agent's connection; its own session ends, with a clear
-//! reason, once its buffer limit is reached.
+//! Slow and stalled viewers. A viewer slower than its workstation slows the transfer down: the
+//! broker stops reading that agent's channel while the viewer's buffer is full, and the whole
+//! transfer arrives. A viewer that takes nothing at all for `viewer_stall_secs` ends its session
+//! (`viewer_too_slow`). Only that agent waits meanwhile (russh grants an agent's window per
+//! connection, not per channel); another agent's sessions never do.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use passerelle_e2e::{
     Agent, EchoServer, EndReason, Forward, SessionState, SourceServer, TestBroker, Ws, close,
-    pattern, session_request,
+    pattern, pattern_byte, session_request, unique,
 };
 use tokio::time::{Instant, timeout};
 
@@ -16,89 +18,87 @@ use tokio::time::{Instant, timeout};
 const NOT_STALLED: Duration = Duration::from_secs(3);
 
 #[tokio::test]
-async fn a_stalled_viewer_does_not_stall_the_agents_other_session() -> Result<()> {
+async fn a_stalled_viewer_ends_its_session_and_no_other_agent_waits() -> Result<()> {
     let buffer = 256 * 1024;
-    let broker = TestBroker::start_with(|c| c.session_buffer_bytes = buffer).await?;
-    // A steady 2 MiB/s, like a busy screen: A's viewer stays stalled for a while (its socket
-    // buffers fill first, then the session's) before the limit is reached.
+    let stall = Duration::from_secs(3);
+    let broker = TestBroker::start_with(|c| {
+        c.session_buffer_bytes = buffer;
+        c.viewer_stall = stall;
+    })
+    .await?;
+    // A steady 2 MiB/s, like a busy screen.
     let source = SourceServer::start_paced(2 * 1024 * 1024).await?;
     let echo = EchoServer::start().await?;
-    let mut agent = Agent::registered(&broker, "pc-stall").await?;
+    let mut agent = Agent::registered(&broker, &unique("pc-stall")).await?;
     agent.connect(&[
         Forward::named("vnc", source.port()),
         Forward::named("ssh", echo.port()),
     ])?;
     let before = agent.wait_online(&broker, &["vnc", "ssh"]).await?;
+    let mut other = Agent::registered(&broker, &unique("pc-other")).await?;
+    other.connect(&[Forward::named("ssh", echo.port())])?;
+    other.wait_online(&broker, &["ssh"]).await?;
 
-    // Session B on the same agent connection, flowing before A starts.
+    // Session B on the same agent, session C on another agent, flowing before A starts.
     let b = broker
-        .create_session(&session_request("pc-stall", "ssh"))
+        .create_session(&session_request(&agent.id, "ssh"))
         .await?;
-    let mut flowing = Ws::connect(&b.raw_ws_url).await?;
-    flowing.round_trip(b"warm-up").await?;
+    let mut same_agent = Ws::connect(&b.raw_ws_url).await?;
+    same_agent.round_trip(b"warm-up").await?;
+    let c = broker
+        .create_session(&session_request(&other.id, "ssh"))
+        .await?;
+    let mut other_agent = Ws::connect(&c.raw_ws_url).await?;
+    other_agent.round_trip(b"warm-up").await?;
 
     // Session A: a viewer on the endless source that never reads.
     let a = broker
-        .create_session(&session_request("pc-stall", "vnc"))
+        .create_session(&session_request(&agent.id, "vnc"))
         .await?;
     let mut stalled = Ws::connect(&a.raw_ws_url).await?;
     source.wait_for("a connection", |s| s.accepted == 1).await?;
 
-    // B's echo round trips keep succeeding while A is stalled, and after the broker has cut
-    // A off.
+    // C's round trips never wait on A, before or after A's end.
     let t0 = Instant::now();
-    let mut trips_while_stalled = 0u32;
     let mut trips = 0u32;
-    let mut a_ended = None;
-    loop {
+    let a_ended = loop {
         let data = pattern(8 * 1024, trips as u8);
-        timeout(NOT_STALLED, flowing.round_trip(&data))
+        timeout(NOT_STALLED, other_agent.round_trip(&data))
             .await
             .with_context(|| {
                 format!(
-                    "session B stalled at round trip {trips} ({:?} in)",
+                    "another agent's session stalled at round trip {trips} ({:?} in)",
                     t0.elapsed()
                 )
             })??;
         trips += 1;
-        if a_ended.is_none() {
-            let info = broker.session(&a.id).await?;
-            if info.state == SessionState::Ended {
-                a_ended = Some((t0.elapsed(), info));
-            } else {
-                trips_while_stalled += 1;
-            }
+        let info = broker.session(&a.id).await?;
+        if info.state == SessionState::Ended {
+            break (t0.elapsed(), info);
         }
-        // B goes on for a while after A's end; then A's viewer reads again, well within the
-        // time the broker keeps a cut-off viewer's socket to deliver its close frame (5 s).
-        if let Some((when, _)) = &a_ended
-            && t0.elapsed() >= *when + Duration::from_secs(1)
-        {
-            break;
-        }
-        if t0.elapsed() > passerelle_e2e::WAIT {
+        if t0.elapsed() > passerelle_e2e::WAIT + stall {
             bail!(
-                "session A never ended although its viewer reads nothing: {:#?}; source {:?}",
-                broker.session(&a.id).await?,
+                "session A never ended although its viewer reads nothing: {info:#?}; source {:?}",
                 source.stats()
             );
         }
-    }
-    let (when, info) = a_ended.context("loop ends only once A has ended")?;
+    };
+    let (when, info) = a_ended;
     ensure!(
         info.end_reason == Some(EndReason::ViewerTooSlow),
         "A after {when:?}: {info:#?}"
     );
     ensure!(
-        trips_while_stalled >= 1,
-        "no round trip of B completed while A was stalled (A ended after {when:?})"
+        when >= stall,
+        "A ended after {when:?}, before the stall period ({stall:?}) could pass"
     );
 
     // A's viewer, reading at last, finds what arrived and then the reason.
     let closed = stalled.expect_close().await?;
     ensure!(closed.code == close::VIEWER_TOO_SLOW.code, "{closed:?}");
     ensure!(!closed.reason.is_empty(), "close without a human reason");
-    // A's end closes its channel: the source's connection ends.
+    // A's end closes its channel: the source's connection ends. The source wrote no more than
+    // what sat in buffers: the broker stopped reading it instead of holding it in memory.
     source.wait_closed(1).await?;
     let sent = source.stats().bytes_out;
     ensure!(
@@ -107,7 +107,7 @@ async fn a_stalled_viewer_does_not_stall_the_agents_other_session() -> Result<()
         closed.discarded
     );
 
-    // The agent's SSH connection stayed up the whole time: same connection, still online.
+    // The agent's SSH connection stayed up the whole time, and B flows again.
     ensure!(
         agent.process()?.exited()?.is_none(),
         "the agent's ssh exited"
@@ -117,12 +117,90 @@ async fn a_stalled_viewer_does_not_stall_the_agents_other_session() -> Result<()
         after.connected_since == before.connected_since,
         "the agent reconnected: {after:#?}"
     );
-    flowing.round_trip(b"still flowing").await?;
-    flowing.close().await?;
-    let b_info = broker.wait_ended(&b.id).await?;
+    timeout(NOT_STALLED, same_agent.round_trip(b"flowing again"))
+        .await
+        .context("B does not flow after A's end")??;
+    same_agent.close().await?;
+    other_agent.close().await?;
+    Ok(())
+}
+
+/// A viewer that reads at `rate` bytes per second, in 64 KiB steps; returns the bytes read.
+async fn read_slowly(ws: &mut Ws, total: usize, rate: usize) -> Result<usize> {
+    const STEP: usize = 64 * 1024;
+    let start = Instant::now();
+    let mut read = 0usize;
+    while read < total {
+        let n = STEP.min(total - read);
+        let got = ws.read_exact(n).await?;
+        for (i, b) in got.iter().enumerate() {
+            let expected = pattern_byte((read + i) as u64, SourceServer::SEED);
+            ensure!(*b == expected, "byte {} differs", read + i);
+        }
+        read += n;
+        let due = start + Duration::from_secs_f64(read as f64 / rate as f64);
+        tokio::time::sleep_until(due).await;
+    }
+    Ok(read)
+}
+
+#[tokio::test]
+async fn a_viewer_slower_than_its_workstation_gets_everything() -> Result<()> {
+    // 64 MiB from a source that writes as fast as it can, to a viewer reading 8 MiB/s, through a
+    // 256 KiB buffer: the old limit would have ended this session within the first second.
+    let total = 64 * 1024 * 1024;
+    let broker = TestBroker::start_with(|c| c.session_buffer_bytes = 256 * 1024).await?;
+    let source = SourceServer::start().await?;
+    let echo = EchoServer::start().await?;
+    let mut agent = Agent::registered(&broker, &unique("download")).await?;
+    agent.connect(&[Forward::named("rdp", source.port())])?;
+    agent.wait_online(&broker, &["rdp"]).await?;
+    let mut other = Agent::registered(&broker, &unique("neighbour")).await?;
+    other.connect(&[Forward::named("ssh", echo.port())])?;
+    other.wait_online(&broker, &["ssh"]).await?;
+    let d = broker
+        .create_session(&session_request(&agent.id, "rdp"))
+        .await?;
+    let n = broker
+        .create_session(&session_request(&other.id, "ssh"))
+        .await?;
+    let mut neighbour = Ws::connect(&n.raw_ws_url).await?;
+    let mut download = Ws::connect(&d.raw_ws_url).await?;
+    let reading = read_slowly(&mut download, total, 8 * 1024 * 1024);
+    let neighbouring = async {
+        // Meanwhile another agent's session keeps its round trips.
+        let mut worst = Duration::ZERO;
+        let mut trips = 0u32;
+        loop {
+            let t = Instant::now();
+            timeout(
+                NOT_STALLED,
+                neighbour.round_trip(&pattern(1024, trips as u8)),
+            )
+            .await
+            .context("another agent's session stalled")??;
+            worst = worst.max(t.elapsed());
+            trips += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if trips >= 60 {
+                return anyhow::Ok((trips, worst));
+            }
+        }
+    };
+    let (read, (trips, worst)) = tokio::try_join!(reading, neighbouring)?;
+    ensure!(read == total);
+    let info = broker.session(&d.id).await?;
     ensure!(
-        b_info.end_reason == Some(EndReason::ViewerClosed),
-        "{b_info:#?}"
+        info.state == SessionState::Active,
+        "the slow download ended its session: {info:#?}"
+    );
+    eprintln!("neighbour: {trips} round trips, worst {worst:?}");
+    download.close().await?;
+    neighbour.close().await?;
+    let ended = broker.wait_ended(&d.id).await?;
+    ensure!(
+        ended.end_reason == Some(EndReason::ViewerClosed),
+        "{ended:#?}"
     );
     Ok(())
 }

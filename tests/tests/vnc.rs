@@ -168,7 +168,7 @@ async fn view_only_input_never_reaches_the_server() -> Result<()> {
     let mut raw = Ws::connect(&watching.raw_ws_url).await?;
     let closed = raw.expect_close().await?;
     ensure!(
-        closed.code == close::PROTOCOL_ERROR.code,
+        closed.code == close::RAW_REFUSED.code,
         "raw view-only: {closed:?}"
     );
     let fresh = broker.new_token(&watching.id).await?;

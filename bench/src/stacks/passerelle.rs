@@ -44,8 +44,18 @@ impl Broker {
         ssh_listen: SocketAddr,
         log: &Path,
     ) -> anyhow::Result<Self> {
+        // Thousands of simulated workstations share the 8 source addresses: the broker's
+        // per-source SSH limits (meant for one host each) would pace them, so they are off.
+        let config = data_dir.join("bench.toml");
+        std::fs::create_dir_all(data_dir)?;
+        std::fs::write(
+            &config,
+            "ssh_connection_burst_per_source = 0\nmax_preauth_per_source = 0\n\
+             ssh_auth_failure_limit = 0\n",
+        )?;
         let mut cmd = Command::new(&bin.bin);
         cmd.envs(bin.env.iter().map(|(k, v)| (k, v)));
+        cmd.arg("--config").arg(&config);
         // Plain logs: the report quotes them.
         cmd.env("NO_COLOR", "1")
             .arg("serve")

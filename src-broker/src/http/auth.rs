@@ -1,19 +1,18 @@
 //! API key authentication (`Authorization: Bearer <key>`) and role checks.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use passerelle_proto::api::Role;
 
-use super::ApiError;
-use crate::broker::State;
-use crate::store::TenantId;
+use super::{ApiError, App};
+use crate::session::Actor;
+use crate::store::{NewEvent, TenantId};
 
 /// The authenticated caller of an API request.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(super) struct Caller {
     pub tenant_id: TenantId,
     /// The API key's public id (never the secret).
     pub key_id: String,
@@ -24,7 +23,7 @@ pub struct Caller {
 
 impl Caller {
     /// Refuses unless the caller has one of `roles`.
-    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+    pub(super) fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
         if roles.contains(&self.role) {
             return Ok(());
         }
@@ -35,17 +34,34 @@ impl Caller {
     }
 
     /// Who to name in the audit for this call.
-    pub fn who(&self) -> String {
+    pub(super) fn who(&self) -> String {
         self.operator
             .clone()
             .unwrap_or_else(|| format!("api-key:{}", self.key_id))
     }
+
+    /// The caller as the session core names who did something.
+    pub(super) fn actor(&self) -> Actor {
+        Actor {
+            name: self.who(),
+            api_key: Some(self.key_id.clone()),
+        }
+    }
+
+    /// An audit event of this call: the caller's tenant, the operator named, the key that spoke.
+    pub(super) fn event(&self, kind: crate::store::AuditKind, detail: String) -> NewEvent {
+        let mut ev = NewEvent::new(kind, detail);
+        ev.tenant_id = Some(self.tenant_id);
+        ev.operator = Some(self.who());
+        ev.api_key = Some(self.key_id.clone());
+        ev
+    }
 }
 
-impl FromRequestParts<Arc<State>> for Caller {
+impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<State>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &App) -> Result<Self, ApiError> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -61,21 +77,32 @@ impl FromRequestParts<Arc<State>> for Caller {
             .map(|c| c.0);
         if let Some(peer) = peer {
             state
-                .credentials_allowed(peer)
+                .guard
+                .allowed(peer)
                 .map_err(ApiError::too_many_attempts)?;
         }
-        let key = key.trim();
-        let found = state.store.check_api_key(key)?;
-        let Some((tenant_id, key_id, role)) = found else {
-            if let Some(peer) = peer {
-                let owner = state.store.api_key_owner(key).ok().flatten();
-                let what = match &owner {
-                    Some((_, id)) => format!("API key {id} with a wrong secret, or revoked"),
-                    None => "an unknown API key".to_owned(),
-                };
-                state.credential_failed(peer, owner.map(|o| o.0), &what);
+        let key = key.trim().to_owned();
+        let found = state
+            .db
+            .run(move |s| {
+                Ok(match s.check_api_key(&key)? {
+                    Some(found) => Ok(found),
+                    None => Err(s.api_key_owner(&key).ok().flatten()),
+                })
+            })
+            .await?;
+        let (tenant_id, key_id, role) = match found {
+            Ok(found) => found,
+            Err(owner) => {
+                if let Some(peer) = peer {
+                    let what = match &owner {
+                        Some((_, id)) => format!("API key {id} with a wrong secret, or revoked"),
+                        None => "an unknown API key".to_owned(),
+                    };
+                    state.guard.failed(peer, owner.map(|o| o.0), &what);
+                }
+                return Err(ApiError::unauthorized("unknown or revoked API key"));
             }
-            return Err(ApiError::unauthorized("unknown or revoked API key"));
         };
         let operator = parts
             .headers

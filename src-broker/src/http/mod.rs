@@ -1,6 +1,7 @@
 //! The HTTP side: the JSON API for the console, the WebSocket endpoints for viewers, health and
 //! metrics. Plain HTTP or HTTPS (rustls) on one listener, served by [`server`]'s accept loop.
 
+mod agents;
 mod api;
 mod auth;
 mod error;
@@ -8,47 +9,101 @@ mod pages;
 mod rdp;
 mod replay;
 mod server;
+mod sessions;
+mod viewer;
 mod ws;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State as AxState};
+use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::broker::State;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::recording::SigningKey;
+use crate::registry::Registry;
+use crate::session::Core;
+use crate::store::Db;
+use crate::throttle::Guard;
 
-pub use error::ApiError;
-pub use server::serve;
+pub(crate) use error::ApiError;
+pub(crate) use server::serve;
+
+/// Where the URLs handed out point.
+#[derive(Debug, Clone)]
+pub struct Urls {
+    /// `http(s)://host:port`, the base of every URL handed out.
+    pub base: String,
+    /// Hex SHA-256 of the HTTPS certificate, when serving HTTPS (pinned by the desktop helper).
+    pub tls_fingerprint: Option<String>,
+}
+
+/// What the HTTP side is given; each handler takes the parts it needs (axum's `FromRef`).
+#[derive(Clone)]
+pub struct App {
+    pub core: Arc<Core>,
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub guard: Arc<Guard>,
+    pub config: Arc<Config>,
+    pub urls: Arc<Urls>,
+    pub recording_key: Arc<SigningKey>,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("urls", &self.urls)
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! parts {
+    ($($field:ident: $ty:ty),*) => {$(
+        impl FromRef<App> for $ty {
+            fn from_ref(app: &App) -> Self {
+                app.$field.clone()
+            }
+        }
+    )*};
+}
+
+parts!(core: Arc<Core>, db: Db, registry: Arc<Registry>, metrics: Arc<Metrics>, config: Arc<Config>, urls: Arc<Urls>);
 
 /// Largest API request body.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The routes.
-pub fn router(state: Arc<State>) -> Router {
+pub(crate) fn router(app: App) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route(
             "/api/v1/sessions",
-            post(api::create_session).get(api::list_sessions),
+            post(sessions::create_session).get(sessions::list_sessions),
         )
         .route(
             "/api/v1/sessions/{id}",
-            get(api::get_session).delete(api::stop_session),
+            get(sessions::get_session).delete(sessions::stop_session),
         )
-        .route("/api/v1/sessions/{id}/tokens", post(api::new_token))
+        .route("/api/v1/sessions/{id}/tokens", post(sessions::new_token))
         .route(
             "/api/v1/agents",
-            get(api::list_agents).post(api::register_agent),
+            get(agents::list_agents).post(agents::register_agent),
         )
         .route(
             "/api/v1/agents/{id}",
-            get(api::get_agent)
-                .patch(api::patch_agent)
-                .delete(api::revoke_agent),
+            get(agents::get_agent)
+                .patch(agents::patch_agent)
+                .delete(agents::revoke_agent),
         )
         .route(
             "/api/v1/agents/{id}/rdp-certificate",
@@ -60,6 +115,7 @@ pub fn router(state: Arc<State>) -> Router {
         )
         .route("/api/v1/audit", get(api::audit))
         .route("/api/v1/recordings/{id}", get(api::recording))
+        .route("/api/v1/recordings/{id}/segments", get(api::segments))
         .route("/api/v1/recordings/{id}/screen/index", get(replay::index))
         .route("/api/v1/recordings/{id}/screen", get(replay::screen))
         .route("/replay/{id}", get(pages::replay))
@@ -78,21 +134,21 @@ pub fn router(state: Arc<State>) -> Router {
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            app.config.clone(),
             request_deadline,
         ))
-        .with_state(state)
+        .with_state(app)
 }
 
 /// Answers 408 `request_timeout` (and closes the connection) when a request is not received in
 /// full and handled within `http_request_timeout`: a body trickled byte by byte is cut like a
 /// slow header. A WebSocket handler returns at once with its upgrade, so bridges are unaffected.
 async fn request_deadline(
-    AxState(state): AxState<Arc<State>>,
+    State(config): State<Arc<Config>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let limit = state.config.http_request_timeout;
+    let limit = config.http_request_timeout;
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {
@@ -115,9 +171,9 @@ async fn request_deadline(
     }
 }
 
-async fn metrics(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
-    let body = state
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    let body = app
         .metrics
-        .render(state.registry.len(), state.sessions.len());
+        .render(app.registry.len(), app.core.table().len());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

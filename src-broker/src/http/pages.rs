@@ -1,13 +1,12 @@
 //! The browser pages: `/view/{id}` (the noVNC viewer, or IronRDP's for an `rdp` session),
 //! `/console`, and their static files, embedded in the binary at build time.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State as AxState};
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use passerelle_proto::ids::ServiceKind;
 
-use crate::broker::State;
+use super::App;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/assets.rs"));
@@ -75,8 +74,18 @@ fn page(name: &str) -> Response {
     }
 }
 
-pub async fn view(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -> Response {
-    if crate::service::rdp::glue::is_rdp_session(&state, &id) {
+/// Whether session `id` (live, else in the store) is an `rdp` session.
+async fn is_rdp(app: &App, id: &str) -> bool {
+    if let Some(live) = app.core.table().get(id) {
+        return live.service.kind() == Some(ServiceKind::Rdp);
+    }
+    let id = id.to_owned();
+    let stored = app.db.run(move |s| s.session_with_tenant(&id)).await;
+    matches!(stored, Ok(Some((s, _))) if s.service.kind() == Some(ServiceKind::Rdp))
+}
+
+pub(super) async fn view(State(app): State<App>, Path(id): Path<String>) -> Response {
+    if is_rdp(&app, &id).await {
         if !(embedded::HAS_IRONRDP && embedded::HAS_IRONRDP_RDP) {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -99,7 +108,7 @@ pub async fn view(AxState(state): AxState<Arc<State>>, Path(id): Path<String>) -
     page("viewer.html")
 }
 
-pub async fn replay(Path(_id): Path<String>) -> Response {
+pub(super) async fn replay(Path(_id): Path<String>) -> Response {
     if !embedded::HAS_NOVNC {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -110,15 +119,15 @@ pub async fn replay(Path(_id): Path<String>) -> Response {
     page("replay.html")
 }
 
-pub async fn console() -> Response {
+pub(super) async fn console() -> Response {
     page("console.html")
 }
 
-pub async fn root() -> Redirect {
+pub(super) async fn root() -> Redirect {
     Redirect::to("/console")
 }
 
-pub async fn static_file(Path(path): Path<String>) -> Response {
+pub(super) async fn static_file(Path(path): Path<String>) -> Response {
     match asset(&path) {
         Some(bytes) => respond(&path, bytes),
         None => (StatusCode::NOT_FOUND, "not found").into_response(),

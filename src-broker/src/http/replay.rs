@@ -2,32 +2,50 @@
 //! and its records from the keyframe nearest a time. Auditor and admin keys only, like the
 //! recording itself; each index fetch (one per replay) is audited as `recording_viewed`.
 
-use std::sync::Arc;
-
 use axum::Json;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 use passerelle_proto::api::Role;
 use serde::Deserialize;
 
-use super::ApiError;
-use super::api::{ApiResult, event, session_of};
+use super::api::{ApiResult, session_of};
 use super::auth::Caller;
-use crate::broker::State;
-use crate::screen_stream::{self, BuildError, Index};
+use super::{ApiError, App};
+use crate::recording::screen_stream::{self, BuildError, Index};
 use crate::store::AuditKind;
 
+/// Which recorded connection of a session (from 1).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IndexQuery {
+    #[serde(default = "first")]
+    segment: u32,
+}
+
+fn first() -> u32 {
+    1
+}
+
 /// The screen stream of a caller's session, built on first use (off the async threads).
-async fn stream_of(state: &Arc<State>, caller: &Caller, id: &str) -> ApiResult<(Vec<u8>, String)> {
+async fn stream_of(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    segment: u32,
+) -> ApiResult<(Vec<u8>, String)> {
     caller.require(&[Role::Admin, Role::Auditor])?;
-    let session = session_of(state, caller, id)?;
-    let path =
-        crate::recorder::path_for(&state.config.recordings_dir, caller.tenant_id, &session.id);
-    if !path.exists() {
+    let session = session_of(&app.db, caller, id).await?;
+    let path = crate::recording::path_for(
+        &app.config.recordings_dir,
+        caller.tenant_id,
+        &session.id,
+        segment,
+    );
+    if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
         return Err(ApiError::not_found("recording"));
     }
-    let key = state.recording_key.public_hex();
+    let key = app.recording_key.public_hex();
     let built = tokio::task::spawn_blocking(move || screen_stream::load_or_build(&path, &key))
         .await
         .map_err(|e| anyhow::anyhow!("building a screen stream: {e}"))?;
@@ -38,6 +56,9 @@ async fn stream_of(state: &Arc<State>, caller: &Caller, id: &str) -> ApiResult<(
                 "recording_tampered",
                 format!("{e}; it cannot be replayed"),
             )),
+            Some(BuildError::Unsigned) => {
+                Err(ApiError::conflict("recording_unsigned", e.to_string()))
+            }
             Some(BuildError::Playback(_)) => {
                 Err(ApiError::conflict("recording_unplayable", e.to_string()))
             }
@@ -48,33 +69,36 @@ async fn stream_of(state: &Arc<State>, caller: &Caller, id: &str) -> ApiResult<(
 
 /// `GET /api/v1/recordings/{id}/screen/index`: what the replay page needs first (metadata,
 /// duration, input marks, keyframes). Audited: this is a replay.
-pub async fn index(
+pub(super) async fn index(
     caller: Caller,
-    AxState(state): AxState<Arc<State>>,
+    State(app): State<App>,
     Path(id): Path<String>,
+    Query(q): Query<IndexQuery>,
 ) -> ApiResult<Json<Index>> {
-    let (stream, agent) = stream_of(&state, &caller, &id).await?;
+    let (stream, agent) = stream_of(&app, &caller, &id, q.segment).await?;
     let (index, _) = screen_stream::read_index(&stream)
         .ok_or_else(|| anyhow::anyhow!("a screen stream without an index"))?;
-    let mut ev = event(
+    let mut ev = caller.event(
         AuditKind::RecordingViewed,
-        &caller,
-        "recording replayed".into(),
+        format!("recording replayed (segment {})", q.segment),
     );
     ev.session = Some(id);
     ev.agent = Some(agent);
-    state.store.audit(ev);
+    app.db.audit(ev);
     Ok(Json(index))
 }
 
 #[derive(Debug, Deserialize)]
-pub struct ScreenQuery {
+pub(super) struct ScreenQuery {
     /// Recorded seconds to show.
     #[serde(default)]
     from: f64,
     /// Keyframe intervals to send (the page fetches the next ones as it plays).
     #[serde(default = "default_keyframes")]
     keyframes: usize,
+    /// Which recorded connection of the session.
+    #[serde(default = "first")]
+    segment: u32,
 }
 
 fn default_keyframes() -> usize {
@@ -84,16 +108,16 @@ fn default_keyframes() -> usize {
 /// `GET /api/v1/recordings/{id}/screen?from=SECONDS&keyframes=N`: the stream's records from
 /// the last keyframe at or before `from`, up to the N-th keyframe after it (or the end).
 /// `X-Passerelle-Keyframe` says which keyframe it starts at (`number time_us`).
-pub async fn screen(
+pub(super) async fn screen(
     caller: Caller,
-    AxState(state): AxState<Arc<State>>,
+    State(app): State<App>,
     Path(id): Path<String>,
     Query(q): Query<ScreenQuery>,
 ) -> ApiResult<Response> {
     if !q.from.is_finite() || q.from < 0.0 {
         return Err(ApiError::bad_request("from must be a number of seconds"));
     }
-    let (stream, _) = stream_of(&state, &caller, &id).await?;
+    let (stream, _) = stream_of(&app, &caller, &id, q.segment).await?;
     let (index, base) = screen_stream::read_index(&stream)
         .ok_or_else(|| anyhow::anyhow!("a screen stream without an index"))?;
     let Some((number, time_us, offset)) =

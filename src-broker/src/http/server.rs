@@ -10,6 +10,9 @@
 //! - WebSocket upgrades leave hyper with their connection (and its slot: an upgraded connection
 //!   still counts until the viewer task drops it).
 //! - Shutdown: each connection is told to finish its request and close, then cut after a grace.
+//! - Behind a reverse proxy listed in `trusted_proxies`, each request's client address (what
+//!   lockouts and the audit see) comes from `X-Forwarded-For` (see [`crate::netaddr`]), and the
+//!   per-address cap does not apply to the proxy's own connections.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -28,7 +31,9 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
-use crate::broker::State;
+use super::App;
+use crate::metrics::Metrics;
+use crate::netaddr;
 use crate::shards::{MovableStream, MoveHandle};
 use crate::throttle::client_key;
 
@@ -79,23 +84,22 @@ impl Drop for IpSlot {
 struct Slots {
     _global: OwnedSemaphorePermit,
     _ip: IpSlot,
-    state: Arc<State>,
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for Slots {
     fn drop(&mut self) {
-        self.state
-            .metrics
+        self.metrics
             .http_connections_open
             .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Serves until `state.shutdown` is cancelled. One failed accept never ends the loop.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: std::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    state: Arc<State>,
+    state: App,
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -107,12 +111,18 @@ pub async fn serve(
     let per_ip = Arc::new(PerIp::default());
     let mut acceptor = crate::accept::Acceptor::new(listener, "http");
     while let Some((stream, peer)) = acceptor.next(&state.shutdown).await {
+        let proxied = netaddr::is_trusted(&state.config.trusted_proxies, peer.ip());
+        let per_ip_max = if proxied {
+            0
+        } else {
+            state.config.http_max_connections_per_ip
+        };
         let slots = global.clone().try_acquire_owned().ok().and_then(|g| {
-            let ip = per_ip.take(peer.ip(), state.config.http_max_connections_per_ip)?;
+            let ip = per_ip.take(peer.ip(), per_ip_max)?;
             Some(Slots {
                 _global: g,
                 _ip: ip,
-                state: state.clone(),
+                metrics: state.metrics.clone(),
             })
         });
         let Some(slots) = slots else {
@@ -144,7 +154,7 @@ async fn connection(
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     router: Router,
-    state: &Arc<State>,
+    state: &App,
     slots: Slots,
 ) {
     // Viewers' small frames (RFB input, the RFB greeting) must not wait for a delayed ACK.
@@ -177,7 +187,7 @@ async fn http<I>(
     io: I,
     peer: SocketAddr,
     router: Router,
-    state: &Arc<State>,
+    state: &App,
     (slots, mover): (Slots, MoveHandle),
 ) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -185,8 +195,17 @@ async fn http<I>(
     // The slots travel with each request so that an upgraded WebSocket keeps its connection's
     // place until the viewer task lets go of the request (and its upgrade) at the end.
     let slots = Arc::new(slots);
+    let trusted = Arc::new(state.config.trusted_proxies.clone());
+    let proxied = netaddr::is_trusted(&trusted, peer.ip());
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
+        let client = if proxied {
+            let forwarded = req.headers().get_all("x-forwarded-for");
+            let values = forwarded.iter().filter_map(|v| v.to_str().ok());
+            SocketAddr::new(netaddr::forwarded_client(&trusted, peer.ip(), values), 0)
+        } else {
+            peer
+        };
+        req.extensions_mut().insert(ConnectInfo(client));
         req.extensions_mut().insert(ConnSlot {
             _slots: slots.clone(),
             mover: mover.clone(),

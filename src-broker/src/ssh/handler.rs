@@ -2,6 +2,7 @@
 //! forwards as service announcements (or legacy numeric ports), and the refusal, with a reason
 //! and an audit event, of everything else an SSH client may ask.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -14,23 +15,25 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 use tokio::sync::oneshot;
 
-use super::Killer;
-use crate::broker::State;
+use super::{Killer, Server, guard};
 use crate::registry::{AgentConn, AgentLink};
-use crate::sessions::LegacyLink;
+use crate::session::LegacyLink;
 use crate::store::{AgentRecord, AuditKind, NewEvent};
 
 /// Placeholder ports told to agents for named services start here.
 const PLACEHOLDER_PORT_BASE: u32 = 10_000;
 
 pub(super) struct AgentHandler {
-    state: Arc<State>,
+    state: Arc<Server>,
     peer: SocketAddr,
     killer: Arc<Killer>,
     authed: Option<oneshot::Sender<Arc<AgentConn>>>,
     record: Option<AgentRecord>,
     conn: Option<Arc<AgentConn>>,
-    forwards: usize,
+    /// The remote forwards in place, as (bind address, port told to the agent).
+    forwards: HashSet<(String, u32)>,
+    /// The next placeholder port, never reused on this connection.
+    next_placeholder: u32,
 }
 
 struct SshLink {
@@ -45,7 +48,8 @@ impl AgentLink for SshLink {
         address: String,
         port: u32,
         originator: SocketAddr,
-    ) -> futures_util::future::BoxFuture<'static, anyhow::Result<crate::bridge::AgentStream>> {
+    ) -> futures_util::future::BoxFuture<'static, anyhow::Result<crate::registry::AgentChannel>>
+    {
         let handle = self.handle.clone();
         async move {
             let channel = handle
@@ -76,7 +80,7 @@ impl AgentLink for SshLink {
 
 impl AgentHandler {
     pub(super) fn new(
-        state: Arc<State>,
+        state: Arc<Server>,
         peer: SocketAddr,
         killer: Arc<Killer>,
         authed: oneshot::Sender<Arc<AgentConn>>,
@@ -88,7 +92,8 @@ impl AgentHandler {
             authed: Some(authed),
             record: None,
             conn: None,
-            forwards: 0,
+            forwards: HashSet::new(),
+            next_placeholder: PLACEHOLDER_PORT_BASE,
         }
     }
 
@@ -109,7 +114,7 @@ impl AgentHandler {
         tracing::info!(refused = %what, "refused agent request");
         let text = format!("passerelle: refused: {what}");
         self.state
-            .store
+            .db
             .audit(self.event(AuditKind::RequestRefused, what));
         text
     }
@@ -121,54 +126,72 @@ impl AgentHandler {
             .await;
     }
 
-    /// Audits a refused key in the tenant of the agent it claimed to be (or of the agent the key
-    /// belongs to), so that each tenant sees attempts on its own agents.
-    fn auth_failed(&mut self, user: &str, fingerprint: &str) {
-        self.state
-            .metrics
-            .auth_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let user: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
-        let owner = self
-            .state
-            .store
-            .agent_for_fingerprint(fingerprint)
-            .ok()
-            .flatten();
-        let detail = match &owner {
-            Some(o) => format!(
-                "key {fingerprint} belongs to agent {} but was offered for {user}",
-                o.id
-            ),
-            None => format!("key {fingerprint} is not registered for {user}"),
-        };
-        tracing::info!(%user, %detail, "agent authentication failed");
-        let mut tenants = self
-            .state
-            .store
-            .tenants_with_agent(&user)
-            .unwrap_or_default();
-        if let Some(o) = &owner
-            && !tenants.contains(&o.tenant_id)
-        {
-            tenants.push(o.tenant_id);
+    /// Counts and audits a rejected key (see [`super::guard::Guard::count_rejection`]): for
+    /// the first rejection of this (source, id, key) in a window, one store query (on the
+    /// blocking pool) and the `auth_failed` events; for the repeats, only a count.
+    async fn key_rejected(&self, user: &str, key: &russh::keys::PublicKey) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let state = &self.state;
+        let guard = &state.guard;
+        state.metrics.auth_failures.fetch_add(1, Relaxed);
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let user = guard::clean_user(user);
+        let rejection = guard.count_rejection(self.peer, &user, &fingerprint);
+        for ev in rejection.overflow {
+            state.db.audit(ev);
         }
-        let targets: Vec<Option<i64>> = if tenants.is_empty() {
-            vec![None]
+        let events = if rejection.first {
+            let (who, fp) = (user.clone(), fingerprint.clone());
+            let targets = state
+                .db
+                .run(move |s| s.offer_targets(&who, &fp))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "could not look up a rejected key's tenants");
+                    Vec::new()
+                });
+            let events = guard::offer_events(&targets, &user, &fingerprint, self.peer);
+            tracing::info!(%user, key = %fingerprint, "agent authentication failed");
+            for ev in &events {
+                state.db.audit(ev.clone());
+            }
+            guard.remember(self.peer, &user, &fingerprint, &events);
+            events
         } else {
-            tenants.into_iter().map(Some).collect()
+            rejection.events
         };
-        for tenant_id in targets {
-            let mut ev = self.event(AuditKind::AuthFailed, detail.clone());
-            ev.agent = Some(user.clone());
-            ev.tenant_id = tenant_id;
-            self.state.store.audit(ev);
+        if let Some(lockout) = rejection.lockout {
+            state.metrics.auth_lockouts.fetch_add(1, Relaxed);
+            tracing::warn!(client = %lockout.client, failures = lockout.failures, "ssh key guessing: source locked out");
+            let window = state.config.auth_failure_window.as_secs();
+            for ev in guard::lockout_events(&lockout, &events, self.peer, window) {
+                state.db.audit(ev);
+            }
         }
     }
 
-    fn lookup(&self, user: &str, key: &russh::keys::PublicKey) -> Option<AgentRecord> {
+    /// Whether this source is locked out for rejected keys: its offers are then refused
+    /// without a store query.
+    fn locked_out(&self) -> bool {
+        let locked = self.state.guard.key_failures.check(self.peer.ip()).is_err();
+        if locked {
+            self.state
+                .metrics
+                .auth_throttled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        locked
+    }
+
+    async fn lookup(&self, user: &str, key: &russh::keys::PublicKey) -> Option<AgentRecord> {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        match self.state.store.agent_for_key(user, &fingerprint) {
+        let user = user.to_owned();
+        let found = self
+            .state
+            .db
+            .run(move |s| s.agent_for_key(&user, &fingerprint))
+            .await;
+        match found {
             Ok(found) => found,
             Err(e) => {
                 tracing::error!(error = %e, "agent lookup failed");
@@ -186,13 +209,13 @@ impl Handler for AgentHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.lookup(user, offer.public_key).is_some() {
+        if self.locked_out() {
+            return Ok(Auth::reject());
+        }
+        if self.lookup(user, offer.public_key).await.is_some() {
             return Ok(Auth::Accept);
         }
-        self.auth_failed(
-            user,
-            &offer.public_key.fingerprint(HashAlg::Sha256).to_string(),
-        );
+        self.key_rejected(user, offer.public_key).await;
         Ok(Auth::reject())
     }
 
@@ -201,16 +224,16 @@ impl Handler for AgentHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match self.lookup(user, key.public_key) {
+        if self.locked_out() {
+            return Ok(Auth::reject());
+        }
+        match self.lookup(user, key.public_key).await {
             Some(record) => {
                 self.record = Some(record);
                 Ok(Auth::Accept)
             }
             None => {
-                self.auth_failed(
-                    user,
-                    &key.public_key.fingerprint(HashAlg::Sha256).to_string(),
-                );
+                self.key_rejected(user, key.public_key).await;
                 Ok(Auth::reject())
             }
         }
@@ -239,7 +262,7 @@ impl Handler for AgentHandler {
             .agent_connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.state
-            .store
+            .db
             .audit(self.event(AuditKind::AgentConnected, "authenticated".into()));
         tracing::info!(agent = %record.id, "agent connected");
         self.conn = Some(conn.clone());
@@ -259,16 +282,17 @@ impl Handler for AgentHandler {
             return Ok(false);
         };
         let limit = self.state.config.max_forwards_per_connection;
-        let what = if self.forwards >= limit {
+        let what = if self.forwards.len() >= limit {
             format!("too many forwards (at most {limit} per connection)")
         } else if let Ok(name) = ServiceName::new(address)
             .map_err(|_| ())
             .and_then(|n| if n.is_builtin() { Ok(n) } else { Err(()) })
         {
             if *port == 0 {
-                *port = PLACEHOLDER_PORT_BASE + u32::try_from(self.forwards).unwrap_or(0);
+                *port = self.next_placeholder;
+                self.next_placeholder = self.next_placeholder.saturating_add(1);
             }
-            self.forwards += 1;
+            self.forwards.insert((address.to_owned(), *port));
             conn.add_service(name, *port);
             return Ok(true);
         } else if *port == 0 {
@@ -278,17 +302,17 @@ impl Handler for AgentHandler {
         } else {
             match self
                 .state
-                .sessions
+                .core
+                .table()
                 .legacy_claim(*port, conn.tenant_id, &conn.agent)
             {
                 Ok(live) => {
-                    self.forwards += 1;
-                    let link = LegacyLink {
+                    self.forwards.insert((address.to_owned(), *port));
+                    live.legacy_attach(LegacyLink {
                         conn: conn.clone(),
                         address: address.to_owned(),
                         port: *port,
-                    };
-                    self.state.sessions.legacy_attach(&live, link);
+                    });
                     return Ok(true);
                 }
                 Err(why) => why,
@@ -299,13 +323,20 @@ impl Handler for AgentHandler {
         Ok(false)
     }
 
+    /// A cancelled forward gives its place back (toward the per-connection limit). OpenSSH
+    /// cancels with the port the broker told it, so only a forward in place is cancelled.
     async fn cancel_tcpip_forward(
         &mut self,
         address: &str,
-        _port: u32,
+        port: u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        if let (Some(conn), Ok(name)) = (&self.conn, ServiceName::new(address)) {
+        if !self.forwards.remove(&(address.to_owned(), port)) {
+            return Ok(false);
+        }
+        if let (Some(conn), Ok(name)) = (&self.conn, ServiceName::new(address))
+            && conn.service_port(&name) == Some(port)
+        {
             conn.remove_service(&name);
         }
         Ok(true)

@@ -1,10 +1,20 @@
-//! The agents' SSH listener: accept loop, connection cap, pre-authentication timeout, and the
-//! life of one agent connection (presence from authentication to disconnect).
+//! The agents' SSH listener: accept loop, connection caps (global, and per source: rate,
+//! pre-authentication share and lockout, checked in [`gate`] with the structures of
+//! [`admission`] and [`guard`]), the PROXY protocol v2 header of trusted proxies, the
+//! pre-authentication timeout, the algorithms offered, and the life of one agent connection
+//! (presence from authentication to disconnect).
 //!
 //! The broker binds no port for tunnels: a remote forward only records (service name, placeholder
 //! port), and a viewer's arrival opens a forwarded-tcpip channel on the agent's connection.
 
+mod admission;
+mod algorithms;
+mod gate;
+mod guard;
 mod handler;
+mod proxy_header;
+
+pub(crate) use guard::Guard;
 
 use std::future::Future as _;
 use std::net::SocketAddr;
@@ -21,12 +31,88 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument as _;
 
-use crate::broker::State;
-use crate::registry::AgentConn;
-use crate::store::{AuditKind, NewEvent};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::netaddr;
+use crate::registry::{AgentConn, Registry};
+use crate::session::Core;
+use crate::shards::Shards;
+use crate::store::{AuditKind, Db, NewEvent};
+
+/// What the agents' listener needs.
+pub(crate) struct Server {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub registry: Arc<Registry>,
+    /// The legacy flow matches forwards to pending sessions.
+    pub core: Arc<Core>,
+    pub metrics: Arc<Metrics>,
+    pub host_key: russh::keys::PrivateKey,
+    pub tasks: tokio_util::task::TaskTracker,
+    pub shutdown: CancellationToken,
+    /// Where agent connections run.
+    pub shards: Arc<Shards>,
+    /// Per-source limits before authentication and the coalesced audit of rejected keys.
+    pub guard: Guard,
+    next_conn_id: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each part is shared with another listener"
+    )]
+    pub(crate) fn new(
+        config: Arc<Config>,
+        db: Db,
+        registry: Arc<Registry>,
+        core: Arc<Core>,
+        metrics: Arc<Metrics>,
+        host_key: russh::keys::PrivateKey,
+        tasks: tokio_util::task::TaskTracker,
+        shutdown: CancellationToken,
+        shards: Arc<Shards>,
+    ) -> Self {
+        Self {
+            guard: Guard::new(&config),
+            config,
+            db,
+            registry,
+            core,
+            metrics,
+            host_key,
+            tasks,
+            shutdown,
+            shards,
+            next_conn_id: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// The listener's share of the broker's periodic upkeep (every `period_secs`): forgets
+    /// sources that no longer limit anyone, and audits the counts of repeated rejected keys
+    /// (queued to the audit writer: never waits).
+    pub(crate) fn upkeep(&self, period_secs: u64) {
+        self.guard.sweep();
+        for ev in self.guard.take_counts(period_secs) {
+            self.db.audit(ev);
+        }
+    }
+
+    /// A fresh connection id.
+    fn next_conn_id(&self) -> u64 {
+        self.next_conn_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// The russh server configuration derived from ours.
-pub fn ssh_config(state: &State) -> Arc<SshConfig> {
+pub(crate) fn ssh_config(state: &Server) -> Arc<SshConfig> {
     let c = &state.config;
     Arc::new(SshConfig {
         server_id: russh::SshId::Standard(
@@ -45,25 +131,16 @@ pub fn ssh_config(state: &State) -> Arc<SshConfig> {
         window_size: 4 << 20,
         maximum_packet_size: 64 * 1024,
         channel_buffer_size: 64,
-        // AES-GCM moves about twice the bytes per CPU of ChaCha20 here; OpenSSH picks the first
-        // of *its* list that we offer, so agents choose with `-c aes128-gcm@openssh.com`.
-        preferred: russh::Preferred {
-            cipher: std::borrow::Cow::Borrowed(&[
-                russh::cipher::AES_128_GCM,
-                russh::cipher::AES_256_GCM,
-                russh::cipher::CHACHA20_POLY1305,
-                russh::cipher::AES_256_CTR,
-                russh::cipher::AES_192_CTR,
-                russh::cipher::AES_128_CTR,
-            ]),
-            ..russh::Preferred::default()
-        },
+        preferred: algorithms::preferred(),
+        limits: algorithms::rekey_limits(),
         ..SshConfig::default()
     })
 }
 
-/// Accepts agents until `state.shutdown` is cancelled. One failed accept never ends the loop.
-pub async fn run(listener: TcpListener, state: Arc<State>) {
+/// Accepts agents until `state.shutdown` is cancelled. One failed accept never ends the loop,
+/// and no handshake work is done in it: a source over its limits is refused with one
+/// non-blocking write, and a trusted proxy's header is read in the connection's own task.
+pub(crate) async fn run(listener: TcpListener, state: Arc<Server>) {
     let config = ssh_config(&state);
     let slots = Arc::new(Semaphore::new(state.config.max_agent_connections));
     let mut acceptor = crate::accept::Acceptor::new(listener, "ssh");
@@ -71,6 +148,20 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "too many agent connections; refusing");
             continue;
+        };
+        let via_proxy = netaddr::is_trusted(&state.config.trusted_proxies, peer.ip());
+        // Direct connections are judged here, before anything is spent on them; a trusted
+        // proxy's are judged once its header names the client.
+        let admitted = if via_proxy {
+            None
+        } else {
+            match gate::admit(&state, peer) {
+                Ok(slot) => Some(slot),
+                Err(why) => {
+                    gate::refuse(&stream, peer, why, &state);
+                    continue;
+                }
+            }
         };
         let state2 = state.clone();
         let config = config.clone();
@@ -87,7 +178,16 @@ pub async fn run(listener: TcpListener, state: Arc<State>) {
         state.tasks.spawn_on(
             async move {
                 match TcpStream::from_std(stream) {
-                    Ok(stream) => serve(stream, peer, config, state2).await,
+                    Ok(stream) => {
+                        let deadline = tokio::time::Instant::now() + state2.config.preauth_timeout;
+                        let admitted = match admitted {
+                            Some(slot) => Some((stream, peer, slot)),
+                            None => gate::through_proxy(stream, peer, &state2, deadline).await,
+                        };
+                        if let Some((stream, client, slot)) = admitted {
+                            serve(stream, client, slot, deadline, config, state2).await;
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "could not register an agent connection"),
                 }
                 drop(permit);
@@ -159,7 +259,16 @@ impl AsyncWrite for KillableStream {
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, config: Arc<SshConfig>, state: Arc<State>) {
+/// One agent connection from `peer` (the client, behind any trusted proxy), which holds
+/// `preauth` until it authenticates; everything before authentication ends by `deadline`.
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    preauth: admission::PreauthSlot,
+    deadline: tokio::time::Instant,
+    config: Arc<SshConfig>,
+    state: Arc<Server>,
+) {
     let _ = stream.set_nodelay(true);
     let token = CancellationToken::new();
     let stream = KillableStream {
@@ -169,8 +278,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, config: Arc<SshConfig>, stat
     let killer = Arc::new(Killer(token));
     let (authed_tx, authed_rx) = oneshot::channel::<Arc<AgentConn>>();
     let handler = handler::AgentHandler::new(state.clone(), peer, killer.clone(), authed_tx);
-    let preauth = state.config.preauth_timeout;
-    let deadline = tokio::time::Instant::now() + preauth;
+    let preauth_timeout = state.config.preauth_timeout;
 
     let started =
         tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler)).await;
@@ -179,7 +287,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, config: Arc<SshConfig>, stat
         Ok(Err(e)) => return tracing::debug!(error = %e, "ssh handshake failed"),
         Err(_) => {
             killer.kill();
-            return tracing::info!("no SSH version exchange within {preauth:?}; closed");
+            return tracing::info!("no SSH version exchange within {preauth_timeout:?}; closed");
         }
     };
     let conn = tokio::select! {
@@ -192,11 +300,13 @@ async fn serve(stream: TcpStream, peer: SocketAddr, config: Arc<SshConfig>, stat
             Err(_) => {
                 killer.kill();
                 let _ = tokio::time::timeout(Duration::from_secs(1), &mut running).await;
-                return tracing::info!("not authenticated within {preauth:?}; closed");
+                return tracing::info!("not authenticated within {preauth_timeout:?}; closed");
             }
         },
         r = &mut running => return tracing::debug!(ok = r.is_ok(), "connection ended before authentication"),
     };
+    // Authenticated: the connection no longer counts against its source's pre-auth share.
+    drop(preauth);
 
     let result = tokio::select! {
         r = &mut running => Some(r),
@@ -222,7 +332,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, config: Arc<SshConfig>, stat
         ev.tenant_id = Some(conn.tenant_id);
         ev.agent = Some(conn.agent.to_string());
         ev.peer_addr = Some(peer.to_string());
-        state.store.audit(ev);
+        state.db.audit(ev);
     }
     match result {
         Some(Err(e)) => {

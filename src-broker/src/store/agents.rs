@@ -1,5 +1,11 @@
-//! Registered agents: their public keys (one per agent, unique across tenants) and sealed VNC
-//! passwords.
+//! Registered agents: their public keys and sealed VNC passwords.
+//!
+//! A key is unique within a tenant (one key, one agent). Across tenants nothing is unique, so
+//! that registering a key says nothing of other tenants; what must stay unambiguous is the SSH
+//! login, (agent id, key), which names at most one *active* registration. A registration whose
+//! (id, key) is already active in another tenant is stored *shadowed*: it is listed like any
+//! agent but never authenticates (the first registration keeps the workstation; nobody can take
+//! it over, or lock it out, by registering its public key too), and its tenant is not told why.
 
 use anyhow::Context as _;
 use passerelle_proto::ids::AgentId;
@@ -83,7 +89,7 @@ fn record(row: RawRow) -> anyhow::Result<AgentRecord> {
 }
 
 /// Parses an OpenSSH public key line; returns (canonical line without comment, SHA256 fingerprint).
-pub fn parse_public_key(text: &str) -> Result<(String, String), Invalid> {
+pub(super) fn parse_public_key(text: &str) -> Result<(String, String), Invalid> {
     let key = PublicKey::from_openssh(text.trim())
         .map_err(|e| Invalid(format!("public_key is not an OpenSSH public key: {e}")))?;
     let mut key = key;
@@ -104,7 +110,8 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 }
 
 impl Store {
-    /// Registers an agent. Conflicts: the id exists in the tenant, or the key belongs to another.
+    /// Registers an agent. Conflicts (409): the id exists in the tenant, or the key belongs to
+    /// another agent of the tenant. Nothing about other tenants changes the answer.
     pub fn create_agent(
         &self,
         tenant_id: TenantId,
@@ -116,11 +123,26 @@ impl Store {
         let sealed = vnc_password
             .filter(|p| !p.is_empty())
             .map(|p| self.secret_box().seal(p.as_bytes()));
-        let result = self.conn().execute(
-            "INSERT INTO agents (tenant_id, id, public_key, key_fingerprint, vnc_password, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![tenant_id, id.as_str(), line, fingerprint, sealed, now_ms()],
-        );
+        let result = {
+            // One lock for the check and the insert: no other registration comes between.
+            let conn = self.conn();
+            shadowed_login(&conn, tenant_id, id.as_str(), &fingerprint).and_then(|shadowed| {
+                conn.execute(
+                    "INSERT INTO agents (tenant_id, id, public_key, key_fingerprint, vnc_password,
+                                         created_at, shadowed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        tenant_id,
+                        id.as_str(),
+                        line,
+                        fingerprint,
+                        sealed,
+                        now_ms(),
+                        shadowed
+                    ],
+                )
+            })
+        };
         match result {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
@@ -128,7 +150,8 @@ impl Store {
                 let what = if taken {
                     format!("agent {id} is already registered")
                 } else {
-                    "this public key is already registered for another agent".to_owned()
+                    "this public key is already registered for another agent of this tenant"
+                        .to_owned()
                 };
                 return Err(Conflict(what).into());
             }
@@ -165,7 +188,9 @@ impl Store {
         user: &str,
         fingerprint: &str,
     ) -> anyhow::Result<Option<AgentRecord>> {
-        let sql = format!("SELECT {COLUMNS} FROM agents WHERE id = ?1 AND key_fingerprint = ?2");
+        let sql = format!(
+            "SELECT {COLUMNS} FROM agents WHERE id = ?1 AND key_fingerprint = ?2 AND shadowed = 0"
+        );
         let row = self
             .conn()
             .query_row(&sql, params![user, fingerprint], from_row)
@@ -186,14 +211,21 @@ impl Store {
         }
         if let Some(text) = public_key {
             let (line, fingerprint) = parse_public_key(text)?;
-            let result = self.conn().execute(
-                "UPDATE agents SET public_key = ?1, key_fingerprint = ?2 WHERE tenant_id = ?3 AND id = ?4",
-                params![line, fingerprint, tenant_id, id.as_str()],
-            );
+            let result = {
+                let conn = self.conn();
+                shadowed_login(&conn, tenant_id, id.as_str(), &fingerprint).and_then(|shadowed| {
+                    conn.execute(
+                        "UPDATE agents SET public_key = ?1, key_fingerprint = ?2, shadowed = ?3
+                         WHERE tenant_id = ?4 AND id = ?5",
+                        params![line, fingerprint, shadowed, tenant_id, id.as_str()],
+                    )
+                })
+            };
             match result {
                 Err(e) if is_unique_violation(&e) => {
                     return Err(Conflict(
-                        "this public key is already registered for another agent".into(),
+                        "this public key is already registered for another agent of this tenant"
+                            .into(),
                     )
                     .into());
                 }
@@ -210,6 +242,16 @@ impl Store {
             )?;
         }
         self.agent(tenant_id, id)
+    }
+
+    /// How many agents a tenant has.
+    pub fn agent_count(&self, tenant_id: TenantId) -> anyhow::Result<usize> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM agents WHERE tenant_id = ?1",
+            [tenant_id],
+            |r| r.get(0),
+        )?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Removes an agent; whether it existed.
@@ -247,22 +289,200 @@ impl Store {
     }
 }
 
+/// Whether (id, key) is already an active login in another tenant: a new registration of it
+/// is then shadowed (see the module's header).
+fn shadowed_login(
+    conn: &rusqlite::Connection,
+    tenant_id: TenantId,
+    id: &str,
+    fingerprint: &str,
+) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM agents WHERE id = ?1 AND key_fingerprint = ?2
+                       AND shadowed = 0 AND tenant_id != ?3)",
+        params![id, fingerprint, tenant_id],
+        |r| r.get(0),
+    )
+}
+
+/// Where a refused SSH key offer is audited, and what its event may say there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OfferTarget {
+    /// The key is registered for `owner` in this tenant (whatever the id it was offered for).
+    KeyOwner { tenant_id: TenantId, owner: AgentId },
+    /// The key is registered nowhere; this tenant has an agent with the id it was offered for.
+    AgentId { tenant_id: TenantId },
+}
+
+/// At most this many tenants hear of one refused offer.
+const MAX_OFFER_TARGETS: usize = 16;
+
 impl Store {
-    /// The tenants that have an agent with this id.
-    pub fn tenants_with_agent(&self, id: &str) -> anyhow::Result<Vec<TenantId>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT tenant_id FROM agents WHERE id = ?1")?;
-        let rows = stmt.query_map([id], |r| r.get(0))?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    /// The tenants a refused offer of key `fingerprint` for SSH user `user` concerns: the
+    /// tenants where the key is registered, else those with an agent named `user`. One indexed
+    /// query. Each tenant is told only of its own registrations.
+    pub fn offer_targets(&self, user: &str, fingerprint: &str) -> anyhow::Result<Vec<OfferTarget>> {
+        let rows: Vec<(TenantId, String, bool)> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT tenant_id, id, key_fingerprint = ?2 FROM agents
+                 WHERE key_fingerprint = ?2 OR id = ?1 LIMIT 64",
+            )?;
+            let rows = stmt.query_map(params![user, fingerprint], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let owners: Vec<OfferTarget> = rows
+            .iter()
+            .filter(|(_, _, owns)| *owns)
+            .filter_map(|(tenant_id, id, _)| {
+                Some(OfferTarget::KeyOwner {
+                    tenant_id: *tenant_id,
+                    owner: AgentId::new(id).ok()?,
+                })
+            })
+            .take(MAX_OFFER_TARGETS)
+            .collect();
+        if !owners.is_empty() {
+            return Ok(owners);
+        }
+        Ok(rows
+            .iter()
+            .map(|(tenant_id, _, _)| OfferTarget::AgentId {
+                tenant_id: *tenant_id,
+            })
+            .take(MAX_OFFER_TARGETS)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use passerelle_proto::ids::TenantName;
+
+    const KEY_A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJylJeR0uUHfNCfg57oy+6Rr9aTK65v++92waft60cWZ a";
+    const KEY_B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINUqowRv7PeSZuhgByYzhqTx6g/vM8UbulA35Y9FiBZs b";
+
+    fn two_tenants() -> (tempfile::TempDir, Store, TenantId, TenantId) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        for name in ["one", "two"] {
+            let name = TenantName::new(name).unwrap();
+            store.create_tenant(&name).unwrap();
+            ids.push(store.tenant_id(&name).unwrap().unwrap());
+        }
+        (dir, store, ids[0], ids[1])
     }
 
-    /// The agent a key belongs to, whatever its id (to tell "wrong agent" from "unknown key").
-    pub fn agent_for_fingerprint(&self, fingerprint: &str) -> anyhow::Result<Option<AgentRecord>> {
-        let sql = format!("SELECT {COLUMNS} FROM agents WHERE key_fingerprint = ?1");
-        let row = self
-            .conn()
-            .query_row(&sql, [fingerprint], from_row)
-            .optional()?;
-        row.map(record).transpose()
+    fn fp(key: &str) -> String {
+        parse_public_key(key).unwrap().1
+    }
+
+    #[test]
+    fn a_key_in_another_tenant_is_no_conflict_and_cannot_take_the_login() {
+        let (_dir, store, one, two) = two_tenants();
+        let pc = AgentId::new("pc-1").unwrap();
+        store.create_agent(one, &pc, KEY_A, None).unwrap();
+        // Tenant two registers the same key under the same id: not refused (a refusal would
+        // tell tenant two that another tenant has that key), but it does not get the login.
+        store.create_agent(two, &pc, KEY_A, None).unwrap();
+        let login = store.agent_for_key("pc-1", &fp(KEY_A)).unwrap().unwrap();
+        assert_eq!(login.tenant_id, one);
+        // Under different ids, both registrations of one key log in, each as its own agent.
+        store
+            .create_agent(two, &AgentId::new("pc-5").unwrap(), KEY_B, None)
+            .unwrap();
+        store
+            .create_agent(one, &AgentId::new("pc-6").unwrap(), KEY_B, None)
+            .unwrap();
+        let five = store.agent_for_key("pc-5", &fp(KEY_B)).unwrap().unwrap();
+        let six = store.agent_for_key("pc-6", &fp(KEY_B)).unwrap().unwrap();
+        assert_eq!((five.tenant_id, six.tenant_id), (two, one));
+        // Within a tenant, one key is one agent: that conflict is the tenant's own business.
+        let err = store
+            .create_agent(one, &AgentId::new("pc-3").unwrap(), KEY_A, None)
+            .unwrap_err();
+        assert!(err.downcast_ref::<Conflict>().is_some(), "{err}");
+        // Once tenant one lets go, the shadowed registration does not wake up on its own.
+        store.delete_agent(one, &pc).unwrap();
+        assert!(store.agent_for_key("pc-1", &fp(KEY_A)).unwrap().is_none());
+        // A fresh registration of that login is active again.
+        store.create_agent(one, &pc, KEY_A, None).unwrap();
+        assert!(store.agent_for_key("pc-1", &fp(KEY_A)).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_key_migration_keeps_the_agents_of_older_stores() {
+        // Stores of main before this migration (version 2) and from before the audit's api_key
+        // column (version 1) both come through.
+        for version in [1, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let conn = rusqlite::Connection::open(dir.path().join("passerelle.db")).unwrap();
+                for sql in &crate::store::MIGRATIONS[..version] {
+                    conn.execute_batch(sql).unwrap();
+                }
+                conn.execute_batch(&format!(
+                    "INSERT INTO tenants (id, name, created_at) VALUES (1, 'one', 0);
+                     PRAGMA user_version = {version};"
+                ))
+                .unwrap();
+                let (line, fingerprint) = parse_public_key(KEY_A).unwrap();
+                conn.execute(
+                    "INSERT INTO agents (tenant_id, id, public_key, key_fingerprint, vnc_password,
+                                         created_at) VALUES (1, 'pc-1', ?1, ?2, x'0102', 7)",
+                    params![line, fingerprint],
+                )
+                .unwrap();
+            }
+            let store = Store::open(dir.path()).unwrap();
+            let agent = store.agent_for_key("pc-1", &fp(KEY_A)).unwrap().unwrap();
+            assert_eq!(
+                (agent.tenant_id, agent.created_at),
+                (1, 7),
+                "from {version}"
+            );
+            assert!(agent.has_vnc_password);
+            assert!(!store.tenant_info(1).unwrap().recording_required);
+        }
+    }
+
+    #[test]
+    fn refused_offers_are_routed_to_the_key_owner_or_the_named_agents_tenants() {
+        let (_dir, store, one, two) = two_tenants();
+        let pc = AgentId::new("pc-1").unwrap();
+        store.create_agent(one, &pc, KEY_A, None).unwrap();
+        store.create_agent(two, &pc, KEY_B, None).unwrap();
+        // Tenant one's key offered for pc-7: tenant one only.
+        assert_eq!(
+            store.offer_targets("pc-7", &fp(KEY_A)).unwrap(),
+            vec![OfferTarget::KeyOwner {
+                tenant_id: one,
+                owner: pc.clone()
+            }]
+        );
+        // Tenant one's key offered for pc-1 (which tenant two also has): tenant one only.
+        assert_eq!(store.offer_targets("pc-1", &fp(KEY_A)).unwrap().len(), 1);
+        // An unknown key for pc-1: both tenants with a pc-1, neither told of the other.
+        let unknown = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let mut targets = store.offer_targets("pc-1", unknown).unwrap();
+        targets.sort_by_key(|t| match t {
+            OfferTarget::AgentId { tenant_id } | OfferTarget::KeyOwner { tenant_id, .. } => {
+                *tenant_id
+            }
+        });
+        assert_eq!(
+            targets,
+            vec![
+                OfferTarget::AgentId { tenant_id: one },
+                OfferTarget::AgentId { tenant_id: two }
+            ]
+        );
+        assert!(store.offer_targets("pc-none", unknown).unwrap().is_empty());
     }
 }

@@ -20,6 +20,12 @@ pub enum AuditKind {
     /// An address presented too many unknown tokens or API keys and is locked out for a while
     /// (one event per lockout).
     TokenGuessing,
+    /// A source offered too many rejected SSH keys and is refused for a while (one event per
+    /// lockout).
+    SshKeyGuessing,
+    /// Audit events past `audit_retention_days` were deleted (one event per pruning, per tenant,
+    /// with the count).
+    AuditPruned,
     SessionCreated,
     SessionStarted,
     SessionEnded,
@@ -54,6 +60,8 @@ impl AuditKind {
             Self::RequestRefused => "request_refused",
             Self::TokenRefused => "token_refused",
             Self::TokenGuessing => "token_guessing",
+            Self::SshKeyGuessing => "ssh_key_guessing",
+            Self::AuditPruned => "audit_pruned",
             Self::SessionCreated => "session_created",
             Self::SessionStarted => "session_started",
             Self::SessionEnded => "session_ended",
@@ -84,6 +92,9 @@ pub struct NewEvent {
     pub session: Option<String>,
     pub operator: Option<String>,
     pub peer_addr: Option<String>,
+    /// The id of the API key that made the call, for events of API calls: `operator` is what
+    /// the console claims, this is who spoke for it.
+    pub api_key: Option<String>,
     pub detail: String,
 }
 
@@ -97,6 +108,7 @@ impl NewEvent {
             session: None,
             operator: None,
             peer_addr: None,
+            api_key: None,
             detail: detail.into(),
         }
     }
@@ -120,25 +132,48 @@ pub struct AuditFilter {
 }
 
 impl Store {
-    /// Appends an event. Failing to audit is logged, never fatal to the caller.
+    /// Appends an event. Failing to audit is logged, never fatal to the caller. Async code
+    /// queues events through [`super::Db::audit`] instead.
     pub fn audit(&self, event: NewEvent) {
-        let result = self.conn().execute(
-            "INSERT INTO audit (at, kind, tenant_id, agent, session_id, operator, peer_addr, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            rusqlite::params![
-                now_ms(),
-                event.kind.as_str(),
-                event.tenant_id,
-                event.agent,
-                event.session,
-                event.operator,
-                event.peer_addr,
-                event.detail
-            ],
-        );
-        if let Err(e) = result {
-            tracing::error!(error = %e, kind = event.kind.as_str(), "could not write audit event");
+        self.audit_many(&mut vec![event]);
+    }
+
+    /// Appends events in one transaction, emptying `events`.
+    pub fn audit_many(&self, events: &mut Vec<NewEvent>) {
+        if events.is_empty() {
+            return;
         }
+        let mut conn = self.conn();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO audit (at, kind, tenant_id, agent, session_id, operator, peer_addr,
+                                        api_key, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?;
+                let at = now_ms();
+                for event in events.iter() {
+                    stmt.execute(rusqlite::params![
+                        at,
+                        event.kind.as_str(),
+                        event.tenant_id,
+                        event.agent,
+                        event.session,
+                        event.operator,
+                        event.peer_addr,
+                        event.api_key,
+                        event.detail
+                    ])?;
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+            tracing::error!(error = %e, ?kinds, "could not write audit events");
+        }
+        events.clear();
     }
 
     /// Events and sessions of a tenant matching the filter, newest first.
@@ -159,7 +194,7 @@ impl Store {
         add("at >= ?", f.since.map(Value::Integer));
         add("at <= ?", f.until.map(Value::Integer));
         let sql = format!(
-            "SELECT id, at, kind, agent, session_id, operator, peer_addr, detail FROM audit
+            "SELECT id, at, kind, agent, session_id, operator, peer_addr, api_key, detail FROM audit
              WHERE {} ORDER BY id DESC LIMIT {limit}",
             clauses.join(" AND ")
         );
@@ -177,7 +212,8 @@ impl Store {
                     session: r.get(4)?,
                     operator: r.get(5)?,
                     peer_addr: r.get(6)?,
-                    detail: r.get(7)?,
+                    api_key: r.get(7)?,
+                    detail: r.get(8)?,
                 })
             })?;
             rows.collect::<Result<Vec<_>, _>>()?

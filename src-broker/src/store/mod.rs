@@ -7,6 +7,8 @@
 
 mod agents;
 mod audit;
+mod audit_retention;
+mod db;
 mod rdp;
 mod sessions;
 
@@ -18,12 +20,13 @@ use passerelle_proto::api::{RecordingPolicy, Role, TenantInfo};
 use passerelle_proto::ids::TenantName;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-pub use agents::AgentRecord;
+pub use agents::{AgentRecord, OfferTarget};
 /// The errors store calls return that the API maps to 400 and 409.
 pub mod agents_errors {
     pub use super::agents::{Conflict, Invalid};
 }
 pub use audit::{AuditFilter, AuditKind, NewEvent};
+pub use db::Db;
 pub use rdp::{PinCheck, check as check_rdp_login};
 
 use crate::secrets::{self, ApiKey, SecretBox};
@@ -97,7 +100,39 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_tenant ON audit(tenant_id, at);
 "#,
-    // RDP: credentials injected into sessions (passwords sealed), the pinned server certificate.
+    // The API key behind each event of an API call; mandatory recording per tenant.
+    r#"
+ALTER TABLE audit ADD COLUMN api_key TEXT;
+ALTER TABLE tenants ADD COLUMN recording_required INTEGER NOT NULL DEFAULT 0;
+"#,
+    // A public key is unique per tenant, not across tenants (a cross-tenant uniqueness check
+    // told one tenant that another had registered a key); the SSH login (agent id, key) stays
+    // unambiguous through `agents_active_login` (see `Store::create_agent`). The audit gets an
+    // index on time for retention. NOTE for merges: the column list below is the agents table
+    // of migrations 1 and 2; a migration that adds agents columns must come after this one.
+    r#"
+CREATE TABLE agents_v2 (
+    tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+    id TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    key_fingerprint TEXT NOT NULL,
+    vnc_password BLOB,
+    created_at INTEGER NOT NULL,
+    shadowed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, id)
+);
+INSERT INTO agents_v2 (tenant_id, id, public_key, key_fingerprint, vnc_password, created_at)
+    SELECT tenant_id, id, public_key, key_fingerprint, vnc_password, created_at FROM agents;
+DROP TABLE agents;
+ALTER TABLE agents_v2 RENAME TO agents;
+CREATE INDEX agents_by_id ON agents(id);
+CREATE INDEX agents_by_key ON agents(key_fingerprint);
+CREATE UNIQUE INDEX agents_key_per_tenant ON agents(tenant_id, key_fingerprint);
+CREATE UNIQUE INDEX agents_active_login ON agents(id, key_fingerprint) WHERE shadowed = 0;
+CREATE INDEX audit_by_at ON audit(at);
+"#,
+    // RDP (after the agents rebuild above): credentials injected into sessions (passwords
+    // sealed), the pinned server certificate.
     r#"
 ALTER TABLE tenants ADD COLUMN rdp_username TEXT;
 ALTER TABLE tenants ADD COLUMN rdp_password BLOB;
@@ -193,6 +228,14 @@ impl Store {
                 .collect::<Result<_, _>>()?
         };
         Ok(rows.join("; "))
+    }
+
+    /// Holds the store's lock for `d`, as a long write on a slow disk would: for tests of what
+    /// must never wait on the store.
+    #[doc(hidden)]
+    pub fn stall_for_tests(&self, d: std::time::Duration) {
+        let _conn = self.conn();
+        std::thread::sleep(d);
     }
 
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -301,13 +344,28 @@ impl Store {
 
     /// The tenant's settings as the API shows them.
     pub fn tenant_info(&self, id: TenantId) -> anyhow::Result<TenantInfo> {
-        let (name, has_pw, record, policy, days): (String, bool, bool, String, u32) =
-            self.conn().query_row(
-                "SELECT name, vnc_password IS NOT NULL, record_by_default, recording_policy,
-                        retention_days FROM tenants WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )?;
+        let (name, has_pw, record, policy, days, required): (
+            String,
+            bool,
+            bool,
+            String,
+            u32,
+            bool,
+        ) = self.conn().query_row(
+            "SELECT name, vnc_password IS NOT NULL, record_by_default, recording_policy,
+                    retention_days, recording_required FROM tenants WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?;
         let (rdp_username, has_rdp_password) = self.tenant_rdp(id)?;
         Ok(TenantInfo {
             name: TenantName::new(name)?,
@@ -321,6 +379,7 @@ impl Store {
                 RecordingPolicy::FailClosed
             },
             retention_days: days,
+            recording_required: required,
         })
     }
 
@@ -353,6 +412,12 @@ impl Store {
             conn.execute(
                 "UPDATE tenants SET recording_policy = ?1 WHERE id = ?2",
                 params![p, id],
+            )?;
+        }
+        if let Some(v) = patch.recording_required {
+            conn.execute(
+                "UPDATE tenants SET recording_required = ?1 WHERE id = ?2",
+                params![v, id],
             )?;
         }
         if let Some(d) = patch.retention_days {

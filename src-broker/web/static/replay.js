@@ -42,6 +42,10 @@ let fetchingMore = false;
 const hashParams = new URLSearchParams(location.hash.slice(1));
 // Keyframe intervals per fetch (`#segment=N` to change it, e.g. in tests).
 const SEGMENT = Math.max(1, Number(hashParams.get('segment')) || 5);
+// Which connection of the session (`#connection=N`, from 1): each connection of a recorded
+// session is recorded on its own, in the order they were bridged.
+const CONNECTION = Math.max(1, Math.floor(Number(hashParams.get('connection'))) || 1);
+state.connection = CONNECTION;
 
 async function api(path) {
   const res = await fetch(path, { headers: { Authorization: `Bearer ${apiKey}` } });
@@ -106,7 +110,7 @@ function draw(r) {
 
 // Fetches records from keyframe `number`'s time on; returns [keyframe number, records, bytes].
 async function fetchFrom(t) {
-  const res = await api(`/api/v1/recordings/${encodeURIComponent(sessionId)}/screen?from=${t}&keyframes=${SEGMENT}`);
+  const res = await api(`/api/v1/recordings/${encodeURIComponent(sessionId)}/screen?from=${t}&keyframes=${SEGMENT}&segment=${CONNECTION}`);
   const [number, us] = (res.headers.get('x-passerelle-keyframe') || '0 0').split(' ').map(Number);
   const buf = await res.arrayBuffer();
   return [number, us / 1e6, await parse(buf), buf.byteLength];
@@ -179,8 +183,9 @@ function tick(now) {
 async function load(key) {
   apiKey = key;
   try {
-    const res = await api(`/api/v1/recordings/${encodeURIComponent(sessionId)}/screen/index`);
+    const res = await api(`/api/v1/recordings/${encodeURIComponent(sessionId)}/screen/index?segment=${CONNECTION}`);
     index = await res.json();
+    await listConnections();
   } catch (err) {
     if (String(err).includes('access')) return;
     notice('Cannot replay', String(err.message || err), false);
@@ -195,7 +200,7 @@ async function load(key) {
   $('seek').max = String(state.duration);
   $('time').textContent = `0:00 / ${fmt(state.duration)}`;
   if (h.content !== 'rfb') {
-    notice('Metadata only', `${h.service} sessions are encrypted end to end: the recording holds metadata and byte counts, not the screen.`, false);
+    notice('Metadata only', `This ${h.service} connection was carried as it is: its recording holds metadata and byte counts, not the screen.`, false);
     state.state = 'metadata';
     return;
   }
@@ -209,12 +214,36 @@ async function load(key) {
   ctx = canvas.getContext('2d');
   $('screen').replaceChildren(canvas);
   if (index.decode_error) $('status').textContent = `Plays up to ${index.decode_error}`;
+  if (index.unsigned_frames) {
+    $('meta').textContent += ` · ${index.unsigned_frames} frames after ${fmt(state.duration)} are not signed and not shown`;
+  }
   await seek(0);
   $('status').textContent = 'Ready';
   $('play').disabled = false;
   $('seek').disabled = false;
   state.state = 'ready';
 }
+
+// The session's recorded connections, to switch between them.
+async function listConnections() {
+  const res = await api(`/api/v1/recordings/${encodeURIComponent(sessionId)}/segments`);
+  const segments = await res.json();
+  state.connections = segments.length;
+  const pick = $('connection');
+  pick.replaceChildren(...segments.map((s) => {
+    const o = document.createElement('option');
+    o.value = String(s.segment);
+    o.textContent = `Connection ${s.segment}${s.started_at ? ` · ${s.started_at.slice(11, 19)}` : ''}`;
+    o.selected = s.segment === CONNECTION;
+    return o;
+  }));
+  pick.hidden = segments.length < 2;
+}
+
+$('connection').addEventListener('change', () => {
+  location.hash = `connection=${$('connection').value}`;
+  location.reload();
+});
 
 function fail(err) { state.error = String(err); notice('Cannot replay', String(err), false); }
 

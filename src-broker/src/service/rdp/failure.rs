@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use passerelle_proto::close::{self, CloseCode, EndReason};
+use passerelle_proto::close::{self, CloseCode, Closure, EndReason};
 use passerelle_proto::rdp::cleanpath;
 
 /// TLS alert `bad_certificate`, sent when the server's certificate is not the pinned one.
@@ -14,7 +14,7 @@ const ALERT_HANDSHAKE_FAILURE: u8 = 40;
 
 /// A failed RDP connection.
 #[derive(Debug, thiserror::Error)]
-pub enum RdpFailure {
+pub(crate) enum RdpFailure {
     /// The viewer sent no complete request in time.
     #[error("no RDCleanPath request from the viewer within {}s", .0.as_secs())]
     RequestTimeout(Duration),
@@ -43,7 +43,7 @@ pub enum RdpFailure {
 
 impl RdpFailure {
     /// The RDCleanPath error answer for the viewer; `None` when it went away.
-    pub fn answer(&self) -> Option<Vec<u8>> {
+    pub(crate) fn answer(&self) -> Option<Vec<u8>> {
         Some(match self {
             Self::RequestTimeout(_) => cleanpath::http_error(408),
             Self::BadRequest(_) => cleanpath::http_error(400),
@@ -58,7 +58,7 @@ impl RdpFailure {
     }
 
     /// The close code the viewer gets after the answer.
-    pub fn close_code(&self) -> CloseCode {
+    pub(crate) fn close_code(&self) -> CloseCode {
         match self {
             Self::RequestTimeout(_) | Self::BadRequest(_) => close::RDP_BAD_REQUEST,
             Self::ViewerGone => close::SERVICE_CLOSED,
@@ -70,7 +70,7 @@ impl RdpFailure {
     }
 
     /// How the session ends when this failure ends it.
-    pub fn end_reason(&self) -> EndReason {
+    pub(crate) fn end_reason(&self) -> EndReason {
         match self {
             Self::RequestTimeout(_) | Self::BadRequest(_) => EndReason::ProtocolError,
             Self::ViewerGone => EndReason::ViewerClosed,
@@ -83,7 +83,7 @@ impl RdpFailure {
 
     /// The close frame's reason: what the page shows after its own words for the code (at
     /// most 123 bytes, the close frame's limit).
-    pub fn close_reason(&self) -> String {
+    pub(crate) fn close_reason(&self) -> String {
         let mut text = match self {
             Self::Negotiation { text, .. } => text.clone(),
             Self::Tls { reason, .. } => reason.clone(),
@@ -99,8 +99,13 @@ impl RdpFailure {
         text
     }
 
+    /// How the viewer's connection closes, and the session ends.
+    pub(crate) fn closure(&self) -> Closure {
+        Closure::ending_with(self.end_reason(), self.close_code(), &self.close_reason())
+    }
+
     /// The audit's detail (never a secret: no token, no password).
-    pub fn audit_text(&self) -> String {
+    pub(crate) fn audit_text(&self) -> String {
         self.to_string()
     }
 }
@@ -114,22 +119,6 @@ fn truncate(text: &mut String, max: usize) {
         text.truncate(end);
         text.push('…');
     }
-}
-
-/// The RDCleanPath answer for a viewer the session refused before RDP began (the close code
-/// says why; the HTTP status is the nearest for clients that only read the answer).
-pub fn refusal_answer(code: CloseCode) -> Vec<u8> {
-    let status = match code {
-        c if c == close::TOKEN_INVALID || c == close::TOKEN_EXPIRED => 401,
-        c if c == close::SESSION_ENDED => 410,
-        c if c == close::TOO_MANY_ATTEMPTS => 429,
-        c if c == close::AGENT_OFFLINE || c == close::AGENT_TIMEOUT => 503,
-        c if c == close::SERVICE_UNAVAILABLE => 502,
-        c if c == close::PROTOCOL_ERROR || c == close::RDP_BAD_REQUEST => 400,
-        c if c == close::RECORDING_FAILED => 500,
-        _ => 403,
-    };
-    cleanpath::http_error(status)
 }
 
 #[cfg(test)]
@@ -178,9 +167,5 @@ mod tests {
         let mut long = "é".repeat(100);
         truncate(&mut long, 123);
         assert!(long.len() <= 123 && long.ends_with('…'));
-        assert_eq!(
-            parse_answer(&refusal_answer(close::TOKEN_EXPIRED)).unwrap(),
-            Answer::Http(401)
-        );
     }
 }

@@ -5,18 +5,19 @@
 //! its preconnection blob and X.224 Connection Request to the workstation's RDP server over the
 //! channel, reads the Connection Confirm, and does TLS as a client, accepting the server's
 //! certificate only through the agent's pin ([`tls`]). It returns the TLS stream, the
-//! RDCleanPath answer for the viewer, and one [`ends::Filter`] per direction: the viewer's
-//! side injects stored credentials into the Client Info PDU (TLS servers), drops input in
-//! view-only sessions, and both keep passwords and CredSSP messages out of recordings. With
+//! RDCleanPath answer for the viewer, and the viewer's [`ends::Filter`]: it injects stored
+//! credentials into the Client Info PDU (TLS servers), drops input in view-only sessions, and
+//! keeps passwords and CredSSP messages out of recordings (the server's side: [`DownFilter`]).
+//! `adapter` runs it all in the session core ([`serve`]). With
 //! NLA the CredSSP exchange passes through: the broker never runs CredSSP itself, so no
 //! CredSSP crate is in its dependency graph. Failures are [`RdpFailure`]s, each with the
 //! RDCleanPath answer, close code, end reason and audit text it calls for.
 //!
 //! Memory per connection: the request (at most 16 KiB), the filters' partial PDU (64 KiB).
 
+mod adapter;
 mod failure;
-pub mod glue;
-pub mod tls;
+pub(crate) mod tls;
 
 use std::time::Duration;
 
@@ -28,20 +29,50 @@ use tokio_rustls::client::TlsStream;
 
 use crate::ends::{self, EndError, Frame, Source};
 
-pub use failure::{RdpFailure, refusal_answer};
-pub use passerelle_proto::rdp::cleanpath::Request;
+pub(crate) use adapter::serve;
+pub(crate) use failure::RdpFailure;
+pub(crate) use passerelle_proto::rdp::cleanpath::Request;
 
 /// How long the viewer has to send its RDCleanPath request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the workstation has to answer the Connection Request.
-pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the TLS handshake with the workstation may take.
-pub const TLS_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads the viewer's RDCleanPath request: the first binary frames, at most
 /// [`cleanpath::MAX_REQUEST`] bytes within [`REQUEST_TIMEOUT`]. It carries the token
 /// (`proxy_auth`), the preconnection blob and the X.224 Connection Request.
-pub async fn read_request(viewer: &mut impl Source) -> Result<Request, RdpFailure> {
+pub(crate) async fn read_request(viewer: &mut impl Source) -> Result<Request, RdpFailure> {
+    read_request_der(viewer).await.map(|(req, _)| req)
+}
+
+/// An RDP viewer that left its token out of the URL presents it in its RDCleanPath request
+/// (`proxy_auth`): reads that request, bounded like [`read_request`], before the session core
+/// admits the viewer (so before any channel to the agent is opened). Gives the token and the
+/// request's bytes, which the viewer's end delivers again to the adapter.
+pub(crate) async fn token_in_request(
+    viewer: &mut impl Source,
+) -> Result<(String, bytes::Bytes), RdpFailure> {
+    let (req, der) = read_request_der(viewer).await?;
+    Ok((req.proxy_auth.unwrap_or_default(), der.into()))
+}
+
+/// Answers a viewer refused before the session core saw it: the RDCleanPath error, then the
+/// [`Closure`] to close it with.
+pub(crate) async fn refuse_early(
+    tx: &mut impl ends::Sink,
+    f: &RdpFailure,
+) -> passerelle_proto::close::Closure {
+    tracing::info!(failure = %f, "rdp viewer refused");
+    if let Some(answer) = f.answer() {
+        let _ = tx.send(Frame::Binary(answer.into())).await;
+        let _ = tx.flush().await;
+    }
+    f.closure()
+}
+
+async fn read_request_der(viewer: &mut impl Source) -> Result<(Request, Vec<u8>), RdpFailure> {
     let reading = async {
         let mut buf = Vec::new();
         loop {
@@ -63,8 +94,9 @@ pub async fn read_request(viewer: &mut impl Source) -> Result<Request, RdpFailur
                     ));
                 }
                 Ok(cleanpath::Progress::Complete(len)) if buf.len() == len => {
-                    return cleanpath::parse_request(&buf)
-                        .map_err(|e| RdpFailure::BadRequest(e.to_string()));
+                    let req = cleanpath::parse_request(&buf)
+                        .map_err(|e| RdpFailure::BadRequest(e.to_string()))?;
+                    return Ok((req, buf));
                 }
                 Ok(_) => {}
                 Err(e) => return Err(RdpFailure::BadRequest(e.to_string())),
@@ -78,20 +110,20 @@ pub async fn read_request(viewer: &mut impl Source) -> Result<Request, RdpFailur
 
 /// What [`connect`] needs besides the request and the channel.
 #[derive(Debug, Clone, Default)]
-pub struct Params {
+pub(crate) struct Params {
     /// Drop the viewer's input.
-    pub view_only: bool,
+    pub(crate) view_only: bool,
     /// Stored credentials, injected when the server selects TLS.
-    pub credentials: Option<Credentials>,
+    pub(crate) credentials: Option<Credentials>,
     /// SHA-256 of the certificate pinned for the agent; `None` on first use.
-    pub pinned: Option<[u8; 32]>,
+    pub(crate) pinned: Option<[u8; 32]>,
     /// What the RDCleanPath answer names as the server (the client shows it at most).
-    pub server_name: String,
+    pub(crate) server_name: String,
 }
 
 /// Where the credentials of a session came from, for the audit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialMode {
+pub(crate) enum CredentialMode {
     /// Stored credentials injected into the Client Info PDU (TLS).
     Injected,
     /// Typed by the operator in the page, sent in the Client Info PDU (TLS).
@@ -102,7 +134,7 @@ pub enum CredentialMode {
 
 impl CredentialMode {
     /// For the audit.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Self::Injected => "credentials injected by the broker (stored)",
             Self::TypedTls => "credentials typed by the operator (TLS)",
@@ -113,7 +145,7 @@ impl CredentialMode {
 
 /// The viewer-to-server filter, as the bridge takes it.
 #[derive(Debug)]
-pub struct UpFilter(pub ClientFilter);
+pub(crate) struct UpFilter(pub(crate) ClientFilter);
 
 impl ends::Filter for UpFilter {
     fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<ends::Fed, ends::FilterError> {
@@ -131,7 +163,7 @@ impl ends::Filter for UpFilter {
 /// The server-to-viewer filter, as the bridge takes it. When the server ends the connection
 /// and [`ServerFilter::logon_refused`] holds, the session ends `rdp_logon_failed` (4055).
 #[derive(Debug)]
-pub struct DownFilter(pub ServerFilter);
+pub(crate) struct DownFilter(pub(crate) ServerFilter);
 
 impl ends::Filter for DownFilter {
     fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<ends::Fed, ends::FilterError> {
@@ -147,22 +179,18 @@ impl ends::Filter for DownFilter {
 }
 
 /// A connected RDP server, ready to relay.
-pub struct Connected<C> {
+pub(crate) struct Connected<C> {
     /// Plaintext RDP from here on.
-    pub tls: TlsStream<C>,
+    pub(crate) tls: TlsStream<C>,
     /// The RDCleanPath answer to send the viewer before relaying.
-    pub answer: Vec<u8>,
-    /// The server's certificate chain, leaf first (DER).
-    pub chain: Vec<Vec<u8>>,
+    pub(crate) answer: Vec<u8>,
     /// SHA-256 of the leaf: what to pin on first use.
-    pub fingerprint: [u8; 32],
+    pub(crate) fingerprint: [u8; 32],
     /// The security protocol the server selected (`x224::protocol`).
-    pub selected_protocol: u32,
-    pub credentials: CredentialMode,
+    pub(crate) selected_protocol: u32,
+    pub(crate) credentials: CredentialMode,
     /// Filters the viewer's bytes (after TLS, towards the server).
-    pub up: UpFilter,
-    /// Filters the server's bytes (towards the viewer).
-    pub down: DownFilter,
+    pub(crate) up: UpFilter,
 }
 
 impl<C> std::fmt::Debug for Connected<C> {
@@ -203,7 +231,7 @@ async fn read_confirm(channel: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>,
 
 /// Connects the viewer's request to the workstation's RDP server over `channel` (see the
 /// module documentation). Every step is bounded in time and size.
-pub async fn connect<C>(
+pub(crate) async fn connect<C>(
     req: Request,
     mut channel: C,
     params: Params,
@@ -294,12 +322,10 @@ where
     Ok(Connected {
         tls,
         answer,
-        chain,
         fingerprint,
         selected_protocol: selected,
         credentials,
         up,
-        down: DownFilter(ServerFilter::new(selected)),
     })
 }
 

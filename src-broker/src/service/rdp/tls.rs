@@ -17,7 +17,7 @@ use tokio_rustls::client::TlsStream;
 use super::{RdpFailure, TLS_TIMEOUT};
 
 /// SHA-256 of a DER certificate.
-pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
+pub(crate) fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
     Sha256::digest(cert_der).into()
 }
 
@@ -128,7 +128,7 @@ fn tls_failure(alert: Option<u8>, reason: String) -> RdpFailure {
 
 /// The TLS handshake over `channel`, bounded by [`TLS_TIMEOUT`]; returns the stream and the
 /// SHA-256 of the server's certificate.
-pub async fn handshake<C>(
+pub(crate) async fn handshake<C>(
     channel: C,
     pinned: Option<[u8; 32]>,
 ) -> Result<(TlsStream<C>, [u8; 32]), RdpFailure>

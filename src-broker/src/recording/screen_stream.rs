@@ -1,7 +1,7 @@
 //! Screen streams: a VNC recording turned, once, into something a browser can start anywhere.
 //!
 //! noVNC cannot start in the middle of an RFB stream (ZRLE and Tight keep zlib state), so the
-//! replay page does not read the recording. The broker decodes it ([`crate::playback`]) into a
+//! replay page does not read the recording. The broker decodes it ([`super::playback`]) into a
 //! sidecar file next to it, `<session>.psscreen`: an index, then timestamped records, each
 //! stateless — rectangles as PNG, copies, resizes — with a full-screen PNG keyframe at least
 //! every [`KEYFRAME_EVERY_US`] of recorded time when the screen changes. Seeking fetches from
@@ -21,10 +21,10 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use passerelle_proto::recording::{Content, Damage, Frames, Header, Kind, Verdict, verify};
+use passerelle_proto::recording::{Content, Damage, Frames, Header, Kind, Verdict};
 use serde::{Deserialize, Serialize};
 
-use crate::playback::{self, Op, Screen};
+use super::playback::{self, Op, Screen};
 
 /// The first 8 bytes of a screen stream.
 pub const MAGIC: &[u8; 8] = b"PSSCRN\x00\x01";
@@ -58,6 +58,9 @@ pub struct Index {
     pub records_len: u64,
     /// Set when decoding stopped early; the stream is right up to there.
     pub decode_error: Option<String>,
+    /// Frames of a truncated recording that no signature covers, left out of the replay.
+    #[serde(default)]
+    pub unsigned_frames: u64,
 }
 
 /// Why a screen stream cannot be made.
@@ -65,6 +68,8 @@ pub struct Index {
 pub enum BuildError {
     #[error("the recording is tampered or damaged: {0}")]
     Tampered(Damage),
+    #[error("nothing in the recording is signed: it cannot be replayed as evidence")]
+    Unsigned,
     #[error("{0}")]
     Playback(#[from] playback::PlaybackError),
 }
@@ -101,15 +106,39 @@ fn record(out: &mut Vec<u8>, kind: u8, time_us: u64, head: &[u32], image: &[u8])
 
 /// Builds a recording's screen stream; `public_hex` is the broker's recording key.
 pub fn build(file: &[u8], public_hex: &str) -> Result<Vec<u8>, BuildError> {
-    let (header, complete, end_reason, duration_us) = match verify(file, |m, s| {
-        crate::recorder::check_signature(public_hex, m, s)
-    }) {
-        Verdict::Intact {
-            header, summary, ..
-        } => (header, true, Some(summary.end_reason), summary.duration_us),
-        Verdict::Truncated { header, end_us, .. } => (header, false, None, end_us),
-        Verdict::Tampered(d) => return Err(BuildError::Tampered(d)),
-    };
+    let source_len = file.len() as u64;
+    let (header, complete, end_reason, duration_us, signed_len, unsigned_frames) =
+        match super::verify_file(file, public_hex) {
+            Verdict::Intact {
+                header, summary, ..
+            } => (
+                header,
+                true,
+                Some(summary.end_reason),
+                summary.duration_us,
+                file.len(),
+                0,
+            ),
+            // Only what a signature covers is replayed.
+            Verdict::Truncated {
+                header,
+                frames,
+                signed_frames,
+                signed_len,
+                signed_end_us,
+                ..
+            } => (
+                header,
+                false,
+                None,
+                signed_end_us,
+                signed_len,
+                frames - signed_frames,
+            ),
+            Verdict::Unsigned { .. } => return Err(BuildError::Unsigned),
+            Verdict::Tampered(d) => return Err(BuildError::Tampered(d)),
+        };
+    let file = &file[..signed_len];
     let marks = Frames::new(file)
         .map(|(_, frames)| {
             frames
@@ -120,7 +149,7 @@ pub fn build(file: &[u8], public_hex: &str) -> Result<Vec<u8>, BuildError> {
         .unwrap_or_default();
     let mut index = Index {
         version: 1,
-        source_len: file.len() as u64,
+        source_len,
         header,
         complete,
         end_reason,
@@ -129,6 +158,7 @@ pub fn build(file: &[u8], public_hex: &str) -> Result<Vec<u8>, BuildError> {
         keyframes: Vec::new(),
         records_len: 0,
         decode_error: None,
+        unsigned_frames,
     };
     let mut records = Vec::new();
     if index.header.content == Content::Rfb {
@@ -275,7 +305,7 @@ mod tests {
     use passerelle_proto::recording::{Summary, Writer};
 
     /// A signed 2x1 recording whose screen changes colour every second for `seconds`.
-    fn recording(key: &crate::recorder::SigningKey, seconds: u64) -> Vec<u8> {
+    fn recording(key: &crate::recording::SigningKey, seconds: u64) -> Vec<u8> {
         let header = Header {
             version: 1,
             session: "s".into(),
@@ -287,6 +317,7 @@ mod tests {
             started_at: String::new(),
             content: Content::Rfb,
             signer: key.public_hex(),
+            segment: 1,
         };
         let (mut w, mut out) = Writer::start(&header);
         // ServerInit: 2x1, 32 bpp, red at bit 0.
@@ -343,7 +374,7 @@ mod tests {
     #[test]
     fn seeking_starts_at_a_keyframe_that_holds_the_whole_screen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let key = crate::recorder::SigningKey::load_or_create(dir.path()).expect("key");
+        let key = crate::recording::SigningKey::load_or_create(dir.path()).expect("key");
         let file = recording(&key, 10);
         let stream = build(&file, &key.public_hex()).expect("builds");
         let (index, base) = read_index(&stream).expect("index");
@@ -369,7 +400,7 @@ mod tests {
             Err(BuildError::Tampered(_))
         ));
         let other_dir = tempfile::tempdir().expect("tempdir");
-        let other = crate::recorder::SigningKey::load_or_create(other_dir.path()).expect("key");
+        let other = crate::recording::SigningKey::load_or_create(other_dir.path()).expect("key");
         assert!(matches!(
             build(&file, &other.public_hex()),
             Err(BuildError::Tampered(_))
@@ -379,7 +410,7 @@ mod tests {
     #[test]
     fn simultaneous_first_replays_agree_and_leave_no_temporary_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let key = crate::recorder::SigningKey::load_or_create(dir.path()).expect("key");
+        let key = crate::recording::SigningKey::load_or_create(dir.path()).expect("key");
         let path = dir.path().join("s.psrec");
         std::fs::write(&path, recording(&key, 6)).expect("write");
         let public = key.public_hex();
@@ -420,6 +451,7 @@ mod tests {
             keyframes: vec![(100, 0), (2_500, 50), (6_000, 90)],
             records_len: 100,
             decode_error: None,
+            unsigned_frames: 0,
         };
         assert_eq!(keyframe_for(&index, 0), Some((0, 100, 0)));
         assert_eq!(keyframe_for(&index, 2_499), Some((0, 100, 0)));

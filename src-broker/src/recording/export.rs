@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
-use passerelle_proto::recording::{Content, Verdict, verify};
+use passerelle_proto::recording::{Content, Verdict};
 
-use crate::playback::{self, Screen};
+use super::playback::{self, Screen};
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -102,45 +102,112 @@ pub fn parse_times(s: &str) -> anyhow::Result<Vec<f64>> {
         .collect()
 }
 
-/// Checks `file` with the signer's public key (hex); returns the recording's duration in
-/// seconds and notes. A tampered file is refused unless `force`.
-fn check(bytes: &[u8], public_hex: &str, force: bool) -> anyhow::Result<(f64, Vec<String>)> {
+/// How far an export may trust a recording.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Trust {
+    /// Export a tampered or damaged recording up to the damage.
+    pub force: bool,
+    /// Export the frames no signature covers too, marked.
+    pub include_unsigned: bool,
+}
+
+/// What [`check`] found: how much of the file to play and which part of it is signed.
+struct Checked {
+    /// Seconds of recording to export.
+    duration: f64,
+    /// Bytes of the file to play.
+    play_len: usize,
+    /// Recorded time after which frames are not signed (`None`: all of what is played is).
+    unsigned_after_us: Option<u64>,
+    notes: Vec<String>,
+}
+
+/// Checks `file` with the signer's public key (hex). A tampered file is refused unless
+/// `force`; only the signed part of a truncated file is played unless `include_unsigned`.
+fn check(bytes: &[u8], public_hex: &str, trust: Trust) -> anyhow::Result<Checked> {
     let mut notes = Vec::new();
-    let (header, duration_us) = match verify(bytes, |m, s| {
-        crate::recorder::check_signature(public_hex, m, s)
-    }) {
+    let whole = bytes.len();
+    let (header, duration_us, play_len, unsigned_after_us) = match super::verify_file(
+        bytes, public_hex,
+    ) {
         Verdict::Intact {
             header, summary, ..
-        } => (header, summary.duration_us),
-        Verdict::Truncated { header, end_us, .. } => {
-            notes.push(format!(
-                "the recording is truncated (the broker stopped during the session): exporting up to its last whole frame, at {:.1} s",
-                end_us as f64 / 1e6
-            ));
-            (header, end_us)
+        } => (header, summary.duration_us, whole, None),
+        Verdict::Truncated {
+            header,
+            end_us,
+            frames,
+            signed_frames,
+            signed_len,
+            signed_end_us,
+            ..
+        } => {
+            let unsigned = frames - signed_frames;
+            if trust.include_unsigned && unsigned > 0 {
+                notes.push(format!(
+                        "the recording is truncated; its last {unsigned} frames, after {:.1} s, are NOT signed: exported anyway (--include-unsigned) and marked UNSIGNED",
+                        signed_end_us as f64 / 1e6
+                    ));
+                (header, end_us, whole, Some(signed_end_us))
+            } else {
+                notes.push(format!(
+                        "the recording is truncated (the broker stopped during the session): exporting its signed part, up to {:.1} s{}",
+                        signed_end_us as f64 / 1e6,
+                        if unsigned > 0 {
+                            format!("; {unsigned} unsigned frames after it left out (--include-unsigned exports them, marked)")
+                        } else {
+                            String::new()
+                        }
+                    ));
+                (header, signed_end_us, signed_len, None)
+            }
+        }
+        Verdict::Unsigned { header, end_us, .. } => {
+            if !trust.include_unsigned {
+                bail!(
+                    "nothing in the recording is signed (no checkpoint, no trailer): refusing to export it (--include-unsigned exports it, marked UNSIGNED)"
+                );
+            }
+            notes.push(
+                    "nothing in the recording is signed: exported anyway (--include-unsigned), every frame marked UNSIGNED".into(),
+                );
+            (header, end_us, whole, Some(0))
         }
         Verdict::Tampered(damage) => {
-            if !force {
+            if !trust.force {
                 bail!(
                     "the recording is TAMPERED or damaged ({damage}); refusing to export it (--force exports what can be read)"
                 );
             }
             notes.push(format!(
-                "the recording is TAMPERED or damaged ({damage}); exported anyway (--force), up to the damage"
-            ));
+                    "the recording is TAMPERED or damaged ({damage}); exported anyway (--force), up to the damage"
+                ));
             // The frames up to the damage.
             let (header, frames) = passerelle_proto::recording::Frames::new(bytes)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            (header, frames.last().map_or(0, |f| f.time_us))
+            (header, frames.last().map_or(0, |f| f.time_us), whole, None)
         }
     };
     if header.content != Content::Rfb {
         bail!(
-            "this is a {} session: RDP/SSH recordings hold metadata only; nothing to export",
+            "this is a {} connection carried as it is: its recording holds metadata only; nothing to export",
             header.service
         );
     }
-    Ok((duration_us as f64 / 1e6, notes))
+    Ok(Checked {
+        duration: duration_us as f64 / 1e6,
+        play_len,
+        unsigned_after_us,
+        notes,
+    })
+}
+
+/// Paints a red band across the top of a video frame that no signature covers.
+fn mark_unsigned(rgba: &mut [u8], width: u32) {
+    let band = (width as usize * 4 * 12).min(rgba.len());
+    for px in rgba[..band].chunks_exact_mut(4) {
+        px.copy_from_slice(&[0xe0, 0x10, 0x10, 0xff]);
+    }
 }
 
 fn write_png(path: &Path, screen: &Screen) -> anyhow::Result<()> {
@@ -182,13 +249,16 @@ fn ffmpeg_encoder() -> anyhow::Result<&'static str> {
 pub fn export(
     bytes: &[u8],
     public_hex: &str,
-    force: bool,
+    trust: Trust,
     output: &Output,
 ) -> anyhow::Result<Report> {
-    let (duration, notes) = check(bytes, public_hex, force)?;
+    let checked = check(bytes, public_hex, trust)?;
+    let (duration, unsigned_after) = (checked.duration, checked.unsigned_after_us);
+    let bytes = &bytes[..checked.play_len];
+    let unsigned = |t: u64| unsigned_after.is_some_and(|after| t > after);
     let mut report = Report {
         duration,
-        notes,
+        notes: checked.notes,
         ..Report::default()
     };
     // The times to sample, in microseconds, ascending.
@@ -241,8 +311,9 @@ pub fn export(
             }
             let result = match output {
                 Output::Png { .. } => {
+                    let mark = if unsigned(t) { "-UNSIGNED" } else { "" };
                     let path = dir
-                        .map(|d| d.join(format!("screen-{:.3}s.png", t as f64 / 1e6)))
+                        .map(|d| d.join(format!("screen-{:.3}s{mark}.png", t as f64 / 1e6)))
                         .unwrap_or_default();
                     write_png(&path, u.screen).map(|()| report.files.push(path))
                 }
@@ -257,11 +328,14 @@ pub fn export(
                             }
                         }
                     }
-                    let frame = if (w, h) == (u.screen.width, u.screen.height) {
+                    let mut frame = if (w, h) == (u.screen.width, u.screen.height) {
                         std::borrow::Cow::Borrowed(&u.screen.rgba)
                     } else {
                         std::borrow::Cow::Owned(u.screen.crop(0, 0, w, h))
                     };
+                    if unsigned(t) {
+                        mark_unsigned(frame.to_mut(), w);
+                    }
                     let stdin = ffmpeg
                         .as_mut()
                         .and_then(|c: &mut std::process::Child| c.stdin.as_mut());

@@ -18,6 +18,7 @@ fn header(content: Content) -> Header {
         started_at: "2026-01-01T00:00:00Z".into(),
         content,
         signer: String::new(),
+        segment: 1,
     }
 }
 

@@ -90,6 +90,8 @@ pub struct Recording {
     started: Instant,
     /// Cancelled when the recording fails; `failure` says why.
     pub failed: CancellationToken,
+    /// Cancelled once the trailer is written (or the writer gave up).
+    pub finished: CancellationToken,
     failure: Arc<Mutex<Option<String>>>,
     stopped: AtomicBool,
 }
@@ -139,6 +141,7 @@ impl Recording {
             limit,
             started: Instant::now(),
             failed: CancellationToken::new(),
+            finished: CancellationToken::new(),
             failure: Arc::new(Mutex::new(None)),
             stopped: AtomicBool::new(false),
         });
@@ -280,41 +283,8 @@ impl Recording {
         {
             tracing::warn!(path = %self.path.display(), "recording trailer not written within 10 s");
         }
+        self.finished.cancel();
     }
-}
-
-/// Where a session's recording lives.
-pub fn path_for(dir: &Path, tenant_id: i64, session: &str) -> PathBuf {
-    dir.join(tenant_id.to_string())
-        .join(format!("{session}.psrec"))
-}
-
-/// Deletes recordings of `tenant_id` last written more than `days` ago; returns the session ids.
-pub fn sweep(dir: &Path, tenant_id: i64, days: u32) -> Vec<(String, PathBuf)> {
-    let cutoff = std::time::SystemTime::now() - Duration::from_secs(u64::from(days) * 86_400);
-    let mut deleted = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.join(tenant_id.to_string())) else {
-        return deleted;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t < cutoff);
-        let Some(id) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
-            continue;
-        };
-        if old
-            && path.extension().is_some_and(|e| e == "psrec")
-            && std::fs::remove_file(&path).is_ok()
-        {
-            // Its derived screen stream (replays) goes with it.
-            let _ = std::fs::remove_file(crate::screen_stream::path_for(&path));
-            deleted.push((id, path));
-        }
-    }
-    deleted
 }
 
 #[cfg(test)]
@@ -334,6 +304,7 @@ mod tests {
             started_at: "2026-11-28T00:00:00.000Z".into(),
             content: Content::Rfb,
             signer: key.public_hex(),
+            segment: 1,
         }
     }
 

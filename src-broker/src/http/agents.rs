@@ -1,0 +1,203 @@
+//! `/api/v1/agents`: registration (the store) and presence (the registry) in one view; a
+//! revocation ends the agent's sessions and disconnects it at once.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use passerelle_proto::api::{AgentInfo, PatchAgent, RegisterAgent, Role};
+use passerelle_proto::close::EndReason;
+use passerelle_proto::ids::AgentId;
+
+use super::api::{ANY, ApiResult};
+use super::auth::Caller;
+use super::{ApiError, App};
+use crate::registry::Registry;
+use crate::store::{AgentRecord, AuditKind, TenantId, rfc3339};
+
+fn agent_info(registry: &Registry, rec: &AgentRecord) -> AgentInfo {
+    let mut info = AgentInfo {
+        id: rec.id.clone(),
+        key_fingerprint: rec.key_fingerprint.clone(),
+        has_vnc_password: rec.has_vnc_password,
+        rdp_username: rec.rdp_username.clone(),
+        has_rdp_password: rec.has_rdp_password,
+        rdp_certificate_sha256: rec.rdp_cert_sha256.clone(),
+        rdp_certificate_pinned_at: rec.rdp_cert_pinned_at.map(rfc3339),
+        online: false,
+        services: Vec::new(),
+        connected_since: None,
+        last_seen: None,
+        peer_addr: None,
+        created_at: rfc3339(rec.created_at),
+    };
+    if let Some(conn) = registry.get(rec.tenant_id, &rec.id) {
+        conn.fill(&mut info);
+    }
+    info
+}
+
+async fn agent_of(app: &App, tenant_id: TenantId, id: &str) -> ApiResult<AgentRecord> {
+    let id = AgentId::new(id).map_err(|_| ApiError::not_found("agent"))?;
+    app.db
+        .run(move |s| s.agent(tenant_id, &id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent"))
+}
+
+pub(super) async fn list_agents(
+    caller: Caller,
+    State(app): State<App>,
+) -> ApiResult<Json<Vec<AgentInfo>>> {
+    caller.require(ANY)?;
+    let tenant_id = caller.tenant_id;
+    let agents = app.db.run(move |s| s.agents(tenant_id)).await?;
+    Ok(Json(
+        agents
+            .iter()
+            .map(|a| agent_info(&app.registry, a))
+            .collect(),
+    ))
+}
+
+pub(super) async fn get_agent(
+    caller: Caller,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AgentInfo>> {
+    caller.require(ANY)?;
+    let rec = agent_of(&app, caller.tenant_id, &id).await?;
+    Ok(Json(agent_info(&app.registry, &rec)))
+}
+
+pub(super) async fn register_agent(
+    caller: Caller,
+    State(app): State<App>,
+    body: Result<Json<RegisterAgent>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<AgentInfo>)> {
+    caller.require(&[Role::Admin])?;
+    let Json(req) = body?;
+    let tenant_id = caller.tenant_id;
+    let cap = app.config.quotas.agents_per_tenant;
+    let count = app.db.run(move |s| s.agent_count(tenant_id)).await?;
+    if count >= cap {
+        let why =
+            format!("this tenant has {count} agents, the most allowed (max_agents_per_tenant)");
+        let mut ev = caller.event(
+            AuditKind::RequestRefused,
+            format!("agent {}: {why}", req.id),
+        );
+        ev.agent = Some(req.id.to_string());
+        app.db.audit(ev);
+        return Err(ApiError::conflict("quota_exceeded", why));
+    }
+    let (rdp_user, rdp_pw) = (req.rdp_username.clone(), req.rdp_password.clone());
+    crate::store::check_rdp_login(rdp_user.as_deref(), rdp_pw.as_deref())
+        .map_err(anyhow::Error::from)?;
+    let rec = app
+        .db
+        .run(move |s| {
+            let rec = s.create_agent(
+                tenant_id,
+                &req.id,
+                &req.public_key,
+                req.vnc_password.as_deref(),
+            )?;
+            if rdp_user.is_none() && rdp_pw.is_none() {
+                return Ok(rec);
+            }
+            s.set_agent_rdp(tenant_id, &rec.id, rdp_user.as_deref(), rdp_pw.as_deref())?;
+            Ok(s.agent(tenant_id, &rec.id)?.unwrap_or(rec))
+        })
+        .await?;
+    let mut ev = caller.event(
+        AuditKind::AgentRegistered,
+        format!("key {}", rec.key_fingerprint),
+    );
+    ev.agent = Some(rec.id.to_string());
+    app.db.audit(ev);
+    Ok((StatusCode::CREATED, Json(agent_info(&app.registry, &rec))))
+}
+
+pub(super) async fn patch_agent(
+    caller: Caller,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    body: Result<Json<PatchAgent>, JsonRejection>,
+) -> ApiResult<Json<AgentInfo>> {
+    caller.require(&[Role::Admin])?;
+    let Json(req) = body?;
+    let before = agent_of(&app, caller.tenant_id, &id).await?;
+    let (tenant_id, agent) = (caller.tenant_id, before.id.clone());
+    let vnc_changed = req.vnc_password.is_some();
+    let (rdp_user, rdp_pw) = (req.rdp_username.clone(), req.rdp_password.clone());
+    crate::store::check_rdp_login(rdp_user.as_deref(), rdp_pw.as_deref())
+        .map_err(anyhow::Error::from)?;
+    let (rdp_user_changed, rdp_pw_changed) = (rdp_user.is_some(), rdp_pw.is_some());
+    let after = app
+        .db
+        .run(move |s| {
+            s.set_agent_rdp(tenant_id, &agent, rdp_user.as_deref(), rdp_pw.as_deref())?;
+            s.update_agent(
+                tenant_id,
+                &agent,
+                req.public_key.as_deref(),
+                req.vnc_password.as_deref(),
+            )
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent"))?;
+    let key_changed = after.key_fingerprint != before.key_fingerprint;
+    if key_changed && let Some(conn) = app.registry.get(caller.tenant_id, &after.id) {
+        conn.disconnect("the agent's key was changed");
+    }
+    let changed: Vec<&str> = [
+        (key_changed, "key"),
+        (vnc_changed, "VNC password"),
+        (rdp_user_changed, "RDP login"),
+        (rdp_pw_changed, "RDP password"),
+    ]
+    .into_iter()
+    .filter_map(|(yes, what)| yes.then_some(what))
+    .collect();
+    let what = if changed.is_empty() {
+        "nothing changed".to_owned()
+    } else {
+        format!("{} changed", changed.join(", "))
+    };
+    let mut ev = caller.event(AuditKind::AgentChanged, what);
+    ev.agent = Some(after.id.to_string());
+    app.db.audit(ev);
+    Ok(Json(agent_info(&app.registry, &after)))
+}
+
+pub(super) async fn revoke_agent(
+    caller: Caller,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(&[Role::Admin])?;
+    let rec = agent_of(&app, caller.tenant_id, &id).await?;
+    let (tenant_id, agent) = (caller.tenant_id, rec.id.clone());
+    app.db
+        .run(move |s| s.delete_agent(tenant_id, &agent))
+        .await?;
+    app.core
+        .end_agent_sessions(
+            caller.tenant_id,
+            &rec.id,
+            EndReason::AgentRevoked,
+            &crate::session::Actor::broker(),
+        )
+        .await;
+    if let Some(conn) = app.registry.get(caller.tenant_id, &rec.id) {
+        conn.disconnect("this agent was revoked");
+    }
+    let mut ev = caller.event(
+        AuditKind::AgentRevoked,
+        format!("key {}", rec.key_fingerprint),
+    );
+    ev.agent = Some(rec.id.to_string());
+    app.db.audit(ev);
+    Ok(StatusCode::NO_CONTENT)
+}

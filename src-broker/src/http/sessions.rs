@@ -1,0 +1,217 @@
+//! `/api/v1/sessions`: thin adapters over the session core ([`crate::session::Core`]), and the
+//! URLs that carry a session's tokens.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use passerelle_proto::api::{
+    CreateSession, CreatedSession, IssuedToken, SessionInfo, SessionState,
+};
+use passerelle_proto::ids::ServiceKind;
+use passerelle_proto::launch::LaunchUrl;
+use serde::Deserialize;
+
+use super::api::{ANY, ApiResult, OPERATORS, session_of};
+use super::auth::Caller;
+use super::{ApiError, App, Urls};
+use crate::session::{CreateError, LiveSession, NewSession, Tokens};
+use crate::store::rfc3339;
+
+/// `&creds=stored` for an `rdp` session's page when credentials are stored for its agent (the
+/// page then sends placeholders that the broker replaces).
+async fn rdp_fragment(app: &App, session: &LiveSession) -> &'static str {
+    if session.service.kind() != Some(ServiceKind::Rdp) {
+        return "";
+    }
+    let (tenant_id, agent) = (session.tenant_id, session.agent.clone());
+    match app
+        .db
+        .run(move |s| s.rdp_credentials(tenant_id, &agent))
+        .await
+    {
+        Ok(Some(_)) => "&creds=stored",
+        Ok(None) => "",
+        Err(e) => {
+            tracing::error!(error = %e, "could not read the RDP credentials");
+            ""
+        }
+    }
+}
+
+/// The URLs that carry a viewer token and a launch token; `page` is added to the viewer page's
+/// fragment.
+fn issued(urls: &Urls, session: &LiveSession, tokens: &Tokens, page: &str) -> IssuedToken {
+    let base = &urls.base;
+    let ws_base = base
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    let id = &session.id;
+    let launch = LaunchUrl {
+        broker: base.clone(),
+        session: id.clone(),
+        token: tokens.launch.clone(),
+        service: session.service.clone(),
+        fingerprint: urls.tls_fingerprint.clone(),
+    };
+    let mut viewer = format!("{base}/view/{id}#token={}", tokens.viewer);
+    if session.view_only {
+        viewer.push_str("&view_only=1");
+    }
+    // What the page shows (the agent, the service, the "recorded" badge).
+    viewer.push_str(&format!(
+        "&agent={}&service={}",
+        session.agent, session.service
+    ));
+    if session.record {
+        viewer.push_str("&record=1");
+    }
+    viewer.push_str(page);
+    viewer.push_str("&launch=");
+    let launch_url = launch.to_url();
+    for b in launch_url.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            viewer.push(char::from(b));
+        } else {
+            viewer.push_str(&format!("%{b:02X}"));
+        }
+    }
+    IssuedToken {
+        token: tokens.viewer.clone(),
+        token_expires_at: rfc3339(tokens.expires_at_ms),
+        viewer_url: viewer,
+        ws_url: format!("{ws_base}/ws/sessions/{id}?token={}", tokens.viewer),
+        raw_ws_url: format!("{ws_base}/ws/sessions/{id}/raw?token={}", tokens.viewer),
+        launch_url,
+    }
+}
+
+fn create_error(e: CreateError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        CreateError::Invalid(m) => ApiError::bad_request(m),
+        CreateError::UnknownAgent => ApiError::not_found("agent"),
+        CreateError::AgentOffline(_) => ApiError::conflict("agent_offline", message),
+        CreateError::ServiceUnavailable(..) => ApiError::conflict("service_unavailable", message),
+        CreateError::RecordingRequired => {
+            ApiError::new(StatusCode::FORBIDDEN, "recording_required", message)
+        }
+        CreateError::Quota(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m),
+        CreateError::NoLegacyPort(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_legacy_port",
+            "every legacy port is taken by a pending legacy session; retry when one ends",
+        ),
+        CreateError::Store(e) => e.into(),
+    }
+}
+
+pub(super) async fn create_session(
+    caller: Caller,
+    State(app): State<App>,
+    body: Result<Json<CreateSession>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<CreatedSession>)> {
+    caller.require(OPERATORS)?;
+    let Json(req) = body?;
+    let new = NewSession {
+        tenant_id: caller.tenant_id,
+        agent: req.agent,
+        service: req.service,
+        operator: req.operator,
+        record: req.record,
+        view_only: req.view_only,
+        legacy: req.legacy,
+        ttl_secs: req.ttl_secs,
+    };
+    let created = app
+        .core
+        .create(new, &caller.actor())
+        .await
+        .map_err(create_error)?;
+    let page = rdp_fragment(&app, &created.session).await;
+    let t = issued(&app.urls, &created.session, &created.tokens, page);
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedSession {
+            id: created.session.id.clone(),
+            state: SessionState::Pending,
+            token: t.token,
+            token_expires_at: t.token_expires_at,
+            viewer_url: t.viewer_url,
+            ws_url: t.ws_url,
+            raw_ws_url: t.raw_ws_url,
+            launch_url: t.launch_url,
+            legacy_port: created.session.legacy_port,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+pub(super) async fn list_sessions(
+    caller: Caller,
+    State(app): State<App>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<SessionInfo>>> {
+    caller.require(ANY)?;
+    let Query(q) = query?;
+    let filter = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(
+            SessionState::parse(s)
+                .ok_or_else(|| ApiError::bad_request("state is pending, active or ended"))?,
+        ),
+    };
+    let (tenant_id, limit) = (caller.tenant_id, q.limit.unwrap_or(100).clamp(1, 1000));
+    let found = app
+        .db
+        .run(move |s| s.sessions(tenant_id, filter, limit))
+        .await?;
+    Ok(Json(found))
+}
+
+pub(super) async fn get_session(
+    caller: Caller,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionInfo>> {
+    caller.require(ANY)?;
+    Ok(Json(session_of(&app.db, &caller, &id).await?))
+}
+
+pub(super) async fn stop_session(
+    caller: Caller,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SessionInfo>> {
+    caller.require(OPERATORS)?;
+    session_of(&app.db, &caller, &id).await?;
+    app.core.stop(caller.tenant_id, &id, &caller.actor()).await;
+    Ok(Json(session_of(&app.db, &caller, &id).await?))
+}
+
+pub(super) async fn new_token(
+    caller: Caller,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<IssuedToken>)> {
+    caller.require(OPERATORS)?;
+    session_of(&app.db, &caller, &id).await?;
+    let Some(live) = app.core.live(caller.tenant_id, &id) else {
+        return Err(ApiError::conflict(
+            "session_ended",
+            "the session has ended; create a new one",
+        ));
+    };
+    let tokens = app.core.issue(&live);
+    let page = rdp_fragment(&app, &live).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(issued(&app.urls, &live, &tokens, page)),
+    ))
+}
