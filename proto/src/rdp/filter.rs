@@ -28,6 +28,7 @@ const MCS_SEND_DATA_INDICATION: u8 = 26;
 const PDUTYPE_DEACTIVATEALLPDU: u16 = 0x6;
 const PDUTYPE_DATAPDU: u16 = 0x7;
 const PDUTYPE2_INPUT: u8 = 0x1C;
+const PDUTYPE2_FONTMAP: u8 = 0x28;
 
 /// What a filter saw in one call.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -425,6 +426,9 @@ pub struct ServerFilter {
     buf: Vec<u8>,
     /// Deactivate All PDUs repaired so far.
     pub repaired: u64,
+    /// The Font Map PDU (the end of the connection sequence) has passed.
+    finalized: bool,
+    split: Option<usize>,
 }
 
 impl ServerFilter {
@@ -436,6 +440,8 @@ impl ServerFilter {
             denied: false,
             buf: Vec::new(),
             repaired: 0,
+            finalized: false,
+            split: None,
         }
     }
 
@@ -444,6 +450,15 @@ impl ServerFilter {
     /// has refused the credentials.
     pub fn logon_refused(&self) -> bool {
         self.credssp || self.denied
+    }
+
+    /// When the last [`feed`](Self::feed) passed the Font Map PDU, the server's last PDU of the
+    /// connection sequence: how many of the bytes it appended go up to the end of that PDU.
+    /// IronRDP's web client (npm 0.7) drops what follows that PDU in the same WebSocket
+    /// message (the server's first dynamic channel message, so display control never opens):
+    /// the broker sends the rest as a message of its own.
+    pub fn take_split(&mut self) -> Option<usize> {
+        self.split.take()
     }
 
     /// Bytes held back: the start of a PDU not all there yet.
@@ -526,8 +541,30 @@ impl ServerFilter {
                 }
                 None => o.pass(pdu),
             }
+            if !self.finalized && is_font_map(pdu) {
+                self.finalized = true;
+                self.split = Some(o.out.len() - o.start);
+            }
             pos += pdu.len();
         }
+    }
+}
+
+/// Whether `pdu` is the server's Font Map PDU (a slow-path Data PDU, `pduType2` FONTMAP).
+fn is_font_map(pdu: &[u8]) -> bool {
+    if pdu.first() != Some(&x224::TPKT_VERSION) {
+        return false;
+    }
+    let Ok(Some(data)) = SendData::parse(pdu, MCS_SEND_DATA_INDICATION) else {
+        return false;
+    };
+    // TS_SHARECONTROLHEADER (6 bytes): pduType at 2; TS_SHAREDATAHEADER: pduType2 at 8.
+    let ud = data.user_data;
+    match (ud.get(2..4), ud.get(14)) {
+        (Some(t), Some(&t2)) => {
+            u16::from_le_bytes([t[0], t[1]]) & 0xF == PDUTYPE_DATAPDU && t2 == PDUTYPE2_FONTMAP
+        }
+        _ => false,
     }
 }
 

@@ -339,3 +339,47 @@ fn a_connect_initial_gets_a_client_build_xrdp_resizes() {
         .unwrap();
     assert_eq!(out, newer);
 }
+
+#[test]
+fn the_stream_splits_once_after_the_font_map() {
+    // Server Data PDUs (MCS Send Data Indication on the I/O channel): TS_SHARECONTROLHEADER,
+    // then TS_SHAREDATAHEADER with pduType2 at its 9th byte.
+    let data_pdu = |pdu_type2: u8| {
+        let mut ud = 26u16.to_le_bytes().to_vec();
+        ud.extend_from_slice(&0x17u16.to_le_bytes());
+        ud.extend_from_slice(&1002u16.to_le_bytes());
+        ud.extend_from_slice(&[0x0A, 0, 0, 0, 0, 1, 12, 0, pdu_type2, 0, 0, 0]);
+        ud.extend_from_slice(&[0; 8]);
+        let mut pdu = slow_path(IO_CHANNEL, &ud);
+        pdu[7] = 26 << 2;
+        pdu
+    };
+    let (control, font_map) = (data_pdu(0x14), data_pdu(0x28));
+    let after = slow_path(1004, &[0x50, 0, 2, 0]);
+    let stream = [
+        control.clone(),
+        font_map.clone(),
+        after.clone(),
+        font_map.clone(),
+    ]
+    .concat();
+    let mut f = ServerFilter::new(protocol::SSL);
+    let mut out = Vec::new();
+    f.feed(&stream, &mut out).unwrap();
+    assert_eq!(out, stream);
+    assert_eq!(f.take_split(), Some(control.len() + font_map.len()));
+    assert_eq!(f.take_split(), None, "taken once");
+    f.feed(&font_map, &mut Vec::new()).unwrap();
+    assert_eq!(f.take_split(), None, "only the first Font Map");
+    // Split anywhere: the split point counts from what the feed that completed it appended.
+    let mut f = ServerFilter::new(protocol::SSL);
+    let mut out = Vec::new();
+    f.feed(&stream[..control.len() + 5], &mut out).unwrap();
+    assert_eq!(f.take_split(), None);
+    let before = out.len();
+    f.feed(&stream[control.len() + 5..], &mut out).unwrap();
+    assert_eq!(
+        f.take_split(),
+        Some(control.len() + font_map.len() - before)
+    );
+}

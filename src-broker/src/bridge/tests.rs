@@ -314,3 +314,24 @@ async fn control_frames_pass_to_ends_that_take_them() {
     p.viewer_in.finish().await.unwrap();
     bridge.await.unwrap();
 }
+
+#[tokio::test]
+async fn without_coalescing_each_agent_frame_reaches_the_viewer_alone() {
+    // Room for one frame toward the viewer: the others wait in the buffer, where they would be
+    // joined.
+    let (mut p, (viewer, agent)) = wire(1);
+    let mut o = opts(1 << 20);
+    o.coalesce = false;
+    let bridge = tokio::spawn(run(viewer, agent, o, meter(), std::future::pending()));
+    for b in [&b"first"[..], b"second", b"third", b"fourth"] {
+        p.agent_in
+            .send(Frame::Binary(Bytes::from_static(b)))
+            .await
+            .unwrap();
+    }
+    for want in [&b"first"[..], b"second", b"third", b"fourth"] {
+        let got = p.viewer_out.recv().await.unwrap();
+        assert_eq!(got, Some(Frame::Binary(Bytes::from_static(want))));
+    }
+    bridge.abort();
+}

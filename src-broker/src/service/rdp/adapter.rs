@@ -4,7 +4,9 @@
 //! and the TLS stream, recorded as `Content::Rdp`.
 //!
 //! The server's end is the TLS stream read through a [`ServerFilter`] ([`Down`]): it repairs
-//! xrdp's bare Deactivate All PDU for IronRDP's web client, and remembers whether the server
+//! xrdp's bare Deactivate All PDU for IronRDP's web client, ends a frame after the connection
+//! sequence's last PDU (IronRDP's web client drops what follows it in the same message; the
+//! bridge does not join frames for RDP), and remembers whether the server
 //! had let an NLA logon through, so that a server ending the connection during CredSSP ends the
 //! session `rdp_logon_failed` (4055) rather than `service_closed`.
 
@@ -37,6 +39,8 @@ pub(crate) struct Down<R> {
     io: IoSource<R>,
     filter: ServerFilter,
     out: Vec<u8>,
+    /// What followed the end of the connection sequence in the same read: its own frame.
+    next: Option<Bytes>,
 }
 
 impl<R> std::fmt::Debug for Down<R> {
@@ -53,6 +57,7 @@ impl<R: AsyncRead + Unpin + Send> Down<R> {
             io: IoSource::new(io, CHUNK),
             filter: ServerFilter::new(selected_protocol),
             out: Vec::new(),
+            next: None,
         }
     }
 
@@ -64,6 +69,9 @@ impl<R: AsyncRead + Unpin + Send> Down<R> {
 
 impl<R: AsyncRead + Unpin + Send> Source for Down<R> {
     async fn recv(&mut self) -> Result<Option<Frame>, EndError> {
+        if let Some(next) = self.next.take() {
+            return Ok(Some(Frame::Binary(next)));
+        }
         loop {
             let Some(frame) = self.io.recv().await? else {
                 return Ok(None);
@@ -77,9 +85,16 @@ impl<R: AsyncRead + Unpin + Send> Source for Down<R> {
                 return Err(EndError::Protocol(format!("RDP from the workstation: {e}")));
             }
             // Only part of a PDU so far: read on.
-            if !self.out.is_empty() {
-                return Ok(Some(Frame::Binary(Bytes::copy_from_slice(&self.out))));
+            if self.out.is_empty() {
+                continue;
             }
+            let out = Bytes::copy_from_slice(&self.out);
+            // The end of the connection sequence ends its frame ([`ServerFilter::take_split`]).
+            if let Some(at) = self.filter.take_split().filter(|&at| at < out.len()) {
+                self.next = Some(out.slice(at..));
+                return Ok(Some(Frame::Binary(out.slice(..at))));
+            }
+            return Ok(Some(Frame::Binary(out)));
         }
     }
 }
@@ -112,6 +127,9 @@ where
         down: cx
             .record
             .then(|| Box::new(DownFilter(ServerFilter::new(selected))) as _),
+        // Frames as they come: IronRDP's web client drops what follows the end of the
+        // connection sequence in the same message ([`Down`] ends a frame there).
+        coalesce: false,
         ..cx.plain()
     };
     let (viewer, (down, sink), closure) = bridge.run(viewer, agent, opts, Content::Rdp).await?;
