@@ -47,7 +47,26 @@ install_page_driver() {
   fi
 }
 
+# The terminal tests (tests/tests/terminal.rs) start their own sshd and log in as this user.
+# Its password is random, made once, and kept where only root reads it (the tests run as root).
+ensure_terminal_test_user() {
+  local user=passerelle-term dir=/var/lib/passerelle-tests
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-test-deps: not root: skipping the terminal tests' user $user" >&2
+    return
+  fi
+  if ! id -u "$user" >/dev/null 2>&1; then
+    useradd --create-home --shell /bin/bash "$user"
+  fi
+  if [ ! -s "$dir/term-password" ]; then
+    install -d -m 0700 "$dir"
+    (umask 077 && head -c 18 /dev/urandom | base64 > "$dir/term-password")
+  fi
+  echo "$user:$(cat "$dir/term-password")" | chpasswd
+}
+
 apt_install_missing install-test-deps "${PACKAGES[@]}"
 install_page_driver
+ensure_terminal_test_user
 # ssh-audit (PyPI) for the SSH listener's scan test.
 bash "$(dirname "${BASH_SOURCE[0]}")/install-scan-deps.sh"

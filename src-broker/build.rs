@@ -45,6 +45,20 @@ const PACKAGES: &[Package] = &[
         marker: "iron-remote-desktop-rdp.js",
         flag: "HAS_IRONRDP_RDP",
     },
+    Package {
+        name: "@xterm/xterm",
+        mount: "xterm",
+        include: &["lib/xterm.mjs", "css/xterm.css", "LICENSE", "package.json"],
+        marker: "lib/xterm.mjs",
+        flag: "HAS_XTERM",
+    },
+    Package {
+        name: "@xterm/addon-fit",
+        mount: "xterm-addon-fit",
+        include: &["lib/addon-fit.mjs", "LICENSE", "package.json"],
+        marker: "lib/addon-fit.mjs",
+        flag: "HAS_XTERM_FIT",
+    },
 ];
 
 fn files_under(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {

@@ -58,6 +58,10 @@ pub struct CreateSession {
     /// The session's maximum lifetime in seconds.
     #[serde(default)]
     pub ttl_secs: Option<u64>,
+    /// `ssh` sessions in the browser: the login name on the workstation (else the agent's
+    /// `ssh_username`, else the tenant's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user: Option<String>,
 }
 
 /// A session's life cycle.
@@ -156,6 +160,12 @@ pub struct RegisterAgent {
     /// Write-only: the workstation's VNC password.
     #[serde(default)]
     pub vnc_password: Option<String>,
+    /// The login name for `ssh` sessions in the browser (else the tenant's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_username: Option<String>,
+    /// Write-only: the password of that login, used when the tenant's SSH key is not installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_password: Option<String>,
     /// The login the broker injects into RDP sessions over TLS (`DOMAIN\\user`,
     /// `user@domain` or `user`); an empty string clears it.
     #[serde(default)]
@@ -174,6 +184,12 @@ pub struct PatchAgent {
     /// `Some(None)` is not expressible in JSON here: an empty string clears the password.
     #[serde(default)]
     pub vnc_password: Option<String>,
+    /// An empty string clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_username: Option<String>,
+    /// Write-only; an empty string clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_password: Option<String>,
     /// The login the broker injects into RDP sessions over TLS (`DOMAIN\\user`,
     /// `user@domain` or `user`); an empty string clears it.
     #[serde(default)]
@@ -198,6 +214,15 @@ pub struct AgentInfo {
     /// SHA256 fingerprint of its public key, as `ssh-keygen -l` prints it.
     pub key_fingerprint: String,
     pub has_vnc_password: bool,
+    /// The login name of `ssh` sessions in the browser, if the agent has its own.
+    #[serde(default)]
+    pub ssh_username: Option<String>,
+    #[serde(default)]
+    pub has_ssh_password: bool,
+    /// SHA256 fingerprint of the workstation's SSH host key, pinned at the first `ssh` session
+    /// in the browser (reset with `DELETE /api/v1/agents/{id}/ssh-host-key`).
+    #[serde(default)]
+    pub ssh_host_key: Option<String>,
     /// The login injected into RDP sessions (the agent's own; the tenant's applies otherwise).
     #[serde(default)]
     pub rdp_username: Option<String>,
@@ -231,6 +256,16 @@ pub struct TenantInfo {
     pub record_by_default: bool,
     pub recording_policy: RecordingPolicy,
     pub retention_days: u32,
+    /// The default login name of `ssh` sessions in the browser.
+    #[serde(default)]
+    pub ssh_username: Option<String>,
+    /// The tenant's SSH public key (OpenSSH line) that the broker logs in with; install it on
+    /// workstations as `from="127.0.0.1,::1" <key>` in `authorized_keys`.
+    #[serde(default)]
+    pub ssh_public_key: Option<String>,
+    /// Record what operators type in `ssh` terminals (off by default: input holds passwords).
+    #[serde(default)]
+    pub record_terminal_input: bool,
     /// Every session of the tenant is recorded: `"record": false` is refused (403).
     #[serde(default)]
     pub recording_required: bool,
@@ -258,6 +293,11 @@ pub struct PatchTenant {
     pub recording_policy: Option<RecordingPolicy>,
     #[serde(default)]
     pub retention_days: Option<u32>,
+    /// An empty string clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_terminal_input: Option<bool>,
     #[serde(default)]
     pub recording_required: Option<bool>,
     /// The tenant's default login the broker injects into RDP sessions over TLS (`DOMAIN\\user`,
@@ -296,7 +336,48 @@ pub struct AuditPage {
     pub events: Vec<AuditEvent>,
 }
 
-/// Every error body: `{"error": {"code": "...", "message": "..."}}`.
+/// `GET /api/v1/audit/search?q=`: the terminal sessions whose transcript holds the text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TerminalSearch {
+    pub sessions: Vec<TerminalSearchHit>,
+}
+
+/// One session that matched, with its matching lines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TerminalSearchHit {
+    pub session: String,
+    pub agent: AgentId,
+    pub operator: String,
+    /// RFC 3339.
+    pub started_at: Option<String>,
+    /// The replay page, opening at the first match (`/replay/{id}#connection=N&t=SECONDS`).
+    pub replay_url: String,
+    pub matches: Vec<TerminalSearchLine>,
+}
+
+/// A matching line of a terminal transcript.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TerminalSearchLine {
+    /// The connection it was typed or shown in (its recording segment, from 1).
+    #[serde(default = "first_segment")]
+    pub segment: u32,
+    /// Seconds since that connection's recording started.
+    pub t: f64,
+    /// `true` for a typed line (recorded input), `false` for output.
+    pub input: bool,
+    pub text: String,
+}
+
+fn first_segment() -> u32 {
+    1
+}
+
+/// `POST /api/v1/sessions/{id}/launch`: a launch URL for the desktop helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchAnswer {
+    pub launch_url: String,
+}
+
 /// One recorded connection of a session (`GET /api/v1/recordings/{id}/segments`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordingSegment {
@@ -309,6 +390,7 @@ pub struct RecordingSegment {
     pub bytes: u64,
 }
 
+/// Every error body: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,

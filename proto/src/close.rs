@@ -82,6 +82,15 @@ codes! {
     /// The workstation's RDP server ended the connection during NLA (CredSSP) or denied the
     /// logon: the credentials typed were refused.
     RDP_LOGON_FAILED = 4055, "the workstation refused the NLA logon";
+    /// The SSH connection to the workstation's sshd failed (not SSH, no common algorithm, no
+    /// answer in time).
+    SSH_HANDSHAKE_FAILED = 4060, "SSH connection to the workstation failed";
+    /// The workstation's SSH host key is not the one pinned for this agent.
+    SSH_HOST_KEY_CHANGED = 4061, "the workstation's SSH host key has changed";
+    /// The workstation refused every credential (stored key, stored password, typed password).
+    SSH_AUTH_FAILED = 4062, "SSH authentication failed";
+    /// The workstation refused a terminal or a shell.
+    SSH_SHELL_FAILED = 4063, "the workstation refused to open a terminal";
     /// A frame or message over the size limit (RFC 6455's own code).
     MESSAGE_TOO_BIG = 1009, "message too big";
 }
@@ -207,6 +216,14 @@ pub enum EndReason {
     VncAuthFailed,
     /// The RFB handshake with the workstation failed (refusal, unsupported security, bad data).
     VncHandshakeFailed,
+    /// The SSH connection to the workstation's sshd failed (`ssh` terminal).
+    SshHandshakeFailed,
+    /// The workstation's SSH host key is not the one pinned for its agent.
+    SshHostKeyChanged,
+    /// The workstation refused every credential the broker had or the operator typed.
+    SshAuthFailed,
+    /// The workstation refused the terminal or the shell.
+    SshShellFailed,
     /// Recording failed under the `fail_closed` policy.
     RecordingFailed,
     /// The RDP connection to the workstation failed before TLS.
@@ -243,6 +260,10 @@ impl EndReason {
             Self::ProtocolError => "protocol_error",
             Self::VncAuthFailed => "vnc_auth_failed",
             Self::VncHandshakeFailed => "vnc_handshake_failed",
+            Self::SshHandshakeFailed => "ssh_handshake_failed",
+            Self::SshHostKeyChanged => "ssh_host_key_changed",
+            Self::SshAuthFailed => "ssh_auth_failed",
+            Self::SshShellFailed => "ssh_shell_failed",
             Self::RecordingFailed => "recording_failed",
             Self::RdpHandshakeFailed => "rdp_handshake_failed",
             Self::RdpNegotiationFailed => "rdp_negotiation_failed",
@@ -280,6 +301,10 @@ impl EndReason {
             Self::ProtocolError => PROTOCOL_ERROR,
             Self::VncAuthFailed => VNC_AUTH_FAILED,
             Self::VncHandshakeFailed => VNC_HANDSHAKE_FAILED,
+            Self::SshHandshakeFailed => SSH_HANDSHAKE_FAILED,
+            Self::SshHostKeyChanged => SSH_HOST_KEY_CHANGED,
+            Self::SshAuthFailed => SSH_AUTH_FAILED,
+            Self::SshShellFailed => SSH_SHELL_FAILED,
             Self::RecordingFailed => RECORDING_FAILED,
             Self::RdpHandshakeFailed => RDP_HANDSHAKE_FAILED,
             Self::RdpNegotiationFailed => RDP_NEGOTIATION_FAILED,
@@ -292,7 +317,7 @@ impl EndReason {
 }
 
 /// Every end reason.
-pub const ALL_REASONS: [EndReason; 22] = [
+pub const ALL_REASONS: [EndReason; 26] = [
     EndReason::ViewerClosed,
     EndReason::ServiceClosed,
     EndReason::Stopped,
@@ -307,6 +332,10 @@ pub const ALL_REASONS: [EndReason; 22] = [
     EndReason::ProtocolError,
     EndReason::VncAuthFailed,
     EndReason::VncHandshakeFailed,
+    EndReason::SshHandshakeFailed,
+    EndReason::SshHostKeyChanged,
+    EndReason::SshAuthFailed,
+    EndReason::SshShellFailed,
     EndReason::RecordingFailed,
     EndReason::RdpHandshakeFailed,
     EndReason::RdpNegotiationFailed,
@@ -391,6 +420,14 @@ mod tests {
                 "{c:?} is no end reason's code"
             );
         }
+        // Every reason is listed once.
+        for (i, a) in ALL_REASONS.iter().enumerate() {
+            assert!(!ALL_REASONS[i + 1..].contains(a), "{a} listed twice");
+        }
+        assert_eq!(
+            EndReason::SshHostKeyChanged.close_code(),
+            SSH_HOST_KEY_CHANGED
+        );
         assert_eq!(EndReason::parse("nope"), None);
     }
 }

@@ -15,6 +15,8 @@ use crate::rdp::{
 };
 use crate::recording::verify;
 use crate::rfb::{ClientFilter, ClientHandshake, ServerHandshake};
+use crate::terminal::transcript::{Extractor, MAX_LINE_CHARS, Mode};
+use crate::terminal::{FromViewer, MAX_CONTROL_BYTES, Utf8Stream};
 
 /// A target's property: arbitrary bytes in, a panic when the property breaks.
 pub type Property = fn(&[u8]);
@@ -32,6 +34,8 @@ pub const TARGETS: &[(&str, Property)] = &[
     ("rfb_client_filter", rfb_client_filter),
     ("rfb_client_handshake", rfb_client_handshake),
     ("rfb_server_handshake", rfb_server_handshake),
+    ("terminal_control", terminal_control),
+    ("terminal_transcript", terminal_transcript),
 ];
 
 fn round_trip<T: Serialize + DeserializeOwned>(body: &[u8]) {
@@ -252,6 +256,81 @@ pub fn rdp_x224_confirm(data: &[u8]) {
         );
         if let Negotiation::Failure(code) = n {
             let _ = x224::failure_text(code);
+        }
+    }
+}
+
+/// A terminal page's control messages as a hostile page may send them: what parses is within
+/// its bounds and prints back to JSON that parses to the same.
+pub fn terminal_control(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(msg) = FromViewer::parse(text) {
+        assert!(text.len() <= MAX_CONTROL_BYTES);
+        let printed = serde_json::to_string(&msg).unwrap_or_default();
+        assert_eq!(FromViewer::parse(&printed).as_ref(), Ok(&msg));
+    }
+}
+
+/// Whatever a workstation prints (or an operator types), split anywhere, through the transcript
+/// extractor and the UTF-8 joiner: lines are bounded and hold no control character, and the
+/// text decoded in pieces is the text decoded whole.
+pub fn terminal_transcript(data: &[u8]) {
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let mode = if split & 1 == 1 {
+        Mode::Input
+    } else {
+        Mode::Output
+    };
+    let mut x = Extractor::new(mode);
+    let (mut pieces, mut whole) = (Utf8Stream::default(), Utf8Stream::default());
+    let (mut a, mut b) = (String::new(), String::new());
+    for (i, chunk) in rest.chunks(usize::from(split >> 1).max(1)).enumerate() {
+        x.feed(i as u64, chunk);
+        pieces.decode(chunk, &mut a);
+    }
+    pieces.finish(&mut a);
+    whole.decode(rest, &mut b);
+    whole.finish(&mut b);
+    assert_eq!(a, b, "decoding in pieces changed the text");
+    for line in x.finish() {
+        assert!(line.text.chars().count() <= MAX_LINE_CHARS);
+        assert!(!line.text.chars().any(char::is_control), "{:?}", line.text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A few thousand pseudo-random inputs, biased towards the bytes terminals give meaning
+    /// to, through the terminal properties (the fuzzer explores further; this runs everywhere).
+    #[test]
+    fn terminal_properties_hold_on_random_input() {
+        const ALPHABET: &[u8] =
+            b"\x1b[];?0123456789;:CDGKPX@JHmhl\x07\\\x08\x7f\t\r\n \xe2\x82\xac\xff\xf0\x9fPX^_(";
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..3000 {
+            let len = (next() % 600) as usize;
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    let r = next();
+                    if r % 4 == 0 {
+                        (r >> 8) as u8
+                    } else {
+                        ALPHABET[(r >> 8) as usize % ALPHABET.len()]
+                    }
+                })
+                .collect();
+            super::terminal_transcript(&data);
+            super::terminal_control(&data);
         }
     }
 }

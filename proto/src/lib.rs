@@ -13,5 +13,6 @@ pub mod proxy;
 pub mod rdp;
 pub mod recording;
 pub mod rfb;
+pub mod terminal;
 
 pub use ids::{AgentId, IdError, ServiceName, TenantName};

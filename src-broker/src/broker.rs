@@ -157,6 +157,10 @@ impl Broker {
             metrics: metrics.clone(),
             guard: guard.clone(),
             recording_key: recording_key.clone(),
+            writers: crate::recording::Writers::start(
+                config.recording_writer_threads,
+                config.recording_buffer_total_bytes,
+            )?,
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         });

@@ -69,6 +69,10 @@ pub struct Config {
     pub recordings_dir: PathBuf,
     /// Bytes a recording may queue for a slow disk before it fails.
     pub recording_buffer_bytes: usize,
+    /// Bytes all recordings together may queue before the one that goes over fails.
+    pub recording_buffer_total_bytes: usize,
+    /// Threads that write recordings (however many sessions are recorded).
+    pub recording_writer_threads: usize,
     /// HTTP connections open at once (before and after TLS, WebSockets included); more are
     /// accepted and closed at once.
     pub http_max_connections: usize,
@@ -179,6 +183,8 @@ pub struct FileConfig {
     pub max_session_ttl_secs: Option<u64>,
     pub recordings_dir: Option<PathBuf>,
     pub recording_buffer_bytes: Option<usize>,
+    pub recording_buffer_total_bytes: Option<usize>,
+    pub recording_writer_threads: Option<usize>,
     pub http_max_connections: Option<usize>,
     pub http_max_connections_per_ip: Option<usize>,
     pub http_header_timeout_secs: Option<u64>,
@@ -241,6 +247,8 @@ impl FileConfig {
             max_session_ttl_secs,
             recordings_dir,
             recording_buffer_bytes,
+            recording_buffer_total_bytes,
+            recording_writer_threads,
             http_max_connections,
             http_max_connections_per_ip,
             http_header_timeout_secs,
@@ -318,6 +326,8 @@ impl FileConfig {
                 .recordings_dir
                 .unwrap_or_else(|| data_dir.join("recordings")),
             recording_buffer_bytes: self.recording_buffer_bytes.unwrap_or(32 << 20),
+            recording_buffer_total_bytes: self.recording_buffer_total_bytes.unwrap_or(512 << 20),
+            recording_writer_threads: self.recording_writer_threads.unwrap_or(2).clamp(1, 64),
             http_max_connections: self.http_max_connections.unwrap_or(4096),
             http_max_connections_per_ip: self.http_max_connections_per_ip.unwrap_or(256),
             http_header_timeout: secs(self.http_header_timeout_secs, 10),

@@ -144,6 +144,14 @@ impl<W: AsyncWrite + Unpin + Send> Sink for IoSink<W> {
 pub(crate) trait Filter: Send {
     /// Takes bytes as they arrive (split anywhere) and appends what to pass on to `out`.
     fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Fed, FilterError>;
+
+    /// Looks at a text control message going this way (it passes as it is, to an end that
+    /// takes it or refuses it) and says what the recording keeps of it: an event, or nothing
+    /// (the default: a control message may hold a secret). An error ends the session
+    /// (`protocol_error`).
+    fn control(&mut self, _text: &str) -> Result<Option<serde_json::Value>, FilterError> {
+        Ok(None)
+    }
 }
 
 /// What a [`Filter`] saw in one call.

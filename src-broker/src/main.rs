@@ -96,6 +96,13 @@ enum TenantCmd {
     Add { name: TenantName },
     /// List tenants.
     List,
+    /// Print the tenant's SSH public key (made on first use) as an authorized_keys line for
+    /// workstations: the broker logs in with it for `ssh` sessions in the browser.
+    #[command(name = "ssh-key")]
+    SshKey {
+        #[arg(long, default_value = "default")]
+        tenant: TenantName,
+    },
 }
 
 #[derive(Subcommand)]
@@ -147,11 +154,12 @@ enum RecordingCmd {
         public_key: Option<String>,
     },
     /// Export a VNC recording's screen as PNG files (--png DIR with --at or --every) or as a
-    /// video made by ffmpeg (--video OUT.mp4). The recording is verified first: a tampered one
-    /// is refused unless --force; a truncated one exports its signed part only, unless
-    /// --include-unsigned (its unsigned frames are then marked). A video keeps the first screen
-    /// size (a larger desktop is cropped, a smaller one padded).
-    #[command(group(clap::ArgGroup::new("output").required(true).args(["png", "video"])))]
+    /// video made by ffmpeg (--video OUT.mp4), or a terminal recording's transcript (--text
+    /// OUT) or asciicast v2 file (--asciicast OUT.cast). The recording is verified first: a
+    /// tampered one is refused unless --force; a truncated one exports its signed part only,
+    /// unless --include-unsigned (its unsigned frames are then marked). A video keeps the first
+    /// screen size (a larger desktop is cropped, a smaller one padded).
+    #[command(group(clap::ArgGroup::new("output").required(true).multiple(true).args(["png", "video", "text", "asciicast"])))]
     Export {
         /// The .psrec file.
         file: PathBuf,
@@ -170,6 +178,12 @@ enum RecordingCmd {
         /// Video frames per second.
         #[arg(long, default_value_t = 10)]
         fps: u32,
+        /// Write a terminal recording's transcript (plain text, one line per terminal line).
+        #[arg(long, conflicts_with_all = ["png", "video"])]
+        text: Option<PathBuf>,
+        /// Write a terminal recording as asciicast v2 (for asciinema and its players).
+        #[arg(long, conflicts_with_all = ["png", "video"])]
+        asciicast: Option<PathBuf>,
         /// Hex Ed25519 public key to check against [default: this data dir's recording key].
         #[arg(long)]
         public_key: Option<String>,
@@ -255,6 +269,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("tenant {name} created");
             Ok(())
         }
+        Command::Tenant(TenantCmd::SshKey { tenant }) => {
+            let store = open_store(&cli)?;
+            let id = tenant_id(&store, tenant)?;
+            store.ensure_tenant_ssh_key(id)?;
+            let key = store
+                .tenant_ssh(id)?
+                .public_key
+                .context("the tenant has no SSH key")?;
+            println!("from=\"127.0.0.1,::1\" {key}");
+            Ok(())
+        }
         Command::Tenant(TenantCmd::List) => {
             for name in open_store(&cli)?.tenants()? {
                 println!("{name}");
@@ -309,11 +334,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             every,
             video,
             fps,
+            text,
+            asciicast,
             public_key,
             force,
             include_unsigned,
         }) => {
             use passerelle::recording::export::{Output, Trust, export, parse_times};
+            let trust = Trust {
+                force: *force,
+                include_unsigned: *include_unsigned,
+            };
+            if text.is_some() || asciicast.is_some() {
+                let public = recording_key(&cli, public_key.as_deref())?;
+                let bytes =
+                    std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+                let done = passerelle::recording::terminal::export(
+                    &bytes,
+                    &public,
+                    trust,
+                    text.as_deref(),
+                    asciicast.as_deref(),
+                )?;
+                for note in &done.notes {
+                    eprintln!("passerelle: {note}");
+                }
+                for f in &done.files {
+                    println!("{}", f.display());
+                }
+                return Ok(());
+            }
             let output = match (png, video) {
                 (Some(dir), _) => Output::Png {
                     dir: dir.clone(),
@@ -333,10 +383,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let public = recording_key(&cli, public_key.as_deref())?;
             let bytes =
                 std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            let trust = Trust {
-                force: *force,
-                include_unsigned: *include_unsigned,
-            };
             let report = export(&bytes, &public, trust, &output)?;
             for note in &report.notes {
                 eprintln!("passerelle: {note}");

@@ -151,11 +151,19 @@ impl Connector {
     pub async fn open(&self) -> Result<BrokerSocket, Error> {
         use tokio_tungstenite::tungstenite::Error as WsError;
         let io = self.io().await?;
-        let request = self
+        let mut request = self
             .endpoint
             .ws_url()
             .into_client_request()
             .map_err(|e| Error::Protocol(format!("bad WebSocket request: {e}")))?;
+        let authorization =
+            self.endpoint.authorization().parse().map_err(|_| {
+                Error::Protocol("the launch token is not a valid header value".into())
+            })?;
+        request.headers_mut().insert(
+            tokio_tungstenite::tungstenite::http::header::AUTHORIZATION,
+            authorization,
+        );
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_MESSAGE_BYTES));

@@ -36,19 +36,6 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-/// Escapes a query value (the token is printable ASCII; anything else is escaped).
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 impl Endpoint {
     /// Derives the stream endpoint of `launch`: VNC goes to the session's RFB stream
     /// (`/ws/sessions/{id}`, where the broker has already answered the VNC server's security
@@ -98,16 +85,17 @@ impl Endpoint {
         }
     }
 
-    /// The stream's WebSocket URL with its token: `wss://host:port/ws/sessions/ID[/raw]?token=T`.
-    /// Secret: never log it.
+    /// The stream's WebSocket URL: `wss://host:port/ws/sessions/ID[/raw]`. The token goes in
+    /// an `Authorization` header ([`Endpoint::authorization`]), never in the URL, which proxies
+    /// log.
     pub fn ws_url(&self) -> String {
         let scheme = if self.tls { "wss" } else { "ws" };
-        format!(
-            "{scheme}://{}{}?token={}",
-            self.authority(),
-            self.path,
-            escape(&self.token)
-        )
+        format!("{scheme}://{}{}", self.authority(), self.path)
+    }
+
+    /// The `Authorization` header's value for the stream. Secret: never log it.
+    pub fn authorization(&self) -> String {
+        format!("Bearer {}", self.token)
     }
 
     /// Path of the broker's liveness check, used to test reachability and the certificate
@@ -135,16 +123,15 @@ mod tests {
     #[test]
     fn vnc_uses_the_rfb_stream_and_others_the_raw_one() {
         let e = Endpoint::from_launch(&launch("https://broker.example:8443", "vnc")).unwrap();
+        assert_eq!(e.ws_url(), "wss://broker.example:8443/ws/sessions/0b1c-22");
         assert_eq!(
-            e.ws_url(),
-            "wss://broker.example:8443/ws/sessions/0b1c-22?token=t%2Bk%2F%3D"
+            e.authorization(),
+            "Bearer t+k/=",
+            "the token rides in a header"
         );
         assert!(e.tls);
         let e = Endpoint::from_launch(&launch("http://127.0.0.1:9000", "rdp")).unwrap();
-        assert_eq!(
-            e.ws_url(),
-            "ws://127.0.0.1:9000/ws/sessions/0b1c-22/raw?token=t%2Bk%2F%3D"
-        );
+        assert_eq!(e.ws_url(), "ws://127.0.0.1:9000/ws/sessions/0b1c-22/raw");
         assert_eq!(e.health_path(), "/healthz");
         let e = Endpoint::from_launch(&launch("https://[::1]/pmad", "ssh")).unwrap();
         assert_eq!((e.host.as_str(), e.port), ("::1", 443));

@@ -35,6 +35,8 @@ try {
   if (shot) await page.screenshot({ path: shot });
   Object.assign(result, await page.evaluate(() => ({
     state: window.passerelle.state, closeCode: window.passerelle.closeCode, closeReason: window.passerelle.closeReason,
+    desktopLink: document.querySelector('#desktop') && !document.querySelector('#desktop').hidden
+      ? document.querySelector('#desktop').getAttribute('href') : null,
     title: document.querySelector('#notice').hidden ? null : document.querySelector('#notice-text').textContent,
   })));
 } catch (e) {

@@ -48,6 +48,7 @@ pub fn session_request(agent: &str, service: &str) -> CreateSession {
         view_only: false,
         legacy: false,
         ttl_secs: None,
+        ssh_user: None,
     }
 }
 
@@ -423,6 +424,8 @@ impl TestBroker {
             id: AgentId::new(id)?,
             public_key: public_key.to_owned(),
             vnc_password: None,
+            ssh_username: None,
+            ssh_password: None,
             rdp_username: None,
             rdp_password: None,
         };

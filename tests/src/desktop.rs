@@ -333,6 +333,9 @@ pub fn dominant_bgra(data: &[u8]) -> Option<(u8, u8, u8)> {
 #[serde(rename_all = "camelCase")]
 pub struct PageReport {
     pub state: Option<String>,
+    /// The "open in desktop app" link, once the page fetched it.
+    #[serde(default)]
+    pub desktop_link: Option<String>,
     pub close_code: Option<u16>,
     pub close_reason: Option<String>,
     pub dominant: Option<Vec<u8>>,

@@ -18,6 +18,8 @@ pub mod process;
 pub mod rdp;
 mod rfb_server;
 mod services;
+pub mod sshd;
+pub mod terminal;
 mod ws;
 
 use std::sync::Once;

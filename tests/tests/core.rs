@@ -106,12 +106,12 @@ async fn named_forward_carries_bytes_both_ways_and_is_audited() -> Result<()> {
     let connected = broker.audit("agent=pc-core&kind=agent_connected").await?;
     ensure!(!connected.events.is_empty(), "no agent_connected event");
 
-    // Session 2: the browser endpoint on a non-VNC service (raw bytes there), with the
-    // `binary` subprotocol offered: it is echoed.
+    // Session 2: the raw endpoint of the ssh service (its ws_url is the browser terminal), with
+    // the `binary` subprotocol offered: it is echoed.
     let created = broker
         .create_session(&session_request("pc-core", "ssh"))
         .await?;
-    let mut ws = Ws::connect_with(&created.ws_url, Some("binary")).await?;
+    let mut ws = Ws::connect_with(&created.raw_ws_url, Some("binary")).await?;
     ensure!(
         ws.subprotocol.as_deref() == Some("binary"),
         "subprotocol {:?}",

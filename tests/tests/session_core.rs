@@ -295,3 +295,146 @@ async fn a_session_takes_a_bounded_number_of_connections() -> Result<()> {
     ensure!(events.len() == 1, "{events:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn six_hundred_recorded_sessions_at_once_are_all_recorded_by_a_few_threads() -> Result<()> {
+    init();
+    let broker = TestBroker::start_with(|c| c.http_max_connections_per_ip = 0).await?;
+    let echo = EchoServer::start().await?;
+    let mut agents = Vec::new();
+    for i in 0..6 {
+        let mut agent = Agent::registered(&broker, &unique(&format!("many{i}"))).await?;
+        agent.connect(&[Forward::named("rdp", echo.port())])?;
+        agent.wait_online(&broker, &["rdp"]).await?;
+        agents.push(agent);
+    }
+    let mut created = Vec::new();
+    for i in 0..600 {
+        let mut req = session_request(&agents[i % agents.len()].id, "rdp");
+        req.record = Some(true);
+        created.push(broker.create_session(&req).await?);
+    }
+    // Every viewer connected and bridged at the same time.
+    let viewers = futures_util::future::try_join_all(created.iter().map(|c| async move {
+        let mut ws = Ws::connect(&c.raw_ws_url).await?;
+        ws.round_trip(&pattern(1000, 7)).await?;
+        anyhow::Ok(ws)
+    }))
+    .await?;
+    let writer_threads = std::fs::read_dir("/proc/self/task")?
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .filter(|n| n.starts_with("passerelle-rec"))
+        .count();
+    ensure!(
+        (1..=8).contains(&writer_threads),
+        "600 live recordings are written by {writer_threads} threads"
+    );
+    for ws in viewers {
+        ws.close().await?;
+    }
+    let public = SigningKey::load_or_create(broker.data_dir())?.public_hex();
+    let tenant = broker
+        .store()
+        .tenant_id(&passerelle_proto::ids::TenantName::new("default")?)?
+        .context("tenant")?;
+    let dir = broker.data_dir().join("recordings");
+    for c in &created {
+        let ended = broker.wait_ended(&c.id).await?;
+        ensure!(ended.record && ended.bytes_up == 1000, "{ended:?}");
+        let file = std::fs::read(passerelle::recording::path_for(&dir, tenant, &c.id, 1))?;
+        match verify(&file, |m, s| check_signature(&public, m, s)) {
+            Verdict::Intact { summary, .. } => {
+                ensure!(summary.bytes_down == 1000, "{summary:?}")
+            }
+            other => anyhow::bail!("session {}: {other:?}", c.id),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn tokens_stay_out_of_urls_that_servers_log() -> Result<()> {
+    init();
+    let broker = TestBroker::start().await?;
+    let echo = EchoServer::start().await?;
+    let mut agent = Agent::registered(&broker, &unique("nolog")).await?;
+    agent.connect(&[Forward::named("rdp", echo.port())])?;
+    agent.wait_online(&broker, &["rdp"]).await?;
+    let created = broker
+        .create_session(&session_request(&agent.id, "rdp"))
+        .await?;
+    let launch = LaunchUrl::parse(&created.launch_url)?;
+    // viewer_url carries its tokens in the fragment, and never the reusable launch token.
+    let (_, fragment) = created.viewer_url.split_once('#').context("fragment")?;
+    ensure!(
+        !created.viewer_url.contains(&launch.token) && fragment.contains("exchange="),
+        "{}",
+        created.viewer_url
+    );
+    let exchange = fragment
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("exchange="))
+        .context("exchange token")?;
+    // The exchange token buys one launch URL, once; no API key needed, none accepted instead.
+    let url = format!(
+        "{}/api/v1/sessions/{}/launch",
+        broker.base_url(),
+        created.id
+    );
+    let post = |token: String| {
+        let (http, url) = (broker.http().clone(), url.clone());
+        async move { http.post(url).bearer_auth(token).send().await }
+    };
+    let res = post(exchange.to_owned()).await?;
+    ensure!(res.status() == StatusCode::OK, "{}", res.status());
+    let body: serde_json::Value = res.json().await?;
+    let fetched = LaunchUrl::parse(body["launch_url"].as_str().context("launch_url")?)?;
+    ensure!(fetched.session == created.id, "{fetched:?}");
+    for token in [exchange.to_owned(), broker.admin_key().to_owned()] {
+        let res = post(token).await?;
+        ensure!(res.status() == StatusCode::UNAUTHORIZED, "{}", res.status());
+    }
+    // An exchange token opens no connection.
+    let issued = broker.new_token(&created.id).await?;
+    let bare = created.raw_ws_url.split('?').next().context("url")?;
+    let fresh_exchange = issued
+        .viewer_url
+        .split_once('#')
+        .and_then(|(_, f)| f.split('&').find_map(|kv| kv.strip_prefix("exchange=")))
+        .context("exchange token")?;
+    let mut refused = Ws::connect(&format!("{bare}?token={fresh_exchange}")).await?;
+    let closed = refused.expect_close().await?;
+    ensure!(closed.code == close::TOKEN_INVALID.code, "{closed:?}");
+    // The launch token in an Authorization header (the desktop helper's way)...
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(bare)?;
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", fetched.token).parse()?,
+    );
+    let (mut by_header, _) = tokio_tungstenite::connect_async(req).await?;
+    use futures_util::{SinkExt as _, StreamExt as _};
+    by_header
+        .send(tokio_tungstenite::tungstenite::Message::Binary(
+            b"ping".to_vec().into(),
+        ))
+        .await?;
+    let echoed = tokio::time::timeout(passerelle_e2e::WAIT, by_header.next())
+        .await?
+        .context("no answer")??;
+    ensure!(echoed.into_data().as_ref() == b"ping", "echo by header");
+    by_header.close(None).await?;
+    // ...and a viewer token in a subprotocol (the browser's way): the broker answers `binary`.
+    let token_protocol = format!("passerelle.token.{}", issued.token);
+    let mut by_protocol =
+        Ws::connect_with(bare, Some(&format!("binary, {token_protocol}"))).await?;
+    ensure!(
+        by_protocol.subprotocol.as_deref() == Some("binary"),
+        "{:?}",
+        by_protocol.subprotocol
+    );
+    by_protocol.round_trip(b"pong").await?;
+    by_protocol.close().await?;
+    Ok(())
+}

@@ -114,6 +114,11 @@ async fn browser_shows_the_desktop_and_types_into_it() -> Result<()> {
         !created.viewer_url.contains("s3cret"),
         "the password must never reach the browser"
     );
+    let launch = passerelle_proto::launch::LaunchUrl::parse(&created.launch_url)?;
+    ensure!(
+        !created.viewer_url.contains(&launch.token),
+        "the reusable launch token stays out of viewer_url"
+    );
     let shot = dir.path().join("viewer.png");
     let report = desktop::open_viewer(
         &created.viewer_url,
@@ -132,6 +137,13 @@ async fn browser_shows_the_desktop_and_types_into_it() -> Result<()> {
         report.dominant
     );
     ensure!(std::fs::metadata(&shot)?.len() > 1000, "no screenshot");
+    // The page traded its one-time exchange token for a launch URL of this session.
+    let link = report.desktop_link.as_deref().unwrap_or_default();
+    let fetched = passerelle_proto::launch::LaunchUrl::parse(link)?;
+    ensure!(
+        fetched.session == created.id && fetched.token != launch.token,
+        "the page's desktop link: {link:?}"
+    );
     wait_file_contains(&typed, "hello from passerelle").await?;
     let ended = broker.wait_ended(&created.id).await?;
     ensure!(

@@ -175,6 +175,8 @@ impl Api {
             id: AgentId::new(id)?,
             public_key: public_key.to_owned(),
             vnc_password: None,
+            ssh_username: None,
+            ssh_password: None,
             rdp_username: None,
             rdp_password: None,
         };
@@ -215,6 +217,7 @@ impl Api {
             view_only: false,
             legacy: false,
             ttl_secs: None,
+            ssh_user: None,
         };
         let start = Instant::now();
         loop {

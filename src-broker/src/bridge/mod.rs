@@ -10,7 +10,10 @@
 //! (`viewer_too_slow`) only when the viewer takes nothing for `stall`. Memory per bridge is
 //! bounded by that limit plus one frame. Viewer to agent, each frame goes through the optional
 //! filter (view-only, credential injection) and is written to the agent's end, which waits for
-//! the agent's SSH window: the viewer gets back-pressure through TCP.
+//! the agent's SSH window: the viewer gets back-pressure through TCP. The two directions are
+//! polled independently (an end whose two halves share one connection, like the SSH terminal,
+//! may wait on one while the other must go on). Text frames (control messages) pass both ways;
+//! the filters say what the recording keeps of them (`Filter::control`).
 //!
 //! [`run`] returns why it ended as a [`Closure`], with both ends given back: the caller closes
 //! the viewer with the closure's code and lets the agent's channel finish.
@@ -28,7 +31,7 @@ use bytes::Bytes;
 use passerelle_proto::close::{self, Closure, EndReason};
 use passerelle_proto::recording::Kind;
 
-use crate::ends::{EndError, Filter, Frame, Sink, Source};
+use crate::ends::{EndError, Filter, FilterError, Frame, Sink, Source};
 use crate::metrics::Metrics;
 use crate::recording::Recording;
 
@@ -71,8 +74,10 @@ pub(crate) struct Options {
     pub first_up: Bytes,
     /// Frames and filters what the viewer sends (view-only, credential injection).
     pub up: Option<Box<dyn Filter>>,
-    /// Looks at what the agent sends, for the recording only (redaction).
+    /// Looks at what the agent sends, for the recording only (redaction, control messages).
     pub down: Option<Box<dyn Filter>>,
+    /// Events the recording starts with (a terminal's size at the start).
+    pub first_events: Vec<serde_json::Value>,
     /// Receives both directions' bytes, and input activity as events.
     pub recording: Option<Arc<Recording>>,
     /// Joins the agent's small frames into larger ones for the viewer (true but for a viewer
@@ -102,6 +107,7 @@ impl Options {
             first_up: Bytes::new(),
             up: None,
             down: None,
+            first_events: Vec::new(),
             recording: None,
             coalesce: true,
         }
@@ -164,6 +170,14 @@ fn agent_error(e: &EndError) -> Closure {
     }
 }
 
+fn filter_error(e: &FilterError) -> Closure {
+    Closure::ending_with(
+        EndReason::ProtocolError,
+        close::PROTOCOL_ERROR,
+        &format!("protocol error: {e}"),
+    )
+}
+
 /// Bridges the viewer and the agent until one side ends, `stop` resolves (the session ended,
 /// the agent's connection went away), or the viewer stalls. When it returns no more bytes
 /// move and the counters are final.
@@ -189,12 +203,18 @@ where
         first_up,
         mut up,
         mut down,
+        first_events,
         recording,
         coalesce,
     } = opts;
     let out_frame = if coalesce { MAX_OUT_FRAME } else { 0 };
     let recording = recording.as_deref();
     let buffer = buffer::Buffer::new(buffer_limit);
+    if let Some(rec) = recording {
+        for event in &first_events {
+            rec.event(event);
+        }
+    }
     if !first_down.is_empty() {
         if let Some(rec) = recording {
             rec.record(Kind::Down, first_down.clone());
@@ -224,7 +244,14 @@ where
                     }
                     buffer.push(Frame::Binary(data));
                 }
-                Ok(Some(text @ Frame::Text(_))) => buffer.push(text),
+                Ok(Some(Frame::Text(text))) => {
+                    if let (Some(rec), Some(f)) = (recording, down.as_mut())
+                        && let Ok(Some(event)) = f.control(&text)
+                    {
+                        rec.event(&event);
+                    }
+                    buffer.push(Frame::Text(text));
+                }
                 Ok(None) => {
                     buffer.close();
                     // Let the writer flush what the service sent before it closed.
@@ -277,11 +304,22 @@ where
                 }
                 Err(e) => return viewer_error(&e),
             };
-            let Frame::Binary(data) = frame else {
-                if let Err(e) = agent_tx.send(frame).await {
-                    return agent_error(&e);
+            let data = match frame {
+                Frame::Binary(data) => data,
+                Frame::Text(text) => {
+                    let event = match up.as_mut().map(|f| f.control(&text)) {
+                        Some(Err(e)) => return filter_error(&e),
+                        Some(Ok(event)) => event,
+                        None => None,
+                    };
+                    if let (Some(rec), Some(event)) = (recording, event) {
+                        rec.event(&event);
+                    }
+                    if let Err(e) = agent_tx.send(Frame::Text(text)).await {
+                        return agent_error(&e);
+                    }
+                    continue;
                 }
-                continue;
             };
             let n = data.len();
             let data = match up.as_mut() {
@@ -290,13 +328,7 @@ where
                     out.clear();
                     let fed = match filter.feed(&data, &mut out) {
                         Ok(fed) => fed,
-                        Err(e) => {
-                            return Closure::ending_with(
-                                EndReason::ProtocolError,
-                                close::PROTOCOL_ERROR,
-                                &format!("protocol error: {e}"),
-                            );
-                        }
+                        Err(e) => return filter_error(&e),
                     };
                     let passed = Bytes::copy_from_slice(&out);
                     if let Some(rec) = recording {

@@ -335,3 +335,93 @@ async fn without_coalescing_each_agent_frame_reaches_the_viewer_alone() {
     }
     bridge.abort();
 }
+
+/// Records control messages that start with "note" as events, refuses "bad", keeps the rest
+/// out of the recording.
+struct Notes;
+
+impl Filter for Notes {
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Fed, FilterError> {
+        out.extend_from_slice(input);
+        Ok(Fed::default())
+    }
+
+    fn control(&mut self, text: &str) -> Result<Option<serde_json::Value>, FilterError> {
+        match text {
+            "bad" => Err(FilterError("a bad control message".into())),
+            t if t.starts_with("note") => Ok(Some(serde_json::json!({ "note": t }))),
+            _ => Ok(None),
+        }
+    }
+}
+
+#[tokio::test]
+async fn filters_say_which_control_frames_the_recording_keeps_and_may_refuse_them() {
+    use passerelle_proto::recording::{Content, Frames, Header, Kind as K};
+
+    use crate::recording::SigningKey;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = Arc::new(SigningKey::load_or_create(dir.path()).unwrap());
+    let header = Header {
+        version: 1,
+        session: "s".into(),
+        tenant: "default".into(),
+        agent: "pc1".into(),
+        service: "ssh".into(),
+        operator: "alice".into(),
+        view_only: false,
+        started_at: "2026-12-01T00:00:00.000Z".into(),
+        content: Content::Terminal,
+        signer: key.public_hex(),
+        segment: 1,
+    };
+    let writers = crate::recording::Writers::start(1, 64 << 20).unwrap();
+    let path = dir.path().join("s.psrec");
+    let rec = Recording::start(path.clone(), &header, key, 1 << 20, &writers).unwrap();
+    let (mut p, (viewer, agent)) = wire(16);
+    let mut o = opts(1 << 20);
+    o.up = Some(Box::new(Notes));
+    o.down = Some(Box::new(Notes));
+    o.first_events = vec![serde_json::json!({ "first": true })];
+    o.recording = Some(rec.clone());
+    let bridge = tokio::spawn(run(viewer, agent, o, meter(), std::future::pending()));
+    for text in ["note up", "secret up"] {
+        p.viewer_in.send(Frame::Text(text.into())).await.unwrap();
+        let got = p.agent_out.recv().await.unwrap();
+        assert_eq!(got, Some(Frame::Text(text.into())), "passes as it is");
+    }
+    for text in ["note down", "secret down"] {
+        p.agent_in.send(Frame::Text(text.into())).await.unwrap();
+        let got = p.viewer_out.recv().await.unwrap();
+        assert_eq!(got, Some(Frame::Text(text.into())), "passes as it is");
+    }
+    p.viewer_in.send(Frame::Text("bad".into())).await.unwrap();
+    let done = bridge.await.unwrap();
+    assert_eq!(done.closure.code, close::PROTOCOL_ERROR);
+    assert!(done.closure.reason.contains("a bad control message"));
+    let summary = passerelle_proto::recording::Summary {
+        ended_at: "x".into(),
+        end_reason: "protocol_error".into(),
+        duration_us: 1,
+        bytes_up: 0,
+        bytes_down: 0,
+        frames: 0,
+    };
+    rec.finish(summary).await;
+    let file = std::fs::read(&path).unwrap();
+    let (_, frames) = Frames::new(&file).unwrap();
+    let events: Vec<serde_json::Value> = frames
+        .filter(|f| f.kind == K::Event)
+        .map(|f| serde_json::from_slice(f.payload).unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            serde_json::json!({ "first": true }),
+            serde_json::json!({ "note": "note up" }),
+            serde_json::json!({ "note": "note down" }),
+        ],
+        "the first events first, then what the filters kept, never the rest"
+    );
+}

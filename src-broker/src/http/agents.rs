@@ -13,9 +13,11 @@ use super::api::{ANY, ApiResult};
 use super::auth::Caller;
 use super::{ApiError, App};
 use crate::registry::Registry;
-use crate::store::{AgentRecord, AuditKind, TenantId, rfc3339};
+use crate::store::{AgentRecord, AgentSsh, AuditKind, Store, TenantId, check_agent_ssh, rfc3339};
 
-fn agent_info(registry: &Registry, rec: &AgentRecord) -> AgentInfo {
+/// What the API shows of an agent: its registration, its SSH settings (`ssh`, read from the
+/// store by the caller) and its presence.
+fn agent_info(registry: &Registry, rec: &AgentRecord, ssh: AgentSsh) -> AgentInfo {
     let mut info = AgentInfo {
         id: rec.id.clone(),
         key_fingerprint: rec.key_fingerprint.clone(),
@@ -24,6 +26,9 @@ fn agent_info(registry: &Registry, rec: &AgentRecord) -> AgentInfo {
         has_rdp_password: rec.has_rdp_password,
         rdp_certificate_sha256: rec.rdp_cert_sha256.clone(),
         rdp_certificate_pinned_at: rec.rdp_cert_pinned_at.map(rfc3339),
+        ssh_host_key: ssh.host_key_fingerprint(),
+        ssh_username: ssh.ssh_username,
+        has_ssh_password: ssh.has_ssh_password,
         online: false,
         services: Vec::new(),
         connected_since: None,
@@ -35,6 +40,11 @@ fn agent_info(registry: &Registry, rec: &AgentRecord) -> AgentInfo {
         conn.fill(&mut info);
     }
     info
+}
+
+/// An agent's SSH settings, for [`agent_info`].
+fn ssh_of(store: &Store, rec: &AgentRecord) -> anyhow::Result<AgentSsh> {
+    store.agent_ssh(rec.tenant_id, &rec.id)
 }
 
 async fn agent_of(app: &App, tenant_id: TenantId, id: &str) -> ApiResult<AgentRecord> {
@@ -51,11 +61,20 @@ pub(super) async fn list_agents(
 ) -> ApiResult<Json<Vec<AgentInfo>>> {
     caller.require(ANY)?;
     let tenant_id = caller.tenant_id;
-    let agents = app.db.run(move |s| s.agents(tenant_id)).await?;
+    let agents = app
+        .db
+        .run(move |s| {
+            let agents = s.agents(tenant_id)?;
+            agents
+                .into_iter()
+                .map(|a| Ok((ssh_of(s, &a)?, a)))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .await?;
     Ok(Json(
         agents
-            .iter()
-            .map(|a| agent_info(&app.registry, a))
+            .into_iter()
+            .map(|(ssh, a)| agent_info(&app.registry, &a, ssh))
             .collect(),
     ))
 }
@@ -67,7 +86,9 @@ pub(super) async fn get_agent(
 ) -> ApiResult<Json<AgentInfo>> {
     caller.require(ANY)?;
     let rec = agent_of(&app, caller.tenant_id, &id).await?;
-    Ok(Json(agent_info(&app.registry, &rec)))
+    let (r, ssh) = (rec.clone(), app.db.clone());
+    let ssh = ssh.run(move |s| ssh_of(s, &r)).await?;
+    Ok(Json(agent_info(&app.registry, &rec, ssh)))
 }
 
 pub(super) async fn register_agent(
@@ -77,6 +98,8 @@ pub(super) async fn register_agent(
 ) -> ApiResult<(StatusCode, Json<AgentInfo>)> {
     caller.require(&[Role::Admin])?;
     let Json(req) = body?;
+    check_agent_ssh(req.ssh_username.as_deref(), req.ssh_password.as_deref())
+        .map_err(anyhow::Error::from)?;
     let tenant_id = caller.tenant_id;
     let cap = app.config.quotas.agents_per_tenant;
     let count = app.db.run(move |s| s.agent_count(tenant_id)).await?;
@@ -94,7 +117,7 @@ pub(super) async fn register_agent(
     let (rdp_user, rdp_pw) = (req.rdp_username.clone(), req.rdp_password.clone());
     crate::store::check_rdp_login(rdp_user.as_deref(), rdp_pw.as_deref())
         .map_err(anyhow::Error::from)?;
-    let rec = app
+    let (rec, ssh) = app
         .db
         .run(move |s| {
             let rec = s.create_agent(
@@ -103,11 +126,20 @@ pub(super) async fn register_agent(
                 &req.public_key,
                 req.vnc_password.as_deref(),
             )?;
-            if rdp_user.is_none() && rdp_pw.is_none() {
-                return Ok(rec);
-            }
-            s.set_agent_rdp(tenant_id, &rec.id, rdp_user.as_deref(), rdp_pw.as_deref())?;
-            Ok(s.agent(tenant_id, &rec.id)?.unwrap_or(rec))
+            s.set_agent_ssh(
+                tenant_id,
+                &rec.id,
+                req.ssh_username.as_deref(),
+                req.ssh_password.as_deref(),
+            )?;
+            let rec = if rdp_user.is_none() && rdp_pw.is_none() {
+                rec
+            } else {
+                s.set_agent_rdp(tenant_id, &rec.id, rdp_user.as_deref(), rdp_pw.as_deref())?;
+                s.agent(tenant_id, &rec.id)?.unwrap_or(rec)
+            };
+            let ssh = ssh_of(s, &rec)?;
+            Ok((rec, ssh))
         })
         .await?;
     let mut ev = caller.event(
@@ -116,7 +148,10 @@ pub(super) async fn register_agent(
     );
     ev.agent = Some(rec.id.to_string());
     app.db.audit(ev);
-    Ok((StatusCode::CREATED, Json(agent_info(&app.registry, &rec))))
+    Ok((
+        StatusCode::CREATED,
+        Json(agent_info(&app.registry, &rec, ssh)),
+    ))
 }
 
 pub(super) async fn patch_agent(
@@ -127,23 +162,41 @@ pub(super) async fn patch_agent(
 ) -> ApiResult<Json<AgentInfo>> {
     caller.require(&[Role::Admin])?;
     let Json(req) = body?;
+    check_agent_ssh(req.ssh_username.as_deref(), req.ssh_password.as_deref())
+        .map_err(anyhow::Error::from)?;
     let before = agent_of(&app, caller.tenant_id, &id).await?;
     let (tenant_id, agent) = (caller.tenant_id, before.id.clone());
-    let vnc_changed = req.vnc_password.is_some();
     let (rdp_user, rdp_pw) = (req.rdp_username.clone(), req.rdp_password.clone());
     crate::store::check_rdp_login(rdp_user.as_deref(), rdp_pw.as_deref())
         .map_err(anyhow::Error::from)?;
-    let (rdp_user_changed, rdp_pw_changed) = (rdp_user.is_some(), rdp_pw.is_some());
-    let after = app
+    let changes = [
+        (req.vnc_password.is_some(), "VNC password"),
+        (req.ssh_username.is_some(), "SSH user name"),
+        (req.ssh_password.is_some(), "SSH password"),
+        (rdp_user.is_some(), "RDP login"),
+        (rdp_pw.is_some(), "RDP password"),
+    ];
+    let (after, ssh) = app
         .db
         .run(move |s| {
             s.set_agent_rdp(tenant_id, &agent, rdp_user.as_deref(), rdp_pw.as_deref())?;
-            s.update_agent(
+            let Some(after) = s.update_agent(
                 tenant_id,
                 &agent,
                 req.public_key.as_deref(),
                 req.vnc_password.as_deref(),
-            )
+            )?
+            else {
+                return Ok(None);
+            };
+            s.set_agent_ssh(
+                tenant_id,
+                &after.id,
+                req.ssh_username.as_deref(),
+                req.ssh_password.as_deref(),
+            )?;
+            let ssh = ssh_of(s, &after)?;
+            Ok(Some((after, ssh)))
         })
         .await?
         .ok_or_else(|| ApiError::not_found("agent"))?;
@@ -151,15 +204,10 @@ pub(super) async fn patch_agent(
     if key_changed && let Some(conn) = app.registry.get(caller.tenant_id, &after.id) {
         conn.disconnect("the agent's key was changed");
     }
-    let changed: Vec<&str> = [
-        (key_changed, "key"),
-        (vnc_changed, "VNC password"),
-        (rdp_user_changed, "RDP login"),
-        (rdp_pw_changed, "RDP password"),
-    ]
-    .into_iter()
-    .filter_map(|(yes, what)| yes.then_some(what))
-    .collect();
+    let changed: Vec<&str> = std::iter::once((key_changed, "key"))
+        .chain(changes)
+        .filter_map(|(yes, what)| yes.then_some(what))
+        .collect();
     let what = if changed.is_empty() {
         "nothing changed".to_owned()
     } else {
@@ -168,7 +216,7 @@ pub(super) async fn patch_agent(
     let mut ev = caller.event(AuditKind::AgentChanged, what);
     ev.agent = Some(after.id.to_string());
     app.db.audit(ev);
-    Ok(Json(agent_info(&app.registry, &after)))
+    Ok(Json(agent_info(&app.registry, &after, ssh)))
 }
 
 pub(super) async fn revoke_agent(

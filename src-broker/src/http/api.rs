@@ -39,7 +39,13 @@ pub(super) async fn get_tenant(
 ) -> ApiResult<Json<TenantInfo>> {
     caller.require(&[Role::Admin])?;
     let tenant_id = caller.tenant_id;
-    Ok(Json(db.run(move |s| s.tenant_info(tenant_id)).await?))
+    let info = db
+        .run(move |s| {
+            s.ensure_tenant_ssh_key(tenant_id)?;
+            s.tenant_info(tenant_id)
+        })
+        .await?;
+    Ok(Json(info))
 }
 
 pub(super) async fn patch_tenant(
@@ -75,6 +81,8 @@ fn changed_settings(p: &PatchTenant) -> String {
         (p.recording_policy.is_some(), "recording_policy"),
         (p.retention_days.is_some(), "retention_days"),
         (p.recording_required.is_some(), "recording_required"),
+        (p.ssh_username.is_some(), "ssh_username"),
+        (p.record_terminal_input.is_some(), "record_terminal_input"),
     ];
     let changed: Vec<&str> = names.iter().filter(|(c, _)| *c).map(|(_, n)| *n).collect();
     if changed.is_empty() {
@@ -138,7 +146,7 @@ fn secs_to_ms(secs: u64) -> i64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SegmentQuery {
-    segment: Option<u32>,
+    pub(super) segment: Option<u32>,
 }
 
 /// `GET /api/v1/recordings/{session_id}[?segment=N]`: a recording file (the session's first

@@ -10,6 +10,7 @@ mod rdp;
 mod replay;
 mod server;
 mod sessions;
+mod terminal;
 mod viewer;
 mod ws;
 
@@ -95,6 +96,7 @@ pub(crate) fn router(app: App) -> Router {
             get(sessions::get_session).delete(sessions::stop_session),
         )
         .route("/api/v1/sessions/{id}/tokens", post(sessions::new_token))
+        .route("/api/v1/sessions/{id}/launch", post(sessions::launch))
         .route(
             "/api/v1/agents",
             get(agents::list_agents).post(agents::register_agent),
@@ -110,10 +112,19 @@ pub(crate) fn router(app: App) -> Router {
             delete(rdp::reset_certificate),
         )
         .route(
+            "/api/v1/agents/{id}/ssh-host-key",
+            delete(terminal::reset_host_key),
+        )
+        .route(
             "/api/v1/tenant",
             get(api::get_tenant).patch(api::patch_tenant),
         )
         .route("/api/v1/audit", get(api::audit))
+        .route("/api/v1/audit/search", get(terminal::search))
+        .route(
+            "/api/v1/recordings/{id}/asciicast",
+            get(terminal::asciicast),
+        )
         .route("/api/v1/recordings/{id}", get(api::recording))
         .route("/api/v1/recordings/{id}/segments", get(api::segments))
         .route("/api/v1/recordings/{id}/screen/index", get(replay::index))

@@ -1,12 +1,12 @@
-//! The browser pages: `/view/{id}` (the noVNC viewer, or IronRDP's for an `rdp` session),
-//! `/console`, and their static files, embedded in the binary at build time.
+//! The browser pages: `/view/{id}` (the noVNC viewer, the xterm.js terminal of an `ssh`
+//! session, or IronRDP's client for an `rdp` session), `/replay/{id}`, `/console`, and their
+//! static files, embedded in the binary at build time.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use passerelle_proto::ids::ServiceKind;
 
-use super::App;
+use crate::store::Db;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/assets.rs"));
@@ -74,29 +74,47 @@ fn page(name: &str) -> Response {
     }
 }
 
-/// Whether session `id` (live, else in the store) is an `rdp` session.
-async fn is_rdp(app: &App, id: &str) -> bool {
-    if let Some(live) = app.core.table().get(id) {
-        return live.service.kind() == Some(ServiceKind::Rdp);
-    }
-    let id = id.to_owned();
-    let stored = app.db.run(move |s| s.session_with_tenant(&id)).await;
-    matches!(stored, Ok(Some((s, _))) if s.service.kind() == Some(ServiceKind::Rdp))
+/// The session's service, as the store has it: its pages follow it.
+async fn service_of(db: &Db, id: String) -> Option<String> {
+    db.run(move |s| s.session_service(&id)).await.ok().flatten()
 }
 
-pub(super) async fn view(State(app): State<App>, Path(id): Path<String>) -> Response {
-    if is_rdp(&app, &id).await {
-        if !(embedded::HAS_IRONRDP && embedded::HAS_IRONRDP_RDP) {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "this broker was built without IronRDP's web client (npm was missing at build time); install npm and rebuild",
-            )
-                .into_response();
-        }
-        return match asset("rdp.html") {
-            Some(bytes) => respond_with("rdp.html", bytes, RDP_CSP),
-            None => (StatusCode::NOT_FOUND, "page not built").into_response(),
-        };
+/// Whether the session is an `ssh` one (its pages are the terminal's).
+async fn is_terminal(db: &Db, id: String) -> bool {
+    service_of(db, id).await.as_deref() == Some("ssh")
+}
+
+fn terminal_page(name: &str) -> Response {
+    if !embedded::HAS_XTERM || !embedded::HAS_XTERM_FIT {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this broker was built without xterm.js (npm was missing at build time); install npm and rebuild",
+        )
+            .into_response();
+    }
+    page(name)
+}
+
+/// IronRDP's web client, with its own policy ([`RDP_CSP`]).
+fn rdp_page() -> Response {
+    if !(embedded::HAS_IRONRDP && embedded::HAS_IRONRDP_RDP) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this broker was built without IronRDP's web client (npm was missing at build time); install npm and rebuild",
+        )
+            .into_response();
+    }
+    match asset("rdp.html") {
+        Some(bytes) => respond_with("rdp.html", bytes, RDP_CSP),
+        None => (StatusCode::NOT_FOUND, "page not built").into_response(),
+    }
+}
+
+pub(super) async fn view(State(db): State<Db>, Path(id): Path<String>) -> Response {
+    match service_of(&db, id).await.as_deref() {
+        Some("ssh") => return terminal_page("terminal.html"),
+        Some("rdp") => return rdp_page(),
+        _ => {}
     }
     if !embedded::HAS_NOVNC {
         return (
@@ -108,7 +126,10 @@ pub(super) async fn view(State(app): State<App>, Path(id): Path<String>) -> Resp
     page("viewer.html")
 }
 
-pub(super) async fn replay(Path(_id): Path<String>) -> Response {
+pub(super) async fn replay(State(db): State<Db>, Path(id): Path<String>) -> Response {
+    if is_terminal(&db, id).await {
+        return terminal_page("terminal-replay.html");
+    }
     if !embedded::HAS_NOVNC {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -33,7 +33,7 @@ async fn stream_of(
     caller: &Caller,
     id: &str,
     segment: u32,
-) -> ApiResult<(Vec<u8>, String)> {
+) -> ApiResult<(screen_stream::Built, String)> {
     caller.require(&[Role::Admin, Role::Auditor])?;
     let session = session_of(&app.db, caller, id).await?;
     let path = crate::recording::path_for(
@@ -46,7 +46,7 @@ async fn stream_of(
         return Err(ApiError::not_found("recording"));
     }
     let key = app.recording_key.public_hex();
-    let built = tokio::task::spawn_blocking(move || screen_stream::load_or_build(&path, &key))
+    let built = tokio::task::spawn_blocking(move || screen_stream::ensure_built(&path, &key))
         .await
         .map_err(|e| anyhow::anyhow!("building a screen stream: {e}"))?;
     match built {
@@ -75,9 +75,8 @@ pub(super) async fn index(
     Path(id): Path<String>,
     Query(q): Query<IndexQuery>,
 ) -> ApiResult<Json<Index>> {
-    let (stream, agent) = stream_of(&app, &caller, &id, q.segment).await?;
-    let (index, _) = screen_stream::read_index(&stream)
-        .ok_or_else(|| anyhow::anyhow!("a screen stream without an index"))?;
+    let (built, agent) = stream_of(&app, &caller, &id, q.segment).await?;
+    let index = built.index;
     let mut ev = caller.event(
         AuditKind::RecordingViewed,
         format!("recording replayed (segment {})", q.segment),
@@ -117,11 +116,10 @@ pub(super) async fn screen(
     if !q.from.is_finite() || q.from < 0.0 {
         return Err(ApiError::bad_request("from must be a number of seconds"));
     }
-    let (stream, _) = stream_of(&app, &caller, &id, q.segment).await?;
-    let (index, base) = screen_stream::read_index(&stream)
-        .ok_or_else(|| anyhow::anyhow!("a screen stream without an index"))?;
+    let (built, _) = stream_of(&app, &caller, &id, q.segment).await?;
+    let index = &built.index;
     let Some((number, time_us, offset)) =
-        screen_stream::keyframe_for(&index, (q.from * 1e6).round() as u64)
+        screen_stream::keyframe_for(index, (q.from * 1e6).round() as u64)
     else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -133,11 +131,9 @@ pub(super) async fn screen(
         .keyframes
         .get(number.saturating_add(q.keyframes.max(1)))
         .map_or(index.records_len, |(_, off)| *off);
-    let (start, end) = (
-        (base as u64 + offset) as usize,
-        (base as u64 + end) as usize,
-    );
-    let body = stream.get(start..end).unwrap_or_default().to_vec();
+    let body = tokio::task::spawn_blocking(move || built.records(offset, end))
+        .await
+        .map_err(|e| anyhow::anyhow!("reading a screen stream: {e}"))??;
     Ok((
         [
             (

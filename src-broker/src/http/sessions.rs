@@ -3,10 +3,10 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use passerelle_proto::api::{
-    CreateSession, CreatedSession, IssuedToken, SessionInfo, SessionState,
+    CreateSession, CreatedSession, IssuedToken, LaunchAnswer, SessionInfo, SessionState,
 };
 use passerelle_proto::ids::ServiceKind;
 use passerelle_proto::launch::LaunchUrl;
@@ -39,6 +39,18 @@ async fn rdp_fragment(app: &App, session: &LiveSession) -> &'static str {
     }
 }
 
+/// A `passerelle://open?…` URL for the desktop helper with a launch token of the session.
+fn launch_url(urls: &Urls, session: &LiveSession, token: String) -> String {
+    LaunchUrl {
+        broker: urls.base.clone(),
+        session: session.id.clone(),
+        token,
+        service: session.service.clone(),
+        fingerprint: urls.tls_fingerprint.clone(),
+    }
+    .to_url()
+}
+
 /// The URLs that carry a viewer token and a launch token; `page` is added to the viewer page's
 /// fragment.
 fn issued(urls: &Urls, session: &LiveSession, tokens: &Tokens, page: &str) -> IssuedToken {
@@ -47,18 +59,16 @@ fn issued(urls: &Urls, session: &LiveSession, tokens: &Tokens, page: &str) -> Is
         .replacen("https://", "wss://", 1)
         .replacen("http://", "ws://", 1);
     let id = &session.id;
-    let launch = LaunchUrl {
-        broker: base.clone(),
-        session: id.clone(),
-        token: tokens.launch.clone(),
-        service: session.service.clone(),
-        fingerprint: urls.tls_fingerprint.clone(),
-    };
-    let mut viewer = format!("{base}/view/{id}#token={}", tokens.viewer);
+    // Tokens ride in the fragment, which no server or proxy sees; the reusable launch token is
+    // not there at all: the page trades its one-time exchange token for a launch URL.
+    let mut viewer = format!(
+        "{base}/view/{id}#token={}&exchange={}",
+        tokens.viewer, tokens.exchange
+    );
     if session.view_only {
         viewer.push_str("&view_only=1");
     }
-    // What the page shows (the agent, the service, the "recorded" badge).
+    // What the page shows (agent, service, a "recorded" badge) before it connects.
     viewer.push_str(&format!(
         "&agent={}&service={}",
         session.agent, session.service
@@ -67,22 +77,13 @@ fn issued(urls: &Urls, session: &LiveSession, tokens: &Tokens, page: &str) -> Is
         viewer.push_str("&record=1");
     }
     viewer.push_str(page);
-    viewer.push_str("&launch=");
-    let launch_url = launch.to_url();
-    for b in launch_url.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            viewer.push(char::from(b));
-        } else {
-            viewer.push_str(&format!("%{b:02X}"));
-        }
-    }
     IssuedToken {
         token: tokens.viewer.clone(),
         token_expires_at: rfc3339(tokens.expires_at_ms),
         viewer_url: viewer,
         ws_url: format!("{ws_base}/ws/sessions/{id}?token={}", tokens.viewer),
         raw_ws_url: format!("{ws_base}/ws/sessions/{id}/raw?token={}", tokens.viewer),
-        launch_url,
+        launch_url: launch_url(urls, session, tokens.launch.clone()),
     }
 }
 
@@ -122,6 +123,7 @@ pub(super) async fn create_session(
         view_only: req.view_only,
         legacy: req.legacy,
         ttl_secs: req.ttl_secs,
+        ssh_user: req.ssh_user,
     };
     let created = app
         .core
@@ -193,6 +195,32 @@ pub(super) async fn stop_session(
     session_of(&app.db, &caller, &id).await?;
     app.core.stop(caller.tenant_id, &id, &caller.actor()).await;
     Ok(Json(session_of(&app.db, &caller, &id).await?))
+}
+
+/// `POST /api/v1/sessions/{id}/launch` with `Authorization: Bearer <exchange token>` (no API
+/// key): a launch URL for the session, for the viewer page's "open in desktop app". The token
+/// works once.
+pub(super) async fn launch(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Json<LaunchAnswer>> {
+    let token = super::viewer::bearer(&headers).unwrap_or_default();
+    let (session, launch) = match app.core.exchange(&id, &token, peer).await {
+        Ok(ok) => ok,
+        Err(refused) if refused.code == passerelle_proto::close::TOO_MANY_ATTEMPTS => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                refused.reason,
+            ));
+        }
+        Err(refused) => return Err(ApiError::unauthorized(refused.reason)),
+    };
+    Ok(Json(LaunchAnswer {
+        launch_url: launch_url(&app.urls, &session, launch),
+    }))
 }
 
 pub(super) async fn new_token(

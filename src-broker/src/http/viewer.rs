@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, header};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 
@@ -30,6 +31,33 @@ impl std::fmt::Debug for WsSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("WsSink")
     }
+}
+
+/// The prefix of the subprotocol that carries a token: browsers cannot set headers on a
+/// WebSocket, so the page offers `binary` and `passerelle.token.<T>`, and the broker answers
+/// `binary`.
+const TOKEN_PROTOCOL: &str = "passerelle.token.";
+
+/// The `Authorization: Bearer` token of a request, if any.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    Some(value.strip_prefix("Bearer ")?.trim().to_owned())
+}
+
+/// The token a viewer presents: `Authorization: Bearer` (native clients: the desktop helper),
+/// else a `passerelle.token.…` subprotocol (browsers), else `?token=` (older clients; a query
+/// string is what proxies log).
+pub(super) fn presented_token(headers: &HeaderMap, query: String) -> String {
+    if let Some(token) = bearer(headers) {
+        return token;
+    }
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL).map(str::to_owned));
+    offered.unwrap_or(query)
 }
 
 /// The upgrade with the viewers' limits: `max` bytes per frame and message; the `binary`

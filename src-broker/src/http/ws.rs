@@ -9,12 +9,12 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
-use serde::Deserialize;
-use tracing::Instrument as _;
-
 use passerelle_proto::close::Closure;
 use passerelle_proto::ids::ServiceKind;
+use serde::Deserialize;
+use tracing::Instrument as _;
 
 use super::server::ConnSlot;
 use super::viewer::{self, WsSink, WsSource};
@@ -32,22 +32,26 @@ pub(super) async fn viewer(
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
     Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     slot: Option<Extension<ConnSlot>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(core, id, q.token, peer, slot, ws, Endpoint::Viewer)
+    let token = viewer::presented_token(&headers, q.token);
+    upgrade(core, id, token, peer, slot, ws, Endpoint::Viewer)
 }
 
 pub(super) async fn raw(
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
     Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     slot: Option<Extension<ConnSlot>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(core, id, q.token, peer, slot, ws, Endpoint::Raw)
+    let token = viewer::presented_token(&headers, q.token);
+    upgrade(core, id, token, peer, slot, ws, Endpoint::Raw)
 }
 
 fn upgrade(

@@ -1,7 +1,8 @@
 //! Recordings, from the file to the screen: the writer that appends a connection's frames to a
 //! signed file ([`writer`]), verification with the broker's key ([`verify_file`], the one place
 //! that checks a file), the screen stream that replays decode into ([`screen_stream`], built by
-//! [`playback`]), and export to images and video ([`export`]).
+//! [`playback`]), export to images and video ([`export`]), and what is made of terminal
+//! recordings: text and asciicast export, the search index ([`terminal`]).
 //!
 //! Every connection of a recorded session is recorded, each in its own file (a segment), named
 //! after the session: `<tenant>/<session>.psrec` for the first, `<session>.<n>.psrec` for the
@@ -10,7 +11,9 @@
 
 pub mod export;
 pub mod playback;
+mod pool;
 pub mod screen_stream;
+pub mod terminal;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +22,7 @@ use std::time::Duration;
 use passerelle_proto::api::RecordingSegment;
 use passerelle_proto::recording::Verdict;
 
+pub use pool::Writers;
 pub use writer::{KEY_FILE, Recording, SigningKey, check_signature};
 
 /// Verifies a recording's bytes with a signer's public key (hex).
@@ -85,9 +89,9 @@ pub fn describe(segment: u32, path: &Path) -> RecordingSegment {
     }
 }
 
-/// Deletes recordings of `tenant_id` last written more than `days` ago; returns the session ids
-/// and files deleted.
-pub fn sweep(dir: &Path, tenant_id: i64, days: u32) -> Vec<(String, PathBuf)> {
+/// Deletes recordings of `tenant_id` last written more than `days` ago; returns the session id,
+/// segment and path of each file deleted.
+pub fn sweep(dir: &Path, tenant_id: i64, days: u32) -> Vec<(String, u32, PathBuf)> {
     let cutoff = std::time::SystemTime::now() - Duration::from_secs(u64::from(days) * 86_400);
     let mut deleted = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir.join(tenant_id.to_string())) else {
@@ -95,7 +99,7 @@ pub fn sweep(dir: &Path, tenant_id: i64, days: u32) -> Vec<(String, PathBuf)> {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let Some((session, _)) = parse_name(&path) else {
+        let Some((session, segment)) = parse_name(&path) else {
             continue;
         };
         let old = entry
@@ -105,7 +109,7 @@ pub fn sweep(dir: &Path, tenant_id: i64, days: u32) -> Vec<(String, PathBuf)> {
         if old && std::fs::remove_file(&path).is_ok() {
             // Its derived screen stream (replays) goes with it.
             let _ = std::fs::remove_file(screen_stream::path_for(&path));
-            deleted.push((session, path));
+            deleted.push((session, segment, path));
         }
     }
     deleted

@@ -253,9 +253,83 @@ pub fn keyframe_for(index: &Index, from_us: u64) -> Option<(usize, u64, u64)> {
     index.keyframes.get(k).map(|(t, off)| (k, *t, *off))
 }
 
-/// The screen stream for the recording at `recording`: the cached sidecar if it was built from
-/// a recording of the same length, otherwise a new one (written next to it, atomically).
-pub fn load_or_build(recording: &Path, public_hex: &str) -> anyhow::Result<Vec<u8>> {
+/// A screen stream on disk: its index, and where in the file its records start.
+#[derive(Debug)]
+pub struct Built {
+    pub path: PathBuf,
+    pub index: Index,
+    /// Offset of the first record in the file.
+    pub base: u64,
+}
+
+impl Built {
+    /// The records from `start` to `end` (offsets from the first record), read from the file
+    /// alone: a fetch costs what it sends, not the whole stream.
+    pub fn records(&self, start: u64, end: u64) -> anyhow::Result<Vec<u8>> {
+        use anyhow::Context as _;
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        let end = end.min(self.index.records_len);
+        let len = usize::try_from(end.saturating_sub(start)).unwrap_or(0);
+        let mut file = std::fs::File::open(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        file.seek(SeekFrom::Start(self.base + start))?;
+        let mut out = vec![0; len];
+        file.read_exact(&mut out)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        Ok(out)
+    }
+}
+
+/// The largest index a sidecar may hold (a keyframe every 2 s of a day is a few MiB).
+const MAX_INDEX: usize = 64 << 20;
+
+/// Reads a sidecar's index from its file, without its records.
+fn read_index_file(path: &Path) -> Option<(Index, u64)> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut head = [0u8; 12];
+    file.read_exact(&mut head).ok()?;
+    if head[..8] != MAGIC[..] {
+        return None;
+    }
+    let len = u32::from_le_bytes(head[8..12].try_into().ok()?) as usize;
+    if len > MAX_INDEX {
+        return None;
+    }
+    let mut json = vec![0; len];
+    file.read_exact(&mut json).ok()?;
+    let index = serde_json::from_slice(&json).ok()?;
+    Some((index, 12 + len as u64))
+}
+
+/// Replays decoded at once, at most: each holds its recording in memory while it decodes.
+const BUILDS_AT_ONCE: usize = 2;
+
+/// Waits for a build slot; the slot frees on drop.
+fn build_slot() -> impl Drop {
+    use std::sync::{Condvar, Mutex, OnceLock};
+    static SLOTS: OnceLock<(Mutex<usize>, Condvar)> = OnceLock::new();
+    struct Slot(&'static (Mutex<usize>, Condvar));
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            let mut used = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
+            *used -= 1;
+            self.0.1.notify_one();
+        }
+    }
+    let slots = SLOTS.get_or_init(|| (Mutex::new(0), Condvar::new()));
+    let mut used = slots.0.lock().unwrap_or_else(|p| p.into_inner());
+    while *used >= BUILDS_AT_ONCE {
+        used = slots.1.wait(used).unwrap_or_else(|p| p.into_inner());
+    }
+    *used += 1;
+    Slot(slots)
+}
+
+/// The screen stream for the recording at `recording` (blocking): the cached sidecar if it was
+/// built from a recording of the same length, otherwise a new one, written next to it
+/// atomically. At most [`BUILDS_AT_ONCE`] builds run at once.
+pub fn ensure_built(recording: &Path, public_hex: &str) -> anyhow::Result<Built> {
     use anyhow::Context as _;
     let sidecar = path_for(recording);
     // One build per recording at a time: simultaneous first replays wait for the first build
@@ -266,19 +340,30 @@ pub fn load_or_build(recording: &Path, public_hex: &str) -> anyhow::Result<Vec<u
     let source_len = std::fs::metadata(recording)
         .with_context(|| format!("reading {}", recording.display()))?
         .len();
-    if let Ok(cached) = std::fs::read(&sidecar)
-        && read_index(&cached).is_some_and(|(i, _)| i.source_len == source_len)
+    if let Some((index, base)) = read_index_file(&sidecar)
+        && index.source_len == source_len
     {
-        return Ok(cached);
+        return Ok(Built {
+            path: sidecar,
+            index,
+            base,
+        });
     }
+    let _slot = build_slot();
     let file =
         std::fs::read(recording).with_context(|| format!("reading {}", recording.display()))?;
     let built = build(&file, public_hex)?;
+    drop(file);
+    let (index, base) = read_index(&built).context("a screen stream without an index")?;
     // A name of this process's own, so that another broker on the same dir cannot interleave.
     let tmp = sidecar.with_extension(format!("psscreen.{}.tmp", std::process::id()));
     std::fs::write(&tmp, &built).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &sidecar).with_context(|| format!("writing {}", sidecar.display()))?;
-    Ok(built)
+    Ok(Built {
+        path: sidecar,
+        index,
+        base: base as u64,
+    })
 }
 
 /// The lock that serializes building the sidecar `sidecar` within this process.
@@ -414,18 +499,21 @@ mod tests {
         let path = dir.path().join("s.psrec");
         std::fs::write(&path, recording(&key, 6)).expect("write");
         let public = key.public_hex();
-        let results: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let results: Vec<Built> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..6)
-                .map(|_| s.spawn(|| load_or_build(&path, &public).expect("builds")))
+                .map(|_| s.spawn(|| ensure_built(&path, &public).expect("builds")))
                 .collect();
             handles
                 .into_iter()
                 .map(|h| h.join().expect("thread"))
                 .collect()
         });
-        assert!(results.windows(2).all(|w| w[0] == w[1]));
+        assert!(results.windows(2).all(|w| w[0].index == w[1].index));
         let on_disk = std::fs::read(path_for(&path)).expect("sidecar");
-        assert_eq!(on_disk, results[0]);
+        let (index, base) = read_index(&on_disk).expect("index");
+        assert_eq!(index, results[0].index);
+        let all = results[0].records(0, index.records_len).expect("records");
+        assert_eq!(all, on_disk[base..], "records read from the file alone");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .expect("dir")
             .flatten()

@@ -1,8 +1,9 @@
 //! Session recordings: one append-only file per recorded session, in the format of
 //! `passerelle_proto::recording`, signed with the broker's recording key.
 //!
-//! The live session never waits on the disk: bridges hand frames to a queue bounded in bytes, and
-//! a writer thread appends them, with a signed checkpoint about every second (so a crash leaves an
+//! The live session never waits on the disk: bridges hand frames to a queue bounded in bytes (per
+//! recording, and over all recordings), and one of a few writer threads ([`super::pool`])
+//! appends them, with a signed checkpoint about every second (so a crash leaves an
 //! authenticated prefix) and a signed trailer at the end. When the queue overflows (a disk slower
 //! than the session) or a write fails (a full disk), the recording fails, and the tenant's policy
 //! decides: `fail_closed` ends the session, `fail_open` lets it go on unrecorded; either is audited.
@@ -10,7 +11,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -18,12 +19,12 @@ use passerelle_proto::recording::{Content, Header, Kind, Summary, Writer};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use tokio_util::sync::CancellationToken;
 
+use super::pool::{Item, Open, Writers};
+
 use crate::secrets::write_private_file;
 
 /// File name of the recording key inside the data dir.
 pub const KEY_FILE: &str = "recording-key.pk8";
-/// How often a checkpoint is written while frames arrive.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The Ed25519 key that signs recordings.
 pub struct SigningKey {
@@ -75,16 +76,34 @@ pub fn check_signature(public_hex: &str, message: &[u8], signature: &[u8]) -> bo
         .is_ok()
 }
 
-enum Item {
-    Frame(Kind, u64, bytes::Bytes),
-    Finish(Summary, tokio::sync::oneshot::Sender<()>),
+/// Why a recording failed, and the token that says it did.
+#[derive(Debug, Default)]
+pub(super) struct Failure {
+    why: Mutex<Option<String>>,
+    /// Cancelled when the recording fails.
+    pub(super) token: CancellationToken,
+}
+
+impl Failure {
+    /// Records the first reason and cancels the token.
+    pub(super) fn fail(&self, why: String) {
+        let mut f = self.why.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(why);
+        }
+        self.token.cancel();
+    }
 }
 
 /// A recording in progress.
 pub struct Recording {
     pub path: PathBuf,
     pub content: Content,
-    tx: Mutex<Option<mpsc::Sender<Item>>>,
+    /// Which connection of its session (from 1).
+    pub segment: u32,
+    id: u64,
+    writers: Arc<Writers>,
+    /// Bytes queued for this recording's writer.
     queued: Arc<AtomicUsize>,
     limit: usize,
     started: Instant,
@@ -92,8 +111,9 @@ pub struct Recording {
     pub failed: CancellationToken,
     /// Cancelled once the trailer is written (or the writer gave up).
     pub finished: CancellationToken,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Failure>,
     stopped: AtomicBool,
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for Recording {
@@ -104,22 +124,15 @@ impl std::fmt::Debug for Recording {
     }
 }
 
-fn fail(failure: &Mutex<Option<String>>, token: &CancellationToken, why: String) {
-    let mut f = failure.lock().unwrap_or_else(|p| p.into_inner());
-    if f.is_none() {
-        *f = Some(why);
-    }
-    token.cancel();
-}
-
 impl Recording {
-    /// Creates the file and starts its writer on `tasks`. `limit` bounds the bytes queued.
+    /// Creates the file (blocking: call it off the async threads) and hands it to one of the
+    /// `writers`. `limit` bounds the bytes queued for this recording.
     pub fn start(
         path: PathBuf,
         header: &Header,
         key: Arc<SigningKey>,
         limit: usize,
-        tasks: &tokio_util::task::TaskTracker,
+        writers: &Arc<Writers>,
     ) -> anyhow::Result<Arc<Self>> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -129,99 +142,36 @@ impl Recording {
             .create_new(true)
             .open(&path)
             .with_context(|| format!("creating {}", path.display()))?;
-        let (mut writer, head) = Writer::start(header);
+        let (writer, head) = Writer::start(header);
         file.write_all(&head)
             .with_context(|| format!("writing {}", path.display()))?;
-        let (tx, rx) = mpsc::channel::<Item>();
-        let rec = Arc::new(Self {
+        let failure = Arc::new(Failure::default());
+        let queued = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let id = writers.open(Open {
             path: path.clone(),
+            file,
+            writer,
+            key,
+            started,
+            queued: queued.clone(),
+            failure: failure.clone(),
+        })?;
+        Ok(Arc::new(Self {
+            path,
             content: header.content,
-            tx: Mutex::new(Some(tx)),
-            queued: Arc::new(AtomicUsize::new(0)),
+            segment: header.segment,
+            id,
+            writers: writers.clone(),
+            queued,
             limit,
-            started: Instant::now(),
-            failed: CancellationToken::new(),
+            started,
+            failed: failure.token.clone(),
             finished: CancellationToken::new(),
-            failure: Arc::new(Mutex::new(None)),
+            failure,
             stopped: AtomicBool::new(false),
-        });
-        let (queued, failure, token, started) = (
-            rec.queued.clone(),
-            rec.failure.clone(),
-            rec.failed.clone(),
-            rec.started,
-        );
-        tasks.spawn_blocking(move || {
-            let mut file = std::io::BufWriter::with_capacity(256 * 1024, file);
-            let mut buf = Vec::with_capacity(256 * 1024);
-            let mut last_checkpoint = Instant::now();
-            let mut dirty = false;
-            let mut broken = false;
-            loop {
-                let item = rx.recv_timeout(CHECKPOINT_EVERY);
-                let now_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                match item {
-                    Ok(Item::Frame(kind, t, data)) => {
-                        queued.fetch_sub(data.len(), Ordering::AcqRel);
-                        if broken {
-                            continue;
-                        }
-                        writer.frame(kind, t, &data, &mut buf);
-                        dirty = true;
-                    }
-                    Ok(Item::Finish(summary, done)) => {
-                        if !broken {
-                            let summary = Summary {
-                                frames: writer.frames(),
-                                ..summary
-                            };
-                            writer.finish(now_us, &summary, |m| key.sign(m), &mut buf);
-                            let result = file
-                                .write_all(&buf)
-                                .and_then(|()| file.flush())
-                                .and_then(|()| file.get_ref().sync_all());
-                            if let Err(e) = result {
-                                fail(&failure, &token, format!("writing {}: {e}", path.display()));
-                            }
-                        }
-                        let _ = done.send(());
-                        return;
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        // Dropped without a trailer: leave a consistent, truncated file.
-                        if !broken && dirty {
-                            writer.checkpoint(now_us, |m| key.sign(m), &mut buf);
-                            let _ = file.write_all(&buf).and_then(|()| file.flush());
-                        }
-                        return;
-                    }
-                }
-                if broken {
-                    continue;
-                }
-                if dirty && (last_checkpoint.elapsed() >= CHECKPOINT_EVERY || buf.len() >= 1 << 20)
-                {
-                    if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-                        writer.checkpoint(now_us, |m| key.sign(m), &mut buf);
-                        last_checkpoint = Instant::now();
-                        dirty = false;
-                    }
-                    let result = file.write_all(&buf).and_then(|()| file.flush());
-                    buf.clear();
-                    if let Err(e) = result {
-                        broken = true;
-                        fail(&failure, &token, format!("writing {}: {e}", path.display()));
-                    }
-                }
-            }
-        });
-        Ok(rec)
-    }
-
-    fn send(&self, item: Item) -> bool {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.as_ref().is_some_and(|tx| tx.send(item).is_ok())
+            closed: AtomicBool::new(false),
+        }))
     }
 
     /// Microseconds since the recording started.
@@ -229,27 +179,26 @@ impl Recording {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// Queues a frame; never waits. Over the queue's limit, the recording fails.
+    /// Queues a frame; never waits. Over this recording's queue limit, or the writers' limit
+    /// over all recordings, the recording fails.
     pub fn record(&self, kind: Kind, data: bytes::Bytes) {
         if self.failed.is_cancelled() || self.stopped.load(Ordering::Acquire) {
             return;
         }
-        let queued = self.queued.fetch_add(data.len(), Ordering::AcqRel) + data.len();
-        if queued > self.limit {
-            self.queued.fetch_sub(data.len(), Ordering::AcqRel);
-            fail(
-                &self.failure,
-                &self.failed,
-                "the recording fell behind the session (disk too slow)".into(),
-            );
+        let n = data.len();
+        let queued = self.queued.fetch_add(n, Ordering::AcqRel) + n;
+        if queued > self.limit || !self.writers.reserve(n) {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            self.failure
+                .fail("the recording fell behind the session (disk too slow)".into());
             return;
         }
-        if !self.send(Item::Frame(kind, self.now_us(), data)) {
-            fail(
-                &self.failure,
-                &self.failed,
-                "the recording writer stopped".into(),
-            );
+        if !self
+            .writers
+            .send(self.id, Item::Frame(kind, self.now_us(), data))
+        {
+            self.writers.release(n);
+            self.failure.fail("the recording writer stopped".into());
         }
     }
 
@@ -261,6 +210,7 @@ impl Recording {
     /// Why the recording failed, once it has.
     pub fn failure(&self) -> Option<String> {
         self.failure
+            .why
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -273,9 +223,11 @@ impl Recording {
 
     /// Writes the trailer and waits (bounded) for the file to be synced.
     pub async fn finish(&self, summary: Summary) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let sent = self.send(Item::Finish(summary, done_tx));
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let sent = self.writers.send(self.id, Item::Finish(summary, done_tx));
         if sent
             && tokio::time::timeout(Duration::from_secs(10), done_rx)
                 .await
@@ -284,6 +236,15 @@ impl Recording {
             tracing::warn!(path = %self.path.display(), "recording trailer not written within 10 s");
         }
         self.finished.cancel();
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        // Dropped without a trailer: the writer leaves a consistent, truncated file.
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.writers.send(self.id, Item::Abandon);
+        }
     }
 }
 
@@ -313,9 +274,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = Arc::new(SigningKey::load_or_create(dir.path()).unwrap());
         let public = key.public_hex();
-        let tasks = tokio_util::task::TaskTracker::new();
+        let writers = Writers::start(1, 64 << 20).unwrap();
         let path = dir.path().join("r/s.psrec");
-        let rec = Recording::start(path.clone(), &header(&key), key, 1 << 20, &tasks).unwrap();
+        let rec = Recording::start(path.clone(), &header(&key), key, 1 << 20, &writers).unwrap();
         rec.record(Kind::Down, bytes::Bytes::from_static(b"hello"));
         rec.record(Kind::Up, bytes::Bytes::from_static(b"world"));
         let summary = Summary {
@@ -343,11 +304,99 @@ mod tests {
     async fn overflow_fails_the_recording_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let key = Arc::new(SigningKey::load_or_create(dir.path()).unwrap());
-        let tasks = tokio_util::task::TaskTracker::new();
-        let rec =
-            Recording::start(dir.path().join("o.psrec"), &header(&key), key, 10, &tasks).unwrap();
+        let writers = Writers::start(1, 64 << 20).unwrap();
+        let rec = Recording::start(
+            dir.path().join("o.psrec"),
+            &header(&key),
+            key.clone(),
+            10,
+            &writers,
+        )
+        .unwrap();
         rec.record(Kind::Down, bytes::Bytes::from(vec![0u8; 11]));
         assert!(rec.failed.is_cancelled());
         assert!(rec.failure().unwrap().contains("fell behind"));
+        // Over the writers' limit across recordings, a recording fails too.
+        let small = Writers::start(1, 100).unwrap();
+        let a = Recording::start(
+            dir.path().join("a.psrec"),
+            &header(&key),
+            key.clone(),
+            1 << 20,
+            &small,
+        )
+        .unwrap();
+        small.stall_for_tests(std::time::Duration::from_millis(300));
+        a.record(Kind::Down, bytes::Bytes::from(vec![0u8; 80]));
+        assert!(!a.failed.is_cancelled());
+        let b = Recording::start(
+            dir.path().join("b.psrec"),
+            &header(&key),
+            key,
+            1 << 20,
+            &small,
+        )
+        .unwrap();
+        b.record(Kind::Down, bytes::Bytes::from(vec![0u8; 80]));
+        assert!(
+            b.failed.is_cancelled(),
+            "160 queued bytes are over the writers' 100"
+        );
+    }
+
+    #[tokio::test]
+    async fn many_recordings_share_a_few_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(SigningKey::load_or_create(dir.path()).unwrap());
+        let public = key.public_hex();
+        let writers = Writers::start(2, 64 << 20).unwrap();
+        let recs: Vec<_> = (0..600)
+            .map(|i| {
+                let path = dir.path().join(format!("{i}.psrec"));
+                Recording::start(path, &header(&key), key.clone(), 1 << 20, &writers).unwrap()
+            })
+            .collect();
+        for rec in &recs {
+            rec.record(Kind::Down, bytes::Bytes::from_static(b"frame"));
+        }
+        let writer_threads = thread_names()
+            .iter()
+            .filter(|n| n.starts_with("passerelle-rec"))
+            .count();
+        assert!(
+            (1..=8).contains(&writer_threads),
+            "600 recordings are written by {writer_threads} threads"
+        );
+        let summary = Summary {
+            ended_at: "x".into(),
+            end_reason: "viewer_closed".into(),
+            duration_us: 1,
+            bytes_up: 0,
+            bytes_down: 5,
+            frames: 0,
+        };
+        for rec in &recs {
+            rec.finish(summary.clone()).await;
+        }
+        for i in 0..600 {
+            let file = std::fs::read(dir.path().join(format!("{i}.psrec"))).unwrap();
+            let verdict = verify(&file, |m, s| check_signature(&public, m, s));
+            assert!(
+                matches!(verdict, Verdict::Intact { .. }),
+                "{i}: {verdict:?}"
+            );
+        }
+    }
+
+    /// Names of this process's threads.
+    fn thread_names() -> Vec<String> {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return Vec::new();
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .collect()
     }
 }

@@ -11,7 +11,7 @@ use passerelle_proto::ids::{AgentId, ServiceKind, ServiceName};
 use super::live::{Actor, LiveSession, Spec};
 use super::table::{NoLegacyPort, TokenKind};
 use super::{Core, new_session_id, session_event};
-use crate::store::{AuditKind, TenantId, now_ms, rfc3339};
+use crate::store::{AuditKind, TenantId, check_username, now_ms, rfc3339};
 
 /// What the caller asks for (the API's body, with the caller's tenant).
 #[derive(Debug, Clone)]
@@ -24,14 +24,18 @@ pub struct NewSession {
     pub view_only: bool,
     pub legacy: bool,
     pub ttl_secs: Option<u64>,
+    /// The login name of an `ssh` session's terminal (else the agent's, else the tenant's).
+    pub ssh_user: Option<String>,
 }
 
-/// A session's tokens: a viewer token (one connection) and a launch token (the desktop
-/// helper's, reusable while the session lasts).
+/// A session's tokens: a viewer token (one connection), a launch token (the desktop helper's,
+/// reusable while the session lasts), and an exchange token (one use: the viewer page trades it
+/// for a launch URL).
 #[derive(Debug, Clone)]
 pub struct Tokens {
     pub viewer: String,
     pub launch: String,
+    pub exchange: String,
     /// When an unused token stops working (ms since the epoch).
     pub expires_at_ms: i64,
 }
@@ -117,15 +121,24 @@ impl Core {
     ) -> Result<Created, CreateError> {
         let operator = check_operator(&req.operator)?.to_owned();
         let ttl = self.ttl(req.ttl_secs)?;
+        let kind = req.service.kind();
         if req.view_only
             && !matches!(
-                req.service.kind(),
-                Some(ServiceKind::Vnc | ServiceKind::Rdp)
+                kind,
+                Some(ServiceKind::Vnc | ServiceKind::Ssh | ServiceKind::Rdp)
             )
         {
             return Err(CreateError::Invalid(
-                "view_only is enforced for vnc and rdp sessions only".into(),
+                "view_only is enforced for vnc, ssh and rdp sessions only".into(),
             ));
+        }
+        if let Some(user) = &req.ssh_user {
+            if kind != Some(ServiceKind::Ssh) {
+                return Err(CreateError::Invalid(
+                    "ssh_user is for ssh sessions only".into(),
+                ));
+            }
+            check_username(user).map_err(|e| CreateError::Invalid(e.to_string()))?;
         }
         if req.legacy && req.service.default_port().is_none() {
             return Err(CreateError::Invalid(
@@ -190,6 +203,7 @@ impl Core {
             record,
             legacy_port,
             ttl,
+            ssh_user: req.ssh_user.clone(),
         }));
         let now = now_ms();
         let info = SessionInfo {
@@ -213,10 +227,16 @@ impl Core {
             bytes_up: 0,
             bytes_down: 0,
         };
-        let row = info.clone();
+        let (row, ssh_user) = (info.clone(), req.ssh_user.clone());
         if let Err(e) = self
             .db
-            .run(move |s| s.insert_session(tenant_id, &row))
+            .run(move |s| {
+                s.insert_session(tenant_id, &row)?;
+                match &ssh_user {
+                    Some(user) => s.set_session_ssh_user(&row.id, user),
+                    None => Ok(()),
+                }
+            })
             .await
         {
             if let Some(port) = legacy_port {
@@ -250,6 +270,7 @@ impl Core {
         Tokens {
             viewer: self.table.issue_token(session, TokenKind::Viewer, ttl),
             launch: self.table.issue_token(session, TokenKind::Launch, ttl),
+            exchange: self.table.issue_token(session, TokenKind::Exchange, ttl),
             expires_at_ms: now_ms() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
         }
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use passerelle_proto::close::{self, Closure, EndReason};
+use tokio_util::sync::CancellationToken;
 
 use super::connection::Connection;
 use super::live::{Actor, ConnectionGuard, LiveSession};
@@ -140,6 +141,36 @@ impl Core {
         })
     }
 
+    /// Trades a viewer page's exchange token for a fresh launch token of its session (the
+    /// token is spent). Refusals count toward the address's lockout like a bad viewer token.
+    pub async fn exchange(
+        &self,
+        id: &str,
+        token: &str,
+        peer: SocketAddr,
+    ) -> Result<(Arc<LiveSession>, String), Closure> {
+        if let Err(wait) = self.guard.allowed(peer) {
+            let message = format!(
+                "too many failed token attempts from this address; retry in {}s",
+                wait.as_secs().max(1)
+            );
+            return Err(Closure::refusal(close::TOO_MANY_ATTEMPTS, &message));
+        }
+        let session = match self.table.admit_exchange(id, token) {
+            Ok(ok) => ok,
+            Err(refused) => {
+                if refused.is_guess() {
+                    let tenant = self.table.get(id).map(|l| l.tenant_id);
+                    self.guard.failed(peer, tenant, "an exchange token");
+                }
+                return Err(refused.closure());
+            }
+        };
+        let ttl = self.config.token_ttl;
+        let launch = self.table.issue_token(&session, TokenKind::Launch, ttl);
+        Ok((session, launch))
+    }
+
     /// Finds the agent connection and forward of a session (waiting, bounded, in the legacy
     /// flow).
     async fn locate(&self, session: &LiveSession) -> Result<Target, Closure> {
@@ -266,7 +297,7 @@ impl Joined {
         let (viewer, closure) = match self.connect().await {
             Err(c) => (viewer, c),
             Ok((target, channel)) => {
-                let cx = self.context();
+                let cx = self.context(&target.conn.gone);
                 let bridge = Connection {
                     core: self.core.clone(),
                     session: self.session.clone(),
@@ -289,10 +320,12 @@ impl Joined {
         Ok((target, channel))
     }
 
-    /// What the service's adapter knows of the session.
-    fn context(&self) -> service::Context {
+    /// What the service's adapter knows of the session; `agent_gone` is cancelled when the
+    /// agent's connection goes away.
+    fn context(&self, agent_gone: &CancellationToken) -> service::Context {
         let s = &self.session;
         let c = &self.core.config;
+        let session = s.clone();
         service::Context {
             db: self.core.db.clone(),
             tasks: self.core.tasks.clone(),
@@ -304,6 +337,12 @@ impl Joined {
             record: s.record,
             peer: self.peer,
             bridge: (c.session_buffer_bytes, c.viewer_stall),
+            ssh_user: s.ssh_user.clone(),
+            stop: service::Stop {
+                ended: s.ended.clone(),
+                agent_gone: agent_gone.clone(),
+                why: Arc::new(move || session.closure()),
+            },
         }
     }
 

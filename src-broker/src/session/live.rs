@@ -59,6 +59,8 @@ pub struct LiveSession {
     /// Whether every connection is recorded.
     pub record: bool,
     pub legacy_port: Option<u16>,
+    /// The login name asked for an `ssh` session's terminal.
+    pub ssh_user: Option<String>,
     pub expires_at: Instant,
     /// Cancelled when the session ends.
     pub ended: CancellationToken,
@@ -96,6 +98,7 @@ pub(crate) struct Spec {
     pub record: bool,
     pub legacy_port: Option<u16>,
     pub ttl: Duration,
+    pub ssh_user: Option<String>,
 }
 
 impl LiveSession {
@@ -109,6 +112,7 @@ impl LiveSession {
             view_only: spec.view_only,
             record: spec.record,
             legacy_port: spec.legacy_port,
+            ssh_user: spec.ssh_user,
             expires_at: Instant::now() + spec.ttl,
             ended: CancellationToken::new(),
             end: Mutex::new(None),

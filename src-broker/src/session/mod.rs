@@ -55,6 +55,8 @@ pub struct Core {
     pub(crate) guard: Arc<Guard>,
     /// Signs recordings.
     pub(crate) recording_key: Arc<SigningKey>,
+    /// The threads that write recordings.
+    pub(crate) writers: Arc<crate::recording::Writers>,
     /// Every task the core spawns, so that shutdown waits for them.
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,

@@ -57,13 +57,13 @@ impl Core {
             &session.id,
             segment,
         );
-        let (key, limit, tasks) = (
+        let (key, limit, writers) = (
             self.recording_key.clone(),
             self.config.recording_buffer_bytes,
-            self.tasks.clone(),
+            self.writers.clone(),
         );
         let started = tokio::task::spawn_blocking(move || {
-            Recording::start(path, &header, key, limit, &tasks)
+            Recording::start(path, &header, key, limit, &writers)
         })
         .await
         .map_err(anyhow::Error::from)
@@ -171,9 +171,30 @@ impl Core {
             frames: 0,
         };
         rec.finish(summary).await;
+        if rec.content == Content::Terminal {
+            self.index_terminal(session, rec);
+        }
     }
 
-    /// Deletes recordings past each tenant's retention; audits each deletion.
+    /// Indexes a finished terminal recording for search, on the blocking pool.
+    fn index_terminal(&self, session: &LiveSession, rec: &Recording) {
+        let (store, tenant_id, id, segment) = (
+            self.db.shared(),
+            session.tenant_id,
+            session.id.clone(),
+            rec.segment,
+        );
+        let (path, key) = (rec.path.clone(), self.recording_key.public_hex());
+        self.tasks.spawn_blocking(move || {
+            match recording::terminal::index(&store, tenant_id, &id, segment, &path, &key) {
+                Ok(lines) => tracing::debug!(session = %id, segment, lines, "terminal recording indexed"),
+                Err(e) => tracing::warn!(session = %id, segment, error = %format!("{e:#}"), "could not index a terminal recording"),
+            }
+        });
+    }
+
+    /// Deletes recordings past each tenant's retention (a terminal's transcript leaves the
+    /// search index with its recording); audits each deletion.
     pub async fn sweep_recordings(&self) {
         let dir = self.config.recordings_dir.clone();
         let swept = self
@@ -185,7 +206,10 @@ impl Core {
                         continue;
                     };
                     let days = s.tenant_info(id)?.retention_days;
-                    for (session, path) in recording::sweep(&dir, id, days) {
+                    for (session, segment, path) in recording::sweep(&dir, id, days) {
+                        if let Err(e) = s.unindex_terminal(&session, segment) {
+                            tracing::warn!(error = %e, "could not remove a transcript from the search index");
+                        }
                         deleted.push((id, days, session, path));
                     }
                 }

@@ -21,6 +21,9 @@ pub enum TokenKind {
     Viewer,
     /// Any number of connections while the session lasts (desktop helper).
     Launch,
+    /// Once, for the viewer page to fetch a launch URL (so that `viewer_url` never carries the
+    /// reusable launch token); opens no connection.
+    Exchange,
 }
 
 struct TokenEntry {
@@ -177,6 +180,22 @@ impl Table {
         id: &str,
         token: &str,
     ) -> Result<(Arc<LiveSession>, TokenKind), AdmitError> {
+        self.admit_kind(id, token, false)
+    }
+
+    /// Like [`Self::admit`] for an exchange token, the only kind it takes.
+    pub fn admit_exchange(&self, id: &str, token: &str) -> Result<Arc<LiveSession>, AdmitError> {
+        self.admit_kind(id, token, true).map(|(session, _)| session)
+    }
+
+    /// A token of the wrong purpose (an exchange token on a WebSocket, a viewer token traded
+    /// for a launch URL) is unknown there, and stays unused.
+    fn admit_kind(
+        &self,
+        id: &str,
+        token: &str,
+        exchange: bool,
+    ) -> Result<(Arc<LiveSession>, TokenKind), AdmitError> {
         let hash = secrets::hash(token);
         let mut inner = self.inner();
         let entry = inner.tokens.get_mut(&hash).ok_or(AdmitError::Unknown)?;
@@ -184,7 +203,10 @@ impl Table {
             return Err(AdmitError::Unknown);
         }
         let kind = entry.kind;
-        if kind == TokenKind::Viewer && entry.used {
+        if (kind == TokenKind::Exchange) != exchange {
+            return Err(AdmitError::Unknown);
+        }
+        if kind != TokenKind::Launch && entry.used {
             return Err(AdmitError::Spent);
         }
         if !entry.used && Instant::now() >= entry.expires_at {
@@ -275,6 +297,7 @@ mod tests {
             record: false,
             legacy_port,
             ttl: Duration::from_secs(60),
+            ssh_user: None,
         }));
         table.insert(session.clone());
         session
@@ -304,6 +327,31 @@ mod tests {
         let late = table.issue_token(&s, TokenKind::Viewer, Duration::from_secs(60));
         tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(table.admit(&s.id, &late).unwrap_err(), AdmitError::Expired);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exchange_tokens_trade_once_and_are_spent_nowhere_else() {
+        let table = Table::default();
+        let s = new_session(&table, false);
+        let ttl = Duration::from_secs(60);
+        let viewer = table.issue_token(&s, TokenKind::Viewer, ttl);
+        let exchange = table.issue_token(&s, TokenKind::Exchange, ttl);
+        assert_eq!(
+            table.admit(&s.id, &exchange).unwrap_err(),
+            AdmitError::Unknown,
+            "an exchange token opens no connection"
+        );
+        assert_eq!(
+            table.admit_exchange(&s.id, &viewer).unwrap_err(),
+            AdmitError::Unknown,
+            "a viewer token buys no launch URL"
+        );
+        assert!(table.admit(&s.id, &viewer).is_ok(), "and stays unspent");
+        assert!(table.admit_exchange(&s.id, &exchange).is_ok());
+        assert_eq!(
+            table.admit_exchange(&s.id, &exchange).unwrap_err(),
+            AdmitError::Spent
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -63,6 +63,7 @@ fn fixture(tweak: impl FnOnce(&mut Config)) -> Fixture {
     ));
     let core = Arc::new(Core {
         recording_key: Arc::new(SigningKey::load_or_create(dir.path()).expect("key")),
+        writers: crate::recording::Writers::start(1, 1 << 20).expect("writers"),
         config,
         db,
         registry: Arc::default(),
@@ -107,6 +108,7 @@ impl Fixture {
             view_only: false,
             legacy: false,
             ttl_secs: None,
+            ssh_user: None,
         }
     }
 
@@ -150,11 +152,12 @@ async fn creation_checks_the_agent_the_tenant_rules_and_quotas() {
         f.core.create(f.request("rdp"), &alice()).await,
         Err(CreateError::ServiceUnavailable(..))
     ));
-    // view_only is enforced for vnc and rdp only.
-    let mut view_only_ssh = f.request("ssh");
-    view_only_ssh.view_only = true;
+    // view_only is enforced for vnc, ssh and rdp only: not for a service the broker carries as
+    // it is.
+    let mut view_only_other = f.request("printer");
+    view_only_other.view_only = true;
     assert!(matches!(
-        f.core.create(view_only_ssh, &alice()).await,
+        f.core.create(view_only_other, &alice()).await,
         Err(CreateError::Invalid(_))
     ));
     let mut view_only_rdp = f.request("rdp");
@@ -163,6 +166,16 @@ async fn creation_checks_the_agent_the_tenant_rules_and_quotas() {
         f.core.create(view_only_rdp, &alice()).await,
         Err(CreateError::ServiceUnavailable(..))
     ));
+    // `ssh_user` names the login of an `ssh` terminal only, and is checked.
+    for (service, user) in [("vnc", "bob"), ("ssh", "a\nb"), ("ssh", "")] {
+        let mut req = f.request(service);
+        req.ssh_user = Some(user.into());
+        let refused = f.core.create(req, &alice()).await;
+        assert!(
+            matches!(refused, Err(CreateError::Invalid(_))),
+            "{service} {user:?}: {refused:?}"
+        );
+    }
     let created = f
         .core
         .create(f.request("vnc"), &alice())

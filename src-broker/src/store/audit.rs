@@ -34,6 +34,16 @@ pub enum AuditKind {
     AgentRevoked,
     TenantChanged,
     VncFailed,
+    /// An `ssh` terminal could not open (handshake, authentication, shell).
+    SshFailed,
+    /// A workstation presented another SSH host key than its agent's pin: refused.
+    SshHostKeyChanged,
+    /// A workstation's SSH host key was pinned on first use.
+    SshHostKeyPinned,
+    /// A terminal logged in to a workstation: as whom, with which credential.
+    SshLogin,
+    /// An admin forgot an agent's pinned SSH host key.
+    SshHostKeyReset,
     /// An RDP session reached its server: protocol and credential mode.
     RdpConnected,
     /// An RDP connection failed before relaying (negotiation, TLS, a bad request).
@@ -70,6 +80,11 @@ impl AuditKind {
             Self::AgentRevoked => "agent_revoked",
             Self::TenantChanged => "tenant_changed",
             Self::VncFailed => "vnc_failed",
+            Self::SshFailed => "ssh_failed",
+            Self::SshHostKeyChanged => "ssh_host_key_changed",
+            Self::SshHostKeyPinned => "ssh_host_key_pinned",
+            Self::SshLogin => "ssh_login",
+            Self::SshHostKeyReset => "ssh_host_key_reset",
             Self::RdpConnected => "rdp_connected",
             Self::RdpFailed => "rdp_failed",
             Self::RdpCertificatePinned => "rdp_certificate_pinned",

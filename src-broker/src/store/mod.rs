@@ -10,7 +10,9 @@ mod audit;
 mod audit_retention;
 mod db;
 mod rdp;
+mod search;
 mod sessions;
+mod ssh;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -28,6 +30,8 @@ pub mod agents_errors {
 pub use audit::{AuditFilter, AuditKind, NewEvent};
 pub use db::Db;
 pub use rdp::{PinCheck, check as check_rdp_login};
+pub use search::{MAX_QUERY, TextMatch};
+pub use ssh::{AgentSsh, TenantSsh, check_agent_ssh, check_username};
 
 use crate::secrets::{self, ApiKey, SecretBox};
 
@@ -131,7 +135,9 @@ CREATE UNIQUE INDEX agents_key_per_tenant ON agents(tenant_id, key_fingerprint);
 CREATE UNIQUE INDEX agents_active_login ON agents(id, key_fingerprint) WHERE shadowed = 0;
 CREATE INDEX audit_by_at ON audit(at);
 "#,
-    // RDP (after the agents rebuild above): credentials injected into sessions (passwords
+    ssh::MIGRATION,
+    search::MIGRATION,
+    // RDP (after the agents rebuild and the SSH settings): credentials injected into sessions (passwords
     // sealed), the pinned server certificate.
     r#"
 ALTER TABLE tenants ADD COLUMN rdp_username TEXT;
@@ -258,7 +264,10 @@ impl Store {
         if n == 0 {
             bail!("tenant {name} already exists");
         }
-        Ok(())
+        let id = self
+            .tenant_id(name)?
+            .context("tenant vanished after insert")?;
+        self.ensure_tenant_ssh_key(id)
     }
 
     /// The tenant's row id, if it exists.
@@ -367,8 +376,12 @@ impl Store {
             },
         )?;
         let (rdp_username, has_rdp_password) = self.tenant_rdp(id)?;
+        let ssh = self.tenant_ssh(id)?;
         Ok(TenantInfo {
             name: TenantName::new(name)?,
+            ssh_username: ssh.ssh_username,
+            ssh_public_key: ssh.public_key,
+            record_terminal_input: ssh.record_terminal_input,
             has_vnc_password: has_pw,
             rdp_username,
             has_rdp_password,
@@ -390,6 +403,10 @@ impl Store {
         patch: &passerelle_proto::api::PatchTenant,
     ) -> anyhow::Result<()> {
         rdp::check(patch.rdp_username.as_deref(), patch.rdp_password.as_deref())?;
+        // Checked first, so that a bad value changes nothing.
+        if let Some(name) = patch.ssh_username.as_deref().filter(|n| !n.is_empty()) {
+            check_username(name)?;
+        }
         let conn = self.conn();
         if let Some(pw) = &patch.vnc_password {
             let sealed = (!pw.is_empty()).then(|| self.secret_box.seal(pw.as_bytes()));
@@ -432,7 +449,11 @@ impl Store {
             patch.rdp_username.as_deref(),
             patch.rdp_password.as_deref(),
         )?;
-        Ok(())
+        self.patch_tenant_ssh(
+            id,
+            patch.ssh_username.as_deref(),
+            patch.record_terminal_input,
+        )
     }
 }
 

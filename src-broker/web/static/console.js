@@ -53,8 +53,8 @@ function renderAgents(agents) {
     const svc = el('td');
     for (const s of a.services) {
       const name = s.name;
-      if (name === 'vnc') {
-        const b = el('button', 'vnc in browser');
+      if (name === 'vnc' || name === 'ssh') {
+        const b = el('button', name === 'ssh' ? 'terminal in browser' : 'vnc in browser');
         b.addEventListener('click', () => open(a.id, name, true));
         svc.append(b, ' ');
       }
@@ -129,7 +129,9 @@ function renderHistory(page) {
     tr.append(el('td', new Date(s.created_at).toLocaleString()), el('td', s.agent), el('td', s.service), el('td', s.operator),
       el('td', duration(s)), el('td', ended), el('td', `${s.bytes_down} / ${s.bytes_up}`));
     const td = el('td');
-    if (s.record && s.service === 'vnc' && s.started_at) {
+    // VNC screens and browser terminals replay (an ssh session through the desktop app holds
+    // metadata only; its replay page says so).
+    if (s.record && (s.service === 'vnc' || s.service === 'ssh') && s.started_at) {
       td.append(el('a', 'replay', { href: `/replay/${encodeURIComponent(s.id)}`, class: 'replay' }));
     } else if (s.record) {
       td.append(el('span', 'metadata only'));

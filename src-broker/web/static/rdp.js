@@ -16,7 +16,7 @@ const viewOnly = params.get('view_only') === '1';
 const recorded = params.get('record') === '1';
 const storedCreds = params.get('creds') === 'stored';
 const agent = params.get('agent') || '';
-const launch = params.get('launch');
+const exchange = params.get('exchange');
 const sessionId = decodeURIComponent(location.pathname.split('/').pop());
 history.replaceState(null, '', location.pathname);
 
@@ -157,9 +157,21 @@ async function main() {
     $('cad').hidden = true;
     $('clipsend').disabled = true;
   }
-  if (launch) {
-    $('desktop').href = launch;
-    $('desktop').hidden = false;
+  // The one-time exchange token is traded for a launch URL that stays in this page's memory.
+  if (exchange) {
+    fetch(`/api/v1/sessions/${encodeURIComponent(sessionId)}/launch`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${exchange}` },
+    })
+      .then((res) => (res.ok ? res.json() : null))
+      .then((body) => {
+        if (body && body.launch_url) {
+          $('desktop').href = body.launch_url;
+          $('desktop').hidden = false;
+          state.launch = true;
+        }
+      })
+      .catch(() => {});
   }
   if (!token) {
     setStatus('No token', 'bad');

@@ -1,12 +1,14 @@
-// The session viewer: noVNC on the broker's RFB stream. The token rides in the URL fragment
-// (never sent to a server, so no proxy logs it) and is removed from the address bar at once.
+// The session viewer: noVNC on the broker's RFB stream. The tokens ride in the URL fragment
+// (never sent to a server, so no proxy logs them) and are removed from the address bar at once;
+// the viewer token then goes to the broker in a WebSocket subprotocol, not in the URL, and the
+// one-time exchange token is traded for a launch URL that stays in this page's memory.
 import RFB from '/static/novnc/core/rfb.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.hash.slice(1));
 const token = params.get('token') || '';
 const viewOnly = params.get('view_only') === '1';
-const launch = params.get('launch');
+const exchange = params.get('exchange');
 const sessionId = decodeURIComponent(location.pathname.split('/').pop());
 history.replaceState(null, '', location.pathname);
 
@@ -60,8 +62,9 @@ if (!token) {
   notice('Cannot connect', 'This page must be opened with the link the console gives (it carries a one-time token).');
 } else {
   const proto = location.protocol === 'https:' ? 'wss://' : 'ws://';
-  const url = `${proto}${location.host}/ws/sessions/${encodeURIComponent(sessionId)}?token=${encodeURIComponent(token)}`;
-  const ws = new WebSocket(url);
+  const url = `${proto}${location.host}/ws/sessions/${encodeURIComponent(sessionId)}`;
+  // The broker answers `binary`; the second protocol only carries the token.
+  const ws = new WebSocket(url, ['binary', `passerelle.token.${token}`]);
   ws.binaryType = 'arraybuffer';
   ws.addEventListener('close', (e) => {
     state.closeCode = e.code;
@@ -75,9 +78,20 @@ if (!token) {
     $('cad').hidden = true;
     $('clipsend').disabled = true;
   }
-  if (launch) {
-    $('desktop').href = launch;
-    $('desktop').hidden = false;
+  if (exchange) {
+    fetch(`/api/v1/sessions/${encodeURIComponent(sessionId)}/launch`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${exchange}` },
+    })
+      .then((res) => (res.ok ? res.json() : null))
+      .then((body) => {
+        if (body && body.launch_url) {
+          $('desktop').href = body.launch_url;
+          $('desktop').hidden = false;
+          state.launch = true;
+        }
+      })
+      .catch(() => {});
   }
   rfb.addEventListener('connect', () => {
     state.state = 'connected';

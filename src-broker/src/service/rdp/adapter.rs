@@ -111,12 +111,18 @@ where
     VR: Source + 'static,
     VT: Sink + 'static,
 {
-    let c = match open(cx, channel, &mut viewer).await {
-        Ok(c) => c,
-        Err(f) => {
+    // A stop, the session's end or the agent leaving interrupts the handshake.
+    let opened = tokio::select! {
+        opened = open(cx, channel, &mut viewer) => Ok(opened),
+        why = cx.stop.wait() => Err(why),
+    };
+    let c = match opened {
+        Ok(Ok(c)) => c,
+        Ok(Err(f)) => {
             let closure = fail(cx, &mut viewer.1, &f).await;
             return Some((viewer, closure));
         }
+        Err(why) => return Some((viewer, why)),
     };
     let selected = c.selected_protocol;
     let (rd, wr) = tokio::io::split(c.tls);
