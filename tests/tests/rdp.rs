@@ -15,7 +15,7 @@ use passerelle_e2e::{
     session_request, unique,
 };
 use passerelle_proto::rdp::Credentials;
-use passerelle_proto::recording::{Content, Verdict, verify};
+use passerelle_proto::recording::{Content, Frames, Kind, Verdict, verify};
 use serde_json::json;
 use tokio::time::{Instant, sleep};
 
@@ -248,6 +248,16 @@ async fn shadow_over_tls_with_injected_credentials_shows_types_and_records() -> 
         }
         other => anyhow::bail!("recording: {other:?}"),
     }
+    // It starts with what a player needs: the security the server selected.
+    let (_, frames) = Frames::new(&file)?;
+    let first_event = frames
+        .filter(|f| f.kind == Kind::Event)
+        .find_map(|f| serde_json::from_slice::<serde_json::Value>(f.payload).ok())
+        .context("no event in the recording")?;
+    ensure!(
+        first_event["rdp"]["security"] == "TLS",
+        "first event: {first_event}"
+    );
     let creds = Credentials::from_login(INJECTED_LOGIN, INJECTED_PASSWORD);
     ensure!(
         !holds(&file, &creds.password_utf16()),

@@ -125,6 +125,12 @@ where
         Err(why) => return Some((viewer, why)),
     };
     let selected = c.selected_protocol;
+    // What a player needs before the stream: the security the server selected.
+    let first = serde_json::json!({ "rdp": {
+        "selected_protocol": selected,
+        "security": protocol::name(selected),
+        "credentials": c.credentials.describe(),
+    }});
     let (rd, wr) = tokio::io::split(c.tls);
     let agent = (Down::new(rd, selected), IoSink::new(wr));
     let opts = crate::bridge::Options {
@@ -136,6 +142,7 @@ where
         // Frames as they come: IronRDP's web client drops what follows the end of the
         // connection sequence in the same message ([`Down`] ends a frame there).
         coalesce: false,
+        first_events: vec![first],
         ..cx.plain()
     };
     let (viewer, (down, sink), closure) = bridge.run(viewer, agent, opts, Content::Rdp).await?;
