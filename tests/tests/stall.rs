@@ -144,12 +144,27 @@ async fn read_slowly(ws: &mut Ws, total: usize, rate: usize) -> Result<usize> {
     Ok(read)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_slower_than_its_workstation_gets_everything() -> Result<()> {
     // 64 MiB from a source that writes as fast as it can, to a viewer reading 8 MiB/s, through a
     // 256 KiB buffer: the old limit would have ended this session within the first second.
-    let total = 64 * 1024 * 1024;
-    let broker = TestBroker::start_with(|c| c.session_buffer_bytes = 256 * 1024).await?;
+    slow_download(64 * 1024 * 1024, 8 * 1024 * 1024, 256 * 1024).await
+}
+
+/// Issue 15's figure: 1 GiB to a viewer throttled to 10 MB/s, through the default 8 MiB buffer
+/// (about 110 s). `cargo nextest run -p passerelle-e2e --test stall --run-ignored only
+/// --no-capture`; BENCHMARKS.md has the figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn a_gibibyte_to_a_viewer_at_ten_megabytes_a_second() -> Result<()> {
+    slow_download(1 << 30, 10_000_000, 8 * 1024 * 1024).await
+}
+
+/// `total` bytes from a source that writes as fast as it can, to a viewer reading `rate` bytes
+/// a second through a `buffer`-byte session buffer, while another agent's session keeps its
+/// round trips: everything arrives, the session stays active, the neighbour never stalls.
+async fn slow_download(total: usize, rate: usize, buffer: usize) -> Result<()> {
+    let broker = TestBroker::start_with(|c| c.session_buffer_bytes = buffer).await?;
     let source = SourceServer::start().await?;
     let echo = EchoServer::start().await?;
     let mut agent = Agent::registered(&broker, &unique("download")).await?;
@@ -166,7 +181,13 @@ async fn a_viewer_slower_than_its_workstation_gets_everything() -> Result<()> {
         .await?;
     let mut neighbour = Ws::connect(&n.raw_ws_url).await?;
     let mut download = Ws::connect(&d.raw_ws_url).await?;
-    let reading = read_slowly(&mut download, total, 8 * 1024 * 1024);
+    let started = Instant::now();
+    // The viewer checks every byte it reads: on a task of its own, so that its work does not
+    // delay the neighbour's round trips measured here.
+    let reader = tokio::spawn(async move {
+        let read = read_slowly(&mut download, total, rate).await?;
+        anyhow::Ok((download, read))
+    });
     let neighbouring = async {
         // Meanwhile another agent's session keeps its round trips.
         let mut worst = Duration::ZERO;
@@ -182,13 +203,19 @@ async fn a_viewer_slower_than_its_workstation_gets_everything() -> Result<()> {
             worst = worst.max(t.elapsed());
             trips += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
-            if trips >= 60 {
+            if trips >= 60 && reader.is_finished() {
                 return anyhow::Ok((trips, worst));
             }
         }
     };
-    let (read, (trips, worst)) = tokio::try_join!(reading, neighbouring)?;
+    let (trips, worst) = neighbouring.await?;
+    let (download, read) = reader.await??;
     ensure!(read == total);
+    let took = started.elapsed();
+    eprintln!(
+        "{total} bytes in {took:.1?} ({:.2} MB/s) to a viewer reading {rate} B/s",
+        total as f64 / took.as_secs_f64() / 1e6
+    );
     let info = broker.session(&d.id).await?;
     ensure!(
         info.state == SessionState::Active,
