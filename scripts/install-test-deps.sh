@@ -25,6 +25,13 @@ PACKAGES=(
   fonts-dejavu-core
   # `passerelle recording export --video` pipes frames into ffmpeg; ffprobe checks the result.
   ffmpeg
+  # RDP in the browser: FreeRDP's shadow server (TLS and NLA, a SAM file from winpr-hash) and
+  # xrdp with its Xorg backend (TLS, credentials injected); xdotool reads window sizes.
+  freerdp2-shadow-x11
+  winpr-utils
+  xrdp
+  xorgxrdp
+  xdotool
   # A real PROXY protocol v2 sender in front of the SSH listener (trusted_proxies).
   haproxy
 )

@@ -32,6 +32,20 @@ const PACKAGES: &[Package] = &[
         flag: "HAS_NOVNC",
     },
     Package {
+        name: "@devolutions/iron-remote-desktop",
+        mount: "ironrdp",
+        include: &["iron-remote-desktop.js", "package.json"],
+        marker: "iron-remote-desktop.js",
+        flag: "HAS_IRONRDP",
+    },
+    Package {
+        name: "@devolutions/iron-remote-desktop-rdp",
+        mount: "ironrdp-rdp",
+        include: &["iron-remote-desktop-rdp.js", "package.json"],
+        marker: "iron-remote-desktop-rdp.js",
+        flag: "HAS_IRONRDP_RDP",
+    },
+    Package {
         name: "@xterm/xterm",
         mount: "xterm",
         include: &["lib/xterm.mjs", "css/xterm.css", "LICENSE", "package.json"],

@@ -49,7 +49,7 @@ pub struct CreateSession {
     /// Record the session (defaults to the tenant's setting).
     #[serde(default)]
     pub record: Option<bool>,
-    /// Drop the viewer's input (VNC).
+    /// Drop the viewer's input (VNC and RDP).
     #[serde(default)]
     pub view_only: bool,
     /// Legacy flow: the agent will connect later with a numeric `-R PORT:...` forward.
@@ -166,6 +166,13 @@ pub struct RegisterAgent {
     /// Write-only: the password of that login, used when the tenant's SSH key is not installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_password: Option<String>,
+    /// The login the broker injects into RDP sessions over TLS (`DOMAIN\\user`,
+    /// `user@domain` or `user`); an empty string clears it.
+    #[serde(default)]
+    pub rdp_username: Option<String>,
+    /// Write-only: the password injected with `rdp_username`; an empty string clears it.
+    #[serde(default)]
+    pub rdp_password: Option<String>,
 }
 
 /// `PATCH /api/v1/agents/{id}`.
@@ -183,6 +190,13 @@ pub struct PatchAgent {
     /// Write-only; an empty string clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_password: Option<String>,
+    /// The login the broker injects into RDP sessions over TLS (`DOMAIN\\user`,
+    /// `user@domain` or `user`); an empty string clears it.
+    #[serde(default)]
+    pub rdp_username: Option<String>,
+    /// Write-only: the password injected with `rdp_username`; an empty string clears it.
+    #[serde(default)]
+    pub rdp_password: Option<String>,
 }
 
 /// One announced service of a connected agent.
@@ -209,6 +223,18 @@ pub struct AgentInfo {
     /// in the browser (reset with `DELETE /api/v1/agents/{id}/ssh-host-key`).
     #[serde(default)]
     pub ssh_host_key: Option<String>,
+    /// The login injected into RDP sessions (the agent's own; the tenant's applies otherwise).
+    #[serde(default)]
+    pub rdp_username: Option<String>,
+    #[serde(default)]
+    pub has_rdp_password: bool,
+    /// SHA-256 (hex) of the RDP server certificate pinned on first use; a change is refused
+    /// until an admin resets it (`DELETE /api/v1/agents/{id}/rdp-certificate`).
+    #[serde(default)]
+    pub rdp_certificate_sha256: Option<String>,
+    /// When it was pinned (RFC 3339).
+    #[serde(default)]
+    pub rdp_certificate_pinned_at: Option<String>,
     pub online: bool,
     pub services: Vec<AgentService>,
     pub connected_since: Option<String>,
@@ -222,6 +248,11 @@ pub struct AgentInfo {
 pub struct TenantInfo {
     pub name: TenantName,
     pub has_vnc_password: bool,
+    /// The default login injected into RDP sessions of agents without their own.
+    #[serde(default)]
+    pub rdp_username: Option<String>,
+    #[serde(default)]
+    pub has_rdp_password: bool,
     pub record_by_default: bool,
     pub recording_policy: RecordingPolicy,
     pub retention_days: u32,
@@ -276,6 +307,13 @@ pub struct PatchTenant {
     /// 16; `[]` allows none again). See [`crate::origin`].
     #[serde(default)]
     pub frame_ancestors: Option<Vec<String>>,
+    /// The tenant's default login the broker injects into RDP sessions over TLS (`DOMAIN\\user`,
+    /// `user@domain` or `user`); an empty string clears it.
+    #[serde(default)]
+    pub rdp_username: Option<String>,
+    /// Write-only: the password injected with `rdp_username`; an empty string clears it.
+    #[serde(default)]
+    pub rdp_password: Option<String>,
 }
 
 /// One row of `GET /api/v1/audit`: a security or session event.

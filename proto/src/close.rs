@@ -66,6 +66,22 @@ codes! {
     VNC_AUTH_FAILED = 4040, "VNC authentication failed";
     /// The RFB handshake with the workstation's VNC server failed otherwise.
     VNC_HANDSHAKE_FAILED = 4041, "VNC handshake failed";
+    /// The connection to the workstation's RDP server failed before TLS (it closed, timed out
+    /// or answered something other than an X.224 Connection Confirm).
+    RDP_HANDSHAKE_FAILED = 4050, "RDP connection to the workstation failed";
+    /// The workstation's RDP server refused the security the viewer asked for (it requires
+    /// NLA, or allows no TLS).
+    RDP_NEGOTIATION_FAILED = 4051, "the workstation's RDP server refused the requested security";
+    /// The TLS handshake with the workstation's RDP server failed.
+    RDP_TLS_FAILED = 4052, "TLS with the workstation's RDP server failed";
+    /// The workstation's RDP server presented another certificate than the one pinned for the
+    /// agent; an administrator resets the pin if the change is expected.
+    RDP_CERTIFICATE_CHANGED = 4053, "the workstation's RDP certificate changed";
+    /// The viewer's RDCleanPath request was missing, late, malformed or too big.
+    RDP_BAD_REQUEST = 4054, "malformed RDP request from the viewer";
+    /// The workstation's RDP server ended the connection during NLA (CredSSP) or denied the
+    /// logon: the credentials typed were refused.
+    RDP_LOGON_FAILED = 4055, "the workstation refused the NLA logon";
     /// The SSH connection to the workstation's sshd failed (not SSH, no common algorithm, no
     /// answer in time).
     SSH_HANDSHAKE_FAILED = 4060, "SSH connection to the workstation failed";
@@ -210,6 +226,16 @@ pub enum EndReason {
     SshShellFailed,
     /// Recording failed under the `fail_closed` policy.
     RecordingFailed,
+    /// The RDP connection to the workstation failed before TLS.
+    RdpHandshakeFailed,
+    /// The workstation's RDP server refused the requested security.
+    RdpNegotiationFailed,
+    /// TLS with the workstation's RDP server failed.
+    RdpTlsFailed,
+    /// The workstation's RDP certificate is not the pinned one.
+    RdpCertificateChanged,
+    /// The workstation refused the NLA logon (it closed during CredSSP, or denied access).
+    RdpLogonFailed,
     /// The broker was shut down cleanly.
     BrokerShutdown,
     /// The broker stopped without ending the session (found on the next start).
@@ -239,6 +265,11 @@ impl EndReason {
             Self::SshAuthFailed => "ssh_auth_failed",
             Self::SshShellFailed => "ssh_shell_failed",
             Self::RecordingFailed => "recording_failed",
+            Self::RdpHandshakeFailed => "rdp_handshake_failed",
+            Self::RdpNegotiationFailed => "rdp_negotiation_failed",
+            Self::RdpTlsFailed => "rdp_tls_failed",
+            Self::RdpCertificateChanged => "rdp_certificate_changed",
+            Self::RdpLogonFailed => "rdp_logon_failed",
             Self::BrokerShutdown => "broker_shutdown",
             Self::BrokerCrash => "broker_crash",
         }
@@ -275,13 +306,18 @@ impl EndReason {
             Self::SshAuthFailed => SSH_AUTH_FAILED,
             Self::SshShellFailed => SSH_SHELL_FAILED,
             Self::RecordingFailed => RECORDING_FAILED,
+            Self::RdpHandshakeFailed => RDP_HANDSHAKE_FAILED,
+            Self::RdpNegotiationFailed => RDP_NEGOTIATION_FAILED,
+            Self::RdpTlsFailed => RDP_TLS_FAILED,
+            Self::RdpCertificateChanged => RDP_CERTIFICATE_CHANGED,
+            Self::RdpLogonFailed => RDP_LOGON_FAILED,
             Self::BrokerShutdown => BROKER_SHUTDOWN,
         }
     }
 }
 
 /// Every end reason.
-pub const ALL_REASONS: [EndReason; 21] = [
+pub const ALL_REASONS: [EndReason; 26] = [
     EndReason::ViewerClosed,
     EndReason::ServiceClosed,
     EndReason::Stopped,
@@ -301,6 +337,11 @@ pub const ALL_REASONS: [EndReason; 21] = [
     EndReason::SshAuthFailed,
     EndReason::SshShellFailed,
     EndReason::RecordingFailed,
+    EndReason::RdpHandshakeFailed,
+    EndReason::RdpNegotiationFailed,
+    EndReason::RdpTlsFailed,
+    EndReason::RdpCertificateChanged,
+    EndReason::RdpLogonFailed,
     EndReason::BrokerShutdown,
     EndReason::BrokerCrash,
 ];
@@ -397,6 +438,23 @@ mod tests {
             let json = serde_json::to_string(&r).unwrap();
             assert_eq!(json, format!("\"{}\"", r.as_str()));
             assert!(by_code(r.close_code().code).is_some());
+        }
+        // Every named code but the generic ones is some end reason's code.
+        for c in ALL {
+            let generic = [
+                TOO_MANY_ATTEMPTS,
+                TOKEN_INVALID,
+                TOKEN_EXPIRED,
+                SESSION_ENDED,
+                TOO_MANY_CONNECTIONS,
+                RAW_REFUSED,
+                RDP_BAD_REQUEST,
+                MESSAGE_TOO_BIG,
+            ];
+            assert!(
+                generic.contains(c) || ALL_REASONS.iter().any(|r| r.close_code() == *c),
+                "{c:?} is no end reason's code"
+            );
         }
         // Every reason is listed once.
         for (i, a) in ALL_REASONS.iter().enumerate() {

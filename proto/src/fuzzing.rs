@@ -9,6 +9,10 @@ use serde::de::DeserializeOwned;
 use crate::api::{CreateSession, PatchAgent, PatchTenant, RegisterAgent};
 use crate::ids::{AgentId, ServiceName, TenantName};
 use crate::launch::LaunchUrl;
+use crate::rdp::x224::{self, Negotiation, protocol};
+use crate::rdp::{
+    ClientFilter as RdpClientFilter, ClientOptions, Credentials, ServerFilter, cleanpath,
+};
 use crate::recording::verify;
 use crate::rfb::{ClientFilter, ClientHandshake, ServerHandshake};
 use crate::terminal::transcript::{Extractor, MAX_LINE_CHARS, Mode};
@@ -22,6 +26,10 @@ pub const TARGETS: &[(&str, Property)] = &[
     ("api_bodies", api_bodies),
     ("launch_url", launch_url),
     ("proxy_header", proxy_header),
+    ("rdcleanpath_request", rdcleanpath_request),
+    ("rdp_client_filter", rdp_client_filter),
+    ("rdp_server_filter", rdp_server_filter),
+    ("rdp_x224_confirm", rdp_x224_confirm),
     ("recording_verify", recording_verify),
     ("rfb_client_filter", rfb_client_filter),
     ("rfb_client_handshake", rfb_client_handshake),
@@ -144,6 +152,112 @@ pub fn rfb_server_handshake(data: &[u8]) {
     let mut hs = ServerHandshake::new();
     let _ = hs.feed(data);
     let _ = hs.take_leftover();
+}
+
+/// The first message of an RDP viewer (RDCleanPath), as a hostile browser may send it: what
+/// parses has an X.224 Connection Request that parses, and builds back into a request that
+/// parses to the same.
+pub fn rdcleanpath_request(data: &[u8]) {
+    let _ = cleanpath::detect(data);
+    if let Ok(req) = cleanpath::parse_request(data) {
+        assert!(x224::parse_connection_request(&req.x224).is_ok());
+        let again = cleanpath::request(
+            req.x224.clone(),
+            req.destination.as_deref().unwrap_or_default(),
+            req.proxy_auth.as_deref().unwrap_or_default(),
+            req.preconnection_blob.clone(),
+        )
+        .ok()
+        .and_then(|der| cleanpath::parse_request(&der).ok());
+        let again = again.map(|r| (r.x224, r.connection));
+        assert_eq!(again, Some((req.x224, req.connection)));
+    }
+}
+
+/// The password the RDP filter property injects, to be looked for in what is recorded.
+const FUZZ_PASSWORD: &str = "fuzz-injected-secret";
+
+/// The viewer's RDP stream after TLS, split anywhere, through the broker's filter: the
+/// recording never holds the injected password (unless the viewer sent it itself), and
+/// without injection the filter never passes more bytes than it was given.
+pub fn rdp_client_filter(data: &[u8]) {
+    let Some((&opts, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((&split, rest)) = rest.split_first() else {
+        return;
+    };
+    let inject = opts & 4 != 0;
+    let mut filter = RdpClientFilter::new(ClientOptions {
+        view_only: opts & 1 != 0,
+        selected_protocol: if opts & 2 != 0 {
+            protocol::HYBRID_EX
+        } else {
+            protocol::SSL
+        },
+        inject: inject.then(|| Credentials::from_login("CORP\\helpdesk", FUZZ_PASSWORD)),
+        autologon: opts & 8 != 0,
+    });
+    let secret = Credentials::from_login("", FUZZ_PASSWORD).password_utf16();
+    let holds = |hay: &[u8]| hay.windows(secret.len()).any(|w| w == secret);
+    let (mut out, mut recorded) = (Vec::new(), Vec::new());
+    for chunk in rest.chunks(usize::from(split).max(1)) {
+        let mut o = Vec::new();
+        match filter.feed(chunk, &mut o) {
+            Ok(fed) => recorded.extend_from_slice(fed.record.as_deref().unwrap_or(&o)),
+            Err(_) => break,
+        }
+        out.extend_from_slice(&o);
+    }
+    assert!(
+        holds(rest) || !holds(&recorded),
+        "a recording holds the password"
+    );
+    if !inject {
+        assert!(out.len() <= rest.len());
+    }
+}
+
+/// The server's RDP stream after TLS, split anywhere: every byte passes, in order, but for the
+/// Deactivate All PDUs the filter repairs (4 bytes longer each).
+pub fn rdp_server_filter(data: &[u8]) {
+    let Some((&opts, rest)) = data.split_first() else {
+        return;
+    };
+    let selected = [protocol::SSL, protocol::HYBRID, protocol::HYBRID_EX][usize::from(opts % 3)];
+    let mut filter = ServerFilter::new(selected);
+    let mut out = Vec::new();
+    let mut fed = 0;
+    for chunk in rest.chunks(usize::from(opts >> 2).max(1)) {
+        if filter.feed(chunk, &mut out).is_err() {
+            return;
+        }
+        fed += chunk.len();
+    }
+    let passed = fed - filter.pending();
+    let repaired = usize::try_from(filter.repaired).unwrap_or(usize::MAX);
+    assert_eq!(out.len(), passed + 4 * repaired, "bytes lost or invented");
+    if repaired == 0 {
+        assert!(
+            rest.starts_with(&out),
+            "the server filter changed or reordered bytes"
+        );
+    }
+}
+
+/// A workstation's answer to the Connection Request: a negotiation that parses builds back
+/// into a Confirm that parses to the same.
+pub fn rdp_x224_confirm(data: &[u8]) {
+    let _ = x224::tpkt_length(data);
+    if let Ok(n) = x224::parse_connection_confirm(data) {
+        assert_eq!(
+            x224::parse_connection_confirm(&x224::connection_confirm(n)).ok(),
+            Some(n)
+        );
+        if let Negotiation::Failure(code) = n {
+            let _ = x224::failure_text(code);
+        }
+    }
 }
 
 /// A terminal page's control messages as a hostile page may send them: what parses is within

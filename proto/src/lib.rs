@@ -12,6 +12,7 @@ pub mod ids;
 pub mod launch;
 pub mod origin;
 pub mod proxy;
+pub mod rdp;
 pub mod recording;
 pub mod rfb;
 pub mod terminal;

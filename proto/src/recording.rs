@@ -74,14 +74,19 @@ impl Kind {
 pub enum Content {
     /// The RFB stream after the broker-terminated handshake (replayable).
     Rfb,
-    /// Metadata and byte counts only: the service's bytes are encrypted end to end (RDP, and
-    /// SSH carried as raw bytes).
+    /// Metadata and byte counts only: the service's bytes are encrypted end to end (raw
+    /// sessions, and SSH carried as raw bytes).
     Metadata,
     /// A terminal that the broker ran as the SSH client (`ssh` sessions in the browser): Down
     /// frames are the terminal's output, Up frames what was typed (only when the tenant records
     /// input), Event frames `crate::terminal::RecordedEvent`s (resizes, the exit). Converted to
     /// asciicast v2 by `crate::terminal::asciicast`.
     Terminal,
+    /// The plaintext RDP stream after the broker's TLS with the workstation, both directions:
+    /// X.224/MCS/slow-path and fast-path PDUs as they went, except that the Client Info PDU
+    /// has an empty password and every CredSSP message is an empty `TSRequest` (see
+    /// `rdp::filter`). A player decodes it as an RDP client would after TLS.
+    Rdp,
 }
 
 /// The session metadata at the head of a recording.

@@ -78,7 +78,6 @@ pub(crate) struct IoSource<R> {
     chunk: usize,
 }
 
-#[expect(dead_code, reason = "the rdp adapter's TLS stream is the first user")]
 impl<R: AsyncRead + Unpin + Send> IoSource<R> {
     /// Reads at most `chunk` bytes per frame.
     pub(crate) fn new(io: R, chunk: usize) -> Self {
@@ -87,6 +86,11 @@ impl<R: AsyncRead + Unpin + Send> IoSource<R> {
             buf: BytesMut::new(),
             chunk,
         }
+    }
+
+    /// The stream back (to end it after the bridge).
+    pub(crate) fn into_inner(self) -> R {
+        self.io
     }
 }
 
@@ -107,10 +111,14 @@ pub(crate) struct IoSink<W> {
     io: W,
 }
 
-#[expect(dead_code, reason = "the rdp adapter's TLS stream is the first user")]
 impl<W: AsyncWrite + Unpin + Send> IoSink<W> {
     pub(crate) fn new(io: W) -> Self {
         Self { io }
+    }
+
+    /// The stream back (to end it after the bridge).
+    pub(crate) fn into_inner(self) -> W {
+        self.io
     }
 }
 

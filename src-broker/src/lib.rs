@@ -5,7 +5,7 @@
 //!
 //! A viewer's bytes, from the listener to the agent's channel: [`http`] (the listener, the
 //! WebSocket endpoint as a bridge end) → [`session`] (join: token, audit, the agent, the
-//! recording) → [`service`] (the service's adapter: raw, vnc, ssh) → [`bridge`] (on the agent
+//! recording) → [`service`] (the service's adapter: raw, vnc, ssh, rdp) → [`bridge`] (on the agent
 //! connection's data thread, [`shards`]) → the agent's channel ([`ssh`], [`registry`]).
 //!
 //! Modules, one concern each (public: what the binary, the tests and the bench use):
@@ -14,7 +14,7 @@
 //! - [`session`]: the session core: create, join, end; tokens, legacy ports, quotas, and
 //!   which connections are recorded (no HTTP, SSH or WebSocket types).
 //! - [`service`]: service adapters between "channel open" and "bytes flow" (raw, vnc, the
-//!   browser terminal of `ssh` sessions).
+//!   browser terminal of `ssh` sessions, rdp).
 //! - [`ends`]: the two ends of a bridge (frames in, frames out) and per-direction filters.
 //! - [`bridge`]: the bytes between a viewer's end and an agent's end, with back-pressure.
 //! - [`recording`]: recording files (writer, verification, screen streams, playback, export).

@@ -605,11 +605,12 @@ fn verify_recording(
             frames,
         } => {
             println!(
-                "intact: session {} ({} on {}, operator {}), {frames} frames, ended {} ({}), {} bytes down, {} up",
+                "intact: session {} ({} on {}, operator {}, {} content), {frames} frames, ended {} ({}), {} bytes down, {} up",
                 header.session,
                 header.service,
                 header.agent,
                 header.operator,
+                format!("{:?}", header.content).to_lowercase(),
                 summary.ended_at,
                 summary.end_reason,
                 summary.bytes_down,

@@ -424,6 +424,8 @@ impl TestBroker {
             vnc_password: None,
             ssh_username: None,
             ssh_password: None,
+            rdp_username: None,
+            rdp_password: None,
         };
         let body = serde_json::to_value(&req)?;
         let got = self

@@ -350,7 +350,7 @@ impl PageReport {
     }
 }
 
-fn shows(dominant: Option<&[u8]>, colour: (u8, u8, u8)) -> bool {
+pub(crate) fn shows(dominant: Option<&[u8]>, colour: (u8, u8, u8)) -> bool {
     matches!(dominant, Some([r, g, b, ..]) if close_to((*r, *g, *b), colour, 12))
 }
 

@@ -15,6 +15,7 @@ mod broker;
 pub mod desktop;
 pub mod faults;
 pub mod process;
+pub mod rdp;
 mod rfb_server;
 mod services;
 pub mod sshd;

@@ -143,7 +143,8 @@ async fn no_subprotocol_is_imposed() -> Result<()> {
     let created = broker
         .create_session(&session_request("pc-noproto", "rdp"))
         .await?;
-    let mut ws = Ws::connect(&created.ws_url).await?;
+    // The raw stream: `ws_url` of an rdp session speaks RDCleanPath (IronRDP's web client).
+    let mut ws = Ws::connect(&created.raw_ws_url).await?;
     ensure!(
         ws.subprotocol.is_none(),
         "unrequested subprotocol {:?}",

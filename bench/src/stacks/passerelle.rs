@@ -177,6 +177,8 @@ impl Api {
             vnc_password: None,
             ssh_username: None,
             ssh_password: None,
+            rdp_username: None,
+            rdp_password: None,
         };
         let r = self
             .http

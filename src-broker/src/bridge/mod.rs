@@ -80,6 +80,10 @@ pub(crate) struct Options {
     pub first_events: Vec<serde_json::Value>,
     /// Receives both directions' bytes, and input activity as events.
     pub recording: Option<Arc<Recording>>,
+    /// Joins the agent's small frames into larger ones for the viewer (true but for a viewer
+    /// that must get each frame as its own message: IronRDP's web client drops what follows
+    /// the end of the RDP connection sequence in the same message).
+    pub coalesce: bool,
 }
 
 impl std::fmt::Debug for Options {
@@ -105,6 +109,7 @@ impl Options {
             down: None,
             first_events: Vec::new(),
             recording: None,
+            coalesce: true,
         }
     }
 }
@@ -200,7 +205,9 @@ where
         mut down,
         first_events,
         recording,
+        coalesce,
     } = opts;
+    let out_frame = if coalesce { MAX_OUT_FRAME } else { 0 };
     let recording = recording.as_deref();
     let buffer = buffer::Buffer::new(buffer_limit);
     if let Some(rec) = recording {
@@ -263,7 +270,7 @@ where
     // Buffer -> viewer. Frames are flushed when the buffer runs dry, so that a busy stream goes
     // out in fewer, larger writes and a lone message goes out at once.
     let write = async {
-        while let Some((frame, drained)) = buffer.pop(MAX_OUT_FRAME).await {
+        while let Some((frame, drained)) = buffer.pop(out_frame).await {
             let sent = match viewer_tx.send(frame).await {
                 Ok(()) if drained => viewer_tx.flush().await,
                 other => other,

@@ -315,6 +315,27 @@ async fn control_frames_pass_to_ends_that_take_them() {
     bridge.await.unwrap();
 }
 
+#[tokio::test]
+async fn without_coalescing_each_agent_frame_reaches_the_viewer_alone() {
+    // Room for one frame toward the viewer: the others wait in the buffer, where they would be
+    // joined.
+    let (mut p, (viewer, agent)) = wire(1);
+    let mut o = opts(1 << 20);
+    o.coalesce = false;
+    let bridge = tokio::spawn(run(viewer, agent, o, meter(), std::future::pending()));
+    for b in [&b"first"[..], b"second", b"third", b"fourth"] {
+        p.agent_in
+            .send(Frame::Binary(Bytes::from_static(b)))
+            .await
+            .unwrap();
+    }
+    for want in [&b"first"[..], b"second", b"third", b"fourth"] {
+        let got = p.viewer_out.recv().await.unwrap();
+        assert_eq!(got, Some(Frame::Binary(Bytes::from_static(want))));
+    }
+    bridge.abort();
+}
+
 /// Records control messages that start with "note" as events, refuses "bad", keeps the rest
 /// out of the recording.
 struct Notes;

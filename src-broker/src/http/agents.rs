@@ -22,6 +22,10 @@ fn agent_info(registry: &Registry, rec: &AgentRecord, ssh: AgentSsh) -> AgentInf
         id: rec.id.clone(),
         key_fingerprint: rec.key_fingerprint.clone(),
         has_vnc_password: rec.has_vnc_password,
+        rdp_username: rec.rdp_username.clone(),
+        has_rdp_password: rec.has_rdp_password,
+        rdp_certificate_sha256: rec.rdp_cert_sha256.clone(),
+        rdp_certificate_pinned_at: rec.rdp_cert_pinned_at.map(rfc3339),
         ssh_host_key: ssh.host_key_fingerprint(),
         ssh_username: ssh.ssh_username,
         has_ssh_password: ssh.has_ssh_password,
@@ -110,6 +114,9 @@ pub(super) async fn register_agent(
         app.db.audit(ev);
         return Err(ApiError::conflict("quota_exceeded", why));
     }
+    let (rdp_user, rdp_pw) = (req.rdp_username.clone(), req.rdp_password.clone());
+    crate::store::check_rdp_login(rdp_user.as_deref(), rdp_pw.as_deref())
+        .map_err(anyhow::Error::from)?;
     let (rec, ssh) = app
         .db
         .run(move |s| {
@@ -125,6 +132,12 @@ pub(super) async fn register_agent(
                 req.ssh_username.as_deref(),
                 req.ssh_password.as_deref(),
             )?;
+            let rec = if rdp_user.is_none() && rdp_pw.is_none() {
+                rec
+            } else {
+                s.set_agent_rdp(tenant_id, &rec.id, rdp_user.as_deref(), rdp_pw.as_deref())?;
+                s.agent(tenant_id, &rec.id)?.unwrap_or(rec)
+            };
             let ssh = ssh_of(s, &rec)?;
             Ok((rec, ssh))
         })
@@ -153,14 +166,20 @@ pub(super) async fn patch_agent(
         .map_err(anyhow::Error::from)?;
     let before = agent_of(&app, caller.tenant_id, &id).await?;
     let (tenant_id, agent) = (caller.tenant_id, before.id.clone());
+    let (rdp_user, rdp_pw) = (req.rdp_username.clone(), req.rdp_password.clone());
+    crate::store::check_rdp_login(rdp_user.as_deref(), rdp_pw.as_deref())
+        .map_err(anyhow::Error::from)?;
     let changes = [
         (req.vnc_password.is_some(), "VNC password"),
         (req.ssh_username.is_some(), "SSH user name"),
         (req.ssh_password.is_some(), "SSH password"),
+        (rdp_user.is_some(), "RDP login"),
+        (rdp_pw.is_some(), "RDP password"),
     ];
     let (after, ssh) = app
         .db
         .run(move |s| {
+            s.set_agent_rdp(tenant_id, &agent, rdp_user.as_deref(), rdp_pw.as_deref())?;
             let Some(after) = s.update_agent(
                 tenant_id,
                 &agent,

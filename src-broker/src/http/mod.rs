@@ -8,6 +8,7 @@ mod error;
 mod headers;
 mod keys;
 mod pages;
+mod rdp;
 mod replay;
 mod scrape;
 mod server;
@@ -109,6 +110,10 @@ pub(crate) fn router(app: App) -> Router {
             get(agents::get_agent)
                 .patch(agents::patch_agent)
                 .delete(agents::revoke_agent),
+        )
+        .route(
+            "/api/v1/agents/{id}/rdp-certificate",
+            delete(rdp::reset_certificate),
         )
         .route(
             "/api/v1/agents/{id}/ssh-host-key",

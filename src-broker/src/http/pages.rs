@@ -1,7 +1,8 @@
-//! The browser pages: `/view/{id}` (the noVNC viewer, or the xterm.js terminal of an `ssh`
-//! session), `/replay/{id}`, `/console`, and their static files, embedded in the binary at
-//! build time. No page may be framed by another site, except the viewer (noVNC or terminal) by
-//! the origins its session's tenant lists ([`super::headers`]).
+//! The browser pages: `/view/{id}` (the noVNC viewer, the xterm.js terminal of an `ssh`
+//! session, or IronRDP's client for an `rdp` session), `/replay/{id}`, `/console`, and their
+//! static files, embedded in the binary at build time. No page may be framed by another site,
+//! except the viewer (noVNC, terminal or RDP) by the origins its session's tenant lists
+//! ([`super::headers`]).
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -17,6 +18,14 @@ mod embedded {
 /// Content security policy of every page: our own scripts only, WebSockets to ourselves.
 const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; \
                    style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'";
+
+/// The RDP page's policy: IronRDP's client is WebAssembly, inlined as a `data:` URL that it
+/// fetches and compiles (`'wasm-unsafe-eval'`, `connect-src data:`); its web component styles
+/// itself inline and draws the remote cursor from `data:` images. Nothing else is allowed.
+const RDP_CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+                       connect-src 'self' data:; img-src 'self' data: blob:; \
+                       style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; \
+                       form-action 'none'";
 
 fn mime(path: &str) -> &'static str {
     match path.rsplit('.').next() {
@@ -38,15 +47,20 @@ fn asset(path: &str) -> Option<&'static [u8]> {
 }
 
 fn respond(path: &str, bytes: &'static [u8]) -> Response {
-    respond_framed(path, bytes, &[])
+    respond_framed(path, bytes, CSP, &[])
 }
 
-/// [`respond`], framable by `frame_ancestors` (none when empty).
-fn respond_framed(path: &str, bytes: &'static [u8], frame_ancestors: &[String]) -> Response {
+/// [`respond`] with the policy `csp`, framable by `frame_ancestors` (none when empty).
+fn respond_framed(
+    path: &str,
+    bytes: &'static [u8],
+    csp: &str,
+    frame_ancestors: &[String],
+) -> Response {
     let mut res = bytes.into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime(path)));
-    super::headers::set_frame_policy(h, CSP, frame_ancestors);
+    super::headers::set_frame_policy(h, csp, frame_ancestors);
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -66,11 +80,14 @@ fn page(name: &str) -> Response {
     }
 }
 
+/// The session's service, as the store has it: its pages follow it.
+async fn service_of(db: &Db, id: String) -> Option<String> {
+    db.run(move |s| s.session_service(&id)).await.ok().flatten()
+}
+
 /// Whether the session is an `ssh` one (its pages are the terminal's).
 async fn is_terminal(db: &Db, id: String) -> bool {
-    db.run(move |s| s.session_service(&id))
-        .await
-        .is_ok_and(|s| s.as_deref() == Some("ssh"))
+    service_of(db, id).await.as_deref() == Some("ssh")
 }
 
 /// A terminal page, framable by `frame_ancestors` (none when empty).
@@ -83,7 +100,7 @@ fn terminal_page(name: &str, frame_ancestors: &[String]) -> Response {
             .into_response();
     }
     match asset(name) {
-        Some(bytes) => respond_framed(name, bytes, frame_ancestors),
+        Some(bytes) => respond_framed(name, bytes, CSP, frame_ancestors),
         None => (StatusCode::NOT_FOUND, "page not built").into_response(),
     }
 }
@@ -100,11 +117,28 @@ async fn frame_ancestors_of(db: &Db, id: String) -> Vec<String> {
     .unwrap_or_default()
 }
 
+/// IronRDP's web client, with its own policy ([`RDP_CSP`]), framable by `frame_ancestors`.
+fn rdp_page(frame_ancestors: &[String]) -> Response {
+    if !(embedded::HAS_IRONRDP && embedded::HAS_IRONRDP_RDP) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this broker was built without IronRDP's web client (npm was missing at build time); install npm and rebuild",
+        )
+            .into_response();
+    }
+    match asset("rdp.html") {
+        Some(bytes) => respond_framed("rdp.html", bytes, RDP_CSP, frame_ancestors),
+        None => (StatusCode::NOT_FOUND, "page not built").into_response(),
+    }
+}
+
 pub(super) async fn view(State(app): State<App>, Path(id): Path<String>) -> Response {
     // The session's tenant decides who may frame its viewer.
     let allowed = frame_ancestors_of(&app.db, id.clone()).await;
-    if is_terminal(&app.db, id).await {
-        return terminal_page("terminal.html", &allowed);
+    match service_of(&app.db, id).await.as_deref() {
+        Some("ssh") => return terminal_page("terminal.html", &allowed),
+        Some("rdp") => return rdp_page(&allowed),
+        _ => {}
     }
     if !embedded::HAS_NOVNC {
         return (
@@ -114,7 +148,7 @@ pub(super) async fn view(State(app): State<App>, Path(id): Path<String>) -> Resp
             .into_response();
     }
     match asset("viewer.html") {
-        Some(bytes) => respond_framed("viewer.html", bytes, &allowed),
+        Some(bytes) => respond_framed("viewer.html", bytes, CSP, &allowed),
         None => (StatusCode::NOT_FOUND, "page not built").into_response(),
     }
 }

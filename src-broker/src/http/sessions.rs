@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use passerelle_proto::api::{
     CreateSession, CreatedSession, IssuedToken, LaunchAnswer, SessionInfo, SessionState,
 };
+use passerelle_proto::ids::ServiceKind;
 use passerelle_proto::launch::LaunchUrl;
 use serde::Deserialize;
 
@@ -16,6 +17,27 @@ use super::auth::Caller;
 use super::{ApiError, App, Urls};
 use crate::session::{CreateError, LiveSession, NewSession, Tokens};
 use crate::store::rfc3339;
+
+/// `&creds=stored` for an `rdp` session's page when credentials are stored for its agent (the
+/// page then sends placeholders that the broker replaces).
+async fn rdp_fragment(app: &App, session: &LiveSession) -> &'static str {
+    if session.service.kind() != Some(ServiceKind::Rdp) {
+        return "";
+    }
+    let (tenant_id, agent) = (session.tenant_id, session.agent.clone());
+    match app
+        .db
+        .run(move |s| s.rdp_credentials(tenant_id, &agent))
+        .await
+    {
+        Ok(Some(_)) => "&creds=stored",
+        Ok(None) => "",
+        Err(e) => {
+            tracing::error!(error = %e, "could not read the RDP credentials");
+            ""
+        }
+    }
+}
 
 /// A `passerelle://open?…` URL for the desktop helper with a launch token of the session.
 fn launch_url(urls: &Urls, session: &LiveSession, token: String) -> String {
@@ -29,8 +51,9 @@ fn launch_url(urls: &Urls, session: &LiveSession, token: String) -> String {
     .to_url()
 }
 
-/// The URLs that carry a viewer token and a launch token.
-fn issued(urls: &Urls, session: &LiveSession, tokens: &Tokens) -> IssuedToken {
+/// The URLs that carry a viewer token and a launch token; `page` is added to the viewer page's
+/// fragment.
+fn issued(urls: &Urls, session: &LiveSession, tokens: &Tokens, page: &str) -> IssuedToken {
     let base = &urls.base;
     let ws_base = base
         .replacen("https://", "wss://", 1)
@@ -53,6 +76,7 @@ fn issued(urls: &Urls, session: &LiveSession, tokens: &Tokens) -> IssuedToken {
     if session.record {
         viewer.push_str("&record=1");
     }
+    viewer.push_str(page);
     IssuedToken {
         token: tokens.viewer.clone(),
         token_expires_at: rfc3339(tokens.expires_at_ms),
@@ -106,7 +130,8 @@ pub(super) async fn create_session(
         .create(new, &caller.actor())
         .await
         .map_err(create_error)?;
-    let t = issued(&app.urls, &created.session, &created.tokens);
+    let page = rdp_fragment(&app, &created.session).await;
+    let t = issued(&app.urls, &created.session, &created.tokens, page);
     Ok((
         StatusCode::CREATED,
         Json(CreatedSession {
@@ -212,5 +237,9 @@ pub(super) async fn new_token(
         ));
     };
     let tokens = app.core.issue(&live);
-    Ok((StatusCode::CREATED, Json(issued(&app.urls, &live, &tokens))))
+    let page = rdp_fragment(&app, &live).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(issued(&app.urls, &live, &tokens, page)),
+    ))
 }

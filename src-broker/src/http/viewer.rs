@@ -14,8 +14,9 @@ use crate::ends::{EndError, Frame, Sink, Source};
 /// How long a closed viewer has to take its close frame and answer it.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// What the viewer sends.
-pub(super) struct WsSource(SplitStream<WebSocket>);
+/// What the viewer sends (and a frame read early, delivered again first: an RDP viewer's
+/// request, read for its token before the session core admits the viewer).
+pub(super) struct WsSource(SplitStream<WebSocket>, Option<Frame>);
 
 /// What goes to the viewer.
 pub(super) struct WsSink(SplitSink<WebSocket, Message>);
@@ -74,7 +75,7 @@ pub(super) fn accept(
 /// The socket's two ends.
 pub(super) fn split(ws: WebSocket) -> (WsSource, WsSink) {
     let (tx, rx) = ws.split();
-    (WsSource(rx), WsSink(tx))
+    (WsSource(rx, None), WsSink(tx))
 }
 
 /// Classifies an error of the WebSocket library by its type.
@@ -97,8 +98,18 @@ fn classify(e: axum::Error) -> EndError {
     }
 }
 
+impl WsSource {
+    /// Delivers `frame` again, before anything else the viewer sends.
+    pub(super) fn unread(&mut self, frame: Frame) {
+        self.1 = Some(frame);
+    }
+}
+
 impl Source for WsSource {
     async fn recv(&mut self) -> Result<Option<Frame>, EndError> {
+        if let Some(frame) = self.1.take() {
+            return Ok(Some(frame));
+        }
         loop {
             return match self.0.next().await {
                 Some(Ok(Message::Binary(data))) => Ok(Some(Frame::Binary(data))),

@@ -11,11 +11,15 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use passerelle_proto::close::Closure;
+use passerelle_proto::ids::ServiceKind;
 use serde::Deserialize;
 use tracing::Instrument as _;
 
 use super::server::ConnSlot;
-use super::viewer;
+use super::viewer::{self, WsSink, WsSource};
+use crate::ends::Frame;
+use crate::service::rdp;
 use crate::session::{Core, Endpoint};
 
 #[derive(Debug, Deserialize)]
@@ -71,8 +75,15 @@ fn upgrade(
     let tasks = core.tasks.clone();
     viewer::accept(ws, max).on_upgrade(move |socket| {
         let serving = async move {
-            let viewer = viewer::split(socket);
+            let mut viewer = viewer::split(socket);
             let mover = slot.as_ref().map(|s| s.0.mover.clone());
+            let token = match rdp_token(&core, &id, token, endpoint, &mut viewer).await {
+                Ok(token) => token,
+                Err(closure) => {
+                    viewer::close(viewer, closure.code.code, &closure.reason).await;
+                    return;
+                }
+            };
             let closed = match core.join(&id, &token, peer, endpoint).await {
                 Err(refused) => Some((viewer, refused)),
                 Ok(joined) => {
@@ -92,4 +103,31 @@ fn upgrade(
             let _ = handle.await;
         }
     })
+}
+
+/// The token of a viewer of a live `rdp` session on its viewer endpoint that left it out of the
+/// URL: IronRDP's client sends it in its RDCleanPath request (`proxy_auth`), read here (bounded
+/// in size and time) and delivered again to the adapter. Any other viewer keeps `token`.
+async fn rdp_token(
+    core: &Core,
+    id: &str,
+    token: String,
+    endpoint: Endpoint,
+    (rx, tx): &mut (WsSource, WsSink),
+) -> Result<String, Closure> {
+    let rdp_viewer = endpoint == Endpoint::Viewer
+        && core
+            .table()
+            .get(id)
+            .is_some_and(|s| s.service.kind() == Some(ServiceKind::Rdp));
+    if !token.is_empty() || !rdp_viewer {
+        return Ok(token);
+    }
+    match rdp::token_in_request(rx).await {
+        Ok((token, request)) => {
+            rx.unread(Frame::Binary(request));
+            Ok(token)
+        }
+        Err(f) => Err(rdp::refuse_early(tx, &f).await),
+    }
 }

@@ -2,12 +2,15 @@
 //! and "bytes flow". `raw` does nothing; `vnc` terminates the RFB security handshake on both
 //! sides (the stored password answers the server's challenge) and frames the viewer's messages
 //! (view-only, replayable recordings); `ssh` makes the broker the SSH client of the
-//! workstation's sshd and bridges the viewer to a terminal (the browser terminal). An adapter
-//! knows the session only through its [`Context`], and hands both ends to the session core's
-//! [`Bridge`] once its handshake is done; a new service is a new variant here and a module
-//! beside `vnc`, not a change of the core.
+//! workstation's sshd and bridges the viewer to a terminal (the browser terminal); `rdp` answers
+//! IronRDP's RDCleanPath request, does TLS with the workstation's RDP server (certificate pinned
+//! per agent) and filters the plaintext RDP (credential injection, view-only, redacted
+//! recordings). An adapter knows the session only through its [`Context`], and hands both ends
+//! to the session core's [`Bridge`] once its handshake is done; a new service is a new variant
+//! here and a module beside `vnc`, not a change of the core.
 
 pub(crate) mod channel;
+pub(crate) mod rdp;
 pub(crate) mod ssh;
 pub(crate) mod vnc;
 
@@ -35,6 +38,8 @@ pub(crate) enum Service {
     Vnc,
     /// A terminal: the broker logs in to the workstation's sshd, the viewer gets the shell.
     Ssh,
+    /// RDP for IronRDP's web client: RDCleanPath, TLS by the broker, filtered plaintext RDP.
+    Rdp,
 }
 
 impl Service {
@@ -45,7 +50,8 @@ impl Service {
             _ if raw => Self::Raw,
             Some(ServiceKind::Vnc) => Self::Vnc,
             Some(ServiceKind::Ssh) => Self::Ssh,
-            Some(ServiceKind::Rdp) | None => Self::Raw,
+            Some(ServiceKind::Rdp) => Self::Rdp,
+            None => Self::Raw,
         }
     }
 }
@@ -174,8 +180,10 @@ impl Service {
         VR: Source + 'static,
         VT: Sink + 'static,
     {
-        if self == Self::Ssh {
-            return ssh::serve(cx, channel, viewer, bridge).await;
+        match self {
+            Self::Ssh => return ssh::serve(cx, channel, viewer, bridge).await,
+            Self::Rdp => return rdp::serve(cx, channel, viewer, bridge).await,
+            Self::Raw | Self::Vnc => {}
         }
         let mut agent = channel::split(channel);
         let prepared = match self {
@@ -183,7 +191,7 @@ impl Service {
                 .interruptible(vnc::handshake(cx, &mut agent, &mut viewer))
                 .await
                 .map(|opts| (opts, Content::Rfb)),
-            Self::Raw | Self::Ssh => Ok((cx.plain(), Content::Metadata)),
+            Self::Raw | Self::Ssh | Self::Rdp => Ok((cx.plain(), Content::Metadata)),
         };
         let (viewer, agent, closure) = match prepared {
             Ok((opts, content)) => bridge.run(viewer, agent, opts, content).await?,

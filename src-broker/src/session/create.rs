@@ -122,9 +122,14 @@ impl Core {
         let operator = check_operator(&req.operator)?.to_owned();
         let ttl = self.ttl(req.ttl_secs)?;
         let kind = req.service.kind();
-        if req.view_only && !matches!(kind, Some(ServiceKind::Vnc | ServiceKind::Ssh)) {
+        if req.view_only
+            && !matches!(
+                kind,
+                Some(ServiceKind::Vnc | ServiceKind::Ssh | ServiceKind::Rdp)
+            )
+        {
             return Err(CreateError::Invalid(
-                "view_only is enforced for vnc and ssh sessions only".into(),
+                "view_only is enforced for vnc, ssh and rdp sessions only".into(),
             ));
         }
         if let Some(user) = &req.ssh_user {

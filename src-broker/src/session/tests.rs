@@ -152,11 +152,19 @@ async fn creation_checks_the_agent_the_tenant_rules_and_quotas() {
         f.core.create(f.request("rdp"), &alice()).await,
         Err(CreateError::ServiceUnavailable(..))
     ));
+    // view_only is enforced for vnc, ssh and rdp only: not for a service the broker carries as
+    // it is.
+    let mut view_only_other = f.request("printer");
+    view_only_other.view_only = true;
+    assert!(matches!(
+        f.core.create(view_only_other, &alice()).await,
+        Err(CreateError::Invalid(_))
+    ));
     let mut view_only_rdp = f.request("rdp");
     view_only_rdp.view_only = true;
     assert!(matches!(
         f.core.create(view_only_rdp, &alice()).await,
-        Err(CreateError::Invalid(_))
+        Err(CreateError::ServiceUnavailable(..))
     ));
     // `ssh_user` names the login of an `ssh` terminal only, and is checked.
     for (service, user) in [("vnc", "bob"), ("ssh", "a\nb"), ("ssh", "")] {

@@ -33,31 +33,58 @@ pub struct AgentRecord {
     pub key_fingerprint: String,
     pub has_vnc_password: bool,
     pub created_at: i64,
+    /// The agent's own RDP login (the tenant's applies otherwise).
+    pub rdp_username: Option<String>,
+    pub has_rdp_password: bool,
+    /// Hex SHA-256 of the pinned RDP server certificate, and when it was pinned.
+    pub rdp_cert_sha256: Option<String>,
+    pub rdp_cert_pinned_at: Option<i64>,
 }
 
-const COLUMNS: &str =
-    "tenant_id, id, public_key, key_fingerprint, vnc_password IS NOT NULL, created_at";
+const COLUMNS: &str = "tenant_id, id, public_key, key_fingerprint, vnc_password IS NOT NULL, \
+     created_at, rdp_username, rdp_password IS NOT NULL, rdp_cert_sha256, rdp_cert_pinned_at";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<(TenantId, String, String, String, bool, i64)> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
+/// A row as read, before its id is checked.
+struct RawRow {
+    tenant_id: TenantId,
+    id: String,
+    public_key: String,
+    key_fingerprint: String,
+    has_vnc_password: bool,
+    created_at: i64,
+    rdp_username: Option<String>,
+    has_rdp_password: bool,
+    rdp_cert_sha256: Option<String>,
+    rdp_cert_pinned_at: Option<i64>,
 }
 
-fn record(row: (TenantId, String, String, String, bool, i64)) -> anyhow::Result<AgentRecord> {
-    let (tenant_id, id, public_key, key_fingerprint, has_vnc_password, created_at) = row;
+fn from_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        tenant_id: r.get(0)?,
+        id: r.get(1)?,
+        public_key: r.get(2)?,
+        key_fingerprint: r.get(3)?,
+        has_vnc_password: r.get(4)?,
+        created_at: r.get(5)?,
+        rdp_username: r.get(6)?,
+        has_rdp_password: r.get(7)?,
+        rdp_cert_sha256: r.get(8)?,
+        rdp_cert_pinned_at: r.get(9)?,
+    })
+}
+
+fn record(row: RawRow) -> anyhow::Result<AgentRecord> {
     Ok(AgentRecord {
-        tenant_id,
-        id: AgentId::new(id)?,
-        public_key,
-        key_fingerprint,
-        has_vnc_password,
-        created_at,
+        tenant_id: row.tenant_id,
+        id: AgentId::new(row.id)?,
+        public_key: row.public_key,
+        key_fingerprint: row.key_fingerprint,
+        has_vnc_password: row.has_vnc_password,
+        created_at: row.created_at,
+        rdp_username: row.rdp_username,
+        has_rdp_password: row.has_rdp_password,
+        rdp_cert_sha256: row.rdp_cert_sha256,
+        rdp_cert_pinned_at: row.rdp_cert_pinned_at,
     })
 }
 

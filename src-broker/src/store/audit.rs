@@ -44,6 +44,16 @@ pub enum AuditKind {
     SshLogin,
     /// An admin forgot an agent's pinned SSH host key.
     SshHostKeyReset,
+    /// An RDP session reached its server: protocol and credential mode.
+    RdpConnected,
+    /// An RDP connection failed before relaying (negotiation, TLS, a bad request).
+    RdpFailed,
+    /// An agent's RDP server certificate was pinned on first use.
+    RdpCertificatePinned,
+    /// An agent's RDP server presented another certificate than the pinned one: refused.
+    RdpCertificateChanged,
+    /// An admin reset an agent's pinned RDP certificate.
+    RdpCertificateReset,
     RecordingStarted,
     RecordingFailed,
     RecordingDeleted,
@@ -79,6 +89,11 @@ impl AuditKind {
             Self::SshHostKeyPinned => "ssh_host_key_pinned",
             Self::SshLogin => "ssh_login",
             Self::SshHostKeyReset => "ssh_host_key_reset",
+            Self::RdpConnected => "rdp_connected",
+            Self::RdpFailed => "rdp_failed",
+            Self::RdpCertificatePinned => "rdp_certificate_pinned",
+            Self::RdpCertificateChanged => "rdp_certificate_changed",
+            Self::RdpCertificateReset => "rdp_certificate_reset",
             Self::RecordingStarted => "recording_started",
             Self::RecordingFailed => "recording_failed",
             Self::RecordingDeleted => "recording_deleted",

@@ -11,6 +11,7 @@ mod audit_retention;
 mod db;
 mod embedding;
 mod keys;
+mod rdp;
 mod search;
 mod sessions;
 mod ssh;
@@ -31,6 +32,7 @@ pub mod agents_errors {
 pub use audit::{AuditFilter, AuditKind, NewEvent};
 pub use db::Db;
 pub use keys::{KeyRefusal, RevokeError, Revoked};
+pub use rdp::{PinCheck, check as check_rdp_login};
 pub use search::{MAX_QUERY, TextMatch};
 pub use ssh::{AgentSsh, TenantSsh, check_agent_ssh, check_username};
 
@@ -147,6 +149,16 @@ CREATE INDEX api_keys_by_tenant ON api_keys(tenant_id, created_at);
     // Origins allowed to frame a tenant's viewer pages (see embedding.rs).
     r#"
 ALTER TABLE tenants ADD COLUMN frame_ancestors TEXT NOT NULL DEFAULT '';
+"#,
+    // RDP (after the agents rebuild and the SSH settings): credentials injected into sessions (passwords
+    // sealed), the pinned server certificate.
+    r#"
+ALTER TABLE tenants ADD COLUMN rdp_username TEXT;
+ALTER TABLE tenants ADD COLUMN rdp_password BLOB;
+ALTER TABLE agents ADD COLUMN rdp_username TEXT;
+ALTER TABLE agents ADD COLUMN rdp_password BLOB;
+ALTER TABLE agents ADD COLUMN rdp_cert_sha256 TEXT;
+ALTER TABLE agents ADD COLUMN rdp_cert_pinned_at INTEGER;
 "#,
 ];
 
@@ -386,6 +398,7 @@ impl Store {
                 ))
             },
         )?;
+        let (rdp_username, has_rdp_password) = self.tenant_rdp(id)?;
         let ssh = self.tenant_ssh(id)?;
         Ok(TenantInfo {
             name: TenantName::new(name)?,
@@ -393,6 +406,8 @@ impl Store {
             ssh_public_key: ssh.public_key,
             record_terminal_input: ssh.record_terminal_input,
             has_vnc_password: has_pw,
+            rdp_username,
+            has_rdp_password,
             record_by_default: record,
             recording_policy: if policy == "fail_open" {
                 RecordingPolicy::FailOpen
@@ -411,6 +426,7 @@ impl Store {
         id: TenantId,
         patch: &passerelle_proto::api::PatchTenant,
     ) -> anyhow::Result<()> {
+        rdp::check(patch.rdp_username.as_deref(), patch.rdp_password.as_deref())?;
         // Checked first, so that a bad value changes nothing.
         if let Some(name) = patch.ssh_username.as_deref().filter(|n| !n.is_empty()) {
             check_username(name)?;
@@ -455,6 +471,11 @@ impl Store {
             )?;
         }
         drop(conn);
+        self.set_tenant_rdp(
+            id,
+            patch.rdp_username.as_deref(),
+            patch.rdp_password.as_deref(),
+        )?;
         self.patch_tenant_ssh(
             id,
             patch.ssh_username.as_deref(),
