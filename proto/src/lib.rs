@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod close;
+pub mod enroll;
 pub mod fuzzing;
 pub mod ids;
 pub mod launch;

@@ -33,24 +33,50 @@ pub struct AgentRecord {
     pub key_fingerprint: String,
     pub has_vnc_password: bool,
     pub created_at: i64,
+    /// When its last connection ended (ms since the epoch), once it has connected.
+    pub last_seen: Option<i64>,
+    /// The enrolment token it registered itself with, if it did.
+    pub enrolled_by: Option<String>,
 }
 
-const COLUMNS: &str =
-    "tenant_id, id, public_key, key_fingerprint, vnc_password IS NOT NULL, created_at";
+pub(super) const COLUMNS: &str = "tenant_id, id, public_key, key_fingerprint, vnc_password IS NOT NULL, created_at, last_seen, enrolled_by";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<(TenantId, String, String, String, bool, i64)> {
-    Ok((
+/// A row of [`COLUMNS`], before its id is checked.
+pub(super) struct Row8(
+    TenantId,
+    String,
+    String,
+    String,
+    bool,
+    i64,
+    Option<i64>,
+    Option<String>,
+);
+
+pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Row8> {
+    Ok(Row8(
         r.get(0)?,
         r.get(1)?,
         r.get(2)?,
         r.get(3)?,
         r.get(4)?,
         r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
     ))
 }
 
-fn record(row: (TenantId, String, String, String, bool, i64)) -> anyhow::Result<AgentRecord> {
-    let (tenant_id, id, public_key, key_fingerprint, has_vnc_password, created_at) = row;
+pub(super) fn record(row: Row8) -> anyhow::Result<AgentRecord> {
+    let Row8(
+        tenant_id,
+        id,
+        public_key,
+        key_fingerprint,
+        has_vnc_password,
+        created_at,
+        last_seen,
+        enrolled_by,
+    ) = row;
     Ok(AgentRecord {
         tenant_id,
         id: AgentId::new(id)?,
@@ -58,6 +84,8 @@ fn record(row: (TenantId, String, String, String, bool, i64)) -> anyhow::Result<
         key_fingerprint,
         has_vnc_password,
         created_at,
+        last_seen,
+        enrolled_by,
     })
 }
 
@@ -76,7 +104,7 @@ pub(super) fn parse_public_key(text: &str) -> Result<(String, String), Invalid> 
     ))
 }
 
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
+pub(super) fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
         || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
@@ -264,7 +292,7 @@ impl Store {
 
 /// Whether (id, key) is already an active login in another tenant: a new registration of it
 /// is then shadowed (see the module's header).
-fn shadowed_login(
+pub(super) fn shadowed_login(
     conn: &rusqlite::Connection,
     tenant_id: TenantId,
     id: &str,

@@ -9,6 +9,8 @@ mod agents;
 mod audit;
 mod audit_retention;
 mod db;
+mod enroll;
+mod fleet;
 mod search;
 mod sessions;
 mod ssh;
@@ -28,6 +30,7 @@ pub mod agents_errors {
 }
 pub use audit::{AuditFilter, AuditKind, NewEvent};
 pub use db::Db;
+pub use enroll::{Enrollment, NewToken, Refusal, Refused, TokenRecord};
 pub use search::{MAX_QUERY, TextMatch};
 pub use ssh::{AgentSsh, TenantSsh, check_agent_ssh, check_username};
 
@@ -135,6 +138,7 @@ CREATE INDEX audit_by_at ON audit(at);
 "#,
     ssh::MIGRATION,
     search::MIGRATION,
+    enroll::MIGRATION,
 ];
 
 /// The store. Cheap to share behind an `Arc`.
