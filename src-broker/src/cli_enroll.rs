@@ -50,16 +50,16 @@ pub(crate) enum EnrollTokenCmd {
 
 /// `7d`, `12h`, `30m`, `90s`, `2w` in milliseconds.
 fn parse_duration_ms(text: &str) -> anyhow::Result<i64> {
-    let (n, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: i64 = n
+    let unit = text.chars().last().unwrap_or('?');
+    let n: i64 = text[..text.len() - unit.len_utf8().min(text.len())]
         .parse()
         .with_context(|| format!("--valid-for {text:?}: a number then s, m, h, d or w"))?;
     let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 604_800,
         _ => anyhow::bail!("--valid-for {text:?}: the unit is s, m, h, d or w"),
     };
     anyhow::ensure!(n > 0, "--valid-for must be positive");
@@ -158,7 +158,7 @@ mod tests {
     fn durations_parse() {
         assert_eq!(parse_duration_ms("7d").unwrap(), 7 * 86_400_000);
         assert_eq!(parse_duration_ms("90s").unwrap(), 90_000);
-        for bad in ["", "d", "7", "7y", "-1d", "0h"] {
+        for bad in ["", "d", "7", "7y", "-1d", "0h", "7é"] {
             assert!(parse_duration_ms(bad).is_err(), "{bad}");
         }
     }
