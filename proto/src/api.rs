@@ -238,10 +238,25 @@ pub struct AgentInfo {
     pub online: bool,
     pub services: Vec<AgentService>,
     pub connected_since: Option<String>,
+    /// Online: its last traffic. Offline: when its last connection ended (none if it never
+    /// connected since the broker kept this).
     pub last_seen: Option<String>,
     pub peer_addr: Option<String>,
     pub created_at: String,
+    /// The enrolment token it registered itself with, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolled_by: Option<String>,
 }
+
+/// `GET /api/v1/agents` pages: the body stays a JSON array of [`AgentInfo`] (what clients of
+/// the unpaged list parse), and the cursor of the next page, when there is one, comes alongside
+/// in this response header (and in a `Link: <...>; rel="next"` header). The cursor is opaque:
+/// pass it back as `?cursor=`.
+pub const NEXT_CURSOR_HEADER: &str = "x-next-cursor";
+/// Agents per page when `limit` is not given.
+pub const AGENTS_DEFAULT_LIMIT: usize = 100;
+/// The largest `limit` of `GET /api/v1/agents`.
+pub const AGENTS_MAX_LIMIT: usize = 1000;
 
 /// `GET /api/v1/tenant`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

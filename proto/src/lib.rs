@@ -7,6 +7,7 @@
 pub mod api;
 pub mod api_keys;
 pub mod close;
+pub mod enroll;
 pub mod fuzzing;
 pub mod ids;
 pub mod launch;

@@ -6,6 +6,8 @@
     reason = "a command-line tool prints its results"
 )]
 
+mod cli_enroll;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +62,10 @@ enum Command {
     /// the API's DELETE /api/v1/agents/{id} to disconnect at once).
     #[command(subcommand)]
     Agent(AgentCmd),
+    /// Manage enrolment tokens, with which workstations register their own keys
+    /// (`POST /api/v1/enroll`).
+    #[command(subcommand, name = "enroll-token")]
+    EnrollToken(cli_enroll::EnrollTokenCmd),
     /// Work with session recordings.
     #[command(subcommand)]
     Recording(RecordingCmd),
@@ -379,6 +385,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&cli)?;
             for a in store.agents(tenant_id(&store, tenant)?)? {
                 println!("{}\t{}", a.id, a.key_fingerprint);
+            }
+            Ok(())
+        }
+        Command::EnrollToken(cmd) => {
+            let store = open_store(&cli)?;
+            for line in cli_enroll::run(&store, |t| tenant_id(&store, t), cmd)? {
+                println!("{line}");
             }
             Ok(())
         }

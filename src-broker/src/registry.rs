@@ -122,6 +122,11 @@ impl AgentConn {
         self.gone.cancel();
     }
 
+    /// Whether the agent announces `name` now.
+    pub fn has_service(&self, name: &ServiceName) -> bool {
+        self.services().contains_key(name)
+    }
+
     /// Presence fields of the API's agent view.
     pub fn fill(&self, info: &mut AgentInfo) {
         info.online = true;
@@ -186,6 +191,19 @@ impl Registry {
     /// Whether no agent is online.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The ids of a tenant's online agents (for the agent list's presence filters).
+    pub fn online_ids(
+        &self,
+        tenant_id: TenantId,
+        keep: impl Fn(&AgentConn) -> bool,
+    ) -> Vec<AgentId> {
+        self.map()
+            .values()
+            .filter(|c| c.tenant_id == tenant_id && keep(c))
+            .map(|c| c.agent.clone())
+            .collect()
     }
 
     /// Every live connection (for shutdown).

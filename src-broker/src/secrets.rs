@@ -50,10 +50,15 @@ impl std::fmt::Debug for ApiKey {
 impl ApiKey {
     /// A fresh key.
     pub(crate) fn generate() -> Self {
+        Self::generate_with(API_KEY_PREFIX)
+    }
+
+    /// A fresh secret of the same shape with another prefix (enrolment tokens: `pet_`).
+    pub(crate) fn generate_with(prefix: &str) -> Self {
         let mut id = [0u8; 6];
         rand::rng().fill_bytes(&mut id);
         let id = hex::encode(id);
-        let text = format!("psk_{id}_{}", random_token());
+        let text = format!("{prefix}{id}_{}", random_token());
         Self { id, text }
     }
 
@@ -75,7 +80,18 @@ impl ApiKey {
 
 /// Splits a presented API key into (id, hash of the whole key); `None` if malformed.
 pub(crate) fn parse_api_key(text: &str) -> Option<(String, [u8; 32])> {
-    let rest = text.strip_prefix("psk_")?;
+    parse_prefixed(API_KEY_PREFIX, text)
+}
+
+/// What API keys start with.
+const API_KEY_PREFIX: &str = "psk_";
+/// What enrolment tokens start with.
+pub(crate) const ENROLL_TOKEN_PREFIX: &str = "pet_";
+
+/// Splits a presented `<prefix><id>_<secret>` into (id, hash of the whole text); `None` if
+/// malformed.
+pub(crate) fn parse_prefixed(prefix: &str, text: &str) -> Option<(String, [u8; 32])> {
+    let rest = text.strip_prefix(prefix)?;
     let (id, secret) = rest.split_once('_')?;
     let well_formed = id.len() == 12
         && id.bytes().all(|b| b.is_ascii_hexdigit())

@@ -443,6 +443,38 @@ pub async fn open_console(url: &str, screenshot: &Path, args: &[&str]) -> Result
     run_page_script("console.mjs", url, screenshot, args).await
 }
 
+/// One row of the console's agent table (see `tests/browser/agents.mjs`).
+#[derive(Debug, serde::Deserialize)]
+pub struct AgentRow {
+    pub id: String,
+    /// Shown as offline (greyed out).
+    pub offline: bool,
+    /// The state cell's text (`online`, or `offline · last seen …`).
+    pub state: String,
+    /// The computed opacity of the row's cells.
+    pub opacity: f64,
+}
+
+/// What the console's agent table showed.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentsReport {
+    /// From the sign-in click to the first page rendered, in the browser's clock.
+    pub first_page_ms: Option<u64>,
+    pub first_page: Vec<AgentRow>,
+    pub next_enabled: Option<bool>,
+    pub second_page: Vec<AgentRow>,
+    /// The rows after the prefix search.
+    pub rows: Vec<AgentRow>,
+    pub error: Option<String>,
+}
+
+/// Opens the console's agent table in headless Chromium, pages once and searches; `args` as
+/// `agents.mjs` takes them.
+pub async fn open_agents(url: &str, screenshot: &Path, args: &[&str]) -> Result<AgentsReport> {
+    run_page_script("agents.mjs", url, screenshot, args).await
+}
+
 pub(crate) async fn run_page_script<T: serde::de::DeserializeOwned>(
     script: &str,
     url: &str,

@@ -242,15 +242,33 @@ impl Api {
         }
     }
 
-    /// `GET /api/v1/agents`.
+    /// `GET /api/v1/agents`, every page (1,000 agents each, following `X-Next-Cursor`).
     pub async fn agents(&self) -> anyhow::Result<Vec<AgentInfo>> {
-        let r = self
-            .http
-            .get(format!("{}/api/v1/agents", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await?;
-        Ok(r.error_for_status()?.json().await?)
+        let mut all = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let r = self
+                .http
+                .get(format!(
+                    "{}/api/v1/agents?limit=1000&cursor={cursor}",
+                    self.base
+                ))
+                .bearer_auth(&self.key)
+                .send()
+                .await?
+                .error_for_status()?;
+            let next = r
+                .headers()
+                .get("x-next-cursor")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let page: Vec<AgentInfo> = r.json().await?;
+            all.extend(page);
+            match next {
+                Some(next) => cursor = next,
+                None => return Ok(all),
+            }
+        }
     }
 }
 

@@ -1,14 +1,16 @@
 //! `/api/v1/agents`: registration (the store) and presence (the registry) in one view; a
-//! revocation ends the agent's sessions and disconnects it at once.
+//! revocation ends the agent's sessions and disconnects it at once. The list's pages and
+//! filters are in `agents_list`.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use passerelle_proto::api::{AgentInfo, PatchAgent, RegisterAgent, Role};
 use passerelle_proto::close::EndReason;
 use passerelle_proto::ids::AgentId;
 
+use super::agents_list as list;
 use super::api::{ANY, ApiResult};
 use super::auth::Caller;
 use super::{ApiError, App};
@@ -32,9 +34,10 @@ fn agent_info(registry: &Registry, rec: &AgentRecord, ssh: AgentSsh) -> AgentInf
         online: false,
         services: Vec::new(),
         connected_since: None,
-        last_seen: None,
+        last_seen: rec.last_seen.map(rfc3339),
         peer_addr: None,
         created_at: rfc3339(rec.created_at),
+        enrolled_by: rec.enrolled_by.clone(),
     };
     if let Some(conn) = registry.get(rec.tenant_id, &rec.id) {
         conn.fill(&mut info);
@@ -58,24 +61,31 @@ async fn agent_of(app: &App, tenant_id: TenantId, id: &str) -> ApiResult<AgentRe
 pub(super) async fn list_agents(
     caller: Caller,
     State(app): State<App>,
-) -> ApiResult<Json<Vec<AgentInfo>>> {
+    query: Result<Query<list::AgentQuery>, QueryRejection>,
+) -> ApiResult<(HeaderMap, Json<Vec<AgentInfo>>)> {
     caller.require(ANY)?;
-    let tenant_id = caller.tenant_id;
-    let agents = app
+    let Query(query) = query?;
+    let page = list::page(&app, caller.tenant_id, &query).await?;
+    let infos = app
         .db
         .run(move |s| {
-            let agents = s.agents(tenant_id)?;
-            agents
+            page.agents
                 .into_iter()
                 .map(|a| Ok((ssh_of(s, &a)?, a)))
                 .collect::<anyhow::Result<Vec<_>>>()
+                .map(|agents| (agents, page.next))
         })
         .await?;
-    Ok(Json(
-        agents
-            .into_iter()
-            .map(|(ssh, a)| agent_info(&app.registry, &a, ssh))
-            .collect(),
+    let (agents, next) = infos;
+    let headers = list::next_headers(&query, next.as_ref());
+    Ok((
+        headers,
+        Json(
+            agents
+                .into_iter()
+                .map(|(ssh, a)| agent_info(&app.registry, &a, ssh))
+                .collect(),
+        ),
     ))
 }
 

@@ -2,8 +2,10 @@
 //! metrics. Plain HTTP or HTTPS (rustls) on one listener, served by [`server`]'s accept loop.
 
 mod agents;
+mod agents_list;
 mod api;
 mod auth;
+mod enroll;
 mod error;
 mod headers;
 mod keys;
@@ -119,6 +121,15 @@ pub(crate) fn router(app: App) -> Router {
             "/api/v1/agents/{id}/ssh-host-key",
             delete(terminal::reset_host_key),
         )
+        .route(
+            "/api/v1/enrollment-tokens",
+            get(enroll::list_tokens).post(enroll::create_token),
+        )
+        .route(
+            "/api/v1/enrollment-tokens/{id}",
+            delete(enroll::revoke_token),
+        )
+        .route("/api/v1/enroll", post(enroll::enroll))
         .route(
             "/api/v1/tenant",
             get(api::get_tenant).patch(api::patch_tenant),

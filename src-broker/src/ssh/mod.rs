@@ -334,6 +334,15 @@ async fn serve(
     }
     conn.gone.cancel();
     if state.registry.remove(&conn) {
+        // The console shows offline agents with when they were last seen.
+        let (tenant_id, agent, at) = (conn.tenant_id, conn.agent.clone(), crate::store::now_ms());
+        if let Err(e) = state
+            .db
+            .run(move |s| s.set_last_seen(tenant_id, &agent, at))
+            .await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "could not note when an agent was last seen");
+        }
         let mut ev = NewEvent::new(AuditKind::AgentDisconnected, "connection closed");
         ev.tenant_id = Some(conn.tenant_id);
         ev.agent = Some(conn.agent.to_string());

@@ -39,13 +39,18 @@ pub struct AgentRecord {
     /// Hex SHA-256 of the pinned RDP server certificate, and when it was pinned.
     pub rdp_cert_sha256: Option<String>,
     pub rdp_cert_pinned_at: Option<i64>,
+    /// When its last connection ended (ms since the epoch), once it has connected.
+    pub last_seen: Option<i64>,
+    /// The enrolment token it registered itself with, if it did.
+    pub enrolled_by: Option<String>,
 }
 
-const COLUMNS: &str = "tenant_id, id, public_key, key_fingerprint, vnc_password IS NOT NULL, \
-     created_at, rdp_username, rdp_password IS NOT NULL, rdp_cert_sha256, rdp_cert_pinned_at";
+pub(super) const COLUMNS: &str = "tenant_id, id, public_key, key_fingerprint, \
+     vnc_password IS NOT NULL, created_at, rdp_username, rdp_password IS NOT NULL, \
+     rdp_cert_sha256, rdp_cert_pinned_at, last_seen, enrolled_by";
 
-/// A row as read, before its id is checked.
-struct RawRow {
+/// A row of [`COLUMNS`], before its id is checked.
+pub(super) struct RawRow {
     tenant_id: TenantId,
     id: String,
     public_key: String,
@@ -56,9 +61,11 @@ struct RawRow {
     has_rdp_password: bool,
     rdp_cert_sha256: Option<String>,
     rdp_cert_pinned_at: Option<i64>,
+    last_seen: Option<i64>,
+    enrolled_by: Option<String>,
 }
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
+pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
     Ok(RawRow {
         tenant_id: r.get(0)?,
         id: r.get(1)?,
@@ -70,10 +77,12 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
         has_rdp_password: r.get(7)?,
         rdp_cert_sha256: r.get(8)?,
         rdp_cert_pinned_at: r.get(9)?,
+        last_seen: r.get(10)?,
+        enrolled_by: r.get(11)?,
     })
 }
 
-fn record(row: RawRow) -> anyhow::Result<AgentRecord> {
+pub(super) fn record(row: RawRow) -> anyhow::Result<AgentRecord> {
     Ok(AgentRecord {
         tenant_id: row.tenant_id,
         id: AgentId::new(row.id)?,
@@ -85,6 +94,8 @@ fn record(row: RawRow) -> anyhow::Result<AgentRecord> {
         has_rdp_password: row.has_rdp_password,
         rdp_cert_sha256: row.rdp_cert_sha256,
         rdp_cert_pinned_at: row.rdp_cert_pinned_at,
+        last_seen: row.last_seen,
+        enrolled_by: row.enrolled_by,
     })
 }
 
@@ -103,7 +114,7 @@ pub(super) fn parse_public_key(text: &str) -> Result<(String, String), Invalid> 
     ))
 }
 
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
+pub(super) fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
         || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
@@ -291,7 +302,7 @@ impl Store {
 
 /// Whether (id, key) is already an active login in another tenant: a new registration of it
 /// is then shadowed (see the module's header).
-fn shadowed_login(
+pub(super) fn shadowed_login(
     conn: &rusqlite::Connection,
     tenant_id: TenantId,
     id: &str,

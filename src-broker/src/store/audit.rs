@@ -32,6 +32,10 @@ pub enum AuditKind {
     AgentRegistered,
     AgentChanged,
     AgentRevoked,
+    /// An agent registered itself with an enrolment token (the token's id in the detail).
+    AgentEnrolled,
+    EnrollmentTokenCreated,
+    EnrollmentTokenRevoked,
     TenantChanged,
     VncFailed,
     /// An `ssh` terminal could not open (handshake, authentication, shell).
@@ -82,6 +86,9 @@ impl AuditKind {
             Self::AgentRegistered => "agent_registered",
             Self::AgentChanged => "agent_changed",
             Self::AgentRevoked => "agent_revoked",
+            Self::AgentEnrolled => "agent_enrolled",
+            Self::EnrollmentTokenCreated => "enrollment_token_created",
+            Self::EnrollmentTokenRevoked => "enrollment_token_revoked",
             Self::TenantChanged => "tenant_changed",
             Self::VncFailed => "vnc_failed",
             Self::SshFailed => "ssh_failed",

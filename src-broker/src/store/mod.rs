@@ -10,6 +10,8 @@ mod audit;
 mod audit_retention;
 mod db;
 mod embedding;
+mod enroll;
+mod fleet;
 mod keys;
 mod rdp;
 mod search;
@@ -31,6 +33,7 @@ pub mod agents_errors {
 }
 pub use audit::{AuditFilter, AuditKind, NewEvent};
 pub use db::Db;
+pub use enroll::{Enrollment, NewToken, Refusal, Refused, TokenRecord};
 pub use keys::{KeyRefusal, RevokeError, Revoked};
 pub use rdp::{PinCheck, check as check_rdp_login};
 pub use search::{MAX_QUERY, TextMatch};
@@ -160,6 +163,7 @@ ALTER TABLE agents ADD COLUMN rdp_password BLOB;
 ALTER TABLE agents ADD COLUMN rdp_cert_sha256 TEXT;
 ALTER TABLE agents ADD COLUMN rdp_cert_pinned_at INTEGER;
 "#,
+    enroll::MIGRATION,
 ];
 
 /// The store. Cheap to share behind an `Arc`.

@@ -29,6 +29,58 @@ async function api(method, path, body) {
   return data;
 }
 
+// A page of the agent list: the body, and the next page's cursor (a response header).
+async function apiPage(path) {
+  const res = await fetch(path, { headers: { Authorization: `Bearer ${key}`, 'X-Passerelle-Operator': operator } });
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error((data.error && data.error.message) || `HTTP ${res.status}`);
+  return { data, next: res.headers.get('X-Next-Cursor') };
+}
+
+// The agent table pages through the fleet (never the whole list): the search, the cursors of
+// the pages seen so far (to go back), and the next page's cursor.
+const AGENTS_PER_PAGE = 50;
+const agentView = { q: '', online: '', cursors: [''], next: null };
+
+function agentsPath() {
+  const q = new URLSearchParams({ limit: String(AGENTS_PER_PAGE) });
+  if (agentView.q) q.set('q', agentView.q);
+  if (agentView.online) q.set('online', agentView.online);
+  const cursor = agentView.cursors[agentView.cursors.length - 1];
+  if (cursor) q.set('cursor', cursor);
+  return `/api/v1/agents?${q}`;
+}
+
+async function refreshAgents() {
+  const page = await apiPage(agentsPath());
+  agentView.next = page.next;
+  renderAgents(page.data);
+  $('agents-prev').disabled = agentView.cursors.length <= 1;
+  $('agents-next').disabled = !agentView.next;
+  $('agents-page').textContent = `page ${agentView.cursors.length}`;
+}
+
+async function agentsMoved() {
+  try { await refreshAgents(); showError(''); } catch (e) { showError(e.message); }
+}
+
+$('agent-search').addEventListener('submit', (e) => {
+  e.preventDefault();
+  agentView.q = $('agent-q').value.trim();
+  agentView.online = $('agent-online').value;
+  agentView.cursors = [''];
+  agentsMoved();
+});
+$('agents-next').addEventListener('click', () => {
+  if (!agentView.next) return;
+  agentView.cursors.push(agentView.next);
+  agentsMoved();
+});
+$('agents-prev').addEventListener('click', () => {
+  if (agentView.cursors.length > 1) agentView.cursors.pop();
+  agentsMoved();
+});
+
 async function open(agent, service, inBrowser) {
   try {
     const s = await api('POST', '/api/v1/sessions', { agent, service, operator });
@@ -46,10 +98,12 @@ async function stop(id) {
 function renderAgents(agents) {
   const body = $('agents');
   body.replaceChildren();
+  delete body.dataset.stale;
   for (const a of agents) {
-    const tr = el('tr');
+    const tr = el('tr', undefined, { 'data-agent': a.id, class: a.online ? 'agent-online' : 'agent-offline' });
     tr.append(el('td', a.id));
-    tr.append(el('td', a.online ? 'online' : 'offline', { class: a.online ? 'online' : 'offline' }));
+    const seen = a.last_seen ? `last seen ${new Date(a.last_seen).toLocaleString()}` : 'never seen';
+    tr.append(el('td', a.online ? 'online' : `offline · ${seen}`, { class: a.online ? 'online' : 'offline' }));
     const svc = el('td');
     for (const s of a.services) {
       const name = s.name;
@@ -65,6 +119,12 @@ function renderAgents(agents) {
     tr.append(svc, el('td', a.connected_since || ''), el('td', a.peer_addr || ''));
     body.append(tr);
   }
+  if (!agents.length) {
+    const tr = el('tr');
+    tr.append(el('td', 'No agent matches.', { colspan: '5' }));
+    body.append(tr);
+  }
+  body.dataset.rendered = String(performance.now());
 }
 
 function renderSessions(sessions) {
@@ -157,10 +217,9 @@ async function refreshHistory() {
 async function refresh() {
   if (!key) return;
   try {
-    const [agents, pending, active] = await Promise.all([
-      api('GET', '/api/v1/agents'), api('GET', '/api/v1/sessions?state=pending'), api('GET', '/api/v1/sessions?state=active'),
+    const [, pending, active] = await Promise.all([
+      refreshAgents(), api('GET', '/api/v1/sessions?state=pending'), api('GET', '/api/v1/sessions?state=active'),
     ]);
-    renderAgents(agents);
     renderSessions(active.concat(pending));
     $('app').hidden = false;
     showError('');
