@@ -25,6 +25,7 @@
 //! - [`throttle`]: per-address limits on failed credentials.
 //! - [`netaddr`]: trusted proxies and the client address behind them.
 //! - [`file_modes`]: the data dir's permissions, checked and narrowed at start.
+//! - [`kit`]: agent kits (install scripts for Linux and Windows workstations).
 //! - [`accept`], [`shards`], [`keys`], [`self_signed`], [`secrets`], [`metrics`]: the accept
 //!   loop, the data threads, host key and certificate (the generated one), tokens and
 //!   sealing, counters.
@@ -37,6 +38,7 @@ pub(crate) mod ends;
 pub mod file_modes;
 pub(crate) mod http;
 pub mod keys;
+pub mod kit;
 pub(crate) mod metrics;
 pub(crate) mod netaddr;
 pub mod recording;

@@ -7,6 +7,7 @@
 )]
 
 mod cli_enroll;
+mod cli_kit;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -185,6 +186,9 @@ enum AgentCmd {
         #[arg(long, default_value = "default")]
         tenant: TenantName,
     },
+    /// Write an agent kit: a folder whose install script sets up a workstation with its own
+    /// OpenSSH client (key made there, host key pinned, enrolment, a service that restarts).
+    Kit(cli_kit::KitArgs),
 }
 
 #[derive(Subcommand)]
@@ -385,6 +389,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&cli)?;
             for a in store.agents(tenant_id(&store, tenant)?)? {
                 println!("{}\t{}", a.id, a.key_fingerprint);
+            }
+            Ok(())
+        }
+        Command::Agent(AgentCmd::Kit(args)) => {
+            let config = file_config(&cli)?.into_config()?;
+            let store = open_store(&cli)?;
+            tenant_id(&store, &args.tenant)?;
+            let key = keys::load_or_create_host_key(&config.data_dir)?;
+            let lines = cli_kit::run(
+                args,
+                |host, port| Ok(keys::known_hosts_line(host, port, &key)),
+                config.public_url.clone(),
+            )?;
+            for line in lines {
+                println!("{line}");
             }
             Ok(())
         }
