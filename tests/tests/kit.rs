@@ -7,12 +7,11 @@ use std::process::Stdio;
 
 use anyhow::{Context as _, Result, ensure};
 use passerelle_e2e::process::run_cli;
-use passerelle_e2e::{Method, StatusCode, TestBroker, unique};
+use passerelle_e2e::{Method, POLL, StatusCode, TestBroker, WAIT, unique};
 use serde_json::json;
-use tokio::process::Command;
+use tokio::io::AsyncReadExt as _;
+use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep};
-
-const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The unit's ExecStart, split on whitespace (the kit's paths and values have none).
 fn exec_start(unit: &str) -> Result<Vec<String>> {
@@ -23,9 +22,17 @@ fn exec_start(unit: &str) -> Result<Vec<String>> {
     Ok(line.split_whitespace().map(str::to_owned).collect())
 }
 
-async fn agent_online(broker: &TestBroker, id: &str) -> Result<serde_json::Value> {
+/// Polls until `id` is online; fails early, with ssh's stderr, if ssh exits.
+async fn agent_online(broker: &TestBroker, id: &str, ssh: &mut Child) -> Result<serde_json::Value> {
     let deadline = Instant::now() + WAIT;
     loop {
+        if let Some(status) = ssh.try_wait()? {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = ssh.stderr.take() {
+                pipe.read_to_string(&mut stderr).await?;
+            }
+            anyhow::bail!("the unit's ssh exited ({status}) before {id} was online:\n{stderr}");
+        }
         let (status, body) = broker
             .api(
                 Method::GET,
@@ -41,7 +48,7 @@ async fn agent_online(broker: &TestBroker, id: &str) -> Result<serde_json::Value
             Instant::now() < deadline,
             "agent {id} never online: {status} {body}"
         );
-        sleep(std::time::Duration::from_millis(100)).await;
+        sleep(POLL).await;
     }
 }
 
@@ -140,7 +147,7 @@ async fn a_linux_kit_with_a_token_brings_an_agent_online_from_a_clean_root() -> 
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    let online = agent_online(&broker, &id).await;
+    let online = agent_online(&broker, &id, &mut ssh).await;
     let _ = ssh.start_kill();
     let online = online?;
     let services: Vec<&str> = online["services"]
@@ -167,6 +174,49 @@ async fn a_linux_kit_with_a_token_brings_an_agent_online_from_a_clean_root() -> 
         !again.status.success() && stderr.contains("token_spent"),
         "a spent token enrolled again: {stderr}"
     );
+    Ok(())
+}
+
+/// A value a script would misread is refused with a clear error, and no kit is written.
+#[tokio::test]
+async fn a_kit_with_a_bad_value_is_refused() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let work = tempfile::tempdir()?;
+    let out_dir = work.path().join("kit");
+    for (flag, value, says) in [
+        ("--ssh-address", "broker;id:2222", "not a host name"),
+        ("--ssh-address", "broker.example", "HOST:PORT"),
+        ("--public-url", "https://b.example/$(id)", "misread"),
+        ("--vnc", "-oProxyCommand=x:1", "not a host name"),
+    ] {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--data-dir".into(),
+            broker.data_dir().into(),
+            "agent".into(),
+            "kit".into(),
+            "--os".into(),
+            "linux".into(),
+            "--out".into(),
+            out_dir.clone().into(),
+        ];
+        if flag != "--ssh-address" {
+            args.extend(["--ssh-address".into(), "broker.example:2222".into()]);
+        }
+        if flag != "--public-url" {
+            args.extend(["--public-url".into(), "https://b.example".into()]);
+        }
+        args.push(format!("{flag}={value}").into());
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let out = run_cli(&args, &[]).await?;
+        ensure!(
+            !out.success() && out.stderr.contains(says),
+            "{flag} {value}: {out:?}"
+        );
+        ensure!(
+            !out_dir.join("install.sh").exists(),
+            "{flag} {value} wrote a kit"
+        );
+    }
     Ok(())
 }
 

@@ -64,6 +64,9 @@ cp "$KIT_DIR/known_hosts" "$ETC/known_hosts"
 
 if [ -f "$KIT_DIR/enroll-token" ]; then
     command -v curl >/dev/null || die "curl is needed to enrol"
+    case $PUBLIC_URL in
+        http://*) echo "install.sh: warning: enrolling over plain HTTP: the token travels in clear" >&2 ;;
+    esac
     TOKEN=$(cat "$KIT_DIR/enroll-token")
     TMP=$(mktemp -d)
     trap 'rm -rf "$TMP"' EXIT
