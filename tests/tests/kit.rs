@@ -177,6 +177,97 @@ async fn a_linux_kit_with_a_token_brings_an_agent_online_from_a_clean_root() -> 
     Ok(())
 }
 
+/// Without a token: the script prints the key it made; once an admin registers it, the unit's
+/// command brings the agent online. Before that, the broker refuses it.
+#[tokio::test]
+async fn a_linux_kit_with_an_id_prints_the_key_for_an_admin() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let work = tempfile::tempdir()?;
+    let kit = work.path().join("kit");
+    let id = unique("kit-id");
+    let ssh = broker.ssh_addr();
+    let out = run_cli(
+        &[
+            "--data-dir".as_ref(),
+            broker.data_dir().as_os_str(),
+            "agent".as_ref(),
+            "kit".as_ref(),
+            "--os".as_ref(),
+            "linux".as_ref(),
+            "--id".as_ref(),
+            id.as_ref(),
+            "--ssh-address".as_ref(),
+            format!("{}:{}", ssh.ip(), ssh.port()).as_ref(),
+            "--public-url".as_ref(),
+            broker.base_url().as_ref(),
+            "--rdp".as_ref(),
+            "127.0.0.1:3389".as_ref(),
+            "--out".as_ref(),
+            kit.as_os_str(),
+        ],
+        &[],
+    )
+    .await?;
+    ensure!(out.success(), "agent kit: {out:?}");
+    ensure!(
+        !kit.join("enroll-token").exists(),
+        "a token file without a token"
+    );
+    let root = work.path().join("root");
+    let install = Command::new("sh")
+        .arg(kit.join("install.sh"))
+        .arg("--root")
+        .arg(&root)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let install = tokio::time::timeout(WAIT, install).await??;
+    let stdout = String::from_utf8_lossy(&install.stdout);
+    ensure!(install.status.success(), "install.sh: {stdout}");
+    let key = stdout
+        .split_once("--public-key '")
+        .and_then(|(_, rest)| rest.split_once('\''))
+        .map(|(key, _)| key.to_owned())
+        .with_context(|| format!("no key printed: {stdout}"))?;
+    let made = std::fs::read_to_string(root.join("etc/passerelle-agent/id_ed25519.pub"))?;
+    ensure!(made.trim() == key, "printed {key:?}, made {made:?}");
+    ensure!(
+        stdout.contains(&format!(" {id} ")),
+        "the kit's id is not used: {stdout}"
+    );
+
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/passerelle-agent.service"))?;
+    let argv = exec_start(&unit)?;
+    let spawn = || {
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+    };
+    // Not registered yet: refused (BatchMode: ssh exits, it never prompts).
+    let refused = tokio::time::timeout(WAIT, spawn()?.wait_with_output()).await??;
+    ensure!(!refused.status.success(), "an unregistered key got in");
+
+    let (status, body) = broker
+        .api(
+            Method::POST,
+            "/api/v1/agents",
+            Some(broker.admin_key()),
+            Some(&json!({"id": id, "public_key": key})),
+        )
+        .await?;
+    ensure!(status == StatusCode::CREATED, "{status} {body}");
+    let mut ssh = spawn()?;
+    let online = agent_online(&broker, &id, &mut ssh).await;
+    let _ = ssh.start_kill();
+    let online = online?;
+    ensure!(online["services"][0]["name"] == json!("rdp"), "{online}");
+    Ok(())
+}
+
 /// A value a script would misread is refused with a clear error, and no kit is written.
 #[tokio::test]
 async fn a_kit_with_a_bad_value_is_refused() -> Result<()> {

@@ -104,8 +104,12 @@ if [ -z "$ROOT" ]; then
         useradd --system --no-create-home --home-dir /nonexistent \
             --shell /usr/sbin/nologin "$AGENT_USER"
     fi
-    chown -R "$AGENT_USER:" "$ETC"
-    chmod 0700 "$ETC"
+    # The agent's user reads its key; the pinned host key and the directory stay root's.
+    chown "root:$AGENT_USER" "$ETC"
+    chmod 0750 "$ETC"
+    chown "$AGENT_USER:" "$ETC/id_ed25519" "$ETC/id_ed25519.pub"
+    chown root:root "$ETC/known_hosts"
+    chmod 0644 "$ETC/known_hosts"
 fi
 if [ "$START" = yes ]; then
     systemctl daemon-reload
