@@ -51,6 +51,12 @@ pub(crate) struct KitArgs {
     out: PathBuf,
 }
 
+impl KitArgs {
+    pub(crate) fn enroll_token(&self) -> Option<&str> {
+        self.enroll_token.as_deref()
+    }
+}
+
 /// Builds and writes the kit; returns the lines to print.
 pub(crate) fn run(
     args: &KitArgs,
@@ -117,4 +123,41 @@ pub(crate) fn run(
         ));
     }
     Ok(lines)
+}
+
+/// Refuses a token this tenant does not have, or one that can no longer enrol (revoked, spent,
+/// expired): a kit with it would fail on every workstation. The secret is not checked here (the
+/// broker does that at enrolment).
+pub(crate) fn check_token(
+    store: &passerelle::Store,
+    tenant: &TenantName,
+    tenant_id: i64,
+    token: &str,
+) -> anyhow::Result<()> {
+    let id = token
+        .trim()
+        .strip_prefix("pet_")
+        .and_then(|rest| rest.split_once('_'))
+        .map(|(id, _)| id)
+        .context("--enroll-token is not an enrolment token (pet_…)")?;
+    let record = store
+        .enrollment_token(tenant_id, id)?
+        .with_context(|| format!("no enrolment token {id} in tenant {tenant}"))?;
+    anyhow::ensure!(
+        record.revoked_at.is_none(),
+        "enrolment token {id} is revoked"
+    );
+    anyhow::ensure!(
+        record.used < record.uses,
+        "enrolment token {id} is spent ({} of {} uses)",
+        record.used,
+        record.uses
+    );
+    if let Some(at) = record.expires_at {
+        anyhow::ensure!(
+            at > passerelle::store::now_ms(),
+            "enrolment token {id} has expired"
+        );
+    }
+    Ok(())
 }

@@ -395,7 +395,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(AgentCmd::Kit(args)) => {
             let config = file_config(&cli)?.into_config()?;
             let store = open_store(&cli)?;
-            tenant_id(&store, &args.tenant)?;
+            let tenant = tenant_id(&store, &args.tenant)?;
+            if let Some(token) = args.enroll_token() {
+                cli_kit::check_token(&store, &args.tenant, tenant, token)?;
+            }
             let key = keys::load_or_create_host_key(&config.data_dir)?;
             let lines = cli_kit::run(
                 args,

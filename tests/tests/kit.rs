@@ -174,6 +174,29 @@ async fn a_linux_kit_with_a_token_brings_an_agent_online_from_a_clean_root() -> 
         !again.status.success() && stderr.contains("token_spent"),
         "a spent token enrolled again: {stderr}"
     );
+    // Nor is a new kit made with it.
+    let out = run_cli(
+        &[
+            "--data-dir".as_ref(),
+            broker.data_dir().as_os_str(),
+            "agent".as_ref(),
+            "kit".as_ref(),
+            "--os".as_ref(),
+            "windows".as_ref(),
+            "--ssh-address".as_ref(),
+            "broker.example:2222".as_ref(),
+            "--public-url".as_ref(),
+            broker.base_url().as_ref(),
+            "--out".as_ref(),
+            work.path().join("kit2").as_os_str(),
+        ],
+        &[("PASSERELLE_ENROLL_TOKEN", token.as_str())],
+    )
+    .await?;
+    ensure!(
+        !out.success() && out.stderr.contains("is spent"),
+        "a kit with a spent token: {out:?}"
+    );
     Ok(())
 }
 
@@ -279,6 +302,12 @@ async fn a_kit_with_a_bad_value_is_refused() -> Result<()> {
         ("--ssh-address", "broker.example", "HOST:PORT"),
         ("--public-url", "https://b.example/$(id)", "misread"),
         ("--vnc", "-oProxyCommand=x:1", "not a host name"),
+        (
+            "--enroll-token",
+            "pet_000000000000_abc",
+            "no enrolment token",
+        ),
+        ("--enroll-token", "not-a-token", "not an enrolment token"),
     ] {
         let mut args: Vec<std::ffi::OsString> = vec![
             "--data-dir".into(),
