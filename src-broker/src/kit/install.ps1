@@ -47,6 +47,8 @@ $TokenFile = Join-Path $PSScriptRoot 'enroll-token'
 if (Test-Path $TokenFile) {
     # The broker's TLS certificate must be trusted by this machine (a public CA, or the
     # broker's certificate deployed to LocalMachine\Root by GPO).
+    # Windows PowerShell 5.1 may not offer TLS 1.2 by default.
+    [Net.ServicePointManager]::SecurityProtocol = [Net.ServicePointManager]::SecurityProtocol -bor [Net.SecurityProtocolType]::Tls12
     $Body = @{ token = (Get-Content -Raw $TokenFile).Trim(); id = $AgentId; public_key = $PublicKey } | ConvertTo-Json
     $Answer = Invoke-RestMethod -Method Post -Uri "$PublicUrl/api/v1/enroll" -ContentType 'application/json' -Body $Body
     Write-Output "enrolled as $($Answer.id) in tenant $($Answer.tenant)"
