@@ -67,14 +67,9 @@ impl Core {
         peer: SocketAddr,
         endpoint: Endpoint,
     ) -> Result<Joined, Closure> {
-        if let Err(wait) = self.guard.allowed(peer) {
+        self.not_locked_out(peer).inspect_err(|_| {
             tracing::info!("viewer refused: its address is locked out");
-            let message = format!(
-                "too many failed token attempts from this address; retry in {}s",
-                wait.as_secs().max(1)
-            );
-            return Err(Closure::refusal(close::TOO_MANY_ATTEMPTS, &message));
-        }
+        })?;
         let (session, kind) = match self.table.admit(id, token) {
             Ok(admitted) => admitted,
             Err(refused) => {
@@ -152,13 +147,7 @@ impl Core {
         token: &str,
         peer: SocketAddr,
     ) -> Result<(Arc<LiveSession>, String), Closure> {
-        if let Err(wait) = self.guard.allowed(peer) {
-            let message = format!(
-                "too many failed token attempts from this address; retry in {}s",
-                wait.as_secs().max(1)
-            );
-            return Err(Closure::refusal(close::TOO_MANY_ATTEMPTS, &message));
-        }
+        self.not_locked_out(peer)?;
         let session = match self.table.admit_exchange(id, token) {
             Ok(ok) => ok,
             Err(refused) => {
@@ -172,6 +161,17 @@ impl Core {
         let ttl = self.config.token_ttl;
         let launch = self.table.issue_token(&session, TokenKind::Launch, ttl);
         Ok((session, launch))
+    }
+
+    /// Refuses an address locked out for guessing tokens, saying when to retry.
+    fn not_locked_out(&self, peer: SocketAddr) -> Result<(), Closure> {
+        self.guard.allowed(peer).map_err(|wait| {
+            let message = format!(
+                "too many failed token attempts from this address; retry in {}s",
+                wait.as_secs().max(1)
+            );
+            Closure::refusal(close::TOO_MANY_ATTEMPTS, &message)
+        })
     }
 
     /// Finds the agent connection and forward of a session (waiting, bounded, in the legacy
