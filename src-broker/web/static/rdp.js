@@ -8,6 +8,7 @@
 // (through CredSSP for NLA servers); the broker keeps none of it.
 import { Backend, displayControl, enableCredssp, init } from '/static/ironrdp-rdp/iron-remote-desktop-rdp.js';
 import '/static/ironrdp/iron-remote-desktop.js';
+import { offerDesktopLink } from '/static/desktop-link.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.hash.slice(1));
@@ -157,22 +158,7 @@ async function main() {
     $('cad').hidden = true;
     $('clipsend').disabled = true;
   }
-  // The one-time exchange token is traded for a launch URL that stays in this page's memory.
-  if (exchange) {
-    fetch(`/api/v1/sessions/${encodeURIComponent(sessionId)}/launch`, {
-      method: 'POST',
-      headers: { Authorization: `Bearer ${exchange}` },
-    })
-      .then((res) => (res.ok ? res.json() : null))
-      .then((body) => {
-        if (body && body.launch_url) {
-          $('desktop').href = body.launch_url;
-          $('desktop').hidden = false;
-          state.launch = true;
-        }
-      })
-      .catch(() => {});
-  }
+  offerDesktopLink(sessionId, exchange, $('desktop'), () => { state.launch = true; });
   if (!token) {
     setStatus('No token', 'bad');
     state.state = 'disconnected';

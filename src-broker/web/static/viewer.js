@@ -3,6 +3,7 @@
 // the viewer token then goes to the broker in a WebSocket subprotocol, not in the URL, and the
 // one-time exchange token is traded for a launch URL that stays in this page's memory.
 import RFB from '/static/novnc/core/rfb.js';
+import { offerDesktopLink } from '/static/desktop-link.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.hash.slice(1));
@@ -78,21 +79,7 @@ if (!token) {
     $('cad').hidden = true;
     $('clipsend').disabled = true;
   }
-  if (exchange) {
-    fetch(`/api/v1/sessions/${encodeURIComponent(sessionId)}/launch`, {
-      method: 'POST',
-      headers: { Authorization: `Bearer ${exchange}` },
-    })
-      .then((res) => (res.ok ? res.json() : null))
-      .then((body) => {
-        if (body && body.launch_url) {
-          $('desktop').href = body.launch_url;
-          $('desktop').hidden = false;
-          state.launch = true;
-        }
-      })
-      .catch(() => {});
-  }
+  offerDesktopLink(sessionId, exchange, $('desktop'), () => { state.launch = true; });
   rfb.addEventListener('connect', () => {
     state.state = 'connected';
     setStatus('Connected', 'ok');
