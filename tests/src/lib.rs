@@ -80,6 +80,20 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A TCP connection to `to` from the local address `from` (e.g. 127.0.0.2, to be another
+/// client), bounded by [`WAIT`].
+pub async fn connect_from(
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+) -> anyhow::Result<tokio::net::TcpStream> {
+    use anyhow::Context as _;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(from, 0))?;
+    Ok(tokio::time::timeout(WAIT, socket.connect(to))
+        .await
+        .context("tcp connect timed out")??)
+}
+
 /// Proves that `broker` still does its job: a fresh agent announcing `vnc` in front of a fresh
 /// echo service, a session, a round trip of bytes through the raw WebSocket, a clean close.
 /// Negative tests call this after provoking a refusal.

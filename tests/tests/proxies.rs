@@ -7,22 +7,14 @@ use std::process::Stdio;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use passerelle_e2e::desktop::{free_port, wait_listening};
-use passerelle_e2e::{Agent, EchoServer, Forward, StatusCode, TestBroker, WAIT};
+use passerelle_e2e::{Agent, EchoServer, Forward, StatusCode, TestBroker, WAIT, connect_from};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 
 fn local(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-async fn connect_from(from: IpAddr, to: SocketAddr) -> Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(from, 0))?;
-    Ok(timeout(WAIT, socket.connect(to))
-        .await
-        .context("tcp connect timed out")??)
 }
 
 /// Everything the other side writes until it closes.

@@ -5,31 +5,22 @@
 //! Each attack comes from one local address (Linux routes all of 127/8 to the loopback) while a
 //! real agent from another address gets in.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use passerelle_e2e::{
     Agent, EchoServer, Forward, Method, StatusCode, TestBroker, WAIT, assert_still_serving,
-    manifest_dir, unique,
+    connect_from, manifest_dir, unique,
 };
 use tokio::io::AsyncReadExt as _;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio::time::{Instant, timeout};
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const OTHER: &str = "127.0.0.2";
-
-/// A TCP connection to `to` from the local address `from`.
-async fn connect_from(from: IpAddr, to: SocketAddr) -> Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(from, 0))?;
-    Ok(timeout(WAIT, socket.connect(to))
-        .await
-        .context("tcp connect timed out")??)
-}
 
 /// The first line the broker writes on a new connection ("SSH-2.0-…" or a refusal), or what
 /// it wrote before closing.
