@@ -357,6 +357,20 @@ impl Agent {
         Ok(())
     }
 
+    /// Disconnects, waits until the broker has noticed (so that the old connection cannot
+    /// answer for the new one), connects with `forwards` and waits until `services` are online.
+    pub async fn reconnect(
+        &mut self,
+        broker: &TestBroker,
+        forwards: &[Forward],
+        services: &[&str],
+    ) -> Result<AgentInfo> {
+        self.disconnect().await?;
+        self.wait_offline(broker).await?;
+        self.connect(forwards)?;
+        self.wait_online(broker, services).await
+    }
+
     /// Polls the agent's presence until it is online with at least `services`; fails early,
     /// with ssh's stderr, if ssh exits.
     pub async fn wait_online(

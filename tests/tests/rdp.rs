@@ -75,20 +75,6 @@ async fn setup(port: u16) -> Result<(TestBroker, Agent)> {
     Ok((broker, agent))
 }
 
-/// Reconnects the agent with other forwards.
-async fn reconnect(
-    broker: &TestBroker,
-    agent: &mut Agent,
-    forward: Forward,
-    service: &str,
-) -> Result<()> {
-    agent.disconnect().await?;
-    agent.wait_offline(broker).await?;
-    agent.connect(&[forward])?;
-    agent.wait_online(broker, &[service]).await?;
-    Ok(())
-}
-
 async fn agent_info(broker: &TestBroker, id: &str) -> Result<AgentInfo> {
     broker.agent_as(broker.admin_key(), id).await
 }
@@ -481,13 +467,9 @@ async fn each_failure_says_why_in_the_page_and_the_audit() -> Result<()> {
 
     // Another server (another certificate) behind the same agent: refused, audited.
     let second = ShadowServer::start(&display, Security::Tls).await?;
-    reconnect(
-        &broker,
-        &mut agent,
-        Forward::named("rdp", second.port),
-        "rdp",
-    )
-    .await?;
+    agent
+        .reconnect(&broker, &[Forward::named("rdp", second.port)], &["rdp"])
+        .await?;
     let changed = broker
         .create_session(&session_request(&agent.id, "rdp"))
         .await?;
@@ -527,13 +509,9 @@ async fn each_failure_says_why_in_the_page_and_the_audit() -> Result<()> {
 
     // A server that refuses TLS (standard RDP security only).
     let legacy = ShadowServer::start(&display, Security::RdpOnly).await?;
-    reconnect(
-        &broker,
-        &mut agent,
-        Forward::named("rdp", legacy.port),
-        "rdp",
-    )
-    .await?;
+    agent
+        .reconnect(&broker, &[Forward::named("rdp", legacy.port)], &["rdp"])
+        .await?;
     let refused = broker
         .create_session(&session_request(&agent.id, "rdp"))
         .await?;
@@ -560,13 +538,9 @@ async fn each_failure_says_why_in_the_page_and_the_audit() -> Result<()> {
     let gone = broker
         .create_session(&session_request(&agent.id, "rdp"))
         .await?;
-    reconnect(
-        &broker,
-        &mut agent,
-        Forward::named("vnc", legacy.port),
-        "vnc",
-    )
-    .await?;
+    agent
+        .reconnect(&broker, &[Forward::named("vnc", legacy.port)], &["vnc"])
+        .await?;
     expect_refusal(
         &gone,
         dir.path(),

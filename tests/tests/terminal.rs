@@ -306,9 +306,9 @@ async fn a_changed_host_key_is_refused_and_audited_until_an_admin_resets_the_pin
     })
     .await?;
     let presented = second.fingerprint().await?;
-    agent.disconnect().await?;
-    agent.connect(&[Forward::named("ssh", second.port)])?;
-    agent.wait_online(&broker, &["ssh"]).await?;
+    agent
+        .reconnect(&broker, &[Forward::named("ssh", second.port)], &["ssh"])
+        .await?;
     let created = broker
         .create_session(&session_request(&agent.id, "ssh"))
         .await?;
