@@ -246,6 +246,10 @@ pub struct AgentInfo {
     /// The enrolment token it registered itself with, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrolled_by: Option<String>,
+    /// Certificate-based (registered by its first connection with a certificate): the SHA256
+    /// fingerprint of the tenant's CA that signed it. It signs in with certificates only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_ca: Option<String>,
 }
 
 /// `GET /api/v1/agents` pages: the body stays a JSON array of [`AgentInfo`] (what clients of

@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod rdp;
 pub mod recording;
 pub mod rfb;
+pub mod ssh_ca;
 pub mod terminal;
 
 pub use ids::{AgentId, IdError, ServiceName, TenantName};

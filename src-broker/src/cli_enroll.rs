@@ -49,22 +49,22 @@ pub(crate) enum EnrollTokenCmd {
 }
 
 /// `7d`, `12h`, `30m`, `90s`, `2w` in milliseconds.
-fn parse_duration_ms(text: &str) -> anyhow::Result<i64> {
+pub(crate) fn parse_duration_ms(text: &str) -> anyhow::Result<i64> {
     let unit = text.chars().last().unwrap_or('?');
     let n: i64 = text[..text.len() - unit.len_utf8().min(text.len())]
         .parse()
-        .with_context(|| format!("--valid-for {text:?}: a number then s, m, h, d or w"))?;
+        .with_context(|| format!("{text:?} is no duration: a number then s, m, h, d or w"))?;
     let secs = match unit {
         's' => 1,
         'm' => 60,
         'h' => 3600,
         'd' => 86_400,
         'w' => 604_800,
-        _ => anyhow::bail!("--valid-for {text:?}: the unit is s, m, h, d or w"),
+        _ => anyhow::bail!("{text:?} is no duration: the unit is s, m, h, d or w"),
     };
-    anyhow::ensure!(n > 0, "--valid-for must be positive");
+    anyhow::ensure!(n > 0, "{text:?}: a duration must be positive");
     n.checked_mul(secs * 1000)
-        .context("--valid-for is too long")
+        .with_context(|| format!("{text:?} is too long"))
 }
 
 /// Runs one subcommand; returns the lines to print.

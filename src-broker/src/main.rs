@@ -6,6 +6,7 @@
     reason = "a command-line tool prints its results"
 )]
 
+mod cli_ca;
 mod cli_enroll;
 mod cli_kit;
 
@@ -67,6 +68,10 @@ enum Command {
     /// (`POST /api/v1/enroll`).
     #[command(subcommand, name = "enroll-token")]
     EnrollToken(cli_enroll::EnrollTokenCmd),
+    /// The tenant's SSH certificate authority: agents with a certificate it signed sign in
+    /// without a registered key.
+    #[command(subcommand)]
+    Ca(cli_ca::CaCmd),
     /// Work with session recordings.
     #[command(subcommand)]
     Recording(RecordingCmd),
@@ -417,6 +422,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Ca(cmd) => {
+            let store = open_store(&cli)?;
+            for line in cli_ca::run(&store, |t| tenant_id(&store, t), cmd)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Recording(RecordingCmd::Verify { file, public_key }) => {
             verify_recording(&cli, file, public_key.as_deref())
         }
@@ -693,6 +705,11 @@ fn verify_recording(
 
 async fn serve(config: passerelle::Config) -> anyhow::Result<()> {
     raise_fd_limit();
+    // Listen for the stop signals before starting, so that one arriving during the start (a
+    // service manager's stop) ends the broker cleanly instead of by the default action.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let data_dir = config.data_dir.clone();
     let broker = Broker::start(config).await?;
     if let Some(key) = broker.admin_key() {
@@ -718,9 +735,8 @@ async fn serve(config: passerelle::Config) -> anyhow::Result<()> {
     if let Some(fp) = broker.tls_fingerprint() {
         println!("tls certificate sha256: {fp}");
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");

@@ -47,6 +47,18 @@ pub struct AgentConn {
     pub gone: CancellationToken,
     /// The runtime the connection runs on (its data shard): its sessions' bridges run there.
     pub home: Option<tokio::runtime::Handle>,
+    /// The certificate it signed in with, if it did: revoking it or its CA disconnects it.
+    pub certificate: Option<SignedInWith>,
+}
+
+/// What identifies the certificate an agent connection signed in with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedInWith {
+    /// SHA256 fingerprint of the CA that signed it.
+    pub ca: String,
+    pub serial: u64,
+    /// SHA256 fingerprint of its key.
+    pub key: String,
 }
 
 impl std::fmt::Debug for AgentConn {
@@ -79,7 +91,15 @@ impl AgentConn {
             link,
             gone: CancellationToken::new(),
             home: tokio::runtime::Handle::try_current().ok(),
+            certificate: None,
         }
+    }
+
+    /// The connection signed in with this certificate.
+    #[must_use]
+    pub fn with_certificate(mut self, certificate: Option<SignedInWith>) -> Self {
+        self.certificate = certificate;
+        self
     }
 
     /// Notes traffic from the agent.

@@ -392,13 +392,19 @@ impl Agent {
             let (status, body) = broker
                 .api(crate::Method::GET, &path, Some(&self.api_key), None)
                 .await?;
-            if status != StatusCode::OK {
+            // An agent that signs in with a certificate is registered by its first connection.
+            let registered = status == StatusCode::OK;
+            if !registered && status != StatusCode::NOT_FOUND {
                 bail!("GET {path}: {status} {body}");
             }
-            let info: AgentInfo = serde_json::from_value(body)?;
-            let has = |s: &&str| info.services.iter().any(|x| x.name.as_str() == *s);
-            if info.online && services.iter().all(has) {
-                return Ok(info);
+            let info: Option<AgentInfo> = registered
+                .then(|| serde_json::from_value(body))
+                .transpose()?;
+            if let Some(ready) = info.as_ref().filter(|i| {
+                let has = |s: &&str| i.services.iter().any(|x| x.name.as_str() == *s);
+                i.online && services.iter().all(has)
+            }) {
+                return Ok(ready.clone());
             }
             if Instant::now() >= deadline {
                 bail!(

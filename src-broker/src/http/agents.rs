@@ -38,6 +38,7 @@ fn agent_info(registry: &Registry, rec: &AgentRecord, ssh: AgentSsh) -> AgentInf
         peer_addr: None,
         created_at: rfc3339(rec.created_at),
         enrolled_by: rec.enrolled_by.clone(),
+        ssh_ca: rec.ssh_ca.clone(),
     };
     if let Some(conn) = registry.get(rec.tenant_id, &rec.id) {
         conn.fill(&mut info);

@@ -5,6 +5,7 @@ mod agents;
 mod agents_list;
 mod api;
 mod auth;
+mod ca;
 mod enroll;
 mod error;
 mod headers;
@@ -135,6 +136,12 @@ pub(crate) fn router(app: App) -> Router {
             get(api::get_tenant).patch(api::patch_tenant),
         )
         .merge(keys::routes())
+        .route("/api/v1/tenant/ssh-ca", get(ca::list).post(ca::add))
+        .route(
+            "/api/v1/tenant/ssh-ca/revoked",
+            get(ca::revoked).post(ca::revoke),
+        )
+        .route("/api/v1/tenant/ssh-ca/{id}", delete(ca::remove))
         .route("/api/v1/audit", get(api::audit))
         .route("/api/v1/audit/search", get(terminal::search))
         .route(

@@ -1,24 +1,35 @@
-//! One agent connection's SSH handler: public-key authentication against the store, remote
-//! forwards as service announcements (or legacy numeric ports), and the refusal, with a reason
-//! and an audit event, of everything else an SSH client may ask.
+//! One agent connection's SSH handler: public-key and certificate authentication against the
+//! store, remote forwards as service announcements (or legacy numeric ports), and the refusal,
+//! with a reason and an audit event, of everything else an SSH client may ask.
+//!
+//! Key offers are answered without a store query (every key may go on to sign; only a signed
+//! request, which proves the key is held, costs a lookup): a probe then tells nobody which keys
+//! are registered, and a certificate, which russh hands over only once signed, gets its turn.
+//! A certificate from a tenant's CA that the broker refuses (wrong principal, revoked, a
+//! critical option it cannot honour) is let through authentication only to be disconnected
+//! with the reason, so that the agent's `ssh` prints it: SSH has no other message for a
+//! refusal. Nothing is registered and no request is served on such a connection.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::FutureExt as _;
-use passerelle_proto::ids::ServiceName;
-use russh::keys::HashAlg;
+use passerelle_proto::ids::{AgentId, ServiceName};
+use russh::keys::{Certificate, HashAlg};
 use russh::server::{
     Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 use tokio::sync::oneshot;
 
-use super::{Killer, Server, guard};
+use super::{Killer, Server, certs, guard};
 use crate::registry::{AgentConn, AgentLink};
 use crate::session::LegacyLink;
 use crate::store::{AgentRecord, AuditKind, NewEvent};
+
+#[path = "cert_auth.rs"]
+mod cert_auth;
 
 /// Placeholder ports told to agents for named services start here.
 const PLACEHOLDER_PORT_BASE: u32 = 10_000;
@@ -34,6 +45,13 @@ pub(super) struct AgentHandler {
     forwards: HashSet<(String, u32)>,
     /// The next placeholder port, never reused on this connection.
     next_placeholder: u32,
+    /// A trusted CA's certificate the broker refused: the disconnect's text.
+    refusal: Option<String>,
+    /// The certificate this connection signed in with, if it did.
+    certificate: Option<crate::registry::SignedInWith>,
+    /// Audited if the connection ends unauthenticated: a certificate-based agent's bare key
+    /// was offered (OpenSSH offers it before the certificate, which may still succeed).
+    unless_signed_in: Vec<NewEvent>,
     /// The connection's `agent` span: russh calls the handler from a task of its own, outside
     /// it, so the handler's events name it as their parent.
     span: tracing::Span,
@@ -97,6 +115,9 @@ impl AgentHandler {
             conn: None,
             forwards: HashSet::new(),
             next_placeholder: PLACEHOLDER_PORT_BASE,
+            refusal: None,
+            certificate: None,
+            unless_signed_in: Vec::new(),
             span: tracing::Span::current(),
         }
     }
@@ -205,22 +226,27 @@ impl AgentHandler {
     }
 }
 
+impl Drop for AgentHandler {
+    fn drop(&mut self) {
+        for ev in self.unless_signed_in.drain(..) {
+            self.state.db.audit(ev);
+        }
+    }
+}
+
 impl Handler for AgentHandler {
     type Error = anyhow::Error;
 
+    /// Every key may sign (see the module's header); the signed request decides.
     async fn auth_publickey_offered(
         &mut self,
-        user: &str,
-        offer: PublicKeyOffer<'_>,
+        _user: &str,
+        _offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         if self.locked_out() {
             return Ok(Auth::reject());
         }
-        if self.lookup(user, offer.public_key).await.is_some() {
-            return Ok(Auth::Accept);
-        }
-        self.key_rejected(user, offer.public_key).await;
-        Ok(Auth::reject())
+        Ok(Auth::Accept)
     }
 
     async fn auth_publickey(
@@ -237,13 +263,37 @@ impl Handler for AgentHandler {
                 Ok(Auth::Accept)
             }
             None => {
-                self.key_rejected(user, key.public_key).await;
+                if !self
+                    .bare_key_of_certificate_agent(user, key.public_key)
+                    .await
+                {
+                    self.key_rejected(user, key.public_key).await;
+                }
                 Ok(Auth::reject())
             }
         }
     }
 
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        if self.locked_out() {
+            return Ok(Auth::reject());
+        }
+        self.certificate(user, certificate).await
+    }
+
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        // Signed in, or refused with a reason of its own: the bare key's story is moot.
+        self.unless_signed_in.clear();
+        if let Some(reason) = self.refusal.take() {
+            // Nothing waits for this connection any more; it ends with the reason.
+            self.authed = None;
+            session.disconnect(russh::Disconnect::ByApplication, &reason, "en")?;
+            return Ok(());
+        }
         let Some(record) = self.record.clone() else {
             anyhow::bail!("authenticated without a record")
         };
@@ -252,12 +302,15 @@ impl Handler for AgentHandler {
             killer: self.killer.clone(),
             tasks: self.state.tasks.clone(),
         };
-        let conn = Arc::new(AgentConn::new(
-            self.state.next_conn_id(),
-            &record,
-            self.peer,
-            Box::new(link),
-        ));
+        let conn = Arc::new(
+            AgentConn::new(
+                self.state.next_conn_id(),
+                &record,
+                self.peer,
+                Box::new(link),
+            )
+            .with_certificate(self.certificate.take()),
+        );
         if let Some(old) = self.state.registry.insert(conn.clone()) {
             old.disconnect("replaced by a newer connection of the same agent");
         }

@@ -9,6 +9,7 @@
 
 mod admission;
 mod algorithms;
+mod certs;
 mod gate;
 mod guard;
 mod handler;

@@ -43,18 +43,21 @@ pub struct AgentRecord {
     pub last_seen: Option<i64>,
     /// The enrolment token it registered itself with, if it did.
     pub enrolled_by: Option<String>,
+    /// Certificate-based: the fingerprint of the CA that signed its certificate (it signs in
+    /// with a certificate only).
+    pub ssh_ca: Option<String>,
 }
 
 pub(super) const COLUMNS: &str = "tenant_id, id, public_key, key_fingerprint, \
      vnc_password IS NOT NULL, created_at, rdp_username, rdp_password IS NOT NULL, \
-     rdp_cert_sha256, rdp_cert_pinned_at, last_seen, enrolled_by";
+     rdp_cert_sha256, rdp_cert_pinned_at, last_seen, enrolled_by, ssh_ca";
 
 /// A row of [`COLUMNS`], before its id is checked.
 pub(super) struct RawRow {
     tenant_id: TenantId,
     id: String,
     public_key: String,
-    key_fingerprint: String,
+    pub(super) key_fingerprint: String,
     has_vnc_password: bool,
     created_at: i64,
     rdp_username: Option<String>,
@@ -63,6 +66,7 @@ pub(super) struct RawRow {
     rdp_cert_pinned_at: Option<i64>,
     last_seen: Option<i64>,
     enrolled_by: Option<String>,
+    pub(super) ssh_ca: Option<String>,
 }
 
 pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
@@ -79,6 +83,7 @@ pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
         rdp_cert_pinned_at: r.get(9)?,
         last_seen: r.get(10)?,
         enrolled_by: r.get(11)?,
+        ssh_ca: r.get(12)?,
     })
 }
 
@@ -96,6 +101,7 @@ pub(super) fn record(row: RawRow) -> anyhow::Result<AgentRecord> {
         rdp_cert_pinned_at: row.rdp_cert_pinned_at,
         last_seen: row.last_seen,
         enrolled_by: row.enrolled_by,
+        ssh_ca: row.ssh_ca,
     })
 }
 
@@ -200,7 +206,8 @@ impl Store {
         fingerprint: &str,
     ) -> anyhow::Result<Option<AgentRecord>> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM agents WHERE id = ?1 AND key_fingerprint = ?2 AND shadowed = 0"
+            "SELECT {COLUMNS} FROM agents WHERE id = ?1 AND key_fingerprint = ?2 AND shadowed = 0
+             AND ssh_ca IS NULL"
         );
         let row = self
             .conn()
@@ -226,7 +233,8 @@ impl Store {
                 let conn = self.conn();
                 shadowed_login(&conn, tenant_id, id.as_str(), &fingerprint).and_then(|shadowed| {
                     conn.execute(
-                        "UPDATE agents SET public_key = ?1, key_fingerprint = ?2, shadowed = ?3
+                        "UPDATE agents SET public_key = ?1, key_fingerprint = ?2, shadowed = ?3,
+                                           ssh_ca = NULL
                          WHERE tenant_id = ?4 AND id = ?5",
                         params![line, fingerprint, shadowed, tenant_id, id.as_str()],
                     )
@@ -310,7 +318,7 @@ pub(super) fn shadowed_login(
 ) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM agents WHERE id = ?1 AND key_fingerprint = ?2
-                       AND shadowed = 0 AND tenant_id != ?3)",
+                       AND shadowed = 0 AND ssh_ca IS NULL AND tenant_id != ?3)",
         params![id, fingerprint, tenant_id],
         |r| r.get(0),
     )
@@ -371,24 +379,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use passerelle_proto::ids::TenantName;
 
-    const KEY_A: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJylJeR0uUHfNCfg57oy+6Rr9aTK65v++92waft60cWZ a";
-    const KEY_B: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINUqowRv7PeSZuhgByYzhqTx6g/vM8UbulA35Y9FiBZs b";
-
-    fn two_tenants() -> (tempfile::TempDir, Store, TenantId, TenantId) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut ids = Vec::new();
-        for name in ["one", "two"] {
-            let name = TenantName::new(name).unwrap();
-            store.create_tenant(&name).unwrap();
-            ids.push(store.tenant_id(&name).unwrap().unwrap());
-        }
-        (dir, store, ids[0], ids[1])
-    }
+    use crate::store::test_fixtures::{KEY_A, KEY_B, two_tenants};
 
     fn fp(key: &str) -> String {
         parse_public_key(key).unwrap().1

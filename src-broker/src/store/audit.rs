@@ -66,6 +66,16 @@ pub enum AuditKind {
     ApiKeyCreated,
     /// An API key was revoked.
     ApiKeyRevoked,
+    /// A certificate from one of the tenant's CAs was refused (the reason in the detail).
+    CertificateRefused,
+    /// The tenant trusts a new SSH CA (brought with its proof, or generated).
+    SshCaAdded,
+    /// The tenant no longer trusts an SSH CA.
+    SshCaRemoved,
+    /// A certificate serial or key joined the tenant's revocation list.
+    SshCertRevoked,
+    /// `passerelle ca sign` issued a certificate (serial, principal, validity).
+    SshCertIssued,
 }
 
 impl AuditKind {
@@ -107,6 +117,11 @@ impl AuditKind {
             Self::RecordingViewed => "recording_viewed",
             Self::ApiKeyCreated => "api_key_created",
             Self::ApiKeyRevoked => "api_key_revoked",
+            Self::CertificateRefused => "certificate_refused",
+            Self::SshCaAdded => "ssh_ca_added",
+            Self::SshCaRemoved => "ssh_ca_removed",
+            Self::SshCertRevoked => "ssh_cert_revoked",
+            Self::SshCertIssued => "ssh_cert_issued",
         }
     }
 }

@@ -291,7 +291,7 @@ impl Store {
                 Some(_) if !token.reenrol => return refuse(Refused::IdTaken(id.clone())),
                 Some(_) => tx.execute(
                     "UPDATE agents SET public_key = ?1, key_fingerprint = ?2, shadowed = ?3,
-                                       enrolled_by = ?4
+                                       enrolled_by = ?4, ssh_ca = NULL
                      WHERE tenant_id = ?5 AND id = ?6",
                     params![
                         line,

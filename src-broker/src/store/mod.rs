@@ -8,6 +8,7 @@
 mod agents;
 mod audit;
 mod audit_retention;
+mod ca;
 mod db;
 mod embedding;
 mod enroll;
@@ -17,6 +18,8 @@ mod rdp;
 mod search;
 mod sessions;
 mod ssh;
+#[cfg(test)]
+mod test_fixtures;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -32,6 +35,10 @@ pub mod agents_errors {
     pub use super::agents::{Conflict, Invalid};
 }
 pub use audit::{AuditFilter, AuditKind, NewEvent};
+pub use ca::{
+    CaRecord, CertAgent, CertAgentRefused, CertSignIn, fingerprint as key_data_fingerprint,
+    key_fingerprint_of,
+};
 pub use db::Db;
 pub use enroll::{Enrollment, NewToken, Refusal, Refused, TokenRecord};
 pub use keys::{KeyRefusal, RevokeError, Revoked};
@@ -164,6 +171,7 @@ ALTER TABLE agents ADD COLUMN rdp_cert_sha256 TEXT;
 ALTER TABLE agents ADD COLUMN rdp_cert_pinned_at INTEGER;
 "#,
     enroll::MIGRATION,
+    ca::MIGRATION,
 ];
 
 /// The store. Cheap to share behind an `Arc`.

@@ -1,0 +1,187 @@
+//! A tenant's SSH certificate authorities over HTTP (admin keys): `/api/v1/tenant/ssh-ca`
+//! (list, trust one with its proof, generate one, stop trusting one) and
+//! `/api/v1/tenant/ssh-ca/revoked` (the revocation list). What a CA means for sign-in is in
+//! `ssh::certs`; the store side in `store::ca`.
+//!
+//! Revoking a serial or a key, or removing a CA, disconnects the live agents that signed in
+//! with what was revoked: a revocation takes effect now, not at the next reconnection.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use passerelle_proto::api::Role;
+use passerelle_proto::ssh_ca::{
+    AddSshCa, PROOF_NAMESPACE, Revoke, RevokedEntry, RevokedKind, SshCaInfo, SshCaList,
+    proof_message,
+};
+use russh::keys::PublicKey;
+use russh::keys::ssh_key::SshSig;
+
+use super::api::ApiResult;
+use super::auth::Caller;
+use super::{ApiError, App};
+use crate::registry::SignedInWith;
+use crate::store::{AuditKind, key_fingerprint_of};
+
+pub(super) async fn list(caller: Caller, State(app): State<App>) -> ApiResult<Json<SshCaList>> {
+    caller.require(&[Role::Admin])?;
+    let tenant_id = caller.tenant_id;
+    let (cas, name) = app
+        .db
+        .run(move |s| Ok((s.ssh_cas(tenant_id)?, s.tenant_name(tenant_id)?)))
+        .await?;
+    Ok(Json(SshCaList {
+        authorities: cas.iter().map(|c| c.info()).collect(),
+        proof_message: proof_message(&name),
+        proof_namespace: PROOF_NAMESPACE.to_owned(),
+    }))
+}
+
+pub(super) async fn add(
+    caller: Caller,
+    State(app): State<App>,
+    body: Result<Json<AddSshCa>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<SshCaInfo>)> {
+    caller.require(&[Role::Admin])?;
+    let Json(req) = body?;
+    req.check().map_err(ApiError::bad_request)?;
+    let tenant_id = caller.tenant_id;
+    let ca = match (req.public_key, req.proof) {
+        (Some(public_key), Some(proof)) => {
+            let name = app.db.run(move |s| s.tenant_name(tenant_id)).await?;
+            check_proof(&public_key, &proof, &proof_message(&name))?;
+            app.db
+                .run(move |s| s.add_ssh_ca(tenant_id, &public_key))
+                .await?
+        }
+        _ => app.db.run(move |s| s.generate_ssh_ca(tenant_id)).await?,
+    };
+    let how = if ca.generated {
+        "generated"
+    } else {
+        "brought with its proof"
+    };
+    app.db.audit(caller.event(
+        AuditKind::SshCaAdded,
+        format!("CA {} ({how}), key {}", ca.id, ca.fingerprint),
+    ));
+    Ok((StatusCode::CREATED, Json(ca.info())))
+}
+
+/// Checks that `proof` is an SSHSIG by `public_key`'s private half of `message`.
+fn check_proof(public_key: &str, proof: &str, message: &str) -> Result<(), ApiError> {
+    let key = PublicKey::from_openssh(public_key.trim()).map_err(|e| {
+        ApiError::bad_request(format!("public_key is not an OpenSSH public key: {e}"))
+    })?;
+    let sig = SshSig::from_pem(proof.trim()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "proof is not an SSH signature (ssh-keygen -Y sign output): {e}"
+        ))
+    })?;
+    key.verify(PROOF_NAMESPACE, message.as_bytes(), &sig)
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "proof is not a signature of {message:?} by this CA in namespace {PROOF_NAMESPACE}"
+            ))
+        })
+}
+
+pub(super) async fn remove(
+    caller: Caller,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(&[Role::Admin])?;
+    let tenant_id = caller.tenant_id;
+    let lookup = id.clone();
+    let Some(ca) = app.db.run(move |s| s.ssh_ca(tenant_id, &lookup)).await? else {
+        return Err(ApiError::not_found("CA"));
+    };
+    let gone = id.clone();
+    app.db
+        .run(move |s| s.delete_ssh_ca(tenant_id, &gone))
+        .await?;
+    let dropped = disconnect_where(&app, tenant_id, "its CA is no longer trusted", |c| {
+        c.ca == ca.fingerprint
+    });
+    app.db.audit(caller.event(
+        AuditKind::SshCaRemoved,
+        format!(
+            "CA {} (key {}); {dropped} agents disconnected",
+            ca.id, ca.fingerprint
+        ),
+    ));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn revoked(
+    caller: Caller,
+    State(app): State<App>,
+) -> ApiResult<Json<Vec<RevokedEntry>>> {
+    caller.require(&[Role::Admin, Role::Auditor])?;
+    let tenant_id = caller.tenant_id;
+    Ok(Json(app.db.run(move |s| s.ssh_revoked(tenant_id)).await?))
+}
+
+pub(super) async fn revoke(
+    caller: Caller,
+    State(app): State<App>,
+    body: Result<Json<Revoke>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    caller.require(&[Role::Admin])?;
+    let Json(req) = body?;
+    req.check().map_err(ApiError::bad_request)?;
+    let (kind, value) = match (req.serial, req.public_key.or(req.key_fingerprint)) {
+        (Some(serial), _) => (RevokedKind::Serial, serial.to_string()),
+        (None, Some(key)) => (RevokedKind::Key, key_fingerprint_of(&key)?),
+        (None, None) => return Err(ApiError::bad_request("nothing to revoke")),
+    };
+    let tenant_id = caller.tenant_id;
+    let stored = value.clone();
+    let new = app
+        .db
+        .run(move |s| s.revoke_ssh_cert(tenant_id, kind, &stored))
+        .await?;
+    let dropped = disconnect_where(
+        &app,
+        tenant_id,
+        "its certificate was revoked",
+        |c| match kind {
+            RevokedKind::Serial => c.serial.to_string() == value,
+            RevokedKind::Key => c.key == value,
+        },
+    );
+    if new {
+        let what = match kind {
+            RevokedKind::Serial => format!("serial {value}"),
+            RevokedKind::Key => format!("key {value}"),
+        };
+        app.db.audit(caller.event(
+            AuditKind::SshCertRevoked,
+            format!("{what}; {dropped} agents disconnected"),
+        ));
+    }
+    Ok(if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    })
+}
+
+/// Disconnects the tenant's live agents whose certificate matches; how many.
+fn disconnect_where(
+    app: &App,
+    tenant_id: crate::store::TenantId,
+    why: &str,
+    matches: impl Fn(&SignedInWith) -> bool,
+) -> usize {
+    let mut n = 0;
+    for conn in app.registry.all() {
+        if conn.tenant_id == tenant_id && conn.certificate.as_ref().is_some_and(&matches) {
+            conn.disconnect(why);
+            n += 1;
+        }
+    }
+    n
+}
