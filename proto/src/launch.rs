@@ -1,5 +1,8 @@
 //! The desktop helper's launch URL:
-//! `passerelle://open?broker=<https url>&session=<id>&token=<T>&service=<name>[&fp=<sha256 hex>]`.
+//! `passerelle://open?broker=<https url>&session=<id>&token=<T>&service=<name>[&fp=<sha256 hex>][&agent=<id>]`.
+//!
+//! `agent` names the session's workstation for people (the desktop helper lists tunnels by it);
+//! it is display-only: the session and its token decide what the tunnel reaches.
 //!
 //! Built by the broker, parsed by the desktop helper. Parsing is strict: the scheme and host must
 //! be exactly `passerelle://open`, each parameter appears once, unknown parameters are refused,
@@ -7,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use crate::ids::ServiceName;
+use crate::ids::{AgentId, ServiceName};
 
 /// The parts of a launch URL.
 #[derive(Clone, PartialEq, Eq)]
@@ -22,6 +25,8 @@ pub struct LaunchUrl {
     pub service: ServiceName,
     /// Hex SHA-256 of the broker's TLS certificate (DER), for pinning.
     pub fingerprint: Option<String>,
+    /// The session's agent, for display only (links from older brokers lack it).
+    pub agent: Option<AgentId>,
 }
 
 impl std::fmt::Debug for LaunchUrl {
@@ -32,6 +37,7 @@ impl std::fmt::Debug for LaunchUrl {
             .field("token", &"<redacted>")
             .field("service", &self.service)
             .field("fingerprint", &self.fingerprint)
+            .field("agent", &self.agent)
             .finish()
     }
 }
@@ -56,6 +62,11 @@ pub enum LaunchUrlError {
     #[error("launch URL's {0} is not valid")]
     BadValue(&'static str),
 }
+
+/// What the broker sends on `/ws/sessions/{id}/watch` once it admitted a launch token's watch
+/// (a text frame); a refused watch is closed instead, with the token's close code. The watch
+/// then closes with the session's end code when the session ends.
+pub const WATCH_ADMITTED: &str = "watching";
 
 /// The longest launch URL accepted.
 pub const MAX_LEN: usize = 4096;
@@ -109,6 +120,9 @@ impl LaunchUrl {
         if let Some(fp) = &self.fingerprint {
             params.push(("fp", fp));
         }
+        if let Some(agent) = &self.agent {
+            params.push(("agent", agent.as_str()));
+        }
         for (i, (k, v)) in params.into_iter().enumerate() {
             if i > 0 {
                 s.push('&');
@@ -129,8 +143,8 @@ impl LaunchUrl {
             .strip_prefix(PREFIX)
             .or_else(|| url.strip_prefix("passerelle://open/?"))
             .ok_or(LaunchUrlError::WrongScheme)?;
-        let (mut broker, mut session, mut token, mut service, mut fp) =
-            (None, None, None, None, None);
+        let (mut broker, mut session, mut token, mut service, mut fp, mut agent) =
+            (None, None, None, None, None, None);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let slot = match k {
@@ -139,6 +153,7 @@ impl LaunchUrl {
                 "token" => &mut token,
                 "service" => &mut service,
                 "fp" => &mut fp,
+                "agent" => &mut agent,
                 other => return Err(LaunchUrlError::Unknown(decode(other)?)),
             };
             if slot.replace(decode(v)?).is_some() {
@@ -179,12 +194,17 @@ impl LaunchUrl {
             }
         }
         let fingerprint = fp.map(|f| f.replace(':', "").to_ascii_lowercase());
+        let agent = agent
+            .map(AgentId::new)
+            .transpose()
+            .map_err(|_| LaunchUrlError::BadValue("agent"))?;
         let parsed = Self {
             broker: broker.trim_end_matches('/').to_owned(),
             session,
             token,
             service,
             fingerprint,
+            agent,
         };
         // Characters sent raw are escaped when the URL is written back (up to three times as
         // long): what parses must also print to a URL that parses (found by fuzzing).
@@ -206,6 +226,7 @@ mod tests {
             token: "tok_AbC-_x".into(),
             service: ServiceName::new("rdp").unwrap(),
             fingerprint: Some("ab".repeat(32)),
+            agent: Some(AgentId::new("pc-042").unwrap()),
         }
     }
 
@@ -217,6 +238,7 @@ mod tests {
         assert_eq!(LaunchUrl::parse(&text).unwrap(), u);
         let no_fp = LaunchUrl {
             fingerprint: None,
+            agent: None,
             ..sample()
         };
         assert_eq!(LaunchUrl::parse(&no_fp.to_url()).unwrap(), no_fp);
@@ -261,6 +283,10 @@ mod tests {
             (
                 good.replace("token=tok", "token=%ZZ"),
                 LaunchUrlError::BadEscape,
+            ),
+            (
+                good.replace("agent=pc-042", "agent=pc%20042"),
+                LaunchUrlError::BadValue("agent"),
             ),
             (
                 "passerelle://open?".into(),

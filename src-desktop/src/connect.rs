@@ -149,11 +149,18 @@ impl Connector {
 
     /// Opens the session's WebSocket.
     pub async fn open(&self) -> Result<BrokerSocket, Error> {
+        self.open_url(self.endpoint.ws_url()).await
+    }
+
+    /// Opens the session's watch (see [`Endpoint::watch_url`]).
+    pub async fn open_watch(&self) -> Result<BrokerSocket, Error> {
+        self.open_url(self.endpoint.watch_url()).await
+    }
+
+    async fn open_url(&self, url: String) -> Result<BrokerSocket, Error> {
         use tokio_tungstenite::tungstenite::Error as WsError;
         let io = self.io().await?;
-        let mut request = self
-            .endpoint
-            .ws_url()
+        let mut request = url
             .into_client_request()
             .map_err(|e| Error::Protocol(format!("bad WebSocket request: {e}")))?;
         let authorization =

@@ -93,6 +93,14 @@ impl Endpoint {
         format!("{scheme}://{}{}", self.authority(), self.path)
     }
 
+    /// The session's watch (`/ws/sessions/ID/watch`): closed by the broker when the session
+    /// ends, so that a tunnel with no open connection learns it too.
+    pub fn watch_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        let session = self.path.strip_suffix("/raw").unwrap_or(&self.path);
+        format!("{scheme}://{}{session}/watch", self.authority())
+    }
+
     /// The `Authorization` header's value for the stream. Secret: never log it.
     pub fn authorization(&self) -> String {
         format!("Bearer {}", self.token)
@@ -117,6 +125,7 @@ mod tests {
             token: "t+k/=".into(),
             service: passerelle_proto::ids::ServiceName::new(service).unwrap(),
             fingerprint: None,
+            agent: None,
         }
     }
 
@@ -138,6 +147,15 @@ mod tests {
         assert_eq!(e.authority(), "[::1]:443");
         assert_eq!(e.path, "/pmad/ws/sessions/0b1c-22/raw");
         assert_eq!(e.health_path(), "/pmad/healthz");
+        assert_eq!(
+            e.watch_url(),
+            "wss://[::1]:443/pmad/ws/sessions/0b1c-22/watch"
+        );
+        let e = Endpoint::from_launch(&launch("https://broker.example", "vnc")).unwrap();
+        assert_eq!(
+            e.watch_url(),
+            "wss://broker.example:443/ws/sessions/0b1c-22/watch"
+        );
     }
 
     #[test]

@@ -147,6 +147,7 @@ mod tests {
             token: "t".into(),
             service: passerelle_proto::ids::ServiceName::new("rdp").unwrap(),
             fingerprint: None,
+            agent: None,
         }
     }
 

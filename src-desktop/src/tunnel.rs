@@ -10,13 +10,19 @@
 //! user or program on this machine cannot ride the session), and the tunnel ends with that
 //! first connection. With [`LocalConnections::Any`], one connection that merely ends (the client
 //! disconnected, the service closed) leaves it open, for native clients that reconnect.
+//!
+//! While it listens, the tunnel keeps a watch on the session (`/ws/sessions/{id}/watch`, with
+//! the launch token): the broker closes it when the session ends (stopped, expired, its agent
+//! gone), and the tunnel ends then too, with or without a local connection open. A broker
+//! without watches, or one that refuses the first watch, leaves the tunnel as it was (the
+//! connections report token refusals); a watch that drops is opened again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use passerelle_proto::launch::LaunchUrl;
+use passerelle_proto::launch::{LaunchUrl, WATCH_ADMITTED};
 use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -132,6 +138,8 @@ struct Shared {
     active: AtomicUsize,
     /// Whether a connection was ever bridged (see [`classify_close`]).
     bridged: AtomicBool,
+    /// Whether the broker admitted the session's watch (see the module's header).
+    watched: AtomicBool,
     events: broadcast::Sender<TunnelEvent>,
     /// The first fatal outcome of a connection stops the tunnel.
     fatal: mpsc::UnboundedSender<TunnelEnd>,
@@ -187,13 +195,15 @@ impl Tunnel {
             connections: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             bridged: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
             events,
             fatal: fatal_tx,
             first_only: opts.local_connections == LocalConnections::First,
             conns_cancel: CancellationToken::new(),
         });
         let cancel = CancellationToken::new();
-        let span = tracing::info_span!("tunnel", session = %launch.session, service = %launch.service, %local_addr);
+        let agent = launch.agent.as_ref().map_or("-", |a| a.as_str());
+        let span = tracing::info_span!("tunnel", session = %launch.session, %agent, service = %launch.service, %local_addr);
         tracing::info!(parent: &span, broker = %launch.broker, "tunnel listening");
         let accept_task = tokio::spawn(
             accept_loop(
@@ -236,6 +246,13 @@ impl Tunnel {
             connections: self.shared.connections.load(Ordering::Relaxed),
             active: self.shared.active.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether the broker keeps a watch on the session for this tunnel, so that its end reaches
+    /// the tunnel with no connection open (false until the broker admitted it, and with a
+    /// broker without watches).
+    pub fn watched(&self) -> bool {
+        self.shared.watched.load(Ordering::Relaxed)
     }
 
     /// Events from now on.
@@ -291,11 +308,24 @@ async fn accept_loop(
     max_connections: usize,
 ) {
     let tracker = TaskTracker::new();
+    let watching = watch(&shared.connector, &shared.watched);
+    tokio::pin!(watching);
     let mut backoff = Duration::from_millis(10);
     let end = loop {
         tokio::select! {
             () = cancel.cancelled() => break TunnelEnd::Closed,
             Some(end) = fatal.recv() => break end,
+            end = &mut watching => {
+                // The broker closes bridged connections itself, with the same news: let them
+                // hear it from their own socket before they are cut.
+                let _ = tokio::time::timeout(WATCH_GRACE, async {
+                    while shared.active.load(Ordering::Relaxed) > 0 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .await;
+                break end;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     backoff = Duration::from_millis(10);
@@ -331,6 +361,60 @@ async fn accept_loop(
     }
     end_tx.send_replace(Some(end.clone()));
     let _ = shared.events.send(TunnelEvent::Ended(end));
+}
+
+/// How long open connections get to hear a session's end from the broker themselves once the
+/// watch has told it.
+const WATCH_GRACE: Duration = Duration::from_secs(1);
+
+/// The longest wait between two attempts to open the session's watch again.
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Holds the session's watch; returns when the broker says the session ended. Pends forever
+/// when the broker has no watch for this token (see the module's header).
+async fn watch(connector: &Connector, watched: &AtomicBool) -> TunnelEnd {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut admitted = false;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let closed = match connector.open_watch().await {
+            Ok(mut ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) if t.as_str() == WATCH_ADMITTED => {
+                        admitted = true;
+                        watched.store(true, Ordering::Relaxed);
+                        backoff = Duration::from_secs(1);
+                    }
+                    Some(Ok(Message::Close(Some(frame)))) => {
+                        break Some((u16::from(frame.code), frame.reason.to_string()));
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break None,
+                }
+            },
+            Err(Error::Protocol(e)) if !admitted => {
+                tracing::info!(error = %e, "the broker offers no watch for this tunnel");
+                return std::future::pending().await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not open the session's watch");
+                None
+            }
+        };
+        if let Some((code, reason)) = closed {
+            if !admitted {
+                tracing::info!(code, %reason, "the broker keeps no watch for this tunnel");
+                return std::future::pending().await;
+            }
+            if let CloseMeaning::SessionEnded(end) = classify_close(code, &reason, true) {
+                tracing::info!(code, %reason, "the broker ended the session (watch)");
+                return TunnelEnd::SessionEnded(end);
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(WATCH_RETRY_MAX);
+    }
 }
 
 async fn serve(socket: TcpStream, peer: SocketAddr, id: u64, shared: Arc<Shared>) {

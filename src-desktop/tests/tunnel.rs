@@ -107,3 +107,69 @@ async fn closing_the_tunnel_closes_its_connections() -> Result<()> {
     ensure!(info["state"] != "ended", "{info}");
     Ok(())
 }
+
+/// Polls until the broker has admitted the tunnel's watch.
+async fn watched(tunnel: &Tunnel) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !tunnel.watched() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the watch was never admitted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Waits (at most 2 s, the app's promise) for a tunnel with no connection ever opened to end
+/// with the session; returns the end's close code and reason.
+async fn ended_without_connections(tunnel: &Tunnel) -> Result<(u16, String)> {
+    let end = timeout(std::time::Duration::from_secs(2), tunnel.wait())
+        .await
+        .context("the tunnel did not learn of the end within 2 s")?;
+    let TunnelEnd::SessionEnded(end) = end else {
+        anyhow::bail!("unexpected end {end:?}");
+    };
+    ensure!(tunnel.stats().connections == 0, "{:?}", tunnel.stats());
+    ensure!(!listening(tunnel.local_addr()).await, "still listening");
+    Ok((end.code, end.reason))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_learns_that_its_session_was_stopped_or_lost_its_agent() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let echo = EchoServer::start().await?;
+    let s = Setup::new(&broker, "rdp", echo.port()).await?;
+    let launch = passerelle_desktop::parse_launch_url(&s.session.launch_url)?;
+    ensure!(
+        launch.agent.as_ref().map(|a| a.as_str()) == Some(s.agent.id.as_str()),
+        "the launch URL names the agent: {launch:?}"
+    );
+    let tunnel = Tunnel::start(launch, TunnelOptions::default()).await?;
+    watched(&tunnel).await?;
+    s.api.stop(&s.session.id).await?;
+    let (code, reason) = ended_without_connections(&tunnel).await?;
+    ensure!(
+        code == passerelle_proto::close::STOPPED.code && reason == "session stopped by alice",
+        "{code} {reason}"
+    );
+
+    // Another session of the same agent; the agent goes: the session ends, the tunnel too.
+    let mut s = s;
+    let second = s.api.create_session(&s.agent.id, "rdp").await?;
+    let launch = passerelle_desktop::parse_launch_url(&second.launch_url)?;
+    let tunnel = Tunnel::start(launch, TunnelOptions::default()).await?;
+    watched(&tunnel).await?;
+    s.agent.disconnect().await?;
+    let (code, reason) = ended_without_connections(&tunnel).await?;
+    ensure!(
+        code == passerelle_proto::close::AGENT_DISCONNECTED.code,
+        "{code} {reason}"
+    );
+    let ended = broker.wait_ended(&second.id).await?;
+    ensure!(
+        ended.end_reason == Some(passerelle_e2e::EndReason::AgentDisconnected),
+        "{ended:#?}"
+    );
+    Ok(())
+}

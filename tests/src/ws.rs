@@ -112,6 +112,20 @@ impl Ws {
         Ok(())
     }
 
+    /// Reads the next message, which must be a text frame; its text.
+    pub async fn expect_text(&mut self) -> Result<String> {
+        loop {
+            let msg = timeout(WAIT, self.stream.next())
+                .await
+                .context("no text frame in time")?;
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => bail!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     /// Sends `data` as binary messages of at most [`CHUNK`] bytes.
     pub async fn send(&mut self, data: &[u8]) -> Result<()> {
         for chunk in data.chunks(CHUNK) {

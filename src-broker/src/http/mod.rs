@@ -155,6 +155,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/replay/{id}", get(pages::replay))
         .route("/ws/sessions/{id}", get(ws::viewer))
         .route("/ws/sessions/{id}/raw", get(ws::raw))
+        .route("/ws/sessions/{id}/watch", get(ws::watch))
         .route("/", get(pages::root))
         .route("/console", get(pages::console))
         .route("/view/{id}", get(pages::view))

@@ -47,6 +47,7 @@ fn launch_url(urls: &Urls, session: &LiveSession, token: String) -> String {
         token,
         service: session.service.clone(),
         fingerprint: urls.tls_fingerprint.clone(),
+        agent: Some(session.agent.clone()),
     }
     .to_url()
 }

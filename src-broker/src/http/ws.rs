@@ -13,12 +13,13 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use passerelle_proto::close::Closure;
 use passerelle_proto::ids::ServiceKind;
+use passerelle_proto::launch::WATCH_ADMITTED;
 use serde::Deserialize;
 use tracing::Instrument as _;
 
 use super::server::ConnSlot;
 use super::viewer::{self, WsSink, WsSource};
-use crate::ends::Frame;
+use crate::ends::{Frame, Sink as _, Source as _};
 use crate::service::rdp;
 use crate::session::{Core, Endpoint};
 
@@ -53,6 +54,53 @@ pub(super) async fn raw(
     let token = viewer::presented_token(&headers, q.token);
     upgrade(core, id, token, peer, slot, ws, Endpoint::Raw)
 }
+
+/// `/ws/sessions/{id}/watch`: a launch token's watch (see `session::watch`). Nothing flows; the
+/// socket closes with the session's end code when it ends. What the watcher sends is read and
+/// dropped (bounded by the upgrade's frame limit) so that its close is seen.
+pub(super) async fn watch(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    slot: Option<Extension<ConnSlot>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = viewer::presented_token(&headers, q.token);
+    let span =
+        tracing::info_span!("watch", session = %id.chars().take(36).collect::<String>(), %peer);
+    let tasks = core.tasks.clone();
+    viewer::accept(ws, WATCH_MAX_MESSAGE).on_upgrade(move |socket| {
+        let serving = async move {
+            let (mut rx, mut tx) = viewer::split(socket);
+            let closure = match core.watch_session(&id, &token, peer).await {
+                Err(refused) => refused,
+                Ok(watch) => {
+                    // Tells the watcher it was admitted: a refusal comes as a close instead.
+                    let said = tx.send(Frame::Text(WATCH_ADMITTED.into())).await;
+                    if said.is_err() || tx.flush().await.is_err() {
+                        return drop(slot);
+                    }
+                    let watcher_left = async { while let Ok(Some(_)) = rx.recv().await {} };
+                    tokio::select! {
+                        closure = watch.ended() => closure,
+                        () = watcher_left => return drop(slot),
+                    }
+                }
+            };
+            viewer::close((rx, tx), closure.code.code, &closure.reason).await;
+            drop(slot);
+        };
+        let handle = tasks.spawn(serving.instrument(span));
+        async move {
+            let _ = handle.await;
+        }
+    })
+}
+
+/// The largest message a watcher may send (it has nothing to say).
+const WATCH_MAX_MESSAGE: usize = 1024;
 
 fn upgrade(
     core: Arc<Core>,

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::Connection;
 use super::live::{Actor, ConnectionGuard, LiveSession};
-use super::table::TokenKind;
+use super::table::{AdmitError, TokenKind};
 use super::{Core, session_event};
 use crate::ends::{Sink, Source};
 use crate::registry::{AgentChannel, AgentConn};
@@ -70,32 +70,10 @@ impl Core {
         self.not_locked_out(peer).inspect_err(|_| {
             tracing::info!("viewer refused: its address is locked out");
         })?;
-        let (session, kind) = match self.table.admit(id, token) {
-            Ok(admitted) => admitted,
-            Err(refused) => {
-                self.metrics
-                    .token_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let live = self.table.get(id);
-                let mut ev = NewEvent::new(AuditKind::TokenRefused, refused.to_string());
-                ev.peer_addr = Some(peer.to_string());
-                if let Some(live) = &live {
-                    ev.tenant_id = Some(live.tenant_id);
-                    ev.session = Some(live.id.clone());
-                    ev.agent = Some(live.agent.to_string());
-                }
-                self.db.audit(ev);
-                if refused.is_guess() {
-                    let what = match &live {
-                        Some(live) => format!("a token for session {}", live.id),
-                        None => "a token for an unknown session".to_owned(),
-                    };
-                    self.guard.failed(peer, live.map(|l| l.tenant_id), &what);
-                }
-                tracing::info!(reason = %refused, "viewer refused");
-                return Err(refused.closure());
-            }
-        };
+        let (session, kind) = self
+            .table
+            .admit(id, token)
+            .map_err(|refused| self.token_refused(id, peer, &refused))?;
         tracing::Span::current()
             .record("agent", tracing::field::display(&session.agent))
             .record("tenant_id", session.tenant_id);
@@ -163,8 +141,39 @@ impl Core {
         Ok((session, launch))
     }
 
+    /// Counts and audits a refused token (a guess toward the address's lockout); what the
+    /// viewer or watcher is told.
+    pub(super) fn token_refused(
+        &self,
+        id: &str,
+        peer: SocketAddr,
+        refused: &AdmitError,
+    ) -> Closure {
+        self.metrics
+            .token_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let live = self.table.get(id);
+        let mut ev = NewEvent::new(AuditKind::TokenRefused, refused.to_string());
+        ev.peer_addr = Some(peer.to_string());
+        if let Some(live) = &live {
+            ev.tenant_id = Some(live.tenant_id);
+            ev.session = Some(live.id.clone());
+            ev.agent = Some(live.agent.to_string());
+        }
+        self.db.audit(ev);
+        if refused.is_guess() {
+            let what = match &live {
+                Some(live) => format!("a token for session {}", live.id),
+                None => "a token for an unknown session".to_owned(),
+            };
+            self.guard.failed(peer, live.map(|l| l.tenant_id), &what);
+        }
+        tracing::info!(reason = %refused, "viewer refused");
+        refused.closure()
+    }
+
     /// Refuses an address locked out for guessing tokens, saying when to retry.
-    fn not_locked_out(&self, peer: SocketAddr) -> Result<(), Closure> {
+    pub(super) fn not_locked_out(&self, peer: SocketAddr) -> Result<(), Closure> {
         self.guard.allowed(peer).map_err(|wait| {
             let message = format!(
                 "too many failed token attempts from this address; retry in {}s",

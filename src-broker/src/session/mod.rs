@@ -20,6 +20,7 @@ pub(crate) mod recording;
 mod table;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -180,21 +180,28 @@ impl Table {
         id: &str,
         token: &str,
     ) -> Result<(Arc<LiveSession>, TokenKind), AdmitError> {
-        self.admit_kind(id, token, false)
+        self.admit_kind(id, token, |k| k != TokenKind::Exchange)
     }
 
     /// Like [`Self::admit`] for an exchange token, the only kind it takes.
     pub fn admit_exchange(&self, id: &str, token: &str) -> Result<Arc<LiveSession>, AdmitError> {
-        self.admit_kind(id, token, true).map(|(session, _)| session)
+        self.admit_kind(id, token, |k| k == TokenKind::Exchange)
+            .map(|(session, _)| session)
+    }
+
+    /// Like [`Self::admit`] for a watch of the session, which only a launch token may keep.
+    pub fn admit_watch(&self, id: &str, token: &str) -> Result<Arc<LiveSession>, AdmitError> {
+        self.admit_kind(id, token, |k| k == TokenKind::Launch)
+            .map(|(session, _)| session)
     }
 
     /// A token of the wrong purpose (an exchange token on a WebSocket, a viewer token traded
-    /// for a launch URL) is unknown there, and stays unused.
+    /// for a launch URL or kept as a watch) is unknown there, and stays unused.
     fn admit_kind(
         &self,
         id: &str,
         token: &str,
-        exchange: bool,
+        accepts: impl Fn(TokenKind) -> bool,
     ) -> Result<(Arc<LiveSession>, TokenKind), AdmitError> {
         let hash = secrets::hash(token);
         let mut inner = self.inner();
@@ -203,7 +210,7 @@ impl Table {
             return Err(AdmitError::Unknown);
         }
         let kind = entry.kind;
-        if (kind == TokenKind::Exchange) != exchange {
+        if !accepts(kind) {
             return Err(AdmitError::Unknown);
         }
         if kind != TokenKind::Launch && entry.used {

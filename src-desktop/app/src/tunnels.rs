@@ -22,8 +22,10 @@ pub struct Row {
     pub id: u64,
     /// The broker's host.
     pub broker: String,
-    /// The session id (the launch URL names no agent).
+    /// The session id.
     pub session: String,
+    /// The session's agent, when the launch URL names it (display only).
+    pub agent: Option<String>,
     /// The service, e.g. `rdp`.
     pub service: String,
     /// `127.0.0.1:PORT`.
@@ -77,6 +79,7 @@ impl Tunnels {
                         .unwrap_or(&launch.broker)
                         .to_owned(),
                     session: launch.session.clone(),
+                    agent: launch.agent.as_ref().map(ToString::to_string),
                     service: launch.service.to_string(),
                     local: e.tunnel.local_addr().to_string(),
                     bytes_up: stats.bytes_up,

@@ -43,7 +43,7 @@ async function refresh() {
   body.replaceChildren(...rows.map((r) => {
     const tr = document.createElement("tr");
     tr.append(
-      cell(r.session.slice(0, 8) + "… @ " + r.broker, null, r.session),
+      cell((r.agent || r.session.slice(0, 8) + "…") + " @ " + r.broker, null, "session " + r.session),
       cell(r.service),
       cell(r.local),
       cell(bytes(r.bytes_up), "num"),
