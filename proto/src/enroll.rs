@@ -126,6 +126,7 @@ impl<'de> Deserialize<'de> for IdPattern {
 /// `POST /api/v1/enrollment-tokens` (admin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateEnrollmentToken {
     /// For people: what the token is for, e.g. `GPO 2026-12 accounting`.
     pub name: String,
@@ -162,6 +163,7 @@ impl CreateEnrollmentToken {
 
 /// An enrolment token as the API lists it (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollmentTokenInfo {
     /// Public id (12 hex digits); names the token in the audit and in `DELETE`.
     pub id: String,
@@ -179,6 +181,7 @@ pub struct EnrollmentTokenInfo {
 
 /// The answer to `POST /api/v1/enrollment-tokens` (201): the token's secret, shown once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedEnrollmentToken {
     /// The secret workstations present (`pet_<id>_<secret>`); only its hash is kept.
     pub token: String,
@@ -189,6 +192,7 @@ pub struct CreatedEnrollmentToken {
 /// `POST /api/v1/enroll` (no API key: the token is the credential).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Enroll {
     pub token: String,
     /// The agent id to register (the SSH user name it will log in as).
@@ -221,6 +225,7 @@ impl Enroll {
 
 /// The answer to `POST /api/v1/enroll` (201 new agent, 200 re-enrolled).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Enrolled {
     pub id: AgentId,
     pub tenant: TenantName,
