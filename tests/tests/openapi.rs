@@ -206,7 +206,8 @@ async fn another_method_is_a_json_405_with_allow() -> Result<()> {
     )
 }
 
-/// Fixed with the document: the replay routes answered a malformed query with a plain-text 400.
+/// Found by schemathesis (undocumented `text/plain` answer): the replay routes answered a
+/// malformed query with a plain-text 400.
 #[tokio::test]
 async fn a_malformed_replay_query_is_a_json_400() -> Result<()> {
     let broker = TestBroker::start().await?;
@@ -223,8 +224,8 @@ async fn a_malformed_replay_query_is_a_json_400() -> Result<()> {
     Ok(())
 }
 
-/// Fixed with the document: a plain GET of a viewer's WebSocket endpoint answered a plain-text
-/// 400.
+/// Found by schemathesis (undocumented `text/plain` answer): a plain GET of a viewer's
+/// WebSocket endpoint answered a plain-text 400.
 #[tokio::test]
 async fn a_websocket_endpoint_without_an_upgrade_is_a_json_400() -> Result<()> {
     let broker = TestBroker::start().await?;

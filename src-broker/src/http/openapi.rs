@@ -432,10 +432,12 @@ mod tests {
         let codes_429 = &op["responses"]["429"]["content"]["application/json"]["schema"]["allOf"]
             [1]["properties"]["error"]["properties"]["code"]["enum"];
         assert_eq!(codes_429, &json!(["quota_exceeded", "too_many_attempts"]));
+        let codes_403 = &op["responses"]["403"]["content"]["application/json"]["schema"]["allOf"]
+            [1]["properties"]["error"]["properties"]["code"]["enum"];
+        assert_eq!(codes_403, &json!(["recording_required", "forbidden"]));
         for (status, name) in [
             ("400", "BadRequest"),
             ("401", "Unauthorized"),
-            ("403", "Forbidden"),
             ("408", "RequestTimeout"),
             ("413", "TooLarge"),
             ("415", "UnsupportedMediaType"),
