@@ -14,6 +14,7 @@ pub const MAX_NAME_CHARS: usize = 64;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateApiKey {
     /// What the key is for, e.g. `helpdesk console` (1 to 64 printable characters).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub name: String,
     /// What it may do.
     pub role: Role,

@@ -129,9 +129,11 @@ impl<'de> Deserialize<'de> for IdPattern {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateEnrollmentToken {
     /// For people: what the token is for, e.g. `GPO 2026-12 accounting`.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
     pub name: String,
     /// How many agents it may enrol (default 1, at most [`MAX_USES`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000))]
     pub uses: Option<u32>,
     /// RFC 3339; none = valid until spent or revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -59,3 +59,26 @@ impl PartialSchema for IdPattern {
     }
 }
 impl ToSchema for IdPattern {}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::PartialSchema as _;
+
+    use crate::api_keys::{CreateApiKey, MAX_NAME_CHARS};
+    use crate::enroll::{CreateEnrollmentToken, MAX_TOKEN_NAME, MAX_USES};
+
+    fn schema<T: utoipa::PartialSchema>() -> serde_json::Value {
+        serde_json::to_value(T::schema()).expect("a schema is JSON")
+    }
+
+    /// The bounds written as literals in the `schema(...)` attributes are the checked ones.
+    #[test]
+    fn documented_bounds_are_the_checked_ones() {
+        let key = schema::<CreateApiKey>();
+        assert_eq!(key["properties"]["name"]["maxLength"], MAX_NAME_CHARS);
+        let token = schema::<CreateEnrollmentToken>();
+        assert_eq!(token["properties"]["name"]["maxLength"], MAX_TOKEN_NAME);
+        let uses = token["properties"]["uses"].to_string();
+        assert!(uses.contains(&format!("\"maximum\":{MAX_USES}")), "{uses}");
+    }
+}

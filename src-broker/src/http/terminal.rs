@@ -29,6 +29,7 @@ const READERS: &[Role] = &[Role::Admin, Role::Auditor];
 #[into_params(parameter_in = Query)]
 pub(super) struct SearchQuery {
     /// The text (1 to 256 bytes, no control characters; ASCII letters in any case).
+    #[param(min_length = 1, max_length = 256)]
     q: String,
     /// At most this many matching lines (1 to 1000, default 200).
     limit: Option<u32>,
