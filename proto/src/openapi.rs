@@ -62,8 +62,6 @@ impl ToSchema for IdPattern {}
 
 #[cfg(test)]
 mod tests {
-    use utoipa::PartialSchema as _;
-
     use crate::api_keys::{CreateApiKey, MAX_NAME_CHARS};
     use crate::enroll::{CreateEnrollmentToken, MAX_TOKEN_NAME, MAX_USES};
 
