@@ -72,3 +72,5 @@ install_page_driver
 ensure_terminal_test_user
 # ssh-audit (PyPI) for the SSH listener's scan test.
 bash "$(dirname "${BASH_SOURCE[0]}")/install-scan-deps.sh"
+# schemathesis (PyPI) for the OpenAPI document's property-based test.
+bash "$(dirname "${BASH_SOURCE[0]}")/install-api-test-deps.sh"

@@ -9,6 +9,7 @@ use crate::ids::{AgentId, ServiceName, TenantName};
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Role {
     /// Reads the audit and plays recordings.
     Auditor,
@@ -39,6 +40,7 @@ impl Role {
 /// `POST /api/v1/sessions`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateSession {
     /// The agent whose service to open.
     pub agent: AgentId,
@@ -67,6 +69,7 @@ pub struct CreateSession {
 /// A session's life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SessionState {
     /// Created; no viewer has connected yet.
     Pending,
@@ -96,6 +99,7 @@ impl SessionState {
 
 /// A session as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionInfo {
     pub id: String,
     pub tenant: TenantName,
@@ -125,6 +129,7 @@ pub struct SessionInfo {
 
 /// The answer to `POST /api/v1/sessions` (201).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedSession {
     pub id: String,
     pub state: SessionState,
@@ -141,6 +146,7 @@ pub struct CreatedSession {
 
 /// The answer to `POST /api/v1/sessions/{id}/tokens` (201).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IssuedToken {
     pub token: String,
     pub token_expires_at: String,
@@ -153,6 +159,7 @@ pub struct IssuedToken {
 /// `POST /api/v1/agents`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterAgent {
     pub id: AgentId,
     /// An OpenSSH public key line, e.g. `ssh-ed25519 AAAA... comment`.
@@ -178,6 +185,7 @@ pub struct RegisterAgent {
 /// `PATCH /api/v1/agents/{id}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PatchAgent {
     #[serde(default)]
     pub public_key: Option<String>,
@@ -201,6 +209,7 @@ pub struct PatchAgent {
 
 /// One announced service of a connected agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentService {
     pub name: ServiceName,
     /// The port number the broker told the agent (a placeholder: nothing listens on it).
@@ -209,6 +218,7 @@ pub struct AgentService {
 
 /// An agent as the API shows it (presence included). Secrets never appear.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentInfo {
     pub id: AgentId,
     /// SHA256 fingerprint of its public key, as `ssh-keygen -l` prints it.
@@ -264,6 +274,7 @@ pub const AGENTS_MAX_LIMIT: usize = 1000;
 
 /// `GET /api/v1/tenant`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TenantInfo {
     pub name: TenantName,
     pub has_vnc_password: bool,
@@ -296,6 +307,7 @@ pub struct TenantInfo {
 /// What to do when a recording cannot be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RecordingPolicy {
     /// End the session (the default for audit).
     FailClosed,
@@ -306,6 +318,7 @@ pub enum RecordingPolicy {
 /// `PATCH /api/v1/tenant`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PatchTenant {
     #[serde(default)]
     pub vnc_password: Option<String>,
@@ -337,6 +350,7 @@ pub struct PatchTenant {
 
 /// One row of `GET /api/v1/audit`: a security or session event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEvent {
     pub id: i64,
     pub at: String,
@@ -357,6 +371,7 @@ pub struct AuditEvent {
 
 /// `GET /api/v1/audit`: sessions and events that match the filters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditPage {
     pub sessions: Vec<SessionInfo>,
     pub events: Vec<AuditEvent>,
@@ -364,12 +379,14 @@ pub struct AuditPage {
 
 /// `GET /api/v1/audit/search?q=`: the terminal sessions whose transcript holds the text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TerminalSearch {
     pub sessions: Vec<TerminalSearchHit>,
 }
 
 /// One session that matched, with its matching lines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TerminalSearchHit {
     pub session: String,
     pub agent: AgentId,
@@ -383,6 +400,7 @@ pub struct TerminalSearchHit {
 
 /// A matching line of a terminal transcript.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TerminalSearchLine {
     /// The connection it was typed or shown in (its recording segment, from 1).
     #[serde(default = "first_segment")]
@@ -400,12 +418,14 @@ fn first_segment() -> u32 {
 
 /// `POST /api/v1/sessions/{id}/launch`: a launch URL for the desktop helper.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LaunchAnswer {
     pub launch_url: String,
 }
 
 /// One recorded connection of a session (`GET /api/v1/recordings/{id}/segments`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecordingSegment {
     /// From 1, in the order the connections were bridged.
     pub segment: u32,
@@ -418,12 +438,14 @@ pub struct RecordingSegment {
 
 /// Every error body: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 /// The inside of [`ErrorBody`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Stable, snake_case: what a program branches on.
     pub code: String,

@@ -11,8 +11,10 @@ pub const MAX_NAME_CHARS: usize = 64;
 /// `POST /api/v1/keys`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateApiKey {
     /// What the key is for, e.g. `helpdesk console` (1 to 64 printable characters).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub name: String,
     /// What it may do.
     pub role: Role,
@@ -33,6 +35,7 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
 
 /// One key as `GET /api/v1/keys` lists it (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKeyInfo {
     /// The public id (12 hex digits), the `ID` in `psk_ID_…`; names the key in the audit.
     pub id: String,
@@ -50,6 +53,7 @@ pub struct ApiKeyInfo {
 
 /// `POST /api/v1/keys` answers the key with its secret, shown this once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedApiKey {
     #[serde(flatten)]
     pub info: ApiKeyInfo,

@@ -187,6 +187,7 @@ impl Closure {
 /// Why a session ended, as recorded in the audit and returned by the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EndReason {
     /// The viewer closed its connection.
     ViewerClosed,

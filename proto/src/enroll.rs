@@ -126,11 +126,14 @@ impl<'de> Deserialize<'de> for IdPattern {
 /// `POST /api/v1/enrollment-tokens` (admin).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateEnrollmentToken {
     /// For people: what the token is for, e.g. `GPO 2026-12 accounting`.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
     pub name: String,
     /// How many agents it may enrol (default 1, at most [`MAX_USES`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1_000_000))]
     pub uses: Option<u32>,
     /// RFC 3339; none = valid until spent or revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,6 +165,7 @@ impl CreateEnrollmentToken {
 
 /// An enrolment token as the API lists it (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollmentTokenInfo {
     /// Public id (12 hex digits); names the token in the audit and in `DELETE`.
     pub id: String,
@@ -179,6 +183,7 @@ pub struct EnrollmentTokenInfo {
 
 /// The answer to `POST /api/v1/enrollment-tokens` (201): the token's secret, shown once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedEnrollmentToken {
     /// The secret workstations present (`pet_<id>_<secret>`); only its hash is kept.
     pub token: String,
@@ -189,6 +194,7 @@ pub struct CreatedEnrollmentToken {
 /// `POST /api/v1/enroll` (no API key: the token is the credential).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Enroll {
     pub token: String,
     /// The agent id to register (the SSH user name it will log in as).
@@ -221,6 +227,7 @@ impl Enroll {
 
 /// The answer to `POST /api/v1/enroll` (201 new agent, 200 re-enrolled).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Enrolled {
     pub id: AgentId,
     pub tenant: TenantName,

@@ -11,6 +11,8 @@ pub mod enroll;
 pub mod fuzzing;
 pub mod ids;
 pub mod launch;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod origin;
 pub mod proxy;
 pub mod rdp;

@@ -71,6 +71,7 @@ impl Kind {
 /// What a recording holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Content {
     /// The RFB stream after the broker-terminated handshake (replayable).
     Rfb,
@@ -91,6 +92,7 @@ pub enum Content {
 
 /// The session metadata at the head of a recording.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Header {
     pub version: u32,
     pub session: String,

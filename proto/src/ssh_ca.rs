@@ -31,6 +31,7 @@ pub fn proof_message(tenant: &TenantName) -> String {
 /// have the broker generate one (`generate`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddSshCa {
     /// The CA's public key, an OpenSSH line (`ssh-ed25519 AAAA... comment`).
     #[serde(default)]
@@ -70,6 +71,7 @@ impl AddSshCa {
 
 /// A CA a tenant trusts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SshCaInfo {
     /// Its id in the API (`DELETE /api/v1/tenant/ssh-ca/{id}`).
     pub id: String,
@@ -84,6 +86,7 @@ pub struct SshCaInfo {
 
 /// `GET /api/v1/tenant/ssh-ca`: the tenant's CAs and what a CA's holder signs to add one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SshCaList {
     pub authorities: Vec<SshCaInfo>,
     /// [`proof_message`] for this tenant.
@@ -96,6 +99,7 @@ pub struct SshCaList {
 /// public key line or its SHA256 fingerprint), that no certificate may sign in with again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Revoke {
     #[serde(default)]
     pub serial: Option<u64>,
@@ -128,6 +132,7 @@ impl Revoke {
 /// What a revocation names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RevokedKind {
     Serial,
     Key,
@@ -135,6 +140,7 @@ pub enum RevokedKind {
 
 /// One entry of a tenant's revocation list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RevokedEntry {
     pub kind: RevokedKind,
     /// The serial in decimal, or the key's SHA256 fingerprint.

@@ -3,16 +3,17 @@
 //! filters are in `agents_list`.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use passerelle_proto::api::{AgentInfo, PatchAgent, RegisterAgent, Role};
+use passerelle_proto::api::{AgentInfo, ErrorBody, PatchAgent, RegisterAgent, Role};
 use passerelle_proto::close::EndReason;
 use passerelle_proto::ids::AgentId;
 
 use super::agents_list as list;
 use super::api::{ANY, ApiResult};
 use super::auth::Caller;
+use super::body::JsonBody;
 use super::{ApiError, App};
 use crate::registry::Registry;
 use crate::store::{AgentRecord, AgentSsh, AuditKind, Store, TenantId, check_agent_ssh, rfc3339};
@@ -59,6 +60,15 @@ async fn agent_of(app: &App, tenant_id: TenantId, id: &str) -> ApiResult<AgentRe
         .ok_or_else(|| ApiError::not_found("agent"))
 }
 
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
+    description = "The tenant's agents with their presence, in id order, a page at a time: the next page's cursor comes in the `X-Next-Cursor` and `Link` headers. Roles: admin, helpdesk, auditor.",
+    security(("api_key" = ["admin", "helpdesk", "auditor"])),
+    params(list::AgentQuery),
+    responses((status = 200, description = "A page of agents", body = Vec<AgentInfo>,
+        headers(
+            ("x-next-cursor" = String, description = "The next page's cursor, when there is one"),
+            ("link" = String, description = "`</api/v1/agents?cursor=...>; rel=\"next\"`, when there is a next page"),
+        ))))]
 pub(super) async fn list_agents(
     caller: Caller,
     State(app): State<App>,
@@ -90,6 +100,11 @@ pub(super) async fn list_agents(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents",
+    description = "One agent with its presence. Roles: admin, helpdesk, auditor.",
+    security(("api_key" = ["admin", "helpdesk", "auditor"])),
+    params(("id" = String, Path, description = "The agent's id")),
+    responses((status = 200, description = "The agent", body = AgentInfo), (status = 404, description = "`not_found`: no such agent in the caller's tenant", body = ErrorBody)))]
 pub(super) async fn get_agent(
     caller: Caller,
     State(app): State<App>,
@@ -102,13 +117,21 @@ pub(super) async fn get_agent(
     Ok(Json(agent_info(&app.registry, &rec, ssh)))
 }
 
+#[utoipa::path(post, path = "/api/v1/agents", tag = "agents",
+    description = "Registers an agent and its SSH public key. Roles: admin.",
+    security(("api_key" = ["admin"])),
+    request_body = RegisterAgent,
+    responses(
+        (status = 201, description = "Registered", body = AgentInfo),
+        (status = 409, description = "`conflict`, `quota_exceeded`: the id or key is taken, or the tenant has as many agents as allowed", body = ErrorBody),
+    ))]
 pub(super) async fn register_agent(
     caller: Caller,
     State(app): State<App>,
-    body: Result<Json<RegisterAgent>, JsonRejection>,
+    body: Result<JsonBody<RegisterAgent>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<AgentInfo>)> {
     caller.require(&[Role::Admin])?;
-    let Json(req) = body?;
+    let JsonBody(req) = body?;
     check_agent_ssh(req.ssh_username.as_deref(), req.ssh_password.as_deref())
         .map_err(anyhow::Error::from)?;
     let tenant_id = caller.tenant_id;
@@ -165,14 +188,24 @@ pub(super) async fn register_agent(
     ))
 }
 
+#[utoipa::path(patch, path = "/api/v1/agents/{id}", tag = "agents",
+    description = "Changes an agent's key or credentials (only the fields given); a new key disconnects it. Roles: admin.",
+    security(("api_key" = ["admin"])),
+    params(("id" = String, Path, description = "The agent's id")),
+    request_body = PatchAgent,
+    responses(
+        (status = 200, description = "The agent after the change", body = AgentInfo),
+        (status = 404, description = "`not_found`: no such agent in the caller's tenant", body = ErrorBody),
+        (status = 409, description = "`conflict`: the key is another agent's", body = ErrorBody),
+    ))]
 pub(super) async fn patch_agent(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,
-    body: Result<Json<PatchAgent>, JsonRejection>,
+    body: Result<JsonBody<PatchAgent>, ApiError>,
 ) -> ApiResult<Json<AgentInfo>> {
     caller.require(&[Role::Admin])?;
-    let Json(req) = body?;
+    let JsonBody(req) = body?;
     check_agent_ssh(req.ssh_username.as_deref(), req.ssh_password.as_deref())
         .map_err(anyhow::Error::from)?;
     let before = agent_of(&app, caller.tenant_id, &id).await?;
@@ -230,6 +263,11 @@ pub(super) async fn patch_agent(
     Ok(Json(agent_info(&app.registry, &after, ssh)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents",
+    description = "Revokes an agent: its sessions end and it is disconnected at once. Roles: admin.",
+    security(("api_key" = ["admin"])),
+    params(("id" = String, Path, description = "The agent's id")),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "`not_found`: no such agent in the caller's tenant", body = ErrorBody)))]
 pub(super) async fn revoke_agent(
     caller: Caller,
     State(app): State<App>,

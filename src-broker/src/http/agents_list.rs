@@ -20,13 +20,19 @@ use crate::store::{AgentRecord, TenantId};
 const SCAN_BATCH: usize = 1000;
 
 /// The query string.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AgentQuery {
+    /// Agents per page (1 to 1000, default 100).
     limit: Option<usize>,
+    /// Where the page starts: the `X-Next-Cursor` of the previous page.
     cursor: Option<String>,
+    /// Only ids that start with this.
     q: Option<String>,
+    /// Only connected (`true`) or disconnected (`false`) agents.
     online: Option<bool>,
+    /// Only agents announcing this service (connected ones).
     service: Option<ServiceName>,
 }
 

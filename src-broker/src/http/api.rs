@@ -4,14 +4,15 @@
 //! agents in `agents.rs`.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use passerelle_proto::api::{
-    AuditPage, PatchTenant, RecordingSegment, Role, SessionInfo, TenantInfo,
+    AuditPage, ErrorBody, PatchTenant, RecordingSegment, Role, SessionInfo, TenantInfo,
 };
 use serde::Deserialize;
 
 use super::auth::Caller;
+use super::body::JsonBody;
 use super::{ApiError, App};
 use crate::store::{AuditFilter, AuditKind, Db, parse_rfc3339};
 
@@ -24,6 +25,15 @@ pub(super) async fn not_found() -> ApiError {
     ApiError::not_found("route")
 }
 
+/// A known path with a method it does not have (axum adds the `Allow` header).
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not take this method; see the Allow header",
+    )
+}
+
 /// A session of the caller's tenant.
 pub(super) async fn session_of(db: &Db, caller: &Caller, id: &str) -> ApiResult<SessionInfo> {
     let id = id.to_owned();
@@ -33,6 +43,10 @@ pub(super) async fn session_of(db: &Db, caller: &Caller, id: &str) -> ApiResult<
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/tenant", tag = "tenant",
+    description = "The caller's tenant's settings (never its secrets). Roles: admin.",
+    security(("api_key" = ["admin"])),
+    responses((status = 200, description = "The settings", body = TenantInfo)))]
 pub(super) async fn get_tenant(
     caller: Caller,
     State(db): State<Db>,
@@ -48,13 +62,18 @@ pub(super) async fn get_tenant(
     Ok(Json(info))
 }
 
+#[utoipa::path(patch, path = "/api/v1/tenant", tag = "tenant",
+    description = "Changes the tenant's settings (only the fields given). Roles: admin.",
+    security(("api_key" = ["admin"])),
+    request_body = PatchTenant,
+    responses((status = 200, description = "The settings after the change", body = TenantInfo)))]
 pub(super) async fn patch_tenant(
     caller: Caller,
     State(db): State<Db>,
-    body: Result<Json<PatchTenant>, JsonRejection>,
+    body: Result<JsonBody<PatchTenant>, ApiError>,
 ) -> ApiResult<Json<TenantInfo>> {
     caller.require(&[Role::Admin])?;
-    let Json(mut req) = body?;
+    let JsonBody(mut req) = body?;
     if let Some(list) = &req.frame_ancestors {
         let origins = passerelle_proto::origin::normalize_origins(list)
             .map_err(|e| ApiError::bad_request(format!("frame_ancestors: {e}")))?;
@@ -97,20 +116,35 @@ fn changed_settings(p: &PatchTenant) -> String {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AuditQuery {
+    /// Only this agent's.
     agent: Option<String>,
+    /// Only this operator's.
     operator: Option<String>,
+    /// Only this session's.
     session: Option<String>,
+    /// Only events of this kind, e.g. `session_created`.
     kind: Option<String>,
+    /// From this time on (RFC 3339).
     since: Option<String>,
+    /// Up to this time (RFC 3339).
     until: Option<String>,
+    /// Sessions that lasted at least this long.
     min_duration_secs: Option<u64>,
+    /// Sessions that lasted at most this long.
     max_duration_secs: Option<u64>,
+    /// At most this many of each.
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
+    description = "Sessions and audit events that match the filters. Roles: admin, auditor.",
+    security(("api_key" = ["admin", "auditor"])),
+    params(AuditQuery),
+    responses((status = 200, description = "The matching sessions and events", body = AuditPage)))]
 pub(super) async fn audit(
     caller: Caller,
     State(db): State<Db>,
@@ -148,14 +182,24 @@ fn secs_to_ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct SegmentQuery {
+    /// Which recorded connection of the session, from 1 (default 1).
     pub(super) segment: Option<u32>,
 }
 
 /// `GET /api/v1/recordings/{session_id}[?segment=N]`: a recording file (the session's first
 /// connection unless `segment` says which), streamed. Every download is audited.
+#[utoipa::path(get, path = "/api/v1/recordings/{id}", tag = "recordings",
+    description = "A session's recording file (`.psrec`), streamed; audited. Roles: admin, auditor.",
+    security(("api_key" = ["admin", "auditor"])),
+    params(("id" = String, Path, description = "The session's id"), SegmentQuery),
+    responses(
+        (status = 200, description = "The recording", body = super::openapi::Binary, content_type = "application/vnd.passerelle.recording"),
+        (status = 404, description = "`not_found`: no such session in the caller's tenant, or no such recording", body = ErrorBody),
+    ))]
 pub(super) async fn recording(
     caller: Caller,
     State(app): State<App>,
@@ -207,6 +251,14 @@ pub(super) async fn recording(
 
 /// `GET /api/v1/recordings/{session_id}/segments`: the session's recorded connections, in
 /// order.
+#[utoipa::path(get, path = "/api/v1/recordings/{id}/segments", tag = "recordings",
+    description = "A session's recorded connections, in order. Roles: admin, auditor.",
+    security(("api_key" = ["admin", "auditor"])),
+    params(("id" = String, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "The recorded connections", body = Vec<RecordingSegment>),
+        (status = 404, description = "`not_found`: no such session in the caller's tenant, or nothing recorded", body = ErrorBody),
+    ))]
 pub(super) async fn segments(
     caller: Caller,
     State(app): State<App>,

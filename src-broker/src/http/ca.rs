@@ -7,10 +7,9 @@
 //! with what was revoked: a revocation takes effect now, not at the next reconnection.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use passerelle_proto::api::Role;
+use passerelle_proto::api::{ErrorBody, Role};
 use passerelle_proto::ssh_ca::{
     AddSshCa, PROOF_NAMESPACE, Revoke, RevokedEntry, RevokedKind, SshCaInfo, SshCaList,
     proof_message,
@@ -20,10 +19,15 @@ use russh::keys::ssh_key::SshSig;
 
 use super::api::ApiResult;
 use super::auth::Caller;
+use super::body::JsonBody;
 use super::{ApiError, App};
 use crate::registry::SignedInWith;
 use crate::store::{AuditKind, key_fingerprint_of};
 
+#[utoipa::path(get, path = "/api/v1/tenant/ssh-ca", tag = "tenant",
+    description = "The tenant's SSH certificate authorities, and the message a CA's holder signs to prove it holds one. Roles: admin.",
+    security(("api_key" = ["admin"])),
+    responses((status = 200, description = "The CAs and the proof message", body = SshCaList)))]
 pub(super) async fn list(caller: Caller, State(app): State<App>) -> ApiResult<Json<SshCaList>> {
     caller.require(&[Role::Admin])?;
     let tenant_id = caller.tenant_id;
@@ -38,13 +42,19 @@ pub(super) async fn list(caller: Caller, State(app): State<App>) -> ApiResult<Js
     }))
 }
 
+#[utoipa::path(post, path = "/api/v1/tenant/ssh-ca", tag = "tenant",
+    description = "Trusts an SSH user CA: one the tenant holds, with a proof (an `ssh-keygen -Y sign -n passerelle-ssh-ca` signature of the tenant's proof message), or one the broker generates (`generate`). Agents with a certificate it signed, whose principal is their id, sign in without registration. Roles: admin.",
+    security(("api_key" = ["admin"])),
+    request_body = AddSshCa,
+    responses((status = 201, description = "The CA", body = SshCaInfo),
+        (status = 409, description = "`conflict`: a tenant already trusts this CA", body = ErrorBody)))]
 pub(super) async fn add(
     caller: Caller,
     State(app): State<App>,
-    body: Result<Json<AddSshCa>, JsonRejection>,
+    body: Result<JsonBody<AddSshCa>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<SshCaInfo>)> {
     caller.require(&[Role::Admin])?;
-    let Json(req) = body?;
+    let JsonBody(req) = body?;
     req.check().map_err(ApiError::bad_request)?;
     let tenant_id = caller.tenant_id;
     let ca = match (req.public_key, req.proof) {
@@ -87,6 +97,12 @@ fn check_proof(public_key: &str, proof: &str, message: &str) -> Result<(), ApiEr
         })
 }
 
+#[utoipa::path(delete, path = "/api/v1/tenant/ssh-ca/{id}", tag = "tenant",
+    description = "Stops trusting a CA: the agents it signed are disconnected and its certificates refused (they stay registered). Roles: admin.",
+    security(("api_key" = ["admin"])),
+    params(("id" = String, Path, description = "The CA's id")),
+    responses((status = 204, description = "Removed"),
+        (status = 404, description = "`not_found`: no such CA in the caller's tenant", body = ErrorBody)))]
 pub(super) async fn remove(
     caller: Caller,
     State(app): State<App>,
@@ -115,6 +131,10 @@ pub(super) async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/v1/tenant/ssh-ca/revoked", tag = "tenant",
+    description = "The tenant's certificate revocation list: serials and keys. Roles: admin, auditor.",
+    security(("api_key" = ["admin", "auditor"])),
+    responses((status = 200, description = "The list, newest first", body = Vec<RevokedEntry>)))]
 pub(super) async fn revoked(
     caller: Caller,
     State(app): State<App>,
@@ -124,13 +144,19 @@ pub(super) async fn revoked(
     Ok(Json(app.db.run(move |s| s.ssh_revoked(tenant_id)).await?))
 }
 
+#[utoipa::path(post, path = "/api/v1/tenant/ssh-ca/revoked", tag = "tenant",
+    description = "Revokes a certificate serial or a key (an OpenSSH public key line or its SHA256 fingerprint): live agents that signed in with it are disconnected, and no certificate of it signs in again. Roles: admin.",
+    security(("api_key" = ["admin"])),
+    request_body = Revoke,
+    responses((status = 201, description = "Added to the list"),
+        (status = 200, description = "Already on the list")))]
 pub(super) async fn revoke(
     caller: Caller,
     State(app): State<App>,
-    body: Result<Json<Revoke>, JsonRejection>,
+    body: Result<JsonBody<Revoke>, ApiError>,
 ) -> ApiResult<StatusCode> {
     caller.require(&[Role::Admin])?;
-    let Json(req) = body?;
+    let JsonBody(req) = body?;
     req.check().map_err(ApiError::bad_request)?;
     let (kind, value) = match (req.serial, req.public_key.or(req.key_fingerprint)) {
         (Some(serial), _) => (RevokedKind::Serial, serial.to_string()),

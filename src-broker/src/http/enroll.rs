@@ -10,10 +10,9 @@
 use std::net::SocketAddr;
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
-use passerelle_proto::api::Role;
+use passerelle_proto::api::{ErrorBody, Role};
 use passerelle_proto::enroll::{
     CreateEnrollmentToken, CreatedEnrollmentToken, Enroll, Enrolled, EnrollmentTokenInfo,
     MAX_TOKEN_TEXT,
@@ -21,19 +20,25 @@ use passerelle_proto::enroll::{
 
 use super::api::ApiResult;
 use super::auth::Caller;
+use super::body::JsonBody;
 use super::{ApiError, App};
 use crate::store::{AuditKind, NewEvent, NewToken, Refusal, Refused, now_ms, parse_rfc3339};
 
 /// Uses of a token when `uses` is not given.
 const DEFAULT_USES: u32 = 1;
 
+#[utoipa::path(post, path = "/api/v1/enrollment-tokens", tag = "enrolment",
+    description = "Creates an enrolment token; its secret is in this answer only. Roles: admin.",
+    security(("api_key" = ["admin"])),
+    request_body = CreateEnrollmentToken,
+    responses((status = 201, description = "The token, with its secret", body = CreatedEnrollmentToken)))]
 pub(super) async fn create_token(
     caller: Caller,
     State(app): State<App>,
-    body: Result<Json<CreateEnrollmentToken>, JsonRejection>,
+    body: Result<JsonBody<CreateEnrollmentToken>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<CreatedEnrollmentToken>)> {
     caller.require(&[Role::Admin])?;
-    let Json(req) = body?;
+    let JsonBody(req) = body?;
     req.check().map_err(ApiError::bad_request)?;
     let expires_at = match req.expires_at.as_deref() {
         None => None,
@@ -74,6 +79,10 @@ pub(super) async fn create_token(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/enrollment-tokens", tag = "enrolment",
+    description = "The tenant's enrolment tokens (never their secrets). Roles: admin.",
+    security(("api_key" = ["admin"])),
+    responses((status = 200, description = "The tokens", body = Vec<EnrollmentTokenInfo>)))]
 pub(super) async fn list_tokens(
     caller: Caller,
     State(app): State<App>,
@@ -84,6 +93,12 @@ pub(super) async fn list_tokens(
     Ok(Json(tokens.iter().map(|t| t.info()).collect()))
 }
 
+#[utoipa::path(delete, path = "/api/v1/enrollment-tokens/{id}", tag = "enrolment",
+    description = "Revokes an enrolment token; the agents it enrolled stay registered. Roles: admin.",
+    security(("api_key" = ["admin"])),
+    params(("id" = String, Path, description = "The token's public id")),
+    responses((status = 204, description = "Revoked"),
+        (status = 404, description = "`not_found`: no such token in the caller's tenant", body = ErrorBody)))]
 pub(super) async fn revoke_token(
     caller: Caller,
     State(app): State<App>,
@@ -105,15 +120,27 @@ pub(super) async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/enroll", tag = "enrolment",
+    description = "A workstation registers its own key with an enrolment token (the token is the credential: no API key).",
+    security(()),
+    request_body = Enroll,
+    responses(
+        (status = 200, description = "Enrolled again: the registration's key was replaced", body = Enrolled),
+        (status = 201, description = "Enrolled", body = Enrolled),
+        (status = 401, description = "`unauthorized`: an unknown enrolment token", body = ErrorBody),
+        (status = 403, description = "`token_revoked`, `token_expired`, `token_spent`, `id_not_allowed`: the token cannot enrol this id", body = ErrorBody),
+        (status = 409, description = "`agent_exists`, `conflict`, `quota_exceeded`: the id or key is taken, or the tenant is full", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts`: this address presented too many unknown keys or tokens", body = ErrorBody),
+    ))]
 pub(super) async fn enroll(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Result<Json<Enroll>, JsonRejection>,
+    body: Result<JsonBody<Enroll>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<Enrolled>)> {
     app.guard
         .allowed(peer)
         .map_err(ApiError::too_many_attempts)?;
-    let Json(req) = body?;
+    let JsonBody(req) = body?;
     req.check().map_err(ApiError::bad_request)?;
     let max_agents = app.config.quotas.agents_per_tenant;
     let Enroll {

@@ -55,6 +55,22 @@ impl ApiError {
     pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
+    /// 413 `too_large`: a body over [`super::MAX_BODY_BYTES`].
+    pub(crate) fn too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body over {} bytes", super::MAX_BODY_BYTES),
+        )
+    }
+    /// 415 `unsupported_media_type`: a body without `Content-Type: application/json`.
+    pub(crate) fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        )
+    }
     pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
@@ -119,18 +135,10 @@ fn disk_full(e: &anyhow::Error) -> bool {
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("request body over {} bytes", super::MAX_BODY_BYTES),
-            );
+            return Self::too_large();
         }
         if r.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-            return Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send Content-Type: application/json",
-            );
+            return Self::unsupported_media_type();
         }
         Self::bad_request(r.body_text())
     }

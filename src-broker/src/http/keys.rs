@@ -8,13 +8,13 @@
 //! done, deliberately.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use passerelle_proto::api::Role;
+use passerelle_proto::api::{ErrorBody, Role};
 use passerelle_proto::api_keys::{ApiKeyInfo, CreateApiKey, CreatedApiKey, check_name};
 
 use super::auth::Caller;
+use super::body::JsonBody;
 use super::{ApiError, App};
 use crate::store::{AuditKind, RevokeError, Revoked, now_ms, parse_rfc3339};
 
@@ -42,20 +42,32 @@ fn audit(app: &App, caller: &Caller, kind: AuditKind, key: &ApiKeyInfo, verb: &s
 }
 
 /// `GET /api/v1/keys`: the tenant's keys, revoked and expired ones included.
-async fn list(caller: Caller, State(app): State<App>) -> ApiResult<Json<Vec<ApiKeyInfo>>> {
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys",
+    description = "The tenant's API keys, revoked and expired ones included (never their secrets). Roles: admin.",
+    security(("api_key" = ["admin"])),
+    responses((status = 200, description = "The keys", body = Vec<ApiKeyInfo>)))]
+pub(super) async fn list(
+    caller: Caller,
+    State(app): State<App>,
+) -> ApiResult<Json<Vec<ApiKeyInfo>>> {
     caller.require(&[Role::Admin])?;
     let tenant_id = caller.tenant_id;
     Ok(Json(app.db.run(move |s| s.api_keys(tenant_id)).await?))
 }
 
 /// `POST /api/v1/keys` `{name, role, expires_at?}`: 201 with the key's secret, shown once.
-async fn create(
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys",
+    description = "Creates an API key; its secret is in this answer only. Roles: admin.",
+    security(("api_key" = ["admin"])),
+    request_body = CreateApiKey,
+    responses((status = 201, description = "The key, with its secret", body = CreatedApiKey)))]
+pub(super) async fn create(
     caller: Caller,
     State(app): State<App>,
-    body: Result<Json<CreateApiKey>, JsonRejection>,
+    body: Result<JsonBody<CreateApiKey>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
     caller.require(&[Role::Admin])?;
-    let Json(req) = body?;
+    let JsonBody(req) = body?;
     check_name(&req.name).map_err(ApiError::bad_request)?;
     let expires_at = match &req.expires_at {
         None => None,
@@ -82,7 +94,16 @@ async fn create(
 
 /// `DELETE /api/v1/keys/{id}`: 204; the key fails from the next request on. Revoking a revoked
 /// key changes nothing and answers 204 again.
-async fn revoke(
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys",
+    description = "Revokes an API key (again: no change). Roles: admin.",
+    security(("api_key" = ["admin"])),
+    params(("id" = String, Path, description = "The key's public id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "`not_found`: no such key in the caller's tenant", body = ErrorBody),
+        (status = 409, description = "`last_admin_key`: the tenant's last active admin key (revoke it with `passerelle api-key revoke`)", body = ErrorBody),
+    ))]
+pub(super) async fn revoke(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,

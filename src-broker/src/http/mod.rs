@@ -5,11 +5,13 @@ mod agents;
 mod agents_list;
 mod api;
 mod auth;
+mod body;
 mod ca;
 mod enroll;
 mod error;
 mod headers;
 mod keys;
+mod openapi;
 mod pages;
 mod rdp;
 mod replay;
@@ -131,6 +133,7 @@ pub(crate) fn router(app: App) -> Router {
             delete(enroll::revoke_token),
         )
         .route("/api/v1/enroll", post(enroll::enroll))
+        .route(openapi::PATH, get(openapi::document))
         .route(
             "/api/v1/tenant",
             get(api::get_tenant).patch(api::patch_tenant),
@@ -167,6 +170,7 @@ pub(crate) fn router(app: App) -> Router {
                 .post(api::not_found)
                 .patch(api::not_found),
         )
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             app.config.clone(),

@@ -3,7 +3,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use passerelle_proto::api::Role;
+use passerelle_proto::api::{ErrorBody, Role};
 use passerelle_proto::ids::AgentId;
 
 use super::api::ApiResult;
@@ -11,6 +11,11 @@ use super::auth::Caller;
 use super::{ApiError, App};
 use crate::store::AuditKind;
 
+#[utoipa::path(delete, path = "/api/v1/agents/{id}/rdp-certificate", tag = "agents",
+    description = "Forgets the agent's pinned RDP server certificate. Roles: admin.",
+    security(("api_key" = ["admin"])),
+    params(("id" = String, Path, description = "The agent's id")),
+    responses((status = 204, description = "Forgotten (or nothing was pinned)"), (status = 404, description = "`not_found`: no such agent in the caller's tenant", body = ErrorBody)))]
 pub(super) async fn reset_certificate(
     caller: Caller,
     State(app): State<App>,

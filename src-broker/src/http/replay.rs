@@ -3,10 +3,11 @@
 //! recording itself; each index fetch (one per replay) is audited as `recording_viewed`.
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
-use passerelle_proto::api::Role;
+use passerelle_proto::api::{ErrorBody, Role};
 use serde::Deserialize;
 
 use super::api::{ApiResult, session_of};
@@ -16,10 +17,13 @@ use crate::recording::screen_stream::{self, BuildError, Index};
 use crate::store::AuditKind;
 
 /// Which recorded connection of a session (from 1).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct IndexQuery {
+    /// Which recorded connection of the session, from 1.
     #[serde(default = "first")]
+    #[param(default = 1)]
     segment: u32,
 }
 
@@ -69,12 +73,22 @@ async fn stream_of(
 
 /// `GET /api/v1/recordings/{id}/screen/index`: what the replay page needs first (metadata,
 /// duration, input marks, keyframes). Audited: this is a replay.
+#[utoipa::path(get, path = "/api/v1/recordings/{id}/screen/index", tag = "recordings",
+    description = "What the replay page needs first: metadata, duration, input marks, keyframes; audited. Roles: admin, auditor.",
+    security(("api_key" = ["admin", "auditor"])),
+    params(("id" = String, Path, description = "The session's id"), IndexQuery),
+    responses(
+        (status = 200, description = "The screen stream's index", body = Index),
+        (status = 404, description = "`not_found`: no such session in the caller's tenant, or no such recording", body = ErrorBody),
+        (status = 409, description = "`recording_tampered`, `recording_unsigned`, `recording_unplayable`: the recording does not check or cannot be played", body = ErrorBody),
+    ))]
 pub(super) async fn index(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,
-    Query(q): Query<IndexQuery>,
+    query: Result<Query<IndexQuery>, QueryRejection>,
 ) -> ApiResult<Json<Index>> {
+    let Query(q) = query?;
     let (built, agent) = stream_of(&app, &caller, &id, q.segment).await?;
     let index = built.index;
     let mut ev = caller.event(
@@ -87,16 +101,21 @@ pub(super) async fn index(
     Ok(Json(index))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ScreenQuery {
     /// Recorded seconds to show.
     #[serde(default)]
+    #[param(minimum = 0, default = 0)]
     from: f64,
     /// Keyframe intervals to send (the page fetches the next ones as it plays).
     #[serde(default = "default_keyframes")]
+    #[param(default = 5)]
     keyframes: usize,
     /// Which recorded connection of the session.
     #[serde(default = "first")]
+    #[param(default = 1)]
     segment: u32,
 }
 
@@ -107,12 +126,23 @@ fn default_keyframes() -> usize {
 /// `GET /api/v1/recordings/{id}/screen?from=SECONDS&keyframes=N`: the stream's records from
 /// the last keyframe at or before `from`, up to the N-th keyframe after it (or the end).
 /// `X-Passerelle-Keyframe` says which keyframe it starts at (`number time_us`).
+#[utoipa::path(get, path = "/api/v1/recordings/{id}/screen", tag = "recordings",
+    description = "The screen stream's records from the last keyframe at or before `from`, up to the N-th keyframe after it. Roles: admin, auditor.",
+    security(("api_key" = ["admin", "auditor"])),
+    params(("id" = String, Path, description = "The session's id"), ScreenQuery),
+    responses(
+        (status = 200, description = "The records", body = super::openapi::Binary, content_type = "application/vnd.passerelle.screen",
+            headers(("x-passerelle-keyframe" = String, description = "The keyframe it starts at: `number time_us`"))),
+        (status = 404, description = "`not_found`, `no_screen`: no such session or recording, or it holds no screen", body = ErrorBody),
+        (status = 409, description = "`recording_tampered`, `recording_unsigned`, `recording_unplayable`: the recording does not check or cannot be played", body = ErrorBody),
+    ))]
 pub(super) async fn screen(
     caller: Caller,
     State(app): State<App>,
     Path(id): Path<String>,
-    Query(q): Query<ScreenQuery>,
+    query: Result<Query<ScreenQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
+    let Query(q) = query?;
     if !q.from.is_finite() || q.from < 0.0 {
         return Err(ApiError::bad_request("from must be a number of seconds"));
     }

@@ -2,7 +2,7 @@
 //! URLs that carry a session's tokens.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use passerelle_proto::api::{
@@ -14,9 +14,11 @@ use serde::Deserialize;
 
 use super::api::{ANY, ApiResult, OPERATORS, session_of};
 use super::auth::Caller;
+use super::body::JsonBody;
 use super::{ApiError, App, Urls};
 use crate::session::{CreateError, LiveSession, NewSession, Tokens};
 use crate::store::rfc3339;
+use passerelle_proto::api::ErrorBody;
 
 /// `&creds=stored` for an `rdp` session's page when credentials are stored for its agent (the
 /// page then sends placeholders that the broker replaces).
@@ -108,13 +110,25 @@ fn create_error(e: CreateError) -> ApiError {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/sessions", tag = "sessions",
+    description = "Opens a session on an agent's service. Roles: admin, helpdesk.",
+    security(("api_key" = ["admin", "helpdesk"])),
+    request_body = CreateSession,
+    responses(
+        (status = 201, description = "Created: its one-time viewer token and URLs", body = CreatedSession),
+        (status = 403, description = "`recording_required`: the tenant records every session", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such agent in the caller's tenant", body = ErrorBody),
+        (status = 409, description = "`agent_offline`, `service_unavailable`, `conflict`: the agent is not connected or does not offer the service", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded`: the tenant or agent has as many sessions as allowed", body = ErrorBody),
+        (status = 503, description = "`no_legacy_port`: every legacy port is taken", body = ErrorBody),
+    ))]
 pub(super) async fn create_session(
     caller: Caller,
     State(app): State<App>,
-    body: Result<Json<CreateSession>, JsonRejection>,
+    body: Result<JsonBody<CreateSession>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<CreatedSession>)> {
     caller.require(OPERATORS)?;
-    let Json(req) = body?;
+    let JsonBody(req) = body?;
     let new = NewSession {
         tenant_id: caller.tenant_id,
         agent: req.agent,
@@ -149,13 +163,21 @@ pub(super) async fn create_session(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
-    state: Option<String>,
+    /// Only sessions in this state.
+    state: Option<SessionState>,
+    /// At most this many (1 to 1000, default 100; larger values count as 1000).
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions",
+    description = "The tenant's sessions, newest first. Roles: admin, helpdesk, auditor.",
+    security(("api_key" = ["admin", "helpdesk", "auditor"])),
+    params(ListQuery),
+    responses((status = 200, description = "The sessions", body = Vec<SessionInfo>)))]
 pub(super) async fn list_sessions(
     caller: Caller,
     State(app): State<App>,
@@ -163,13 +185,7 @@ pub(super) async fn list_sessions(
 ) -> ApiResult<Json<Vec<SessionInfo>>> {
     caller.require(ANY)?;
     let Query(q) = query?;
-    let filter = match q.state.as_deref() {
-        None => None,
-        Some(s) => Some(
-            SessionState::parse(s)
-                .ok_or_else(|| ApiError::bad_request("state is pending, active or ended"))?,
-        ),
-    };
+    let filter = q.state;
     let (tenant_id, limit) = (caller.tenant_id, q.limit.unwrap_or(100).clamp(1, 1000));
     let found = app
         .db
@@ -178,6 +194,14 @@ pub(super) async fn list_sessions(
     Ok(Json(found))
 }
 
+#[utoipa::path(get, path = "/api/v1/sessions/{id}", tag = "sessions",
+    description = "One session. Roles: admin, helpdesk, auditor.",
+    security(("api_key" = ["admin", "helpdesk", "auditor"])),
+    params(("id" = String, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "The session", body = SessionInfo),
+        (status = 404, description = "`not_found`: no such session in the caller's tenant", body = ErrorBody),
+    ))]
 pub(super) async fn get_session(
     caller: Caller,
     State(app): State<App>,
@@ -187,6 +211,14 @@ pub(super) async fn get_session(
     Ok(Json(session_of(&app.db, &caller, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "sessions",
+    description = "Stops a session (its viewers are closed with 4020); stopping an ended session changes nothing. Roles: admin, helpdesk.",
+    security(("api_key" = ["admin", "helpdesk"])),
+    params(("id" = String, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "The session, ended", body = SessionInfo),
+        (status = 404, description = "`not_found`: no such session in the caller's tenant", body = ErrorBody),
+    ))]
 pub(super) async fn stop_session(
     caller: Caller,
     State(app): State<App>,
@@ -201,6 +233,15 @@ pub(super) async fn stop_session(
 /// `POST /api/v1/sessions/{id}/launch` with `Authorization: Bearer <exchange token>` (no API
 /// key): a launch URL for the session, for the viewer page's "open in desktop app". The token
 /// works once.
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/launch", tag = "sessions",
+    description = "Trades the viewer page's one-time exchange token (`Authorization: Bearer <exchange token>`, no API key) for a `passerelle://` launch URL for the desktop helper.",
+    security(("exchange_token" = [])),
+    params(("id" = String, Path, description = "The session's id")),
+    responses(
+        (status = 200, description = "The launch URL", body = LaunchAnswer),
+        (status = 401, description = "`unauthorized`: no exchange token, or an unknown, used or expired one", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts`: this address presented too many unknown tokens", body = ErrorBody),
+    ))]
 pub(super) async fn launch(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -224,6 +265,15 @@ pub(super) async fn launch(
     }))
 }
 
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/tokens", tag = "sessions",
+    description = "A new one-time viewer token (and launch token) for a live session. Roles: admin, helpdesk.",
+    security(("api_key" = ["admin", "helpdesk"])),
+    params(("id" = String, Path, description = "The session's id")),
+    responses(
+        (status = 201, description = "The token and its URLs", body = IssuedToken),
+        (status = 404, description = "`not_found`: no such session in the caller's tenant", body = ErrorBody),
+        (status = 409, description = "`session_ended`: the session has ended", body = ErrorBody),
+    ))]
 pub(super) async fn new_token(
     caller: Caller,
     State(app): State<App>,

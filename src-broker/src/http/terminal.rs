@@ -9,7 +9,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
-use passerelle_proto::api::{Role, TerminalSearch, TerminalSearchHit, TerminalSearchLine};
+use passerelle_proto::api::{
+    ErrorBody, Role, TerminalSearch, TerminalSearchHit, TerminalSearchLine,
+};
 use passerelle_proto::ids::AgentId;
 use passerelle_proto::terminal::asciicast::{self, CastError};
 use serde::Deserialize;
@@ -22,16 +24,25 @@ use crate::store::{AuditKind, Db, MAX_QUERY, parse_rfc3339};
 
 const READERS: &[Role] = &[Role::Admin, Role::Auditor];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct SearchQuery {
+    /// The text (1 to 256 bytes, no control characters; ASCII letters in any case).
+    #[param(min_length = 1, max_length = 256)]
     q: String,
+    /// At most this many matching lines (1 to 1000, default 200).
     limit: Option<u32>,
 }
 
 /// `GET /api/v1/audit/search?q=TEXT[&limit=N]`: the caller's terminal sessions whose
 /// transcript holds TEXT (any substring; ASCII letters in any case), with the matching lines,
 /// their connection and time. Auditor and admin keys; audited, without the text searched.
+#[utoipa::path(get, path = "/api/v1/audit/search", tag = "audit",
+    description = "Terminal sessions whose transcript holds a text, with the matching lines; audited. Roles: admin, auditor.",
+    security(("api_key" = ["admin", "auditor"])),
+    params(SearchQuery),
+    responses((status = 200, description = "The matching sessions", body = TerminalSearch)))]
 pub(super) async fn search(
     caller: Caller,
     State(app): State<App>,
@@ -97,6 +108,15 @@ pub(super) async fn search(
 /// first connection unless `segment` says which) as asciicast v2, once its hash chain and
 /// signatures check: its signed part only (a truncated recording's frames after its last
 /// checkpoint are not evidence). Auditor and admin keys; audited (`recording_viewed`).
+#[utoipa::path(get, path = "/api/v1/recordings/{id}/asciicast", tag = "recordings",
+    description = "A terminal recording's signed part as asciicast v2; audited. Roles: admin, auditor.",
+    security(("api_key" = ["admin", "auditor"])),
+    params(("id" = String, Path, description = "The session's id"), SegmentQuery),
+    responses(
+        (status = 200, description = "The asciicast", body = String, content_type = "application/x-asciicast"),
+        (status = 404, description = "`not_found`, `no_terminal`: no such session or recording, or it is not a terminal's", body = ErrorBody),
+        (status = 409, description = "`recording_tampered`, `recording_unsigned`: the recording does not check", body = ErrorBody),
+    ))]
 pub(super) async fn asciicast(
     caller: Caller,
     State(app): State<App>,
@@ -181,6 +201,12 @@ pub(super) async fn asciicast(
 /// `DELETE /api/v1/agents/{id}/ssh-host-key`: forgets the workstation's pinned SSH host key,
 /// so that the next terminal pins the one it finds (after a reinstall). Admin; audited. 204, or
 /// 404 when nothing is pinned.
+#[utoipa::path(delete, path = "/api/v1/agents/{id}/ssh-host-key", tag = "agents",
+    description = "Forgets the workstation's pinned SSH host key. Roles: admin.",
+    security(("api_key" = ["admin"])),
+    params(("id" = String, Path, description = "The agent's id")),
+    responses((status = 204, description = "Forgotten"),
+        (status = 404, description = "`not_found`: no such agent in the caller's tenant, or no host key pinned", body = ErrorBody)))]
 pub(super) async fn reset_host_key(
     caller: Caller,
     State(db): State<Db>,

@@ -40,7 +40,7 @@ pub mod kind {
 }
 
 /// What the replay page needs before any pixels.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Index {
     pub version: u32,
     /// Length of the recording this was built from (a longer one is rebuilt).
@@ -53,6 +53,7 @@ pub struct Index {
     /// Times of the operator's input activity.
     pub marks: Vec<u64>,
     /// `(time_us, offset)` of each keyframe; offsets count from the first record.
+    #[schema(value_type = Vec<Vec<u64>>)]
     pub keyframes: Vec<(u64, u64)>,
     /// Bytes of records.
     pub records_len: u64,
