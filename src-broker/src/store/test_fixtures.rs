@@ -13,11 +13,17 @@ pub(super) const KEY_B: &str =
 pub(super) fn two_tenants() -> (tempfile::TempDir, Store, TenantId, TenantId) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
+    let (one, two) = tenants_one_two(&store);
+    (dir, store, one, two)
+}
+
+/// Tenants `one` and `two` in `store` (of any backend, see `test_backends::each`).
+pub(super) fn tenants_one_two(store: &Store) -> (TenantId, TenantId) {
     let mut ids = Vec::new();
     for name in ["one", "two"] {
         let name = TenantName::new(name).unwrap();
         store.create_tenant(&name).unwrap();
         ids.push(store.tenant_id(&name).unwrap().unwrap());
     }
-    (dir, store, ids[0], ids[1])
+    (ids[0], ids[1])
 }
