@@ -68,8 +68,13 @@ fn server_bin() -> Result<PathBuf> {
         .context("no /usr/lib/postgresql/*/bin/initdb (scripts/install-test-deps.sh)")
 }
 
-fn run(mut cmd: Command, what: &str) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("running {what}"))?;
+async fn run(cmd: Command, what: &str) -> Result<()> {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let out = tokio::time::timeout(crate::WAIT * 4, cmd.output())
+        .await
+        .with_context(|| format!("{what} timed out"))?
+        .with_context(|| format!("running {what}"))?;
     ensure!(
         out.status.success(),
         "{what} failed ({}): {}{}",
@@ -82,15 +87,15 @@ fn run(mut cmd: Command, what: &str) -> Result<()> {
 
 impl TestPostgres {
     /// The shared server when `PASSERELLE_TEST_PG` is set, else a new one.
-    pub fn start() -> Result<Self> {
+    pub async fn start() -> Result<Self> {
         if let Some(base) = std::env::var(ENV).ok().filter(|s| !s.is_empty()) {
             return Ok(Self { base, own: None });
         }
-        Self::start_own()
+        Self::start_own().await
     }
 
     /// A new server for this test only; how long its start took is logged.
-    pub fn start_own() -> Result<Self> {
+    pub async fn start_own() -> Result<Self> {
         let started = Instant::now();
         let bin = server_bin()?;
         let dir = tempfile::Builder::new()
@@ -100,7 +105,7 @@ impl TestPostgres {
         if as_nobody {
             let mut chown = Command::new("chown");
             chown.arg("nobody").arg(dir.path());
-            run(chown, "chown nobody")?;
+            run(chown, "chown nobody").await?;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -119,7 +124,7 @@ impl TestPostgres {
             "--encoding=UTF8",
             "--locale=C.UTF-8",
         ]);
-        run(initdb, "initdb")?;
+        run(initdb, "initdb").await?;
         let mut start = server.command("pg_ctl");
         start
             .arg("-D")
@@ -133,12 +138,12 @@ impl TestPostgres {
                 server.dir.path().display()
             ))
             .arg("start");
-        if let Err(e) = run(start, "pg_ctl start") {
+        if let Err(e) = run(start, "pg_ctl start").await {
             let log =
                 std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default();
             bail!("{e:#}\nserver log:\n{log}");
         }
-        tracing::info!(
+        eprintln!(
             "a PostgreSQL test server started in {:.1} s on port {port}",
             started.elapsed().as_secs_f64()
         );
@@ -154,7 +159,7 @@ impl TestPostgres {
     }
 
     /// A new, empty database; its URL (`createdb`, the server's own client).
-    pub fn database(&self) -> Result<String> {
+    pub async fn database(&self) -> Result<String> {
         let name = crate::unique("passerelle_e2e").replace('-', "_");
         let name = format!("{name}_{}", std::process::id());
         let hostport = self
@@ -165,7 +170,7 @@ impl TestPostgres {
         let (host, port) = hostport.rsplit_once(':').context("no port")?;
         let mut createdb = Command::new(server_bin()?.join("createdb"));
         createdb.args(["-h", host, "-p", port, "-U", "passerelle", &name]);
-        run(createdb, "createdb")?;
+        run(createdb, "createdb").await?;
         Ok(format!("{}/{name}", self.base))
     }
 

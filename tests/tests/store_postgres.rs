@@ -18,8 +18,8 @@ use passerelle_e2e::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_serves_and_restarts_on_postgresql() -> Result<()> {
-    let pg = TestPostgres::start()?;
-    let url = pg.database()?;
+    let pg = TestPostgres::start().await?;
+    let url = pg.database().await?;
     let mut broker = TestBroker::spawn_binary_with(&["--store", &url]).await?;
     ensure!(
         !broker.data_dir().join("passerelle.db").exists(),

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use passerelle_proto::ids::TenantName;
 
-use super::sql::{Exec as _, PgUrl};
+use super::sql::{Backend, Exec as _, PgUrl, pg};
 use super::test_backends::{fresh_pg_database, pg_base};
-use super::{Backend, MIGRATIONS, Store};
+use super::{MIGRATIONS, Store};
 
 type Schema = BTreeMap<String, Vec<String>>;
 
@@ -133,4 +133,29 @@ fn an_unreachable_server_fails_fast_and_keeps_the_password_out_of_the_error() {
     assert!(err.contains("no connection within"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
     drop(silent);
+}
+
+#[test]
+fn the_pool_lends_at_most_its_clients_and_waits_for_one_back() {
+    let Some(base) = pg_base() else { return };
+    let url = fresh_pg_database(&base);
+    let pool = pg::Pool::connect(&url).unwrap();
+    let mut lent: Vec<_> = (0..pg::MAX_CLIENTS)
+        .map(|_| pool.get_within(Duration::from_secs(5)).unwrap())
+        .collect();
+    let started = Instant::now();
+    let Err(busy) = pool.get_within(Duration::from_millis(300)) else {
+        panic!("a client beyond MAX_CLIENTS");
+    };
+    assert!(busy.to_string().contains("stayed busy"), "{busy}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // One given back from another thread wakes the waiting caller.
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let c = pool.get_within(Duration::from_secs(10)).unwrap();
+            c.query("SELECT 1", Vec::new()).unwrap().len()
+        });
+        drop(lent.pop());
+        assert_eq!(waiter.join().unwrap(), 1);
+    });
 }

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use super::sql::{PgUrl, pg};
-use super::{Backend, Store};
+use super::Store;
+use super::sql::{Backend, PgUrl, pg};
 
 /// The server the test command started, if any.
 pub(crate) fn pg_base() -> Option<String> {

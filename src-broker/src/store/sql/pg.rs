@@ -5,14 +5,15 @@
 //! call blocks its thread on a tokio-postgres future ([`block_on`], bounded by
 //! [`QUERY_TIMEOUT`]). The clients' connection tasks (the sockets) run on a private one-thread
 //! runtime, which makes this usable from any thread, inside a runtime or not. Clients are kept
-//! in an idle list and made on demand, each with its prepared statements; a client whose
-//! connection ended, or that timed out, is dropped rather than reused.
+//! in an idle list and made on demand (at most [`MAX_CLIENTS`]), each with its prepared
+//! statements; a client whose connection ended, or that timed out, is dropped rather than
+//! reused.
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr as _;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use bytes::BytesMut;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::{Error, Result, Row, Value, placeholders};
+use super::{Error, PgUrl, Result, Row, Value, placeholders};
 
 /// Longest wait for a connection (TCP, then authentication).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,71 +29,13 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle clients kept for reuse.
 const MAX_IDLE: usize = 8;
+/// Clients open at once; a call waits (up to [`QUERY_TIMEOUT`]) for one to come back beyond.
+/// The blocking pool has far more threads than a database has connections to give.
+pub(crate) const MAX_CLIENTS: usize = 32;
 /// Prepared statements kept per client (the store has fewer distinct statements than this).
 const MAX_PREPARED: usize = 512;
 /// The advisory lock of [`super::Conn::transaction_immediate`].
 const WRITE_LOCK: i64 = 0x7061_7373_0001;
-
-/// A `postgres://` URL. Its `Debug` and `Display` hide the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PgUrl(String);
-
-impl PgUrl {
-    /// Accepts `postgres://` and `postgresql://` URLs that tokio-postgres can parse.
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let t = text.trim();
-        if !(t.starts_with("postgres://") || t.starts_with("postgresql://")) {
-            anyhow::bail!(
-                "a store URL starts with postgres:// (got {})",
-                Self(t.into())
-            );
-        }
-        tokio_postgres::Config::from_str(t)
-            .map_err(|e| anyhow::anyhow!("bad store URL {}: {e}", Self(t.into())))?;
-        Ok(Self(t.to_owned()))
-    }
-
-    /// The URL with its password: for the connection only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for PgUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // scheme://user:password@host... → scheme://user:***@host...
-        let s = &self.0;
-        let Some(scheme_end) = s.find("://").map(|i| i + 3) else {
-            return f.write_str("postgres://***");
-        };
-        let rest = &s[scheme_end..];
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        // Query parameters may carry `password=` too: shown without their values.
-        let tail = tail
-            .split_once('?')
-            .map_or(tail.to_owned(), |(path, query)| {
-                let keys: Vec<&str> = query
-                    .split('&')
-                    .map(|kv| kv.split('=').next().unwrap_or(""))
-                    .collect();
-                format!("{path}?{}", keys.join("=…&") + "=…")
-            });
-        match authority.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                write!(f, "{}{user}:***@{host}{tail}", &s[..scheme_end])
-            }
-            None => write!(f, "{}{authority}{tail}", &s[..scheme_end]),
-        }
-    }
-}
-
-impl std::fmt::Debug for PgUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PgUrl({self})")
-    }
-}
 
 struct Unpark(std::thread::Thread);
 
@@ -134,7 +77,18 @@ pub(crate) struct Pool {
     shown: String,
     runtime: Option<tokio::runtime::Runtime>,
     tasks: tokio_util::task::TaskTracker,
-    idle: Mutex<Vec<PgClient>>,
+    slots: Mutex<Slots>,
+    /// Signalled when a client comes back or is dropped.
+    freed: Condvar,
+}
+
+/// The pool's clients: those idle, and how many are open (idle or lent).
+#[derive(Default)]
+struct Slots {
+    // Boxed: lent out and given back as a pointer (a client is a few hundred bytes).
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<PgClient>>,
+    open: usize,
 }
 
 /// A client and the statements it has prepared (a statement is one round trip, not two, once
@@ -171,10 +125,7 @@ impl PgClient {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        self.slots().idle.clear();
         self.tasks.close();
         // Never blocks (a store may be dropped on an async thread): the connection tasks end
         // with their clients.
@@ -194,7 +145,10 @@ impl Pool {
         config.connect_timeout(connect_timeout);
         config.keepalives_idle(Duration::from_secs(30));
         let timeout_ms = QUERY_TIMEOUT.as_millis();
-        config.options(&format!("-c statement_timeout={timeout_ms}"));
+        // Notices (e.g. "already exists, skipping") would reach the log as INFO lines.
+        config.options(format!(
+            "-c statement_timeout={timeout_ms} -c client_min_messages=warning"
+        ));
         config.application_name("passerelle");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -208,22 +162,38 @@ impl Pool {
             shown: url.to_string(),
             runtime: Some(runtime),
             tasks: tokio_util::task::TaskTracker::new(),
-            idle: Mutex::new(Vec::new()),
+            slots: Mutex::new(Slots::default()),
+            freed: Condvar::new(),
         };
         let first = pool
             .new_client()
             .map_err(|e| anyhow::anyhow!("connecting to the store {}: {e}", pool.shown))?;
-        pool.idle_list().push(first);
+        {
+            let mut slots = pool.slots();
+            slots.idle.push(first);
+            slots.open = 1;
+        }
         Ok(pool)
     }
 
-    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<PgClient>> {
-        self.idle
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn new_client(&self) -> Result<PgClient> {
+    /// Gives a lent client back (`None`: it is gone) and wakes a waiting caller.
+    fn give_back(&self, client: Option<Box<PgClient>>) {
+        let mut slots = self.slots();
+        match client.filter(|c| !c.client.is_closed()) {
+            Some(c) if slots.idle.len() < MAX_IDLE => slots.idle.push(c),
+            _ => slots.open = slots.open.saturating_sub(1),
+        }
+        drop(slots);
+        self.freed.notify_one();
+    }
+
+    fn new_client(&self) -> Result<Box<PgClient>> {
         let rt = self
             .runtime
             .as_ref()
@@ -243,56 +213,77 @@ impl Pool {
             Ok::<_, Error>(client)
         });
         match block_on(join, limit + Duration::from_secs(1)) {
-            Some(Ok(result)) => result.map(|client| PgClient {
-                client,
-                prepared: Mutex::new(HashMap::new()),
+            Some(Ok(result)) => result.map(|client| {
+                Box::new(PgClient {
+                    client,
+                    prepared: Mutex::new(HashMap::new()),
+                })
             }),
             Some(Err(e)) => Err(Error::Pool(format!("connecting: {e}"))),
             None => Err(Error::Pool(format!("no connection within {limit:?}"))),
         }
     }
 
-    /// A client for a few statements, back in the idle list when dropped.
+    /// A client for a few statements, back in the idle list when dropped: an idle one, a new
+    /// one while fewer than [`MAX_CLIENTS`] are open, else the next one given back.
     pub(crate) fn get(&self) -> Result<Pooled<'_>> {
-        loop {
-            let Some(client) = self.idle_list().pop() else {
-                break;
-            };
-            if !client.client.is_closed() {
-                return Ok(Pooled {
-                    pool: self,
-                    client: Some(client),
-                    broken: Cell::new(false),
-                });
-            }
-        }
-        Ok(Pooled {
+        self.get_within(QUERY_TIMEOUT)
+    }
+
+    /// [`Pool::get`], waiting at most `limit` for a busy pool.
+    pub(crate) fn get_within(&self, limit: Duration) -> Result<Pooled<'_>> {
+        let lend = |client| Pooled {
             pool: self,
-            client: Some(self.new_client()?),
+            client: Some(client),
             broken: Cell::new(false),
-        })
+        };
+        let deadline = Instant::now() + limit;
+        let mut slots = self.slots();
+        loop {
+            while let Some(client) = slots.idle.pop() {
+                if !client.client.is_closed() {
+                    return Ok(lend(client));
+                }
+                slots.open = slots.open.saturating_sub(1);
+            }
+            if slots.open < MAX_CLIENTS {
+                slots.open += 1;
+                drop(slots);
+                return match self.new_client() {
+                    Ok(client) => Ok(lend(client)),
+                    Err(e) => {
+                        self.give_back(None);
+                        Err(e)
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Pool(format!(
+                    "all {MAX_CLIENTS} clients stayed busy for {limit:?}"
+                )));
+            }
+            slots = self
+                .freed
+                .wait_timeout(slots, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
     }
 }
 
 /// A client taken from the pool.
 pub struct Pooled<'a> {
     pool: &'a Pool,
-    client: Option<PgClient>,
+    client: Option<Box<PgClient>>,
     /// A statement timed out: the client's state is unknown, it is not reused.
     broken: Cell<bool>,
 }
 
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
-        if self.broken.get() {
-            return;
-        }
-        if let Some(client) = self.client.take().filter(|c| !c.client.is_closed()) {
-            let mut idle = self.pool.idle_list();
-            if idle.len() < MAX_IDLE {
-                idle.push(client);
-            }
-        }
+        let client = self.client.take().filter(|_| !self.broken.get());
+        self.pool.give_back(client);
     }
 }
 
@@ -307,7 +298,7 @@ fn noting<T>(broken: &Cell<bool>, r: Result<T>) -> Result<T> {
 impl Pooled<'_> {
     fn client(&self) -> Result<&PgClient> {
         self.client
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| Error::Pool("the client was lost".into()))
     }
 
@@ -479,25 +470,4 @@ impl ToSql for Value {
     }
 
     to_sql_checked!();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_hide_their_passwords() {
-        let url = PgUrl::parse("postgres://app:s3cret@db.example:5432/passerelle").unwrap();
-        let shown = format!("{url} {url:?}");
-        assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(
-            shown.contains("app:***@db.example:5432/passerelle"),
-            "{shown}"
-        );
-        let q = PgUrl::parse("postgresql://h/db?user=a&password=s3cret").unwrap();
-        assert!(!q.to_string().contains("s3cret"), "{q}");
-        assert!(PgUrl::parse("mysql://x").is_err());
-        let bad = PgUrl::parse("postgres://app:s3cret@h:notaport/db").unwrap_err();
-        assert!(!format!("{bad:#}").contains("s3cret"), "{bad:#}");
-    }
 }
