@@ -1,4 +1,5 @@
-//! What the store's unit tests share: two tenants on a fresh store, and two keys.
+//! What the store's unit tests share: two tenants on a fresh store (of either backend, see
+//! `test_backends::each`), and two keys.
 
 use passerelle_proto::ids::TenantName;
 
@@ -8,14 +9,6 @@ pub(super) const KEY_A: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJylJeR0uUHfNCfg57oy+6Rr9aTK65v++92waft60cWZ a";
 pub(super) const KEY_B: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINUqowRv7PeSZuhgByYzhqTx6g/vM8UbulA35Y9FiBZs b";
-
-/// A store in a temporary dir with tenants `one` and `two`.
-pub(super) fn two_tenants() -> (tempfile::TempDir, Store, TenantId, TenantId) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let (one, two) = tenants_one_two(&store);
-    (dir, store, one, two)
-}
 
 /// Tenants `one` and `two` in `store` (of any backend, see `test_backends::each`).
 pub(super) fn tenants_one_two(store: &Store) -> (TenantId, TenantId) {
