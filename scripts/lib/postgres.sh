@@ -24,8 +24,8 @@ pg_test_start() {
     chown nobody "$PG_TEST_DIR"
     as=(runuser -u nobody --)
   fi
-  # A free port: bound by the OS, then released for the server.
-  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  # A free port: bound by the OS, then released for the server (perl-base is always there).
+  port="$(perl -MIO::Socket::INET -e 'print IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1:0")->sockport')"
   "${as[@]}" "$bin/initdb" -D "$PG_TEST_DIR/data" -U passerelle --auth=trust \
     --encoding=UTF8 --locale=C.UTF-8 >"$PG_TEST_DIR/initdb.log" 2>&1
   "${as[@]}" "$bin/pg_ctl" -D "$PG_TEST_DIR/data" -l "$PG_TEST_DIR/server.log" -w -t 30 \
