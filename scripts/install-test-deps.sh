@@ -34,6 +34,10 @@ PACKAGES=(
   xdotool
   # A real PROXY protocol v2 sender in front of the SSH listener (trusted_proxies).
   haproxy
+  # The PostgreSQL store backend: a throwaway server per test run (scripts/lib/postgres.sh),
+  # with the contrib modules (pg_trgm for the terminal search).
+  postgresql
+  postgresql-contrib
 )
 # Node.js drives Chromium (playwright-core, no browser download); the image may bring its own.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

@@ -15,6 +15,11 @@ cargo build --workspace --bin passerelle
 # Test processes use this binary as it is instead of each running `cargo build` (a no-op that,
 # run by dozens of test processes at once, queued on cargo's lock for minutes).
 export PASSERELLE_BIN="$CARGO_TARGET_DIR/debug/passerelle"
+# One throwaway PostgreSQL for the run: the store's tests run on it too (PASSERELLE_TEST_PG).
+# shellcheck source=lib/postgres.sh
+source scripts/lib/postgres.sh
+pg_test_start
+trap pg_test_stop EXIT
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace
 else

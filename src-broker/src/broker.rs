@@ -56,7 +56,7 @@ impl std::fmt::Debug for Broker {
 /// Opens the store, creating tenant `default` and an admin key on an empty data dir. Returns the
 /// new key on first start.
 pub fn init_data_dir(config: &Config) -> anyhow::Result<(Store, Option<String>)> {
-    let store = Store::open(&config.data_dir)?;
+    let store = Store::open_with(&config.data_dir, config.store_url.as_ref())?;
     if !store.tenants()?.is_empty() {
         return Ok((store, None));
     }

@@ -29,6 +29,9 @@ pub enum TlsMode {
 pub struct Config {
     /// Where the SQLite store, host key, certificate and admin key live.
     pub data_dir: PathBuf,
+    /// The PostgreSQL store (`store_url`); `None` for SQLite in the data dir. Its `Debug` hides
+    /// the password.
+    pub store_url: Option<crate::store::PgUrl>,
     /// Where agents connect (SSH).
     pub ssh_listen: SocketAddr,
     /// Where the console, browsers and the desktop helper connect (HTTP/WS).
@@ -133,6 +136,11 @@ impl Secret {
         Self(value.into())
     }
 
+    /// The value, for the one place that uses it (never to log).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// Whether `presented` is this secret (constant time: both sides are hashed first, so
     /// neither their bytes nor the secret's length show in the timing).
     pub fn matches(&self, presented: &str) -> bool {
@@ -194,6 +202,8 @@ impl Config {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
+    /// `postgres://user:password@host:port/database` (a secret: it may hold a password).
+    pub store_url: Option<Secret>,
     pub ssh_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
@@ -260,6 +270,7 @@ impl FileConfig {
             self,
             over,
             data_dir,
+            store_url,
             ssh_listen,
             http_listen,
             tls_cert,
@@ -335,7 +346,14 @@ impl FileConfig {
         {
             bail!("public_url must start with https:// or http://, got {url:?}");
         }
+        let store_url = self
+            .store_url
+            .as_ref()
+            .map(|u| crate::store::PgUrl::parse(u.expose()))
+            .transpose()
+            .context("store_url")?;
         let config = Config {
+            store_url,
             ssh_listen: self
                 .ssh_listen
                 .unwrap_or_else(|| ([0, 0, 0, 0], 2222).into()),
@@ -557,6 +575,34 @@ mod tests {
         assert_eq!((c.metrics_listen, d.metrics_listen), (None, None));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("# metrics_listen = ") && text.contains("# metrics_token = "));
+    }
+
+    #[test]
+    fn the_store_url_is_checked_and_hidden() {
+        let file = FileConfig {
+            store_url: Some(Secret::new("postgres://app:s3cret@db:5432/passerelle")),
+            ..Default::default()
+        };
+        let c = file.into_config().unwrap();
+        let shown = format!("{c:?}");
+        assert!(shown.contains("app:***@db:5432/passerelle"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            FileConfig::default()
+                .into_config()
+                .unwrap()
+                .store_url
+                .is_none()
+        );
+        let bad = FileConfig {
+            store_url: Some(Secret::new("mysql://app:s3cret@db/x")),
+            ..Default::default()
+        };
+        let err = format!("{:#}", bad.into_config().unwrap_err());
+        assert!(
+            err.contains("store_url") && !err.contains("s3cret"),
+            "{err}"
+        );
     }
 
     #[test]

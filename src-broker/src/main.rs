@@ -30,6 +30,16 @@ struct Cli {
     /// Data directory (store, keys, certificate) [default: ./passerelle-data].
     #[arg(long, global = true, env = "PASSERELLE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The store on PostgreSQL, `postgres://user:password@host:port/database` (`store_url`)
+    /// [default: SQLite in the data dir]. Prefer the environment variable or the config file
+    /// for a URL with a password (command lines are visible to other local users).
+    #[arg(
+        long = "store",
+        global = true,
+        env = "PASSERELLE_STORE",
+        hide_env_values = true
+    )]
+    store_url: Option<String>,
     /// Logs on stderr: `text` (coloured only on a terminal) or `json` (one object per line, the
     /// session, agent and tenant in the `span` object, for log shippers).
     #[arg(
@@ -297,19 +307,20 @@ fn file_config(cli: &Cli) -> anyhow::Result<FileConfig> {
     };
     Ok(file.merge(FileConfig {
         data_dir: cli.data_dir.clone(),
+        store_url: cli.store_url.clone().map(passerelle::config::Secret::new),
         ..FileConfig::default()
     }))
 }
 
 fn open_store(cli: &Cli) -> anyhow::Result<Store> {
     let config = file_config(cli)?.into_config()?;
-    if !config.data_dir.join("passerelle.db").exists() {
+    if config.store_url.is_none() && !config.data_dir.join("passerelle.db").exists() {
         anyhow::bail!(
             "no store in {}: run `passerelle serve` once to create it (or pass --data-dir)",
             config.data_dir.display()
         );
     }
-    Store::open(&config.data_dir)
+    Store::open_with(&config.data_dir, config.store_url.as_ref())
 }
 
 fn tenant_id(store: &Store, name: &TenantName) -> anyhow::Result<i64> {

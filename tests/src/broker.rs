@@ -36,6 +36,8 @@ pub struct TestBroker {
     ssh_addr: SocketAddr,
     http_addr: SocketAddr,
     host_key: String,
+    /// Arguments of `passerelle serve` beyond the listeners (binary brokers only).
+    extra_args: Vec<String>,
 }
 
 /// A session request for `agent`'s `service` by operator `alice`, everything else default.
@@ -101,6 +103,7 @@ impl TestBroker {
             dir,
             admin_key,
             http,
+            extra_args: Vec::new(),
         })
     }
 
@@ -115,21 +118,25 @@ impl TestBroker {
     /// Starts the real `passerelle serve` binary (plain HTTP) in a new data dir, on ports chosen
     /// by the OS. [`Self::broker`] and [`Self::store`] are not available on such a broker.
     pub async fn spawn_binary() -> Result<Self> {
+        Self::spawn_binary_with(&[]).await
+    }
+
+    /// [`Self::spawn_binary`] with more arguments of `passerelle serve` (e.g. `--store URL`),
+    /// kept for its restarts.
+    pub async fn spawn_binary_with(extra: &[&str]) -> Result<Self> {
         init();
         let dir = tempfile::Builder::new()
             .prefix("passerelle-e2e-")
             .tempdir()?;
-        let (process, banner) = BrokerProcess::serve(
-            dir.path(),
-            &[
-                "--ssh-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--insecure-http",
-            ],
-        )
-        .await?;
+        let mut args = vec![
+            "--ssh-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+        ];
+        args.extend_from_slice(extra);
+        let (process, banner) = BrokerProcess::serve(dir.path(), &args).await?;
         // Its stdout is a pipe, not a terminal: the key is in the data dir's file only.
         let admin_key = admin_key_file(dir.path())?;
         let host_key = passerelle::keys::public_openssh(
@@ -146,6 +153,7 @@ impl TestBroker {
             dir,
             admin_key,
             http: reqwest::Client::builder().timeout(WAIT).build()?,
+            extra_args: extra.iter().map(|a| (*a).to_owned()).collect(),
         })
     }
 
@@ -161,19 +169,36 @@ impl TestBroker {
         if status.success() {
             bail!("the broker exited cleanly after SIGKILL: {status}");
         }
+        self.serve_again().await?;
+        Ok(logs)
+    }
+
+    /// Stops the broker binary gracefully (SIGTERM) and starts it again on the same data dir,
+    /// ports and arguments.
+    pub async fn restart_binary(&mut self) -> Result<()> {
+        let process = self
+            .process
+            .take()
+            .context("restart_binary needs a broker from spawn_binary")?;
+        let status = process.signal("TERM").await?;
+        if !status.success() {
+            bail!("the broker binary exited with {status} on SIGTERM");
+        }
+        self.serve_again().await
+    }
+
+    async fn serve_again(&mut self) -> Result<()> {
         let ssh = self.ssh_addr.to_string();
         let http = self.http_addr.to_string();
-        let (process, banner) = BrokerProcess::serve(
-            self.dir.path(),
-            &[
-                "--ssh-listen",
-                &ssh,
-                "--http-listen",
-                &http,
-                "--insecure-http",
-            ],
-        )
-        .await?;
+        let mut args = vec![
+            "--ssh-listen",
+            &ssh,
+            "--http-listen",
+            &http,
+            "--insecure-http",
+        ];
+        args.extend(self.extra_args.iter().map(String::as_str));
+        let (process, banner) = BrokerProcess::serve(self.dir.path(), &args).await?;
         if banner.admin_key.is_some() || admin_key_file(self.dir.path())? != self.admin_key {
             bail!("a restart made a new admin key: the data dir was not reused");
         }
@@ -181,7 +206,7 @@ impl TestBroker {
             bail!("the restarted broker listens elsewhere: {banner:?}");
         }
         self.process = Some(process);
-        Ok(logs)
+        Ok(())
     }
 
     /// What the broker binary has logged so far (empty for an in-process broker).

@@ -14,6 +14,7 @@ mod agent;
 mod broker;
 pub mod desktop;
 pub mod faults;
+pub mod postgres;
 pub mod process;
 pub mod rdp;
 mod rfb_server;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 pub use agent::{Agent, AgentKey, Forward, SshOutput, SshProcess};
 pub use broker::{TestBroker, admin_key_file, session_request};
+pub use postgres::TestPostgres;
 pub use process::passerelle_bin;
 pub use rfb_server::FakeVnc;
 pub use services::{ConnStats, EchoServer, SourceServer};

@@ -119,9 +119,13 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
-/// Whether an error comes from a full disk (SQLite's SQLITE_FULL, or ENOSPC).
+/// Whether an error comes from a full disk (SQLite's SQLITE_FULL, PostgreSQL's disk_full, or
+/// ENOSPC).
 fn disk_full(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
+        if let Some(e) = cause.downcast_ref::<crate::store::sql::Error>() {
+            return e.is_disk_full();
+        }
         if let Some(rusqlite::Error::SqliteFailure(f, _)) = cause.downcast_ref::<rusqlite::Error>()
         {
             return f.code == rusqlite::ErrorCode::DiskFull;

@@ -7,9 +7,9 @@
 //! agent but never authenticates (the first registration keeps the workstation; nobody can take
 //! it over, or lock it out, by registering its public key too), and its tenant is not told why.
 
+use super::sql::{self, Exec, OptionalExtension as _, Row, params};
 use anyhow::Context as _;
 use passerelle_proto::ids::AgentId;
-use rusqlite::{OptionalExtension as _, Row, params};
 use russh::keys::{HashAlg, PublicKey};
 
 use super::{Store, TenantId, now_ms};
@@ -69,7 +69,7 @@ pub(super) struct RawRow {
     pub(super) ssh_ca: Option<String>,
 }
 
-pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<RawRow> {
+pub(super) fn from_row(r: &Row) -> sql::Result<RawRow> {
     Ok(RawRow {
         tenant_id: r.get(0)?,
         id: r.get(1)?,
@@ -120,10 +120,8 @@ pub(super) fn parse_public_key(text: &str) -> Result<(String, String), Invalid> 
     ))
 }
 
-pub(super) fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _)
-        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-        || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+pub(super) fn is_unique_violation(e: &sql::Error) -> bool {
+    e.is_unique_violation()
 }
 
 impl Store {
@@ -141,10 +139,12 @@ impl Store {
             .filter(|p| !p.is_empty())
             .map(|p| self.secret_box().seal(p.as_bytes()));
         let result = {
-            // One lock for the check and the insert: no other registration comes between.
-            let conn = self.conn();
-            shadowed_login(&conn, tenant_id, id.as_str(), &fingerprint).and_then(|shadowed| {
-                conn.execute(
+            // One write transaction for the check and the insert: no other registration comes
+            // between (from any node, on PostgreSQL).
+            let mut conn = self.conn()?;
+            let tx = conn.transaction_immediate()?;
+            shadowed_login(&tx, tenant_id, id.as_str(), &fingerprint).and_then(|shadowed| {
+                tx.execute(
                     "INSERT INTO agents (tenant_id, id, public_key, key_fingerprint, vnc_password,
                                          created_at, shadowed)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -157,7 +157,8 @@ impl Store {
                         now_ms(),
                         shadowed
                     ],
-                )
+                )?;
+                tx.commit()
             })
         };
         match result {
@@ -182,7 +183,7 @@ impl Store {
     pub fn agent(&self, tenant_id: TenantId, id: &AgentId) -> anyhow::Result<Option<AgentRecord>> {
         let sql = format!("SELECT {COLUMNS} FROM agents WHERE tenant_id = ?1 AND id = ?2");
         let row = self
-            .conn()
+            .conn()?
             .query_row(&sql, params![tenant_id, id.as_str()], from_row)
             .optional()?;
         row.map(record).transpose()
@@ -190,12 +191,8 @@ impl Store {
 
     /// A tenant's agents, by id.
     pub fn agents(&self, tenant_id: TenantId) -> anyhow::Result<Vec<AgentRecord>> {
-        let conn = self.conn();
         let sql = format!("SELECT {COLUMNS} FROM agents WHERE tenant_id = ?1 ORDER BY id");
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt
-            .query_map([tenant_id], from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = self.conn()?.query_map(&sql, [tenant_id], from_row)?;
         rows.into_iter().map(record).collect()
     }
 
@@ -210,7 +207,7 @@ impl Store {
              AND ssh_ca IS NULL"
         );
         let row = self
-            .conn()
+            .conn()?
             .query_row(&sql, params![user, fingerprint], from_row)
             .optional()?;
         row.map(record).transpose()
@@ -230,14 +227,16 @@ impl Store {
         if let Some(text) = public_key {
             let (line, fingerprint) = parse_public_key(text)?;
             let result = {
-                let conn = self.conn();
-                shadowed_login(&conn, tenant_id, id.as_str(), &fingerprint).and_then(|shadowed| {
-                    conn.execute(
+                let mut conn = self.conn()?;
+                let tx = conn.transaction_immediate()?;
+                shadowed_login(&tx, tenant_id, id.as_str(), &fingerprint).and_then(|shadowed| {
+                    tx.execute(
                         "UPDATE agents SET public_key = ?1, key_fingerprint = ?2, shadowed = ?3,
                                            ssh_ca = NULL
                          WHERE tenant_id = ?4 AND id = ?5",
                         params![line, fingerprint, shadowed, tenant_id, id.as_str()],
-                    )
+                    )?;
+                    tx.commit()
                 })
             };
             match result {
@@ -255,7 +254,7 @@ impl Store {
         }
         if let Some(pw) = vnc_password {
             let sealed = (!pw.is_empty()).then(|| self.secret_box().seal(pw.as_bytes()));
-            self.conn().execute(
+            self.conn()?.execute(
                 "UPDATE agents SET vnc_password = ?1 WHERE tenant_id = ?2 AND id = ?3",
                 params![sealed, tenant_id, id.as_str()],
             )?;
@@ -265,7 +264,7 @@ impl Store {
 
     /// How many agents a tenant has.
     pub fn agent_count(&self, tenant_id: TenantId) -> anyhow::Result<usize> {
-        let n: i64 = self.conn().query_row(
+        let n: i64 = self.conn()?.query_row(
             "SELECT COUNT(*) FROM agents WHERE tenant_id = ?1",
             [tenant_id],
             |r| r.get(0),
@@ -275,7 +274,7 @@ impl Store {
 
     /// Removes an agent; whether it existed.
     pub fn delete_agent(&self, tenant_id: TenantId, id: &AgentId) -> anyhow::Result<bool> {
-        let n = self.conn().execute(
+        let n = self.conn()?.execute(
             "DELETE FROM agents WHERE tenant_id = ?1 AND id = ?2",
             params![tenant_id, id.as_str()],
         )?;
@@ -289,7 +288,7 @@ impl Store {
         id: &AgentId,
     ) -> anyhow::Result<Option<Vec<u8>>> {
         let sealed: Option<Vec<u8>> = self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT COALESCE(a.vnc_password, t.vnc_password) FROM agents a
                  JOIN tenants t ON t.id = a.tenant_id WHERE a.tenant_id = ?1 AND a.id = ?2",
@@ -311,11 +310,11 @@ impl Store {
 /// Whether (id, key) is already an active login in another tenant: a new registration of it
 /// is then shadowed (see the module's header).
 pub(super) fn shadowed_login(
-    conn: &rusqlite::Connection,
+    conn: &impl Exec,
     tenant_id: TenantId,
     id: &str,
     fingerprint: &str,
-) -> rusqlite::Result<bool> {
+) -> sql::Result<bool> {
     conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM agents WHERE id = ?1 AND key_fingerprint = ?2
                        AND shadowed = 0 AND ssh_ca IS NULL AND tenant_id != ?3)",
@@ -341,17 +340,12 @@ impl Store {
     /// tenants where the key is registered, else those with an agent named `user`. One indexed
     /// query. Each tenant is told only of its own registrations.
     pub fn offer_targets(&self, user: &str, fingerprint: &str) -> anyhow::Result<Vec<OfferTarget>> {
-        let rows: Vec<(TenantId, String, bool)> = {
-            let conn = self.conn();
-            let mut stmt = conn.prepare_cached(
-                "SELECT tenant_id, id, key_fingerprint = ?2 FROM agents
-                 WHERE key_fingerprint = ?2 OR id = ?1 LIMIT 64",
-            )?;
-            let rows = stmt.query_map(params![user, fingerprint], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
-            rows.collect::<Result<_, _>>()?
-        };
+        let rows: Vec<(TenantId, String, bool)> = self.conn()?.query_map(
+            "SELECT tenant_id, id, key_fingerprint = ?2 FROM agents
+             WHERE key_fingerprint = ?2 OR id = ?1 LIMIT 64",
+            params![user, fingerprint],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
         let owners: Vec<OfferTarget> = rows
             .iter()
             .filter(|(_, _, owns)| *owns)
@@ -380,7 +374,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    use crate::store::test_fixtures::{KEY_A, KEY_B, two_tenants};
+    use crate::store::test_fixtures::{KEY_A, KEY_B, tenants_one_two};
 
     fn fp(key: &str) -> String {
         parse_public_key(key).unwrap().1
@@ -388,35 +382,37 @@ mod tests {
 
     #[test]
     fn a_key_in_another_tenant_is_no_conflict_and_cannot_take_the_login() {
-        let (_dir, store, one, two) = two_tenants();
-        let pc = AgentId::new("pc-1").unwrap();
-        store.create_agent(one, &pc, KEY_A, None).unwrap();
-        // Tenant two registers the same key under the same id: not refused (a refusal would
-        // tell tenant two that another tenant has that key), but it does not get the login.
-        store.create_agent(two, &pc, KEY_A, None).unwrap();
-        let login = store.agent_for_key("pc-1", &fp(KEY_A)).unwrap().unwrap();
-        assert_eq!(login.tenant_id, one);
-        // Under different ids, both registrations of one key log in, each as its own agent.
-        store
-            .create_agent(two, &AgentId::new("pc-5").unwrap(), KEY_B, None)
-            .unwrap();
-        store
-            .create_agent(one, &AgentId::new("pc-6").unwrap(), KEY_B, None)
-            .unwrap();
-        let five = store.agent_for_key("pc-5", &fp(KEY_B)).unwrap().unwrap();
-        let six = store.agent_for_key("pc-6", &fp(KEY_B)).unwrap().unwrap();
-        assert_eq!((five.tenant_id, six.tenant_id), (two, one));
-        // Within a tenant, one key is one agent: that conflict is the tenant's own business.
-        let err = store
-            .create_agent(one, &AgentId::new("pc-3").unwrap(), KEY_A, None)
-            .unwrap_err();
-        assert!(err.downcast_ref::<Conflict>().is_some(), "{err}");
-        // Once tenant one lets go, the shadowed registration does not wake up on its own.
-        store.delete_agent(one, &pc).unwrap();
-        assert!(store.agent_for_key("pc-1", &fp(KEY_A)).unwrap().is_none());
-        // A fresh registration of that login is active again.
-        store.create_agent(one, &pc, KEY_A, None).unwrap();
-        assert!(store.agent_for_key("pc-1", &fp(KEY_A)).unwrap().is_some());
+        crate::store::test_backends::each(|store| {
+            let (one, two) = tenants_one_two(store);
+            let pc = AgentId::new("pc-1").unwrap();
+            store.create_agent(one, &pc, KEY_A, None).unwrap();
+            // Tenant two registers the same key under the same id: not refused (a refusal would
+            // tell tenant two that another tenant has that key), but it does not get the login.
+            store.create_agent(two, &pc, KEY_A, None).unwrap();
+            let login = store.agent_for_key("pc-1", &fp(KEY_A)).unwrap().unwrap();
+            assert_eq!(login.tenant_id, one);
+            // Under different ids, both registrations of one key log in, each as its own agent.
+            store
+                .create_agent(two, &AgentId::new("pc-5").unwrap(), KEY_B, None)
+                .unwrap();
+            store
+                .create_agent(one, &AgentId::new("pc-6").unwrap(), KEY_B, None)
+                .unwrap();
+            let five = store.agent_for_key("pc-5", &fp(KEY_B)).unwrap().unwrap();
+            let six = store.agent_for_key("pc-6", &fp(KEY_B)).unwrap().unwrap();
+            assert_eq!((five.tenant_id, six.tenant_id), (two, one));
+            // Within a tenant, one key is one agent: that conflict is the tenant's own business.
+            let err = store
+                .create_agent(one, &AgentId::new("pc-3").unwrap(), KEY_A, None)
+                .unwrap_err();
+            assert!(err.downcast_ref::<Conflict>().is_some(), "{err}");
+            // Once tenant one lets go, the shadowed registration does not wake up on its own.
+            store.delete_agent(one, &pc).unwrap();
+            assert!(store.agent_for_key("pc-1", &fp(KEY_A)).unwrap().is_none());
+            // A fresh registration of that login is active again.
+            store.create_agent(one, &pc, KEY_A, None).unwrap();
+            assert!(store.agent_for_key("pc-1", &fp(KEY_A)).unwrap().is_some());
+        });
     }
 
     #[test]
@@ -427,8 +423,8 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             {
                 let conn = rusqlite::Connection::open(dir.path().join("passerelle.db")).unwrap();
-                for sql in &crate::store::MIGRATIONS[..version] {
-                    conn.execute_batch(sql).unwrap();
+                for m in &crate::store::MIGRATIONS[..version] {
+                    conn.execute_batch(m.sqlite()).unwrap();
                 }
                 conn.execute_batch(&format!(
                     "INSERT INTO tenants (id, name, created_at) VALUES (1, 'one', 0);
@@ -439,7 +435,7 @@ mod tests {
                 conn.execute(
                     "INSERT INTO agents (tenant_id, id, public_key, key_fingerprint, vnc_password,
                                          created_at) VALUES (1, 'pc-1', ?1, ?2, x'0102', 7)",
-                    params![line, fingerprint],
+                    rusqlite::params![line, fingerprint],
                 )
                 .unwrap();
             }
@@ -457,35 +453,37 @@ mod tests {
 
     #[test]
     fn refused_offers_are_routed_to_the_key_owner_or_the_named_agents_tenants() {
-        let (_dir, store, one, two) = two_tenants();
-        let pc = AgentId::new("pc-1").unwrap();
-        store.create_agent(one, &pc, KEY_A, None).unwrap();
-        store.create_agent(two, &pc, KEY_B, None).unwrap();
-        // Tenant one's key offered for pc-7: tenant one only.
-        assert_eq!(
-            store.offer_targets("pc-7", &fp(KEY_A)).unwrap(),
-            vec![OfferTarget::KeyOwner {
-                tenant_id: one,
-                owner: pc.clone()
-            }]
-        );
-        // Tenant one's key offered for pc-1 (which tenant two also has): tenant one only.
-        assert_eq!(store.offer_targets("pc-1", &fp(KEY_A)).unwrap().len(), 1);
-        // An unknown key for pc-1: both tenants with a pc-1, neither told of the other.
-        let unknown = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-        let mut targets = store.offer_targets("pc-1", unknown).unwrap();
-        targets.sort_by_key(|t| match t {
-            OfferTarget::AgentId { tenant_id } | OfferTarget::KeyOwner { tenant_id, .. } => {
-                *tenant_id
-            }
+        crate::store::test_backends::each(|store| {
+            let (one, two) = tenants_one_two(store);
+            let pc = AgentId::new("pc-1").unwrap();
+            store.create_agent(one, &pc, KEY_A, None).unwrap();
+            store.create_agent(two, &pc, KEY_B, None).unwrap();
+            // Tenant one's key offered for pc-7: tenant one only.
+            assert_eq!(
+                store.offer_targets("pc-7", &fp(KEY_A)).unwrap(),
+                vec![OfferTarget::KeyOwner {
+                    tenant_id: one,
+                    owner: pc.clone()
+                }]
+            );
+            // Tenant one's key offered for pc-1 (which tenant two also has): tenant one only.
+            assert_eq!(store.offer_targets("pc-1", &fp(KEY_A)).unwrap().len(), 1);
+            // An unknown key for pc-1: both tenants with a pc-1, neither told of the other.
+            let unknown = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+            let mut targets = store.offer_targets("pc-1", unknown).unwrap();
+            targets.sort_by_key(|t| match t {
+                OfferTarget::AgentId { tenant_id } | OfferTarget::KeyOwner { tenant_id, .. } => {
+                    *tenant_id
+                }
+            });
+            assert_eq!(
+                targets,
+                vec![
+                    OfferTarget::AgentId { tenant_id: one },
+                    OfferTarget::AgentId { tenant_id: two }
+                ]
+            );
+            assert!(store.offer_targets("pc-none", unknown).unwrap().is_empty());
         });
-        assert_eq!(
-            targets,
-            vec![
-                OfferTarget::AgentId { tenant_id: one },
-                OfferTarget::AgentId { tenant_id: two }
-            ]
-        );
-        assert!(store.offer_targets("pc-none", unknown).unwrap().is_empty());
     }
 }

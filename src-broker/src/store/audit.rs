@@ -4,8 +4,8 @@
 
 use passerelle_proto::api::{AuditEvent, AuditPage};
 use passerelle_proto::ids::TenantName;
-use rusqlite::params_from_iter;
-use rusqlite::types::Value;
+
+use super::sql::{self, Exec as _, Value};
 
 use super::{Store, TenantId, now_ms, rfc3339};
 
@@ -186,28 +186,28 @@ impl Store {
         if events.is_empty() {
             return;
         }
-        let mut conn = self.conn();
-        let result = (|| -> rusqlite::Result<()> {
+        let result = (|| -> sql::Result<()> {
+            let mut conn = self.conn()?;
             let tx = conn.transaction()?;
             {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO audit (at, kind, tenant_id, agent, session_id, operator, peer_addr,
-                                        api_key, detail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?;
                 let at = now_ms();
                 for event in events.iter() {
-                    stmt.execute(rusqlite::params![
-                        at,
-                        event.kind.as_str(),
-                        event.tenant_id,
-                        event.agent,
-                        event.session,
-                        event.operator,
-                        event.peer_addr,
-                        event.api_key,
-                        event.detail
-                    ])?;
+                    tx.execute(
+                        "INSERT INTO audit (at, kind, tenant_id, agent, session_id, operator,
+                                            peer_addr, api_key, detail)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        sql::params![
+                            at,
+                            event.kind.as_str(),
+                            event.tenant_id,
+                            event.agent,
+                            event.session,
+                            event.operator,
+                            event.peer_addr,
+                            event.api_key,
+                            event.detail
+                        ],
+                    )?;
                 }
             }
             tx.commit()
@@ -243,9 +243,7 @@ impl Store {
         );
         let tenant: TenantName = self.tenant_name(tenant_id)?;
         let events = {
-            let conn = self.conn();
-            let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(params_from_iter(args.iter()), |r| {
+            self.conn()?.query_map(&sql, args, |r| {
                 Ok(AuditEvent {
                     id: r.get(0)?,
                     at: rfc3339(r.get(1)?),
@@ -258,8 +256,7 @@ impl Store {
                     api_key: r.get(7)?,
                     detail: r.get(8)?,
                 })
-            })?;
-            rows.collect::<Result<Vec<_>, _>>()?
+            })?
         };
         let sessions = self.sessions_matching(tenant_id, f, limit)?;
         Ok(AuditPage { sessions, events })
@@ -272,42 +269,42 @@ mod tests {
 
     #[test]
     fn events_are_filtered_by_tenant_and_fields() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for name in ["a", "b"] {
-            store
-                .create_tenant(&TenantName::new(name).unwrap())
+        crate::store::test_backends::each(|store| {
+            for name in ["a", "b"] {
+                store
+                    .create_tenant(&TenantName::new(name).unwrap())
+                    .unwrap();
+            }
+            let a = store
+                .tenant_id(&TenantName::new("a").unwrap())
+                .unwrap()
                 .unwrap();
-        }
-        let a = store
-            .tenant_id(&TenantName::new("a").unwrap())
-            .unwrap()
-            .unwrap();
-        let b = store
-            .tenant_id(&TenantName::new("b").unwrap())
-            .unwrap()
-            .unwrap();
-        let mut ev = NewEvent::new(AuditKind::AuthFailed, "unknown key");
-        ev.tenant_id = Some(a);
-        ev.agent = Some("pc1".into());
-        store.audit(ev.clone());
-        ev.kind = AuditKind::AgentConnected;
-        store.audit(ev.clone());
-        ev.tenant_id = Some(b);
-        store.audit(ev);
-        let all_a = store.audit_page(a, &AuditFilter::default()).unwrap();
-        assert_eq!(all_a.events.len(), 2);
-        let f = AuditFilter {
-            kind: Some("auth_failed".into()),
-            ..Default::default()
-        };
-        let page = store.audit_page(a, &f).unwrap();
-        assert_eq!(page.events.len(), 1);
-        assert_eq!(page.events[0].detail, "unknown key");
-        let since = AuditFilter {
-            since: Some(now_ms() + 60_000),
-            ..Default::default()
-        };
-        assert!(store.audit_page(a, &since).unwrap().events.is_empty());
+            let b = store
+                .tenant_id(&TenantName::new("b").unwrap())
+                .unwrap()
+                .unwrap();
+            let mut ev = NewEvent::new(AuditKind::AuthFailed, "unknown key");
+            ev.tenant_id = Some(a);
+            ev.agent = Some("pc1".into());
+            store.audit(ev.clone());
+            ev.kind = AuditKind::AgentConnected;
+            store.audit(ev.clone());
+            ev.tenant_id = Some(b);
+            store.audit(ev);
+            let all_a = store.audit_page(a, &AuditFilter::default()).unwrap();
+            assert_eq!(all_a.events.len(), 2);
+            let f = AuditFilter {
+                kind: Some("auth_failed".into()),
+                ..Default::default()
+            };
+            let page = store.audit_page(a, &f).unwrap();
+            assert_eq!(page.events.len(), 1);
+            assert_eq!(page.events[0].detail, "unknown key");
+            let since = AuditFilter {
+                since: Some(now_ms() + 60_000),
+                ..Default::default()
+            };
+            assert!(store.audit_page(a, &since).unwrap().events.is_empty());
+        });
     }
 }

@@ -2,7 +2,7 @@
 //! itself an audit event (`audit_pruned`, in each tenant that lost events, with the count), so
 //! the trail says what it no longer holds. Session rows are not touched.
 
-use rusqlite::params;
+use super::sql::{Exec as _, params};
 
 use super::{AuditKind, NewEvent, Store, TenantId, now_ms};
 
@@ -17,15 +17,13 @@ impl Store {
         }
         let cutoff = now_ms().saturating_sub(i64::from(days).saturating_mul(DAY_MS));
         let counts: Vec<(Option<TenantId>, u64)> = {
-            let mut conn = self.conn();
+            let mut conn = self.conn()?;
             let tx = conn.transaction()?;
-            let counts = {
-                let mut stmt = tx.prepare(
-                    "SELECT tenant_id, COUNT(*) FROM audit WHERE at < ?1 GROUP BY tenant_id",
-                )?;
-                let rows = stmt.query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
+            let counts = tx.query_map(
+                "SELECT tenant_id, COUNT(*) FROM audit WHERE at < ?1 GROUP BY tenant_id",
+                params![cutoff],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             tx.execute("DELETE FROM audit WHERE at < ?1", params![cutoff])?;
             tx.commit()?;
             counts
@@ -53,32 +51,33 @@ mod tests {
 
     #[test]
     fn old_events_go_and_the_pruning_is_counted_in_each_tenant() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let name = TenantName::new("t").unwrap();
-        store.create_tenant(&name).unwrap();
-        let t = store.tenant_id(&name).unwrap().unwrap();
-        for (age_days, n) in [(500, 3), (10, 2)] {
-            for _ in 0..n {
-                store
+        crate::store::test_backends::each(|store| {
+            let name = TenantName::new("t").unwrap();
+            store.create_tenant(&name).unwrap();
+            let t = store.tenant_id(&name).unwrap().unwrap();
+            for (age_days, n) in [(500, 3), (10, 2)] {
+                for _ in 0..n {
+                    store
                     .conn()
+                    .unwrap()
                     .execute(
                         "INSERT INTO audit (at, kind, tenant_id, detail) VALUES (?1, 'auth_failed', ?2, 'x')",
                         params![now_ms() - age_days * DAY_MS, t],
                     )
                     .unwrap();
+                }
             }
-        }
-        assert_eq!(store.prune_audit(0).unwrap(), 0, "0 keeps everything");
-        assert_eq!(store.prune_audit(400).unwrap(), 3);
-        let page = store.audit_page(t, &AuditFilter::default()).unwrap();
-        let kinds: Vec<&str> = page.events.iter().map(|e| e.kind.as_str()).collect();
-        assert_eq!(kinds, ["audit_pruned", "auth_failed", "auth_failed"]);
-        assert!(
-            page.events[0].detail.starts_with("3 audit events"),
-            "{}",
-            page.events[0].detail
-        );
-        assert_eq!(store.prune_audit(400).unwrap(), 0, "nothing left to prune");
+            assert_eq!(store.prune_audit(0).unwrap(), 0, "0 keeps everything");
+            assert_eq!(store.prune_audit(400).unwrap(), 3);
+            let page = store.audit_page(t, &AuditFilter::default()).unwrap();
+            let kinds: Vec<&str> = page.events.iter().map(|e| e.kind.as_str()).collect();
+            assert_eq!(kinds, ["audit_pruned", "auth_failed", "auth_failed"]);
+            assert!(
+                page.events[0].detail.starts_with("3 audit events"),
+                "{}",
+                page.events[0].detail
+            );
+            assert_eq!(store.prune_audit(400).unwrap(), 0, "nothing left to prune");
+        });
     }
 }

@@ -12,12 +12,12 @@ use anyhow::Context as _;
 use passerelle_proto::ids::AgentId;
 use passerelle_proto::ssh_ca::{RevokedEntry, RevokedKind, SshCaInfo};
 use rand::RngCore as _;
-use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey};
 
 use super::agents::{COLUMNS, Conflict, from_row, is_unique_violation};
+use super::sql::{self, Exec as _, OptionalExtension as _, Row, params};
 use super::{AgentRecord, Store, TenantId, now_ms, rfc3339};
 
 /// Schema: the CAs, the revocation lists, and which agents are certificate-based.
@@ -68,7 +68,7 @@ impl CaRecord {
 const CA_COLUMNS: &str =
     "id, tenant_id, public_key, fingerprint, private_key IS NOT NULL, created_at";
 
-fn ca_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CaRecord> {
+fn ca_row(r: &Row) -> sql::Result<CaRecord> {
     Ok(CaRecord {
         id: r.get(0)?,
         tenant_id: r.get(1)?,
@@ -143,7 +143,7 @@ impl Store {
     ) -> anyhow::Result<CaRecord> {
         let (line, fingerprint) = super::agents::parse_public_key(public_key)?;
         let id = new_id();
-        let result = self.conn().execute(
+        let result = self.conn()?.execute(
             "INSERT INTO ssh_cas (id, tenant_id, public_key, fingerprint, private_key, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![id, tenant_id, line, fingerprint, sealed, now_ms()],
@@ -164,25 +164,23 @@ impl Store {
     pub fn ssh_ca(&self, tenant_id: TenantId, id: &str) -> anyhow::Result<Option<CaRecord>> {
         let sql = format!("SELECT {CA_COLUMNS} FROM ssh_cas WHERE tenant_id = ?1 AND id = ?2");
         Ok(self
-            .conn()
+            .conn()?
             .query_row(&sql, params![tenant_id, id], ca_row)
             .optional()?)
     }
 
     /// A tenant's CAs, oldest first.
     pub fn ssh_cas(&self, tenant_id: TenantId) -> anyhow::Result<Vec<CaRecord>> {
-        let conn = self.conn();
-        let sql =
-            format!("SELECT {CA_COLUMNS} FROM ssh_cas WHERE tenant_id = ?1 ORDER BY created_at");
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map([tenant_id], ca_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let sql = format!(
+            "SELECT {CA_COLUMNS} FROM ssh_cas WHERE tenant_id = ?1 ORDER BY created_at, id"
+        );
+        Ok(self.conn()?.query_map(&sql, [tenant_id], ca_row)?)
     }
 
     /// Stops trusting a CA; its agents stay registered but can no longer sign in. Whether it
     /// existed.
     pub fn delete_ssh_ca(&self, tenant_id: TenantId, id: &str) -> anyhow::Result<bool> {
-        let n = self.conn().execute(
+        let n = self.conn()?.execute(
             "DELETE FROM ssh_cas WHERE tenant_id = ?1 AND id = ?2",
             params![tenant_id, id],
         )?;
@@ -195,15 +193,15 @@ impl Store {
         &self,
         tenant_id: TenantId,
     ) -> anyhow::Result<Option<(CaRecord, PrivateKey, u64)>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_immediate()?;
         let sql = format!(
             "SELECT {CA_COLUMNS}, private_key, next_serial FROM ssh_cas
              WHERE tenant_id = ?1 AND private_key IS NOT NULL ORDER BY created_at DESC LIMIT 1"
         );
         let found = tx
             .query_row(&sql, [tenant_id], |r| {
-                Ok((ca_row(r)?, r.get::<_, Vec<u8>>(6)?, r.get::<_, i64>(7)?))
+                Ok((ca_row(r)?, r.get::<Vec<u8>>(6)?, r.get::<i64>(7)?))
             })
             .optional()?;
         let Some((ca, sealed, serial)) = found else {
@@ -229,7 +227,7 @@ impl Store {
         kind: RevokedKind,
         value: &str,
     ) -> anyhow::Result<bool> {
-        let n = self.conn().execute(
+        let n = self.conn()?.execute(
             "INSERT INTO ssh_ca_revoked (tenant_id, kind, value, created_at)
              VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
             params![tenant_id, kind_str(kind), value, now_ms()],
@@ -239,21 +237,14 @@ impl Store {
 
     /// The tenant's revocation list, newest first.
     pub fn ssh_revoked(&self, tenant_id: TenantId) -> anyhow::Result<Vec<RevokedEntry>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let rows = self.conn()?.query_map(
             "SELECT kind, value, created_at FROM ssh_ca_revoked WHERE tenant_id = ?1
              ORDER BY created_at DESC, value",
+            [tenant_id],
+            |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?)),
         )?;
-        let rows = stmt.query_map([tenant_id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
         let mut out = Vec::new();
-        for row in rows {
-            let (kind, value, at) = row?;
+        for (kind, value, at) in rows {
             let kind = match kind.as_str() {
                 "serial" => RevokedKind::Serial,
                 _ => RevokedKind::Key,
@@ -275,7 +266,7 @@ impl Store {
         serial: u64,
         key: &str,
     ) -> anyhow::Result<Option<CertSignIn>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let sql = format!("SELECT {CA_COLUMNS} FROM ssh_cas WHERE fingerprint = ?1");
         let Some(ca) = conn.query_row(&sql, [ca_fingerprint], ca_row).optional()? else {
             return Ok(None);
@@ -310,8 +301,8 @@ impl Store {
         fingerprint: &str,
         max_agents: usize,
     ) -> anyhow::Result<Result<CertAgent, CertAgentRefused>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_immediate()?;
         let sql = format!("SELECT {COLUMNS} FROM agents WHERE tenant_id = ?1 AND id = ?2");
         let found = tx
             .query_row(&sql, params![ca.tenant_id, id.as_str()], from_row)
@@ -391,17 +382,14 @@ impl Store {
         user: &str,
         fingerprint: &str,
     ) -> anyhow::Result<Vec<(TenantId, AgentId)>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let rows = self.conn()?.query_map(
             "SELECT tenant_id, id FROM agents WHERE id = ?1 AND key_fingerprint = ?2
              AND ssh_ca IS NOT NULL LIMIT 16",
+            params![user, fingerprint],
+            |r| Ok((r.get::<TenantId>(0)?, r.get::<String>(1)?)),
         )?;
-        let rows = stmt.query_map(params![user, fingerprint], |r| {
-            Ok((r.get::<_, TenantId>(0)?, r.get::<_, String>(1)?))
-        })?;
         let mut out = Vec::new();
-        for row in rows {
-            let (tenant, id) = row?;
+        for (tenant, id) in rows {
             out.push((tenant, AgentId::new(id)?));
         }
         Ok(out)

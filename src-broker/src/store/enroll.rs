@@ -3,15 +3,15 @@
 //!
 //! A token is `pet_<id>_<secret>` (the shape of an API key): the id is public and names the token
 //! in the audit; only the SHA-256 hash of the whole text is stored, compared in constant time.
-//! One enrolment is one transaction on the store's single connection (`BEGIN IMMEDIATE`, so a CLI
-//! process writing the same file waits its turn): the token's checks, the agent's insert (or key
+//! One enrolment is one write transaction (SQLite's `BEGIN IMMEDIATE`, so a CLI process writing
+//! the same file waits its turn; on PostgreSQL the store's write lock, so other nodes do too): the token's checks, the agent's insert (or key
 //! replacement) and the use counted all happen or none does, so a token of N uses enrols at most
 //! N agents however many try at once.
 
 use passerelle_proto::enroll::{EnrollmentTokenInfo, IdPattern};
 use passerelle_proto::ids::AgentId;
-use rusqlite::types::Type;
-use rusqlite::{OptionalExtension as _, TransactionBehavior, params};
+
+use super::sql::{self, Exec as _, OptionalExtension as _, Row, params};
 
 use super::agents::{Invalid, is_unique_violation, parse_public_key, shadowed_login};
 use super::{AgentRecord, Store, TenantId, now_ms, rfc3339};
@@ -128,12 +128,12 @@ pub struct Enrollment {
 const TOKEN_COLUMNS: &str =
     "id, tenant_id, name, uses, used, expires_at, id_pattern, reenrol, created_at, revoked_at";
 
-fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+fn token_row(r: &Row) -> sql::Result<TokenRecord> {
     let pattern: Option<String> = r.get(6)?;
     let id_pattern = pattern
         .map(IdPattern::new)
         .transpose()
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(6, Type::Text, Box::new(e)))?;
+        .map_err(|e| sql::Error::conversion(6, e.to_string()))?;
     Ok(TokenRecord {
         id: r.get(0)?,
         tenant_id: r.get(1)?,
@@ -156,7 +156,7 @@ impl Store {
         new: &NewToken,
     ) -> anyhow::Result<(TokenRecord, String)> {
         let secret = ApiKey::generate_with(ENROLL_TOKEN_PREFIX);
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO enrollment_tokens (id, tenant_id, name, hash, uses, expires_at,
                                             id_pattern, reenrol, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -188,21 +188,18 @@ impl Store {
             "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE tenant_id = ?1 AND id = ?2"
         );
         Ok(self
-            .conn()
+            .conn()?
             .query_row(&sql, params![tenant_id, id], token_row)
             .optional()?)
     }
 
     /// A tenant's tokens, newest first.
     pub fn enrollment_tokens(&self, tenant_id: TenantId) -> anyhow::Result<Vec<TokenRecord>> {
-        let conn = self.conn();
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE tenant_id = ?1
              ORDER BY created_at DESC, id"
         );
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map([tenant_id], token_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(self.conn()?.query_map(&sql, [tenant_id], token_row)?)
     }
 
     /// Revokes a token (the agents it enrolled stay); `None` if the tenant has no such token.
@@ -211,7 +208,7 @@ impl Store {
         tenant_id: TenantId,
         id: &str,
     ) -> anyhow::Result<Option<TokenRecord>> {
-        self.conn().execute(
+        self.conn()?.execute(
             "UPDATE enrollment_tokens SET revoked_at = ?1
              WHERE tenant_id = ?2 AND id = ?3 AND revoked_at IS NULL",
             params![now_ms(), tenant_id, id],
@@ -239,12 +236,12 @@ impl Store {
             return unknown(None);
         };
         let done = {
-            let mut conn = self.conn();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut conn = self.conn()?;
+            let tx = conn.transaction_immediate()?;
             let sql = format!("SELECT {TOKEN_COLUMNS}, hash FROM enrollment_tokens WHERE id = ?1");
             let found = tx
                 .query_row(&sql, [&token_id], |r| {
-                    Ok((token_row(r)?, r.get::<_, Vec<u8>>(10)?))
+                    Ok((token_row(r)?, r.get::<Vec<u8>>(10)?))
                 })
                 .optional()?;
             let Some((token, stored)) = found else {

@@ -11,13 +11,10 @@ const KEY_B: &str =
 const KEY_C: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGvBvH/lAtwXOyzf4xGiV8hb0W4P8ifHfzZR4U24Y1Wz";
 
-fn store() -> (tempfile::TempDir, Store, TenantId) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+fn tenant(store: &Store) -> TenantId {
     let name = TenantName::new("t").unwrap();
     store.create_tenant(&name).unwrap();
-    let t = store.tenant_id(&name).unwrap().unwrap();
-    (dir, store, t)
+    store.tenant_id(&name).unwrap().unwrap()
 }
 
 fn token(uses: u32) -> NewToken {
@@ -40,7 +37,9 @@ fn refused(r: anyhow::Result<Result<Enrollment, Refusal>>) -> Refused {
 
 #[test]
 fn a_token_enrols_its_uses_then_is_spent() {
-    let (dir, store, t) = store();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let t = tenant(&store);
     let (rec, secret) = store.create_enrollment_token(t, &token(2)).unwrap();
     assert!(secret.starts_with("pet_") && secret.contains(&rec.id));
     let done = store
@@ -94,80 +93,84 @@ fn a_token_enrols_its_uses_then_is_spent() {
 
 #[test]
 fn revoked_expired_patterns_keys_and_quota_are_refused() {
-    let (_dir, store, t) = store();
-    let (rec, secret) = store.create_enrollment_token(t, &token(10)).unwrap();
-    store.revoke_enrollment_token(t, &rec.id).unwrap().unwrap();
-    assert_eq!(
-        refused(store.enroll(&secret, &id("pc-1"), KEY_A, 100)),
-        Refused::Revoked
-    );
-    assert!(
+    crate::store::test_backends::each(|store| {
+        let t = tenant(store);
+        let (rec, secret) = store.create_enrollment_token(t, &token(10)).unwrap();
+        store.revoke_enrollment_token(t, &rec.id).unwrap().unwrap();
+        assert_eq!(
+            refused(store.enroll(&secret, &id("pc-1"), KEY_A, 100)),
+            Refused::Revoked
+        );
+        assert!(
+            store
+                .revoke_enrollment_token(t + 1, &rec.id)
+                .unwrap()
+                .is_none()
+        );
+
+        let mut expired = token(10);
+        expired.expires_at = Some(now_ms() - 1);
+        let (_, secret) = store.create_enrollment_token(t, &expired).unwrap();
+        assert!(matches!(
+            refused(store.enroll(&secret, &id("pc-1"), KEY_A, 100)),
+            Refused::Expired(_)
+        ));
+
+        let mut lab = token(10);
+        lab.id_pattern = Some(IdPattern::new("lab-*").unwrap());
+        let (_, secret) = store.create_enrollment_token(t, &lab).unwrap();
+        assert!(matches!(
+            refused(store.enroll(&secret, &id("pc-1"), KEY_A, 100)),
+            Refused::IdNotAllowed { .. }
+        ));
+        assert!(matches!(
+            refused(store.enroll(&secret, &id("lab-1"), "ssh-ed25519 AAAA", 100)),
+            Refused::BadKey(_)
+        ));
         store
-            .revoke_enrollment_token(t + 1, &rec.id)
+            .enroll(&secret, &id("lab-1"), KEY_A, 100)
             .unwrap()
-            .is_none()
-    );
-
-    let mut expired = token(10);
-    expired.expires_at = Some(now_ms() - 1);
-    let (_, secret) = store.create_enrollment_token(t, &expired).unwrap();
-    assert!(matches!(
-        refused(store.enroll(&secret, &id("pc-1"), KEY_A, 100)),
-        Refused::Expired(_)
-    ));
-
-    let mut lab = token(10);
-    lab.id_pattern = Some(IdPattern::new("lab-*").unwrap());
-    let (_, secret) = store.create_enrollment_token(t, &lab).unwrap();
-    assert!(matches!(
-        refused(store.enroll(&secret, &id("pc-1"), KEY_A, 100)),
-        Refused::IdNotAllowed { .. }
-    ));
-    assert!(matches!(
-        refused(store.enroll(&secret, &id("lab-1"), "ssh-ed25519 AAAA", 100)),
-        Refused::BadKey(_)
-    ));
-    store
-        .enroll(&secret, &id("lab-1"), KEY_A, 100)
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        refused(store.enroll(&secret, &id("lab-2"), KEY_B, 1)),
-        Refused::Quota(1)
-    );
-    let listed = store.enrollment_tokens(t).unwrap();
-    assert_eq!(listed.len(), 3);
-    assert_eq!(listed.iter().map(|r| r.used).sum::<u32>(), 1);
+            .unwrap();
+        assert_eq!(
+            refused(store.enroll(&secret, &id("lab-2"), KEY_B, 1)),
+            Refused::Quota(1)
+        );
+        let listed = store.enrollment_tokens(t).unwrap();
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed.iter().map(|r| r.used).sum::<u32>(), 1);
+    });
 }
 
 #[test]
 fn re_enrolment_replaces_the_key_when_the_token_allows_it() {
-    let (_dir, store, t) = store();
-    store.create_agent(t, &id("pc-1"), KEY_A, None).unwrap();
-    let mut again = token(5);
-    again.reenrol = true;
-    let (_, secret) = store.create_enrollment_token(t, &again).unwrap();
-    let done = store
-        .enroll(&secret, &id("pc-1"), KEY_B, 100)
-        .unwrap()
-        .unwrap();
-    assert!(done.reenrolled && done.key_changed);
-    let fp_b = parse_public_key(KEY_B).unwrap().1;
-    assert_eq!(
-        store
-            .agent_for_key("pc-1", &fp_b)
+    crate::store::test_backends::each(|store| {
+        let t = tenant(store);
+        store.create_agent(t, &id("pc-1"), KEY_A, None).unwrap();
+        let mut again = token(5);
+        again.reenrol = true;
+        let (_, secret) = store.create_enrollment_token(t, &again).unwrap();
+        let done = store
+            .enroll(&secret, &id("pc-1"), KEY_B, 100)
             .unwrap()
+            .unwrap();
+        assert!(done.reenrolled && done.key_changed);
+        let fp_b = parse_public_key(KEY_B).unwrap().1;
+        assert_eq!(
+            store
+                .agent_for_key("pc-1", &fp_b)
+                .unwrap()
+                .unwrap()
+                .tenant_id,
+            t
+        );
+        let fp_a = parse_public_key(KEY_A).unwrap().1;
+        assert!(store.agent_for_key("pc-1", &fp_a).unwrap().is_none());
+        let same = store
+            .enroll(&secret, &id("pc-1"), KEY_B, 100)
             .unwrap()
-            .tenant_id,
-        t
-    );
-    let fp_a = parse_public_key(KEY_A).unwrap().1;
-    assert!(store.agent_for_key("pc-1", &fp_a).unwrap().is_none());
-    let same = store
-        .enroll(&secret, &id("pc-1"), KEY_B, 100)
-        .unwrap()
-        .unwrap();
-    assert!(same.reenrolled && !same.key_changed);
+            .unwrap();
+        assert!(same.reenrolled && !same.key_changed);
+    });
 }
 
 #[test]
@@ -176,8 +179,8 @@ fn a_store_of_the_previous_version_opens_and_keeps_its_agents() {
     let before = super::super::MIGRATIONS.len() - 1;
     {
         let conn = rusqlite::Connection::open(dir.path().join("passerelle.db")).unwrap();
-        for sql in &super::super::MIGRATIONS[..before] {
-            conn.execute_batch(sql).unwrap();
+        for m in &super::super::MIGRATIONS[..before] {
+            conn.execute_batch(m.sqlite()).unwrap();
         }
         conn.execute_batch(&format!(
             "INSERT INTO tenants (id, name, created_at) VALUES (1, 'one', 0);
@@ -188,7 +191,7 @@ fn a_store_of_the_previous_version_opens_and_keeps_its_agents() {
         conn.execute(
             "INSERT INTO agents (tenant_id, id, public_key, key_fingerprint, created_at)
              VALUES (1, 'pc-1', ?1, ?2, 7)",
-            params![line, fingerprint],
+            rusqlite::params![line, fingerprint],
         )
         .unwrap();
     }

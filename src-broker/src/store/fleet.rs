@@ -4,8 +4,8 @@
 //! agent was last seen (written when its connection ends, for the console's offline rows).
 
 use passerelle_proto::ids::AgentId;
-use rusqlite::params;
-use rusqlite::types::Value;
+
+use super::sql::{Exec as _, Value, params};
 
 use super::agents::{COLUMNS, from_row, record};
 use super::{AgentRecord, Store, TenantId};
@@ -39,12 +39,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM agents WHERE tenant_id = ?{conditions} ORDER BY id LIMIT ?"
         );
-        let rows = {
-            let conn = self.conn();
-            let mut stmt = conn.prepare_cached(&sql)?;
-            stmt.query_map(rusqlite::params_from_iter(values), from_row)?
-                .collect::<Result<Vec<_>, _>>()?
-        };
+        let rows = self.conn()?.query_map(&sql, values, from_row)?;
         rows.into_iter().map(record).collect()
     }
 
@@ -63,12 +58,7 @@ impl Store {
             );
             let mut values = vec![Value::Integer(tenant_id)];
             values.extend(chunk.iter().map(|id| Value::Text(id.as_str().to_owned())));
-            let rows = {
-                let conn = self.conn();
-                let mut stmt = conn.prepare(&sql)?;
-                stmt.query_map(rusqlite::params_from_iter(values), from_row)?
-                    .collect::<Result<Vec<_>, _>>()?
-            };
+            let rows = self.conn()?.query_map(&sql, values, from_row)?;
             for row in rows {
                 out.push(record(row)?);
             }
@@ -79,7 +69,7 @@ impl Store {
 
     /// Notes that the agent's connection ended at `at` (ms since the epoch).
     pub fn set_last_seen(&self, tenant_id: TenantId, id: &AgentId, at: i64) -> anyhow::Result<()> {
-        self.conn().execute(
+        self.conn()?.execute(
             "UPDATE agents SET last_seen = ?1 WHERE tenant_id = ?2 AND id = ?3",
             params![at, tenant_id, id.as_str()],
         )?;
@@ -98,20 +88,20 @@ impl Store {
         use russh::keys::{HashAlg, PublicKey};
         use sha2::{Digest as _, Sha256};
         let now = super::now_ms();
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         {
-            let mut stmt = tx.prepare(
-                "INSERT INTO agents (tenant_id, id, public_key, key_fingerprint, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
             for id in ids {
                 let seed: [u8; 32] =
                     Sha256::digest(format!("{tenant_id}/{}", id.as_str()).as_bytes()).into();
                 let key = PublicKey::from(Ed25519PublicKey(seed));
                 let line = key.to_openssh()?;
                 let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-                stmt.execute(params![tenant_id, id.as_str(), line, fingerprint, now])?;
+                tx.execute(
+                    "INSERT INTO agents (tenant_id, id, public_key, key_fingerprint, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![tenant_id, id.as_str(), line, fingerprint, now],
+                )?;
             }
         }
         tx.commit()?;
@@ -127,60 +117,60 @@ mod tests {
 
     #[test]
     fn pages_prefixes_and_last_seen() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for name in ["one", "two"] {
-            store
-                .create_tenant(&TenantName::new(name).unwrap())
-                .unwrap();
-        }
-        let one = store
-            .tenant_id(&TenantName::new("one").unwrap())
-            .unwrap()
-            .unwrap();
-        let ids: Vec<AgentId> = (0..250)
-            .map(|i| AgentId::new(format!("pc-{i:04}")).unwrap())
-            .chain(["lab-1", "pc", "pd-0"].map(|s| AgentId::new(s).unwrap()))
-            .collect();
-        store.insert_agents_for_tests(one, &ids).unwrap();
-        store
-            .insert_agents_for_tests(one + 1, &[AgentId::new("pc-0000").unwrap()])
-            .unwrap();
-        // Pages follow each other without gaps or repeats, in id order, in the tenant only.
-        let mut seen = Vec::new();
-        let mut after: Option<AgentId> = None;
-        loop {
-            let page = store.agents_page(one, after.as_ref(), None, 100).unwrap();
-            if page.is_empty() {
-                break;
+        crate::store::test_backends::each(|store| {
+            for name in ["one", "two"] {
+                store
+                    .create_tenant(&TenantName::new(name).unwrap())
+                    .unwrap();
             }
-            after = page.last().map(|a| a.id.clone());
-            seen.extend(page.into_iter().map(|a| a.id));
-        }
-        let mut want = ids.clone();
-        want.sort();
-        assert_eq!(seen, want);
-        // A prefix is a range: `pc-01` finds pc-0100..pc-0199, nothing else.
-        let found = store.agents_page(one, None, Some("pc-01"), 1000).unwrap();
-        assert_eq!(found.len(), 100);
-        assert!(found.iter().all(|a| a.id.as_str().starts_with("pc-01")));
-        let pc = store.agents_page(one, None, Some("pc"), 1000).unwrap();
-        assert_eq!(pc.len(), 251, "pc and pc-*, not pd-0");
-        let some = [
-            ids[3].clone(),
-            AgentId::new("nobody").unwrap(),
-            ids[1].clone(),
-        ];
-        let got = store.agents_by_ids(one, &some).unwrap();
-        assert_eq!(
-            got.iter().map(|a| &a.id).collect::<Vec<_>>(),
-            [&ids[1], &ids[3]]
-        );
-        assert_eq!(got[0].last_seen, None);
-        store.set_last_seen(one, &ids[1], 1234).unwrap();
-        assert_eq!(
-            store.agent(one, &ids[1]).unwrap().unwrap().last_seen,
-            Some(1234)
-        );
+            let one = store
+                .tenant_id(&TenantName::new("one").unwrap())
+                .unwrap()
+                .unwrap();
+            let ids: Vec<AgentId> = (0..250)
+                .map(|i| AgentId::new(format!("pc-{i:04}")).unwrap())
+                .chain(["lab-1", "pc", "pd-0"].map(|s| AgentId::new(s).unwrap()))
+                .collect();
+            store.insert_agents_for_tests(one, &ids).unwrap();
+            store
+                .insert_agents_for_tests(one + 1, &[AgentId::new("pc-0000").unwrap()])
+                .unwrap();
+            // Pages follow each other without gaps or repeats, in id order, in the tenant only.
+            let mut seen = Vec::new();
+            let mut after: Option<AgentId> = None;
+            loop {
+                let page = store.agents_page(one, after.as_ref(), None, 100).unwrap();
+                if page.is_empty() {
+                    break;
+                }
+                after = page.last().map(|a| a.id.clone());
+                seen.extend(page.into_iter().map(|a| a.id));
+            }
+            let mut want = ids.clone();
+            want.sort();
+            assert_eq!(seen, want);
+            // A prefix is a range: `pc-01` finds pc-0100..pc-0199, nothing else.
+            let found = store.agents_page(one, None, Some("pc-01"), 1000).unwrap();
+            assert_eq!(found.len(), 100);
+            assert!(found.iter().all(|a| a.id.as_str().starts_with("pc-01")));
+            let pc = store.agents_page(one, None, Some("pc"), 1000).unwrap();
+            assert_eq!(pc.len(), 251, "pc and pc-*, not pd-0");
+            let some = [
+                ids[3].clone(),
+                AgentId::new("nobody").unwrap(),
+                ids[1].clone(),
+            ];
+            let got = store.agents_by_ids(one, &some).unwrap();
+            assert_eq!(
+                got.iter().map(|a| &a.id).collect::<Vec<_>>(),
+                [&ids[1], &ids[3]]
+            );
+            assert_eq!(got[0].last_seen, None);
+            store.set_last_seen(one, &ids[1], 1234).unwrap();
+            assert_eq!(
+                store.agent(one, &ids[1]).unwrap().unwrap().last_seen,
+                Some(1234)
+            );
+        });
     }
 }

@@ -7,7 +7,8 @@
 
 use passerelle_proto::api::Role;
 use passerelle_proto::api_keys::ApiKeyInfo;
-use rusqlite::{OptionalExtension as _, Row, params};
+
+use super::sql::{self, Exec as _, OptionalExtension as _, Row, params};
 
 use super::{Store, TenantId, now_ms, rfc3339};
 use crate::secrets::{self, ApiKey};
@@ -41,8 +42,8 @@ pub enum RevokeError {
     Store(#[from] anyhow::Error),
 }
 
-impl From<rusqlite::Error> for RevokeError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<sql::Error> for RevokeError {
+    fn from(e: sql::Error) -> Self {
         Self::Store(e.into())
     }
 }
@@ -60,7 +61,7 @@ const COLUMNS: &str = "id, name, role, created_at, expires_at, revoked_at";
 
 type RawKey = (String, String, String, i64, Option<i64>, Option<i64>);
 
-fn raw(r: &Row<'_>) -> rusqlite::Result<RawKey> {
+fn raw(r: &Row) -> sql::Result<RawKey> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -96,7 +97,7 @@ impl Store {
     ) -> anyhow::Result<(ApiKeyInfo, String)> {
         let key = ApiKey::generate();
         let now = now_ms();
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO api_keys (id, tenant_id, role, hash, created_at, name, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
@@ -123,14 +124,12 @@ impl Store {
     /// A tenant's keys, revoked and expired ones included, oldest first.
     pub fn api_keys(&self, tenant_id: TenantId) -> anyhow::Result<Vec<ApiKeyInfo>> {
         let now = now_ms();
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, id"
-        ))?;
-        let rows = stmt.query_map([tenant_id], raw)?;
-        Ok(rows
-            .map(|r| r.map(|r| info(r, now)))
-            .collect::<Result<_, _>>()?)
+        let rows = self.conn()?.query_map(
+            &format!("SELECT {COLUMNS} FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at, id"),
+            [tenant_id],
+            raw,
+        )?;
+        Ok(rows.into_iter().map(|r| info(r, now)).collect())
     }
 
     /// One key of a tenant.
@@ -140,7 +139,7 @@ impl Store {
         id: &str,
     ) -> anyhow::Result<Option<ApiKeyInfo>> {
         let row = self
-            .conn()
+            .conn()?
             .query_row(
                 &format!("SELECT {COLUMNS} FROM api_keys WHERE tenant_id = ?1 AND id = ?2"),
                 params![tenant_id, id],
@@ -160,7 +159,8 @@ impl Store {
         keep_last_admin: bool,
     ) -> Result<Revoked, RevokeError> {
         let now = now_ms();
-        let conn = self.conn();
+        let mut conn = self.conn()?;
+        let conn = conn.transaction_immediate()?;
         let row = conn
             .query_row(
                 &format!("SELECT {COLUMNS} FROM api_keys WHERE tenant_id = ?1 AND id = ?2"),
@@ -188,6 +188,7 @@ impl Store {
             "UPDATE api_keys SET revoked_at = ?1 WHERE tenant_id = ?2 AND id = ?3",
             params![now, tenant_id, id],
         )?;
+        conn.commit()?;
         Ok(Revoked::Now(ApiKeyInfo {
             active: false,
             revoked_at: Some(rfc3339(now)),
@@ -205,7 +206,7 @@ impl Store {
         // (tenant, hash, expires_at, revoked_at)
         type KeyRow = (TenantId, Vec<u8>, Option<i64>, Option<i64>);
         let row: Option<KeyRow> = self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT tenant_id, hash, expires_at, revoked_at FROM api_keys WHERE id = ?1",
                 [&id],
@@ -240,130 +241,135 @@ mod tests {
 
     use super::*;
 
-    fn store_with(tenants: &[&str]) -> (tempfile::TempDir, Store, Vec<TenantId>) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let ids = tenants
+    fn tenants_in(store: &Store, tenants: &[&str]) -> Vec<TenantId> {
+        tenants
             .iter()
             .map(|t| {
                 let name = TenantName::new(*t).unwrap();
                 store.create_tenant(&name).unwrap();
                 store.tenant_id(&name).unwrap().unwrap()
             })
-            .collect();
-        (dir, store, ids)
+            .collect()
     }
 
     #[test]
     fn keys_are_listed_per_tenant_and_revoked_at_once() {
-        let (_dir, store, t) = store_with(&["a", "b"]);
-        let (ci, ci_text) = store
-            .create_named_api_key(t[0], Role::Helpdesk, "ci", None)
-            .unwrap();
-        store
-            .create_named_api_key(t[1], Role::Admin, "other", None)
-            .unwrap();
-        assert!(ci.active && ci.name == "ci" && ci.role == Role::Helpdesk);
-        assert_eq!(store.api_keys(t[0]).unwrap(), vec![ci.clone()]);
-        assert!(store.check_api_key(&ci_text).unwrap().is_some());
-        // Another tenant's key is not found.
-        assert!(matches!(
-            store.revoke_api_key(t[1], &ci.id, true),
-            Err(RevokeError::NotFound)
-        ));
-        let Revoked::Now(after) = store.revoke_api_key(t[0], &ci.id, true).unwrap() else {
-            panic!("revoked now");
-        };
-        assert!(!after.active && after.revoked_at.is_some());
-        assert!(store.check_api_key(&ci_text).unwrap().is_none());
-        assert_eq!(
-            store.refused_api_key(&ci_text).unwrap(),
-            KeyRefusal::Revoked {
-                tenant: t[0],
-                id: ci.id.clone()
-            }
-        );
-        assert!(matches!(
-            store.revoke_api_key(t[0], &ci.id, true).unwrap(),
-            Revoked::Already(_)
-        ));
-        // A wrong secret for a known id is a guess, whatever the key's state.
-        let mut forged = ci_text.clone();
-        forged.pop();
-        forged.push(if ci_text.ends_with('A') { 'B' } else { 'A' });
-        assert_eq!(
-            store.refused_api_key(&forged).unwrap(),
-            KeyRefusal::Unknown {
-                owner: Some((t[0], ci.id))
-            }
-        );
-        assert_eq!(
-            store.refused_api_key("psk_nonsense").unwrap(),
-            KeyRefusal::Unknown { owner: None }
-        );
+        crate::store::test_backends::each(|store| {
+            let t = tenants_in(store, &["a", "b"]);
+            let (ci, ci_text) = store
+                .create_named_api_key(t[0], Role::Helpdesk, "ci", None)
+                .unwrap();
+            store
+                .create_named_api_key(t[1], Role::Admin, "other", None)
+                .unwrap();
+            assert!(ci.active && ci.name == "ci" && ci.role == Role::Helpdesk);
+            assert_eq!(store.api_keys(t[0]).unwrap(), vec![ci.clone()]);
+            assert!(store.check_api_key(&ci_text).unwrap().is_some());
+            // Another tenant's key is not found.
+            assert!(matches!(
+                store.revoke_api_key(t[1], &ci.id, true),
+                Err(RevokeError::NotFound)
+            ));
+            let Revoked::Now(after) = store.revoke_api_key(t[0], &ci.id, true).unwrap() else {
+                panic!("revoked now");
+            };
+            assert!(!after.active && after.revoked_at.is_some());
+            assert!(store.check_api_key(&ci_text).unwrap().is_none());
+            assert_eq!(
+                store.refused_api_key(&ci_text).unwrap(),
+                KeyRefusal::Revoked {
+                    tenant: t[0],
+                    id: ci.id.clone()
+                }
+            );
+            assert!(matches!(
+                store.revoke_api_key(t[0], &ci.id, true).unwrap(),
+                Revoked::Already(_)
+            ));
+            // A wrong secret for a known id is a guess, whatever the key's state.
+            let mut forged = ci_text.clone();
+            forged.pop();
+            forged.push(if ci_text.ends_with('A') { 'B' } else { 'A' });
+            assert_eq!(
+                store.refused_api_key(&forged).unwrap(),
+                KeyRefusal::Unknown {
+                    owner: Some((t[0], ci.id))
+                }
+            );
+            assert_eq!(
+                store.refused_api_key("psk_nonsense").unwrap(),
+                KeyRefusal::Unknown { owner: None }
+            );
+        });
     }
 
     #[test]
     fn expired_keys_fail_and_say_so() {
-        let (_dir, store, t) = store_with(&["a"]);
-        let past = now_ms() - 1;
-        let (info, text) = store
-            .create_named_api_key(t[0], Role::Auditor, "old", Some(past))
-            .unwrap();
-        assert!(!info.active);
-        assert!(store.check_api_key(&text).unwrap().is_none());
-        assert!(matches!(
-            store.refused_api_key(&text).unwrap(),
-            KeyRefusal::Expired { .. }
-        ));
-        let (_, later) = store
-            .create_named_api_key(t[0], Role::Auditor, "new", Some(now_ms() + 60_000))
-            .unwrap();
-        assert!(store.check_api_key(&later).unwrap().is_some());
+        crate::store::test_backends::each(|store| {
+            let t = tenants_in(store, &["a"]);
+            let past = now_ms() - 1;
+            let (info, text) = store
+                .create_named_api_key(t[0], Role::Auditor, "old", Some(past))
+                .unwrap();
+            assert!(!info.active);
+            assert!(store.check_api_key(&text).unwrap().is_none());
+            assert!(matches!(
+                store.refused_api_key(&text).unwrap(),
+                KeyRefusal::Expired { .. }
+            ));
+            let (_, later) = store
+                .create_named_api_key(t[0], Role::Auditor, "new", Some(now_ms() + 60_000))
+                .unwrap();
+            assert!(store.check_api_key(&later).unwrap().is_some());
+        });
     }
 
     #[test]
     fn the_last_active_admin_key_is_kept_unless_asked() {
-        let (_dir, store, t) = store_with(&["a"]);
-        let (first, _) = store
-            .create_named_api_key(t[0], Role::Admin, "first", None)
-            .unwrap();
-        // An expired admin key does not count as another admin.
-        store
-            .create_named_api_key(t[0], Role::Admin, "gone", Some(now_ms() - 1))
-            .unwrap();
-        assert!(matches!(
-            store.revoke_api_key(t[0], &first.id, true),
-            Err(RevokeError::LastAdmin)
-        ));
-        let (second, _) = store
-            .create_named_api_key(t[0], Role::Admin, "second", None)
-            .unwrap();
-        assert!(matches!(
-            store.revoke_api_key(t[0], &first.id, true).unwrap(),
-            Revoked::Now(_)
-        ));
-        assert!(matches!(
-            store.revoke_api_key(t[0], &second.id, true),
-            Err(RevokeError::LastAdmin)
-        ));
-        // The command line may.
-        assert!(matches!(
-            store.revoke_api_key(t[0], &second.id, false).unwrap(),
-            Revoked::Now(_)
-        ));
+        crate::store::test_backends::each(|store| {
+            let t = tenants_in(store, &["a"]);
+            let (first, _) = store
+                .create_named_api_key(t[0], Role::Admin, "first", None)
+                .unwrap();
+            // An expired admin key does not count as another admin.
+            store
+                .create_named_api_key(t[0], Role::Admin, "gone", Some(now_ms() - 1))
+                .unwrap();
+            assert!(matches!(
+                store.revoke_api_key(t[0], &first.id, true),
+                Err(RevokeError::LastAdmin)
+            ));
+            let (second, _) = store
+                .create_named_api_key(t[0], Role::Admin, "second", None)
+                .unwrap();
+            assert!(matches!(
+                store.revoke_api_key(t[0], &first.id, true).unwrap(),
+                Revoked::Now(_)
+            ));
+            assert!(matches!(
+                store.revoke_api_key(t[0], &second.id, true),
+                Err(RevokeError::LastAdmin)
+            ));
+            // The command line may.
+            assert!(matches!(
+                store.revoke_api_key(t[0], &second.id, false).unwrap(),
+                Revoked::Now(_)
+            ));
+        });
     }
 
     #[test]
     fn keys_made_before_names_existed_list_with_an_empty_name() {
-        let (_dir, store, t) = store_with(&["a"]);
-        let text = store
-            .create_api_key(&TenantName::new("a").unwrap(), Role::Admin)
-            .unwrap();
-        let keys = store.api_keys(t[0]).unwrap();
-        assert_eq!(keys.len(), 1);
-        assert_eq!((keys[0].name.as_str(), keys[0].active), ("", true));
-        assert!(text.contains(&keys[0].id));
+        crate::store::test_backends::each(|store| {
+            let t = tenants_in(store, &["a"]);
+            let text = store
+                .create_api_key(&TenantName::new("a").unwrap(), Role::Admin)
+                .unwrap();
+            let keys = store.api_keys(t[0]).unwrap();
+            assert_eq!(keys.len(), 1);
+            assert_eq!((keys[0].name.as_str(), keys[0].active), ("", true));
+            assert!(text.contains(&keys[0].id));
+        });
     }
 
     #[test]
@@ -378,8 +384,8 @@ mod tests {
         let key = crate::secrets::ApiKey::generate();
         {
             let conn = rusqlite::Connection::open(dir.path().join("passerelle.db")).unwrap();
-            for sql in &crate::store::MIGRATIONS[..before] {
-                conn.execute_batch(sql).unwrap();
+            for m in &crate::store::MIGRATIONS[..before] {
+                conn.execute_batch(m.sqlite()).unwrap();
             }
             conn.execute_batch(&format!(
                 "INSERT INTO tenants (id, name, created_at) VALUES (1, 'one', 0);

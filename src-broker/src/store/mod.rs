@@ -1,9 +1,12 @@
-//! The embedded store: SQLite in the data dir, schema migrations applied at start.
+//! The store: SQLite in the data dir (the default), or PostgreSQL (`store_url`); schema
+//! migrations applied at start.
 //!
-//! One connection behind a mutex: every statement is short (indexed lookups and single-row
-//! writes), WAL mode keeps readers of other processes (the CLI subcommands) from blocking. The
-//! store knows tenants, API keys, agents, sessions and the audit log; live state (who is online,
-//! which viewer is bridged) is in memory, in [`crate::registry`] and [`crate::sessions`].
+//! On SQLite, one connection behind a mutex: every statement is short (indexed lookups and
+//! single-row writes), WAL mode keeps readers of other processes (the CLI subcommands) from
+//! blocking. On PostgreSQL, a small pool of clients (see [`sql`]). Both run the same SQL
+//! through [`sql::Exec`]. The store knows tenants, API keys, agents, sessions and the audit
+//! log; live state (who is online, which viewer is bridged) is in memory, in
+//! [`crate::registry`] and [`crate::sessions`].
 
 mod agents;
 mod audit;
@@ -14,20 +17,28 @@ mod embedding;
 mod enroll;
 mod fleet;
 mod keys;
+mod open;
+#[cfg(test)]
+mod pg_tests;
 mod rdp;
 mod search;
 mod sessions;
+pub mod sql;
 mod ssh;
+#[cfg(test)]
+pub(crate) mod test_backends;
 #[cfg(test)]
 mod test_fixtures;
 
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use anyhow::{Context as _, bail};
 use passerelle_proto::api::{RecordingPolicy, Role, TenantInfo};
 use passerelle_proto::ids::TenantName;
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::Connection;
+
+pub use sql::PgUrl;
+use sql::{Exec as _, OptionalExtension as _, params};
 
 pub use agents::{AgentRecord, OfferTarget};
 /// The errors store calls return that the API maps to 400 and 409.
@@ -51,9 +62,45 @@ use crate::secrets::{self, ApiKey, SecretBox};
 /// A tenant's row id.
 pub type TenantId = i64;
 
-/// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &[
-    r#"
+/// A schema version: the same SQL on both backends (in SQLite's dialect, its column types
+/// mapped by [`sql::ddl_for_postgres`]), or one text per backend where they differ.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Migration {
+    Both(&'static str),
+    Split {
+        sqlite: &'static str,
+        postgres: &'static str,
+    },
+}
+
+impl Migration {
+    /// The SQL SQLite runs.
+    pub(crate) fn sqlite(self) -> &'static str {
+        match self {
+            Self::Both(sql) | Self::Split { sqlite: sql, .. } => sql,
+        }
+    }
+
+    /// The SQL PostgreSQL runs.
+    pub(crate) fn postgres(self) -> String {
+        match self {
+            Self::Both(sql) => sql::ddl_for_postgres(sql),
+            Self::Split { postgres, .. } => postgres.to_owned(),
+        }
+    }
+
+    /// Whether its SQLite text contains `s`.
+    #[cfg(test)]
+    pub(crate) fn contains(self, s: &str) -> bool {
+        self.sqlite().contains(s)
+    }
+}
+
+/// Schema versions, applied in order; `PRAGMA user_version` (SQLite) or the
+/// `passerelle_schema` table (PostgreSQL) says how many ran.
+const MIGRATIONS: &[Migration] = &[
+    Migration::Both(
+        r#"
 CREATE TABLE tenants (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -117,17 +164,21 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_tenant ON audit(tenant_id, at);
 "#,
+    ),
     // The API key behind each event of an API call; mandatory recording per tenant.
-    r#"
+    Migration::Both(
+        r#"
 ALTER TABLE audit ADD COLUMN api_key TEXT;
 ALTER TABLE tenants ADD COLUMN recording_required INTEGER NOT NULL DEFAULT 0;
 "#,
+    ),
     // A public key is unique per tenant, not across tenants (a cross-tenant uniqueness check
     // told one tenant that another had registered a key); the SSH login (agent id, key) stays
     // unambiguous through `agents_active_login` (see `Store::create_agent`). The audit gets an
     // index on time for retention. NOTE for merges: the column list below is the agents table
     // of migrations 1 and 2; a migration that adds agents columns must come after this one.
-    r#"
+    Migration::Both(
+        r#"
 CREATE TABLE agents_v2 (
     tenant_id INTEGER NOT NULL REFERENCES tenants(id),
     id TEXT NOT NULL,
@@ -148,21 +199,30 @@ CREATE UNIQUE INDEX agents_key_per_tenant ON agents(tenant_id, key_fingerprint);
 CREATE UNIQUE INDEX agents_active_login ON agents(id, key_fingerprint) WHERE shadowed = 0;
 CREATE INDEX audit_by_at ON audit(at);
 "#,
-    ssh::MIGRATION,
-    search::MIGRATION,
+    ),
+    Migration::Both(ssh::MIGRATION),
+    Migration::Split {
+        sqlite: search::MIGRATION,
+        postgres: search::PG_MIGRATION,
+    },
     // API keys get a name and an optional expiry (see keys.rs).
-    r#"
+    Migration::Both(
+        r#"
 ALTER TABLE api_keys ADD COLUMN name TEXT NOT NULL DEFAULT '';
 ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
 CREATE INDEX api_keys_by_tenant ON api_keys(tenant_id, created_at);
 "#,
+    ),
     // Origins allowed to frame a tenant's viewer pages (see embedding.rs).
-    r#"
+    Migration::Both(
+        r#"
 ALTER TABLE tenants ADD COLUMN frame_ancestors TEXT NOT NULL DEFAULT '';
 "#,
+    ),
     // RDP (after the agents rebuild and the SSH settings): credentials injected into sessions (passwords
     // sealed), the pinned server certificate.
-    r#"
+    Migration::Both(
+        r#"
 ALTER TABLE tenants ADD COLUMN rdp_username TEXT;
 ALTER TABLE tenants ADD COLUMN rdp_password BLOB;
 ALTER TABLE agents ADD COLUMN rdp_username TEXT;
@@ -170,13 +230,20 @@ ALTER TABLE agents ADD COLUMN rdp_password BLOB;
 ALTER TABLE agents ADD COLUMN rdp_cert_sha256 TEXT;
 ALTER TABLE agents ADD COLUMN rdp_cert_pinned_at INTEGER;
 "#,
-    enroll::MIGRATION,
-    ca::MIGRATION,
+    ),
+    Migration::Both(enroll::MIGRATION),
+    Migration::Both(ca::MIGRATION),
 ];
+
+/// The database under a store.
+enum Database {
+    Sqlite(Mutex<Connection>),
+    Postgres(Box<sql::pg::Pool>),
+}
 
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
-    conn: Mutex<Connection>,
+    db: Database,
     secret_box: SecretBox,
 }
 
@@ -210,87 +277,13 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
 }
 
 impl Store {
-    /// Opens (creating if needed) `<data_dir>/passerelle.db` and applies pending migrations.
-    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        crate::secrets::create_private_dir_all(data_dir)
-            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-        let path = data_dir.join("passerelle.db");
-        // Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
-        // database file's mode, so they are private from their creation too.
-        crate::secrets::private_file_options()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("creating database {}", path.display()))?;
-        let conn = Connection::open(&path)
-            .with_context(|| format!("opening database {}", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        let secret_box = SecretBox::load_or_create(&data_dir.join("secret.key"))?;
-        let store = Self {
-            conn: Mutex::new(conn),
-            secret_box,
-        };
-        store.migrate()?;
-        Ok(store)
-    }
-
-    fn migrate(&self) -> anyhow::Result<()> {
-        let mut conn = self.conn();
-        let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if done > MIGRATIONS.len() {
-            bail!(
-                "the database schema (version {done}) is newer than this broker knows ({}); \
-                 upgrade the broker",
-                MIGRATIONS.len()
-            );
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)
-                .with_context(|| format!("applying migration {}", i + 1))?;
-            tx.pragma_update(None, "user_version", i + 1)?;
-            tx.commit()?;
-        }
-        Ok(())
-    }
-
-    /// SQLite's `PRAGMA quick_check`: "ok", or what is damaged.
-    pub fn quick_check(&self) -> anyhow::Result<String> {
-        let rows: Vec<String> = {
-            let conn = self.conn();
-            let mut stmt = conn.prepare("PRAGMA quick_check")?;
-            stmt.query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<_, _>>()?
-        };
-        Ok(rows.join("; "))
-    }
-
-    /// Holds the store's lock for `d`, as a long write on a slow disk would: for tests of what
-    /// must never wait on the store.
-    #[doc(hidden)]
-    pub fn stall_for_tests(&self, d: std::time::Duration) {
-        let _conn = self.conn();
-        std::thread::sleep(d);
-    }
-
-    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite consistent (statements are atomic).
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     pub(crate) fn secret_box(&self) -> &SecretBox {
         &self.secret_box
     }
 
     /// Creates a tenant; an error if it exists.
     pub fn create_tenant(&self, name: &TenantName) -> anyhow::Result<()> {
-        let n = self.conn().execute(
+        let n = self.conn()?.execute(
             "INSERT INTO tenants (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
             params![name.as_str(), now_ms()],
         )?;
@@ -306,7 +299,7 @@ impl Store {
     /// The tenant's row id, if it exists.
     pub fn tenant_id(&self, name: &TenantName) -> anyhow::Result<Option<TenantId>> {
         Ok(self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT id FROM tenants WHERE name = ?1",
                 [name.as_str()],
@@ -318,17 +311,19 @@ impl Store {
     /// The tenant's name.
     pub fn tenant_name(&self, id: TenantId) -> anyhow::Result<TenantName> {
         let name: String =
-            self.conn()
+            self.conn()?
                 .query_row("SELECT name FROM tenants WHERE id = ?1", [id], |r| r.get(0))?;
         Ok(TenantName::new(name)?)
     }
 
     /// Every tenant's name.
     pub fn tenants(&self) -> anyhow::Result<Vec<TenantName>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name FROM tenants ORDER BY name")?;
-        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        names.map(|n| Ok(TenantName::new(n?)?)).collect()
+        let names = self
+            .conn()?
+            .query_map("SELECT name FROM tenants ORDER BY name", (), |r| {
+                r.get::<String>(0)
+            })?;
+        names.into_iter().map(|n| Ok(TenantName::new(n)?)).collect()
     }
 
     /// Creates an API key for a tenant and returns its secret text (shown once).
@@ -337,7 +332,7 @@ impl Store {
             .tenant_id(tenant)?
             .with_context(|| format!("no tenant named {tenant}"))?;
         let key = ApiKey::generate();
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO api_keys (id, tenant_id, role, hash, created_at) VALUES (?1,?2,?3,?4,?5)",
             params![
                 key.id(),
@@ -357,7 +352,7 @@ impl Store {
             return Ok(None);
         };
         let row: Option<(TenantId, String, Vec<u8>)> = self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT tenant_id, role, hash FROM api_keys WHERE id = ?1 AND revoked_at IS NULL
                  AND (expires_at IS NULL OR expires_at > ?2)",
@@ -378,7 +373,7 @@ impl Store {
             return Ok(None);
         };
         let tenant: Option<TenantId> = self
-            .conn()
+            .conn()?
             .query_row("SELECT tenant_id FROM api_keys WHERE id = ?1", [&id], |r| {
                 r.get(0)
             })
@@ -395,7 +390,7 @@ impl Store {
             String,
             u32,
             bool,
-        ) = self.conn().query_row(
+        ) = self.conn()?.query_row(
             "SELECT name, vnc_password IS NOT NULL, record_by_default, recording_policy,
                     retention_days, recording_required FROM tenants WHERE id = ?1",
             [id],
@@ -443,7 +438,7 @@ impl Store {
         if let Some(name) = patch.ssh_username.as_deref().filter(|n| !n.is_empty()) {
             check_username(name)?;
         }
-        let conn = self.conn();
+        let conn = self.conn()?;
         if let Some(pw) = &patch.vnc_password {
             let sealed = (!pw.is_empty()).then(|| self.secret_box.seal(pw.as_bytes()));
             conn.execute(

@@ -5,7 +5,8 @@
 use anyhow::Context as _;
 use passerelle_proto::ids::AgentId;
 use passerelle_proto::rdp::Credentials;
-use rusqlite::{OptionalExtension as _, params};
+
+use super::sql::{Exec as _, OptionalExtension as _, ToValue, params};
 
 use super::agents::Invalid;
 use super::{Store, TenantId, now_ms};
@@ -48,16 +49,16 @@ impl Store {
         &self,
         table: &str,
         key: &str,
-        args: &[&dyn rusqlite::ToSql],
+        args: &[&dyn ToValue],
         username: Option<&str>,
         password: Option<&str>,
     ) -> anyhow::Result<()> {
         check(username, password)?;
-        let conn = self.conn();
+        let conn = self.conn()?;
         let n = args.len();
         if let Some(u) = username {
             let value = (!u.is_empty()).then_some(u);
-            let mut all: Vec<&dyn rusqlite::ToSql> = args.to_vec();
+            let mut all: Vec<&dyn ToValue> = args.to_vec();
             all.push(&value);
             conn.execute(
                 &format!("UPDATE {table} SET rdp_username = ?{} WHERE {key}", n + 1),
@@ -66,7 +67,7 @@ impl Store {
         }
         if let Some(p) = password {
             let sealed = (!p.is_empty()).then(|| self.secret_box().seal(p.as_bytes()));
-            let mut all: Vec<&dyn rusqlite::ToSql> = args.to_vec();
+            let mut all: Vec<&dyn ToValue> = args.to_vec();
             all.push(&sealed);
             conn.execute(
                 &format!("UPDATE {table} SET rdp_password = ?{} WHERE {key}", n + 1),
@@ -106,7 +107,7 @@ impl Store {
 
     /// A tenant's default login and whether it has a password.
     pub fn tenant_rdp(&self, tenant_id: TenantId) -> anyhow::Result<(Option<String>, bool)> {
-        Ok(self.conn().query_row(
+        Ok(self.conn()?.query_row(
             "SELECT rdp_username, rdp_password IS NOT NULL FROM tenants WHERE id = ?1",
             [tenant_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -122,7 +123,7 @@ impl Store {
         id: &AgentId,
     ) -> anyhow::Result<Option<Credentials>> {
         let row: Option<(Option<String>, Option<Vec<u8>>)> = self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT COALESCE(a.rdp_username, t.rdp_username),
                         COALESCE(a.rdp_password, t.rdp_password)
@@ -146,7 +147,7 @@ impl Store {
     /// The SHA-256 pinned for an agent's RDP server, if any.
     pub fn rdp_pin(&self, tenant_id: TenantId, id: &AgentId) -> anyhow::Result<Option<[u8; 32]>> {
         let hex_pin: Option<String> = self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT rdp_cert_sha256 FROM agents WHERE tenant_id = ?1 AND id = ?2",
                 params![tenant_id, id.as_str()],
@@ -172,7 +173,7 @@ impl Store {
         sha256: &[u8; 32],
     ) -> anyhow::Result<PinCheck> {
         let presented = hex::encode(sha256);
-        let conn = self.conn();
+        let conn = self.conn()?;
         let n = conn.execute(
             "UPDATE agents SET rdp_cert_sha256 = ?1, rdp_cert_pinned_at = ?2
              WHERE tenant_id = ?3 AND id = ?4 AND rdp_cert_sha256 IS NULL",
@@ -202,7 +203,7 @@ impl Store {
         tenant_id: TenantId,
         id: &AgentId,
     ) -> anyhow::Result<Option<String>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let old: Option<String> = conn
             .query_row(
                 "SELECT rdp_cert_sha256 FROM agents WHERE tenant_id = ?1 AND id = ?2",
@@ -276,34 +277,34 @@ mod tests {
 
     #[test]
     fn the_first_certificate_is_pinned_until_reset() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let t = TenantName::new("default").unwrap();
-        store.create_tenant(&t).unwrap();
-        let tid = store.tenant_id(&t).unwrap().unwrap();
-        let id = AgentId::new("pc-1").unwrap();
-        store.create_agent(tid, &id, KEY, None).unwrap();
-        assert_eq!(store.rdp_pin(tid, &id).unwrap(), None);
-        assert_eq!(
-            store.pin_rdp_certificate(tid, &id, &[1; 32]).unwrap(),
-            PinCheck::Pinned
-        );
-        assert_eq!(
-            store.pin_rdp_certificate(tid, &id, &[1; 32]).unwrap(),
-            PinCheck::Matches
-        );
-        assert_eq!(
-            store.pin_rdp_certificate(tid, &id, &[2; 32]).unwrap(),
-            PinCheck::Differs(hex::encode([1; 32]))
-        );
-        assert_eq!(store.rdp_pin(tid, &id).unwrap(), Some([1; 32]));
-        assert_eq!(
-            store.reset_rdp_certificate(tid, &id).unwrap(),
-            Some(hex::encode([1; 32]))
-        );
-        assert_eq!(
-            store.pin_rdp_certificate(tid, &id, &[2; 32]).unwrap(),
-            PinCheck::Pinned
-        );
+        crate::store::test_backends::each(|store| {
+            let t = TenantName::new("default").unwrap();
+            store.create_tenant(&t).unwrap();
+            let tid = store.tenant_id(&t).unwrap().unwrap();
+            let id = AgentId::new("pc-1").unwrap();
+            store.create_agent(tid, &id, KEY, None).unwrap();
+            assert_eq!(store.rdp_pin(tid, &id).unwrap(), None);
+            assert_eq!(
+                store.pin_rdp_certificate(tid, &id, &[1; 32]).unwrap(),
+                PinCheck::Pinned
+            );
+            assert_eq!(
+                store.pin_rdp_certificate(tid, &id, &[1; 32]).unwrap(),
+                PinCheck::Matches
+            );
+            assert_eq!(
+                store.pin_rdp_certificate(tid, &id, &[2; 32]).unwrap(),
+                PinCheck::Differs(hex::encode([1; 32]))
+            );
+            assert_eq!(store.rdp_pin(tid, &id).unwrap(), Some([1; 32]));
+            assert_eq!(
+                store.reset_rdp_certificate(tid, &id).unwrap(),
+                Some(hex::encode([1; 32]))
+            );
+            assert_eq!(
+                store.pin_rdp_certificate(tid, &id, &[2; 32]).unwrap(),
+                PinCheck::Pinned
+            );
+        });
     }
 }

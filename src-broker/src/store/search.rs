@@ -2,10 +2,10 @@
 //! and input when the tenant records it) with its time, in an SQLite FTS5 table with the trigram
 //! tokenizer, so that `LIKE '%text%'` (any substring, case-insensitive for ASCII) is answered
 //! from the index for three characters or more. Filled once per recorded connection (a
-//! recording segment), when it ends.
+//! recording segment), when it ends. On PostgreSQL, a plain table with a `pg_trgm` GIN index
+//! answers `ILIKE '%text%'` the same way.
 
-use rusqlite::params;
-
+use super::sql::{Backend, Exec as _, params};
 use super::{Store, TenantId};
 
 /// The table (appended to the store's migrations).
@@ -20,6 +20,22 @@ CREATE VIRTUAL TABLE terminal_text USING fts5(
     tokenize = 'trigram',
     detail = none
 );
+"#;
+
+/// The same table on PostgreSQL: a trigram index (the `pg_trgm` extension, in PostgreSQL's
+/// contrib modules, trusted: the database owner may create it) over the text.
+pub(super) const PG_MIGRATION: &str = r#"
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE TABLE terminal_text (
+    text TEXT COLLATE "C" NOT NULL,
+    tenant_id BIGINT,
+    session_id TEXT COLLATE "C",
+    segment BIGINT,
+    t_us BIGINT,
+    input BIGINT
+);
+CREATE INDEX terminal_text_trigrams ON terminal_text USING gin (text gin_trgm_ops);
+CREATE INDEX terminal_text_by_segment ON terminal_text (session_id, segment);
 "#;
 
 /// Longest search text.
@@ -61,23 +77,21 @@ impl Store {
         segment: u32,
         lines: impl IntoIterator<Item = (u64, bool, &'a str)>,
     ) -> anyhow::Result<usize> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         tx.execute(
             "DELETE FROM terminal_text WHERE session_id = ?1 AND segment = ?2",
             params![session, segment],
         )?;
         let mut n = 0;
-        {
-            let mut insert = tx.prepare(
+        for (t, input, text) in lines {
+            let t = i64::try_from(t).unwrap_or(i64::MAX);
+            tx.execute(
                 "INSERT INTO terminal_text (text, tenant_id, session_id, segment, t_us, input)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![text, tenant_id, session, segment, t, input],
             )?;
-            for (t, input, text) in lines {
-                let t = i64::try_from(t).unwrap_or(i64::MAX);
-                insert.execute(params![text, tenant_id, session, segment, t, input])?;
-                n += 1;
-            }
+            n += 1;
         }
         tx.commit()?;
         Ok(n)
@@ -86,7 +100,7 @@ impl Store {
     /// Forgets the transcript of a session's connection `segment` (its recording was
     /// deleted); the lines removed.
     pub fn unindex_terminal(&self, session: &str, segment: u32) -> anyhow::Result<usize> {
-        Ok(self.conn().execute(
+        Ok(self.conn()?.execute(
             "DELETE FROM terminal_text WHERE session_id = ?1 AND segment = ?2",
             params![session, segment],
         )?)
@@ -100,13 +114,18 @@ impl Store {
         q: &str,
         limit: u32,
     ) -> anyhow::Result<Vec<TextMatch>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let conn = self.conn()?;
+        // SQLite's LIKE ignores ASCII case; PostgreSQL's ILIKE does the same (and more).
+        let like = match conn.backend() {
+            Backend::Sqlite => "LIKE",
+            Backend::Postgres => "ILIKE",
+        };
+        let sql = format!(
             "SELECT session_id, segment, t_us, input, text FROM terminal_text
-             WHERE text LIKE ?1 ESCAPE '\\' AND tenant_id = ?2
-             ORDER BY session_id, segment, t_us LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![like_pattern(q), tenant_id, limit], |r| {
+             WHERE text {like} ?1 ESCAPE '\\' AND tenant_id = ?2
+             ORDER BY session_id, segment, t_us LIMIT ?3"
+        );
+        let rows = conn.query_map(&sql, params![like_pattern(q), tenant_id, limit], |r| {
             Ok(TextMatch {
                 session: r.get(0)?,
                 segment: r.get(1)?,
@@ -115,7 +134,7 @@ impl Store {
                 text: r.get(4)?,
             })
         })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        Ok(rows)
     }
 }
 
@@ -127,59 +146,59 @@ mod tests {
 
     #[test]
     fn finds_substrings_within_a_tenant_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for n in ["a", "b"] {
-            store.create_tenant(&TenantName::new(n).unwrap()).unwrap();
-        }
-        let (a, b) = (1, 2);
-        let lines = [
-            (1_000_000, false, "$ cat /etc/hostname"),
-            (1_200_000, false, "workstation-42"),
-            (900_000, true, "cat /etc/hostname"),
-        ];
-        assert_eq!(store.index_terminal(a, "s1", 1, lines).unwrap(), 3);
-        store
-            .index_terminal(b, "s2", 1, [(5, false, "workstation-42 in b")])
-            .unwrap();
-        let hits = store.search_terminal(a, "STATION-4", 100).unwrap();
-        assert_eq!(hits.len(), 1);
-        assert_eq!(
-            hits[0],
-            TextMatch {
-                session: "s1".into(),
-                segment: 1,
-                time_us: 1_200_000,
-                input: false,
-                text: "workstation-42".into()
+        crate::store::test_backends::each(|store| {
+            for n in ["a", "b"] {
+                store.create_tenant(&TenantName::new(n).unwrap()).unwrap();
             }
-        );
-        assert_eq!(store.search_terminal(a, "hostname", 100).unwrap().len(), 2);
-        assert_eq!(store.search_terminal(a, "ho", 100).unwrap().len(), 2);
-        // Wildcards are text.
-        assert!(store.search_terminal(a, "%", 100).unwrap().is_empty());
-        assert!(store.search_terminal(a, "in b", 100).unwrap().is_empty());
-        // Indexing a connection again replaces it, and only it.
-        store
-            .index_terminal(a, "s1", 2, [(7, false, "xyz second")])
-            .unwrap();
-        store
-            .index_terminal(a, "s1", 1, [(1, false, "xyz first")])
-            .unwrap();
-        assert!(
+            let (a, b) = (1, 2);
+            let lines = [
+                (1_000_000, false, "$ cat /etc/hostname"),
+                (1_200_000, false, "workstation-42"),
+                (900_000, true, "cat /etc/hostname"),
+            ];
+            assert_eq!(store.index_terminal(a, "s1", 1, lines).unwrap(), 3);
             store
-                .search_terminal(a, "hostname", 100)
-                .unwrap()
-                .is_empty()
-        );
-        let both = store.search_terminal(a, "xyz", 100).unwrap();
-        let found: Vec<_> = both.iter().map(|m| (m.segment, m.time_us)).collect();
-        assert_eq!(found, [(1, 1), (2, 7)], "by connection, then time");
-        // A deleted recording takes its transcript along, and only its own.
-        assert_eq!(store.unindex_terminal("s1", 1).unwrap(), 1);
-        let left = store.search_terminal(a, "xyz", 100).unwrap();
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0].segment, 2);
+                .index_terminal(b, "s2", 1, [(5, false, "workstation-42 in b")])
+                .unwrap();
+            let hits = store.search_terminal(a, "STATION-4", 100).unwrap();
+            assert_eq!(hits.len(), 1);
+            assert_eq!(
+                hits[0],
+                TextMatch {
+                    session: "s1".into(),
+                    segment: 1,
+                    time_us: 1_200_000,
+                    input: false,
+                    text: "workstation-42".into()
+                }
+            );
+            assert_eq!(store.search_terminal(a, "hostname", 100).unwrap().len(), 2);
+            assert_eq!(store.search_terminal(a, "ho", 100).unwrap().len(), 2);
+            // Wildcards are text.
+            assert!(store.search_terminal(a, "%", 100).unwrap().is_empty());
+            assert!(store.search_terminal(a, "in b", 100).unwrap().is_empty());
+            // Indexing a connection again replaces it, and only it.
+            store
+                .index_terminal(a, "s1", 2, [(7, false, "xyz second")])
+                .unwrap();
+            store
+                .index_terminal(a, "s1", 1, [(1, false, "xyz first")])
+                .unwrap();
+            assert!(
+                store
+                    .search_terminal(a, "hostname", 100)
+                    .unwrap()
+                    .is_empty()
+            );
+            let both = store.search_terminal(a, "xyz", 100).unwrap();
+            let found: Vec<_> = both.iter().map(|m| (m.segment, m.time_us)).collect();
+            assert_eq!(found, [(1, 1), (2, 7)], "by connection, then time");
+            // A deleted recording takes its transcript along, and only its own.
+            assert_eq!(store.unindex_terminal("s1", 1).unwrap(), 1);
+            let left = store.search_terminal(a, "xyz", 100).unwrap();
+            assert_eq!(left.len(), 1);
+            assert_eq!(left[0].segment, 2);
+        });
     }
 
     /// Measures the index per MB of recording (README, "Search"): the file named by
@@ -234,7 +253,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         store.create_tenant(&TenantName::new("t").unwrap()).unwrap();
         let used = |store: &Store| -> i64 {
-            let conn = store.conn();
+            let guard = store.conn().unwrap();
+            let conn = guard.sqlite().unwrap();
             let pages: i64 = conn
                 .query_row("PRAGMA page_count", [], |r| r.get(0))
                 .unwrap();
@@ -251,6 +271,7 @@ mod tests {
         let n = store.index_terminal(1, "s", 1, lines).unwrap();
         store
             .conn()
+            .unwrap()
             .execute_batch("INSERT INTO terminal_text(terminal_text) VALUES('optimize'); PRAGMA wal_checkpoint(TRUNCATE);")
             .unwrap();
         let index = used(&store) - before;

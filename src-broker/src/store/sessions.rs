@@ -3,8 +3,8 @@
 use passerelle_proto::api::{SessionInfo, SessionState};
 use passerelle_proto::close::EndReason;
 use passerelle_proto::ids::{AgentId, ServiceName};
-use rusqlite::types::Value;
-use rusqlite::{OptionalExtension as _, Row, params, params_from_iter};
+
+use super::sql::{self, Exec as _, OptionalExtension as _, Row, Value, params};
 
 use super::{AuditFilter, Store, TenantId, parse_rfc3339, rfc3339};
 
@@ -13,16 +13,10 @@ const COLUMNS: &str =
     s.legacy, s.legacy_port, s.created_at, s.started_at, s.ended_at, s.expires_at, s.end_reason,
     s.ended_by, s.client_addr, s.bytes_up, s.bytes_down, s.tenant_id";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<(SessionInfo, TenantId)> {
-    let bad = |i: usize, what: &str| {
-        rusqlite::Error::FromSqlConversionFailure(
-            i,
-            rusqlite::types::Type::Text,
-            what.to_owned().into(),
-        )
-    };
-    let text = |i: usize| r.get::<_, String>(i);
-    let opt_time = |i: usize| r.get::<_, Option<i64>>(i).map(|t| t.map(rfc3339));
+fn from_row(r: &Row) -> sql::Result<(SessionInfo, TenantId)> {
+    let bad = |i: usize, what: &str| sql::Error::conversion(i, format!("not a valid {what}"));
+    let text = |i: usize| r.get::<String>(i);
+    let opt_time = |i: usize| r.get::<Option<i64>>(i).map(|t| t.map(rfc3339));
     let info = SessionInfo {
         id: text(0)?,
         tenant: text(1)?.parse().map_err(|_| bad(1, "tenant"))?,
@@ -39,13 +33,13 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<(SessionInfo, TenantId)> {
         ended_at: opt_time(12)?,
         expires_at: rfc3339(r.get(13)?),
         end_reason: r
-            .get::<_, Option<String>>(14)?
+            .get::<Option<String>>(14)?
             .map(|s| EndReason::parse(&s).ok_or_else(|| bad(14, "end_reason")))
             .transpose()?,
         ended_by: r.get(15)?,
         client_addr: r.get(16)?,
-        bytes_up: r.get::<_, i64>(17)?.try_into().unwrap_or(0),
-        bytes_down: r.get::<_, i64>(18)?.try_into().unwrap_or(0),
+        bytes_up: r.get::<i64>(17)?.try_into().unwrap_or(0),
+        bytes_down: r.get::<i64>(18)?.try_into().unwrap_or(0),
     };
     Ok((info, r.get(19)?))
 }
@@ -61,7 +55,7 @@ fn clamp_i64(v: u64) -> i64 {
 impl Store {
     /// Stores a new session.
     pub fn insert_session(&self, tenant_id: TenantId, s: &SessionInfo) -> anyhow::Result<()> {
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO sessions (id, tenant_id, agent, service, operator, state, record, view_only,
                 legacy, legacy_port, created_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -85,7 +79,7 @@ impl Store {
 
     /// Marks a session active (first viewer bridged).
     pub fn session_started(&self, id: &str, at: i64, client_addr: &str) -> anyhow::Result<()> {
-        self.conn().execute(
+        self.conn()?.execute(
             "UPDATE sessions SET state = 'active', started_at = ?2, client_addr = ?3
              WHERE id = ?1 AND state = 'pending'",
             params![id, at, client_addr],
@@ -103,7 +97,7 @@ impl Store {
         bytes_up: u64,
         bytes_down: u64,
     ) -> anyhow::Result<bool> {
-        let n = self.conn().execute(
+        let n = self.conn()?.execute(
             "UPDATE sessions SET state = 'ended', ended_at = ?2, end_reason = ?3, ended_by = ?4,
                 bytes_up = ?5, bytes_down = ?6 WHERE id = ?1 AND state != 'ended'",
             params![
@@ -121,16 +115,17 @@ impl Store {
     /// Ends every session a previous run left open (the broker stopped without ending them).
     /// Returns their ids.
     pub fn end_orphans(&self, at: i64) -> anyhow::Result<Vec<String>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id FROM sessions WHERE state != 'ended'")?;
-        let ids = stmt
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        conn.execute(
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let ids = tx.query_map("SELECT id FROM sessions WHERE state != 'ended'", (), |r| {
+            r.get::<String>(0)
+        })?;
+        tx.execute(
             "UPDATE sessions SET state = 'ended', ended_at = ?1, end_reason = 'broker_crash',
                 ended_by = 'broker' WHERE state != 'ended'",
             [at],
         )?;
+        tx.commit()?;
         Ok(ids)
     }
 
@@ -144,7 +139,7 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM sessions s JOIN tenants t ON t.id = s.tenant_id WHERE s.id = ?1"
         );
-        Ok(self.conn().query_row(&sql, [id], from_row).optional()?)
+        Ok(self.conn()?.query_row(&sql, [id], from_row).optional()?)
     }
 
     /// A tenant's sessions, newest first, optionally in one state.
@@ -208,11 +203,7 @@ impl Store {
              WHERE {} ORDER BY s.created_at DESC LIMIT {limit}",
             clauses.join(" AND ")
         );
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(params_from_iter(args.iter()), from_row)?;
-        Ok(rows
-            .map(|r| r.map(|(s, _)| s))
-            .collect::<Result<Vec<_>, _>>()?)
+        let rows = self.conn()?.query_map(&sql, args, from_row)?;
+        Ok(rows.into_iter().map(|(s, _)| s).collect())
     }
 }

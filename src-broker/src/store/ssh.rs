@@ -6,7 +6,8 @@
 use anyhow::Context as _;
 use passerelle_proto::ids::AgentId;
 use rand::RngCore as _;
-use rusqlite::{OptionalExtension as _, params};
+
+use super::sql::{Exec as _, OptionalExtension as _, params};
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey, PublicKey};
@@ -102,7 +103,7 @@ impl Store {
     /// Makes the tenant's SSH key pair if it has none yet.
     pub fn ensure_tenant_ssh_key(&self, tenant_id: TenantId) -> anyhow::Result<()> {
         let has: Option<bool> = self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT private_key IS NOT NULL FROM tenant_ssh WHERE tenant_id = ?1",
                 [tenant_id],
@@ -121,10 +122,10 @@ impl Store {
             .context("encoding a tenant SSH key")?;
         let sealed = self.secret_box().seal(text.as_bytes());
         // Two callers at once keep the first key.
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO tenant_ssh (tenant_id, private_key) VALUES (?1, ?2)
              ON CONFLICT(tenant_id) DO UPDATE SET private_key = excluded.private_key
-             WHERE private_key IS NULL",
+             WHERE tenant_ssh.private_key IS NULL",
             params![tenant_id, sealed],
         )?;
         Ok(())
@@ -133,7 +134,7 @@ impl Store {
     /// The tenant's SSH private key (made on first use). Keep it short-lived.
     pub fn tenant_ssh_key(&self, tenant_id: TenantId) -> anyhow::Result<PrivateKey> {
         self.ensure_tenant_ssh_key(tenant_id)?;
-        let sealed: Vec<u8> = self.conn().query_row(
+        let sealed: Vec<u8> = self.conn()?.query_row(
             "SELECT private_key FROM tenant_ssh WHERE tenant_id = ?1",
             [tenant_id],
             |r| r.get(0),
@@ -148,7 +149,7 @@ impl Store {
     /// The tenant's settings for `ssh` sessions.
     pub fn tenant_ssh(&self, tenant_id: TenantId) -> anyhow::Result<TenantSsh> {
         let row: Option<(Option<Vec<u8>>, Option<String>, bool)> = self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT private_key, ssh_username, record_terminal_input FROM tenant_ssh
                  WHERE tenant_id = ?1",
@@ -187,7 +188,7 @@ impl Store {
         if let Some(name) = ssh_username.filter(|n| !n.is_empty()) {
             check_username(name)?;
         }
-        let conn = self.conn();
+        let conn = self.conn()?;
         conn.execute(
             "INSERT INTO tenant_ssh (tenant_id) VALUES (?1) ON CONFLICT DO NOTHING",
             [tenant_id],
@@ -210,7 +211,7 @@ impl Store {
     /// An agent's settings for `ssh` sessions.
     pub fn agent_ssh(&self, tenant_id: TenantId, agent: &AgentId) -> anyhow::Result<AgentSsh> {
         let row = self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT ssh_username, ssh_password IS NOT NULL, host_key FROM agent_ssh
                  WHERE tenant_id = ?1 AND agent_id = ?2",
@@ -240,7 +241,7 @@ impl Store {
         if ssh_username.is_none() && ssh_password.is_none() {
             return Ok(());
         }
-        let conn = self.conn();
+        let conn = self.conn()?;
         conn.execute(
             "INSERT INTO agent_ssh (tenant_id, agent_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             params![tenant_id, agent.as_str()],
@@ -272,7 +273,7 @@ impl Store {
         agent: &AgentId,
     ) -> anyhow::Result<Option<String>> {
         let sealed: Option<Vec<u8>> = self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT ssh_password FROM agent_ssh WHERE tenant_id = ?1 AND agent_id = ?2",
                 params![tenant_id, agent.as_str()],
@@ -302,7 +303,7 @@ impl Store {
         let mut key = key.clone();
         key.set_comment("");
         let line = key.to_openssh()?.trim().to_owned();
-        let conn = self.conn();
+        let conn = self.conn()?;
         conn.execute(
             "INSERT INTO agent_ssh (tenant_id, agent_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             params![tenant_id, agent.as_str()],
@@ -317,7 +318,7 @@ impl Store {
 
     /// Forgets the agent's pinned host key (the next session pins again); whether one was.
     pub fn reset_ssh_host_key(&self, tenant_id: TenantId, agent: &AgentId) -> anyhow::Result<bool> {
-        let n = self.conn().execute(
+        let n = self.conn()?.execute(
             "UPDATE agent_ssh SET host_key = NULL
              WHERE tenant_id = ?1 AND agent_id = ?2 AND host_key IS NOT NULL",
             params![tenant_id, agent.as_str()],
@@ -328,8 +329,9 @@ impl Store {
     /// Remembers the login name a session was created with.
     pub fn set_session_ssh_user(&self, session: &str, user: &str) -> anyhow::Result<()> {
         check_username(user)?;
-        self.conn().execute(
-            "INSERT OR REPLACE INTO session_ssh (session_id, ssh_user) VALUES (?1, ?2)",
+        self.conn()?.execute(
+            "INSERT INTO session_ssh (session_id, ssh_user) VALUES (?1, ?2)
+             ON CONFLICT (session_id) DO UPDATE SET ssh_user = excluded.ssh_user",
             params![session, user],
         )?;
         Ok(())
@@ -338,7 +340,7 @@ impl Store {
     /// The login name a session was created with, if any.
     pub fn session_ssh_user(&self, session: &str) -> anyhow::Result<Option<String>> {
         Ok(self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT ssh_user FROM session_ssh WHERE session_id = ?1",
                 [session],
@@ -350,7 +352,7 @@ impl Store {
     /// The service of a session, whatever its tenant (to choose a page).
     pub fn session_service(&self, session: &str) -> anyhow::Result<Option<String>> {
         Ok(self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT service FROM sessions WHERE id = ?1",
                 [session],
@@ -369,6 +371,11 @@ mod tests {
     fn store_with_agent() -> (tempfile::TempDir, Store, TenantId, AgentId) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        let (t, id) = with_agent(&store);
+        (dir, store, t, id)
+    }
+
+    fn with_agent(store: &Store) -> (TenantId, AgentId) {
         store.create_tenant(&TenantName::new("t").unwrap()).unwrap();
         let t = store
             .tenant_id(&TenantName::new("t").unwrap())
@@ -378,7 +385,7 @@ mod tests {
         let key =
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGvBvH/lAtwXOyzf4xGiV8hb0W4P8ifHfzZR4U24Y1Wz";
         store.create_agent(t, &id, key, None).unwrap();
-        (dir, store, t, id)
+        (t, id)
     }
 
     #[test]
@@ -399,38 +406,40 @@ mod tests {
 
     #[test]
     fn agent_credentials_are_write_only_and_the_pin_is_set_once() {
-        let (_dir, store, t, id) = store_with_agent();
-        assert_eq!(store.agent_ssh(t, &id).unwrap(), AgentSsh::default());
-        store
-            .set_agent_ssh(t, &id, Some("bob"), Some("s3cret"))
-            .unwrap();
-        let info = store.agent_ssh(t, &id).unwrap();
-        assert_eq!(info.ssh_username.as_deref(), Some("bob"));
-        assert!(info.has_ssh_password);
-        assert_eq!(
-            store.agent_ssh_password(t, &id).unwrap().as_deref(),
-            Some("s3cret")
-        );
-        store.set_agent_ssh(t, &id, None, Some("")).unwrap();
-        assert!(!store.agent_ssh(t, &id).unwrap().has_ssh_password);
-        assert!(store.set_agent_ssh(t, &id, Some("a\nb"), None).is_err());
+        crate::store::test_backends::each(|store| {
+            let (t, id) = with_agent(store);
+            assert_eq!(store.agent_ssh(t, &id).unwrap(), AgentSsh::default());
+            store
+                .set_agent_ssh(t, &id, Some("bob"), Some("s3cret"))
+                .unwrap();
+            let info = store.agent_ssh(t, &id).unwrap();
+            assert_eq!(info.ssh_username.as_deref(), Some("bob"));
+            assert!(info.has_ssh_password);
+            assert_eq!(
+                store.agent_ssh_password(t, &id).unwrap().as_deref(),
+                Some("s3cret")
+            );
+            store.set_agent_ssh(t, &id, None, Some("")).unwrap();
+            assert!(!store.agent_ssh(t, &id).unwrap().has_ssh_password);
+            assert!(store.set_agent_ssh(t, &id, Some("a\nb"), None).is_err());
 
-        let k1 = store.tenant_ssh_key(t).unwrap().public_key().clone();
-        let k2 = PrivateKey::from(Ed25519Keypair::from_seed(&[7; 32]))
-            .public_key()
-            .clone();
-        assert!(store.pin_ssh_host_key(t, &id, &k1).unwrap());
-        assert!(!store.pin_ssh_host_key(t, &id, &k2).unwrap(), "pinned once");
-        let pinned = store.agent_ssh(t, &id).unwrap();
-        assert_eq!(
-            pinned.host_key_fingerprint(),
-            Some(k1.fingerprint(HashAlg::Sha256).to_string())
-        );
-        assert!(store.reset_ssh_host_key(t, &id).unwrap());
-        assert!(!store.reset_ssh_host_key(t, &id).unwrap());
-        assert!(store.pin_ssh_host_key(t, &id, &k2).unwrap());
-        // Deleting the agent forgets all of it.
-        store.delete_agent(t, &id).unwrap();
-        assert_eq!(store.agent_ssh(t, &id).unwrap(), AgentSsh::default());
+            let k1 = store.tenant_ssh_key(t).unwrap().public_key().clone();
+            let k2 = PrivateKey::from(Ed25519Keypair::from_seed(&[7; 32]))
+                .public_key()
+                .clone();
+            assert!(store.pin_ssh_host_key(t, &id, &k1).unwrap());
+            assert!(!store.pin_ssh_host_key(t, &id, &k2).unwrap(), "pinned once");
+            let pinned = store.agent_ssh(t, &id).unwrap();
+            assert_eq!(
+                pinned.host_key_fingerprint(),
+                Some(k1.fingerprint(HashAlg::Sha256).to_string())
+            );
+            assert!(store.reset_ssh_host_key(t, &id).unwrap());
+            assert!(!store.reset_ssh_host_key(t, &id).unwrap());
+            assert!(store.pin_ssh_host_key(t, &id, &k2).unwrap());
+            // Deleting the agent forgets all of it.
+            store.delete_agent(t, &id).unwrap();
+            assert_eq!(store.agent_ssh(t, &id).unwrap(), AgentSsh::default());
+        });
     }
 }
