@@ -34,6 +34,11 @@ PACKAGES=(
   xdotool
   # A real PROXY protocol v2 sender in front of the SSH listener (trusted_proxies).
   haproxy
+  # The Debian package (packaging/deb/build.sh, tests/tests/package.rs): strip, dpkg-shlibdeps,
+  # and systemd-analyze to verify the unit (installs cleanly in a container without systemd).
+  binutils
+  dpkg-dev
+  systemd
 )
 # Node.js drives Chromium (playwright-core, no browser download); the image may bring its own.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
