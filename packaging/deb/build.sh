@@ -48,7 +48,7 @@ if [ -z "$binary" ]; then
   binary="$target/release/passerelle"
 fi
 [ -e "$binary" ] || die "no broker binary at $binary (build it, or give --binary PATH)"
-[ -f "$binary" ] && [ -x "$binary" ] || die "$binary is not an executable file"
+if [ ! -f "$binary" ] || [ ! -x "$binary" ]; then die "$binary is not an executable file"; fi
 head -c 4 "$binary" | grep -q "ELF" || die "$binary is not an ELF executable"
 
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n 1)"
