@@ -38,6 +38,11 @@ PACKAGES=(
   # with the contrib modules (pg_trgm for the terminal search).
   postgresql
   postgresql-contrib
+  # The Debian package (packaging/deb/build.sh, tests/tests/package.rs): strip, dpkg-shlibdeps,
+  # and systemd-analyze to verify the unit (installs cleanly in a container without systemd).
+  binutils
+  dpkg-dev
+  systemd
 )
 # Node.js drives Chromium (playwright-core, no browser download); the image may bring its own.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

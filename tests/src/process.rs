@@ -145,6 +145,12 @@ impl BrokerProcess {
         let mut cmd = Command::new(passerelle_bin()?);
         cmd.arg("serve").arg("--data-dir").arg(data_dir).args(args);
         cmd.envs(env.iter().copied());
+        Self::spawn(cmd).await
+    }
+
+    /// Runs `cmd` (a `passerelle serve` command line of the caller's: another binary, e.g.
+    /// the Debian package's, or `--config` alone) up to its banner.
+    pub async fn spawn(mut cmd: Command) -> Result<(Self, Banner)> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
