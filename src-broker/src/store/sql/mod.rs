@@ -238,32 +238,41 @@ impl Conn<'_> {
     }
 }
 
-impl Exec for Conn<'_> {
-    fn backend(&self) -> Backend {
-        match self {
-            Self::Sqlite(_) => Backend::Sqlite,
-            Self::Postgres(_) => Backend::Postgres,
+/// [`Exec`] for an enum of a SQLite connection (or a transaction, which derefs to one) and its
+/// PostgreSQL counterpart, which have the same methods.
+macro_rules! exec_over_both {
+    ($ty:ty) => {
+        impl Exec for $ty {
+            fn backend(&self) -> Backend {
+                match self {
+                    Self::Sqlite(_) => Backend::Sqlite,
+                    Self::Postgres(_) => Backend::Postgres,
+                }
+            }
+            fn execute_values(&self, sql: &str, params: Vec<Value>) -> Result<usize> {
+                match self {
+                    Self::Sqlite(c) => sqlite::execute(c, sql, params),
+                    Self::Postgres(c) => c.execute(sql, params),
+                }
+            }
+            fn query_values(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>> {
+                match self {
+                    Self::Sqlite(c) => sqlite::query(c, sql, params),
+                    Self::Postgres(c) => c.query(sql, params),
+                }
+            }
+            fn execute_batch(&self, sql: &str) -> Result<()> {
+                match self {
+                    Self::Sqlite(c) => Ok(c.execute_batch(sql)?),
+                    Self::Postgres(c) => c.batch(sql),
+                }
+            }
         }
-    }
-    fn execute_values(&self, sql: &str, params: Vec<Value>) -> Result<usize> {
-        match self {
-            Self::Sqlite(c) => sqlite::execute(c, sql, params),
-            Self::Postgres(c) => c.execute(sql, params),
-        }
-    }
-    fn query_values(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>> {
-        match self {
-            Self::Sqlite(c) => sqlite::query(c, sql, params),
-            Self::Postgres(c) => c.query(sql, params),
-        }
-    }
-    fn execute_batch(&self, sql: &str) -> Result<()> {
-        match self {
-            Self::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Self::Postgres(c) => c.batch(sql),
-        }
-    }
+    };
 }
+
+exec_over_both!(Conn<'_>);
+exec_over_both!(Tx<'_>);
 
 /// A transaction: rolled back when dropped without [`Tx::commit`].
 pub enum Tx<'a> {
@@ -276,33 +285,6 @@ impl Tx<'_> {
         match self {
             Self::Sqlite(t) => Ok(t.commit()?),
             Self::Postgres(t) => t.commit(),
-        }
-    }
-}
-
-impl Exec for Tx<'_> {
-    fn backend(&self) -> Backend {
-        match self {
-            Self::Sqlite(_) => Backend::Sqlite,
-            Self::Postgres(_) => Backend::Postgres,
-        }
-    }
-    fn execute_values(&self, sql: &str, params: Vec<Value>) -> Result<usize> {
-        match self {
-            Self::Sqlite(t) => sqlite::execute(t, sql, params),
-            Self::Postgres(t) => t.execute(sql, params),
-        }
-    }
-    fn query_values(&self, sql: &str, params: Vec<Value>) -> Result<Vec<Row>> {
-        match self {
-            Self::Sqlite(t) => sqlite::query(t, sql, params),
-            Self::Postgres(t) => t.query(sql, params),
-        }
-    }
-    fn execute_batch(&self, sql: &str) -> Result<()> {
-        match self {
-            Self::Sqlite(t) => Ok(t.execute_batch(sql)?),
-            Self::Postgres(t) => t.batch(sql),
         }
     }
 }
