@@ -313,6 +313,11 @@ impl Broker {
             tracing::warn!("some tasks did not finish within the shutdown grace period");
         }
         self.shards.stop();
+        // The last audit events written, the store's log folded into its file.
+        core.db.audit_flushed().await;
+        if let Err(e) = core.db.run(|s| s.checkpoint()).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not checkpoint the store at shutdown");
+        }
         tracing::info!("broker stopped");
     }
 }

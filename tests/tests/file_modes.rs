@@ -92,6 +92,12 @@ async fn the_binary_creates_everything_private_and_keeps_the_admin_key_off_a_pip
     let (status, log) = serve.terminate_with_log().await?;
     ensure!(status.success(), "{status}: {log}");
     all_private(&data)?;
+    // A clean stop folds the write-ahead log into the store's file.
+    let wal = std::fs::metadata(data.join("passerelle.db-wal")).map_or(0, |m| m.len());
+    ensure!(
+        wal == 0,
+        "the WAL still holds {wal} bytes after a clean stop"
+    );
     Ok(())
 }
 

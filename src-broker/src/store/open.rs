@@ -167,6 +167,16 @@ impl Store {
         std::thread::sleep(d);
     }
 
+    /// Moves SQLite's write-ahead log into the database file and empties it (a clean stop
+    /// leaves one self-contained `passerelle.db`). PostgreSQL keeps its own log: nothing to do.
+    pub fn checkpoint(&self) -> anyhow::Result<()> {
+        let conn = self.conn()?;
+        if let Some(sqlite) = conn.sqlite() {
+            sqlite.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
     /// A connection for a few statements: SQLite's (under its lock), or a pooled PostgreSQL
     /// client.
     pub(crate) fn conn(&self) -> sql::Result<Conn<'_>> {
