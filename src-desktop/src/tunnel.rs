@@ -318,12 +318,8 @@ async fn accept_loop(
             end = &mut watching => {
                 // The broker closes bridged connections itself, with the same news: let them
                 // hear it from their own socket before they are cut.
-                let _ = tokio::time::timeout(WATCH_GRACE, async {
-                    while shared.active.load(Ordering::Relaxed) > 0 {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                })
-                .await;
+                tracker.close();
+                let _ = tokio::time::timeout(WATCH_GRACE, tracker.wait()).await;
                 break end;
             }
             accepted = listener.accept() => match accepted {

@@ -110,14 +110,10 @@ pub(super) async fn remove(
 ) -> ApiResult<StatusCode> {
     caller.require(&[Role::Admin])?;
     let tenant_id = caller.tenant_id;
-    let lookup = id.clone();
-    let Some(ca) = app.db.run(move |s| s.ssh_ca(tenant_id, &lookup)).await? else {
+    let removed = app.db.run(move |s| s.delete_ssh_ca(tenant_id, &id)).await?;
+    let Some(ca) = removed else {
         return Err(ApiError::not_found("CA"));
     };
-    let gone = id.clone();
-    app.db
-        .run(move |s| s.delete_ssh_ca(tenant_id, &gone))
-        .await?;
     let dropped = disconnect_where(&app, tenant_id, "its CA is no longer trusted", |c| {
         c.ca == ca.fingerprint
     });
@@ -163,29 +159,21 @@ pub(super) async fn revoke(
         (None, Some(key)) => (RevokedKind::Key, key_fingerprint_of(&key)?),
         (None, None) => return Err(ApiError::bad_request("nothing to revoke")),
     };
+    let serial = req.serial;
     let tenant_id = caller.tenant_id;
     let stored = value.clone();
     let new = app
         .db
         .run(move |s| s.revoke_ssh_cert(tenant_id, kind, &stored))
         .await?;
-    let dropped = disconnect_where(
-        &app,
-        tenant_id,
-        "its certificate was revoked",
-        |c| match kind {
-            RevokedKind::Serial => c.serial.to_string() == value,
-            RevokedKind::Key => c.key == value,
-        },
-    );
+    let dropped = disconnect_where(&app, tenant_id, "its certificate was revoked", |c| {
+        serial.map_or(c.key == value, |s| c.serial == s)
+    });
     if new {
-        let what = match kind {
-            RevokedKind::Serial => format!("serial {value}"),
-            RevokedKind::Key => format!("key {value}"),
-        };
+        let what = if serial.is_some() { "serial" } else { "key" };
         app.db.audit(caller.event(
             AuditKind::SshCertRevoked,
-            format!("{what}; {dropped} agents disconnected"),
+            format!("{what} {value}; {dropped} agents disconnected"),
         ));
     }
     Ok(if new {

@@ -131,7 +131,7 @@ impl AgentHandler {
             cert.serial(),
             printable(cert.key_id())
         );
-        tracing::info!(parent: &self.span, user = %printable(user), reason = %detail, "certificate refused");
+        tracing::info!(parent: &self.span, user = %super::super::guard::clean_user(user), reason = %detail, "certificate refused");
         let mut ev = self.event(AuditKind::CertificateRefused, detail);
         ev.tenant_id = Some(tenant_id);
         ev.agent = AgentId::new(user).ok().map(|id| id.to_string());
@@ -140,31 +140,16 @@ impl AgentHandler {
         Auth::Accept
     }
 
-    /// A bare key was refused: whether it is a certificate-based agent's. Then it is no guess
-    /// (not counted toward a lockout: a fleet behind one address would lock itself out), and
-    /// if the connection ends without signing in, the agent's tenant learns why: its
-    /// certificate was expired or not yet valid (which russh refuses before the handler sees
-    /// it), or was not presented at all.
-    pub(super) async fn bare_key_of_certificate_agent(
+    /// A certificate-based agent's bare key was refused. It is no guess (not counted toward
+    /// a lockout: a fleet behind one address would lock itself out), and if the connection ends
+    /// without signing in, the agent's tenant learns why: its certificate was expired or not yet
+    /// valid (which russh refuses before the handler sees it), or was not presented at all.
+    pub(super) fn bare_key_of_certificate_agents(
         &mut self,
-        user: &str,
+        agents: Vec<(TenantId, AgentId)>,
         key: &PublicKey,
-    ) -> bool {
+    ) {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        let (who, fp) = (user.to_owned(), fingerprint.clone());
-        let agents = match self
-            .state
-            .db
-            .run(move |s| s.cert_only_agents(&who, &fp))
-            .await
-        {
-            Ok(agents) => agents,
-            Err(e) => {
-                tracing::error!(parent: &self.span, error = %format!("{e:#}"), "certificate agent lookup failed");
-                return false;
-            }
-        };
-        let known = !agents.is_empty();
         for (tenant_id, id) in agents {
             let mut ev = self.event(
                 AuditKind::CertificateRefused,
@@ -177,6 +162,5 @@ impl AgentHandler {
             ev.agent = Some(id.to_string());
             self.unless_signed_in.push(ev);
         }
-        known
     }
 }

@@ -85,7 +85,7 @@ pub(super) fn check(cert: &Certificate, cx: &Context<'_>) -> Result<(), CertRefu
             listed.push("...");
         }
         return Err(CertRefusal::WrongPrincipal {
-            user: printable(cx.user),
+            user: super::guard::clean_user(cx.user),
             principals: printable(&listed.join(", ")),
         });
     }
@@ -132,9 +132,9 @@ fn source_address(list: &str, peer: IpAddr) -> Result<(), CertRefusal> {
     }
 }
 
-/// Text from a certificate, bounded and without control characters, for messages and audit.
+/// Text from a certificate as shown in messages and the audit.
 pub(super) fn printable(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(200).collect()
+    super::guard::shown(text, 200)
 }
 
 /// An RFC 3339 time of a certificate bound (seconds since the epoch).

@@ -174,7 +174,13 @@ impl Guard {
 
 /// The user name as audited: no control characters, at most 64 characters.
 pub(crate) fn clean_user(user: &str) -> String {
-    user.chars().filter(|c| !c.is_control()).take(64).collect()
+    shown(user, 64)
+}
+
+/// Text from an SSH client as logged, audited or told back: no control characters, at most
+/// `max` characters.
+pub(crate) fn shown(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 /// The `ssh_key_guessing` events of a lockout: one in each tenant the rejected offer was

@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use super::{Killer, Server, certs, guard};
 use crate::registry::{AgentConn, AgentLink};
 use crate::session::LegacyLink;
-use crate::store::{AgentRecord, AuditKind, NewEvent};
+use crate::store::{AgentRecord, AuditKind, KeyLogin, NewEvent};
 
 #[path = "cert_auth.rs"]
 mod cert_auth;
@@ -208,21 +208,18 @@ impl AgentHandler {
         locked
     }
 
-    async fn lookup(&self, user: &str, key: &russh::keys::PublicKey) -> Option<AgentRecord> {
+    async fn lookup(&self, user: &str, key: &russh::keys::PublicKey) -> KeyLogin {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
         let user = user.to_owned();
         let found = self
             .state
             .db
-            .run(move |s| s.agent_for_key(&user, &fingerprint))
+            .run(move |s| s.key_login(&user, &fingerprint))
             .await;
-        match found {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!(parent: &self.span, error = %e, "agent lookup failed");
-                None
-            }
-        }
+        found.unwrap_or_else(|e| {
+            tracing::error!(parent: &self.span, error = %e, "agent lookup failed");
+            KeyLogin::Unknown
+        })
     }
 }
 
@@ -258,17 +255,16 @@ impl Handler for AgentHandler {
             return Ok(Auth::reject());
         }
         match self.lookup(user, key.public_key).await {
-            Some(record) => {
+            KeyLogin::Agent(record) => {
                 self.record = Some(record);
                 Ok(Auth::Accept)
             }
-            None => {
-                if !self
-                    .bare_key_of_certificate_agent(user, key.public_key)
-                    .await
-                {
-                    self.key_rejected(user, key.public_key).await;
-                }
+            KeyLogin::CertificateOnly(agents) => {
+                self.bare_key_of_certificate_agents(agents, key.public_key);
+                Ok(Auth::reject())
+            }
+            KeyLogin::Unknown => {
+                self.key_rejected(user, key.public_key).await;
                 Ok(Auth::reject())
             }
         }

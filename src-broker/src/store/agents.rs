@@ -52,6 +52,15 @@ pub(super) const COLUMNS: &str = "tenant_id, id, public_key, key_fingerprint, \
      vnc_password IS NOT NULL, created_at, rdp_username, rdp_password IS NOT NULL, \
      rdp_cert_sha256, rdp_cert_pinned_at, last_seen, enrolled_by, ssh_ca";
 
+/// What a bare key signs in as ([`Store::key_login`]).
+#[derive(Debug, Clone)]
+pub enum KeyLogin {
+    Agent(AgentRecord),
+    /// Certificate-based agents (tenant, id) whose key it is: refused without a certificate.
+    CertificateOnly(Vec<(TenantId, AgentId)>),
+    Unknown,
+}
+
 /// A row of [`COLUMNS`], before its id is checked.
 pub(super) struct RawRow {
     tenant_id: TenantId,
@@ -202,15 +211,37 @@ impl Store {
         user: &str,
         fingerprint: &str,
     ) -> anyhow::Result<Option<AgentRecord>> {
+        Ok(match self.key_login(user, fingerprint)? {
+            KeyLogin::Agent(record) => Some(record),
+            KeyLogin::CertificateOnly(_) | KeyLogin::Unknown => None,
+        })
+    }
+
+    /// What a signed request of SSH user `user` with a key of this fingerprint is, in one
+    /// indexed query: the agent it logs in as (at most one active registration of that id and
+    /// key), or the certificate-based agents whose bare key it is (they sign in with
+    /// certificates only), or nobody.
+    pub fn key_login(&self, user: &str, fingerprint: &str) -> anyhow::Result<KeyLogin> {
         let sql = format!(
             "SELECT {COLUMNS} FROM agents WHERE id = ?1 AND key_fingerprint = ?2 AND shadowed = 0
-             AND ssh_ca IS NULL"
+             LIMIT 17"
         );
-        let row = self
+        let rows = self
             .conn()?
-            .query_row(&sql, params![user, fingerprint], from_row)
-            .optional()?;
-        row.map(record).transpose()
+            .query_map(&sql, params![user, fingerprint], from_row)?;
+        let mut certificate_only = Vec::new();
+        for row in rows {
+            let row = record(row)?;
+            if row.ssh_ca.is_none() {
+                return Ok(KeyLogin::Agent(row));
+            }
+            certificate_only.push((row.tenant_id, row.id));
+        }
+        Ok(if certificate_only.is_empty() {
+            KeyLogin::Unknown
+        } else {
+            KeyLogin::CertificateOnly(certificate_only)
+        })
     }
 
     /// Changes an agent's key and/or VNC password (an empty password clears it).

@@ -177,14 +177,17 @@ impl Store {
         Ok(self.conn()?.query_map(&sql, [tenant_id], ca_row)?)
     }
 
-    /// Stops trusting a CA; its agents stay registered but can no longer sign in. Whether it
-    /// existed.
-    pub fn delete_ssh_ca(&self, tenant_id: TenantId, id: &str) -> anyhow::Result<bool> {
-        let n = self.conn()?.execute(
+    /// Stops trusting a CA; its agents stay registered but can no longer sign in. The CA, if
+    /// the tenant had it.
+    pub fn delete_ssh_ca(&self, tenant_id: TenantId, id: &str) -> anyhow::Result<Option<CaRecord>> {
+        let Some(ca) = self.ssh_ca(tenant_id, id)? else {
+            return Ok(None);
+        };
+        self.conn()?.execute(
             "DELETE FROM ssh_cas WHERE tenant_id = ?1 AND id = ?2",
             params![tenant_id, id],
         )?;
-        Ok(n > 0)
+        Ok(Some(ca))
     }
 
     /// The tenant's newest generated CA with its private half and the serial to give next
@@ -372,27 +375,6 @@ impl Store {
             registered,
             rekeyed,
         }))
-    }
-
-    /// The certificate-based agents named `user` whose key has this fingerprint: who offered
-    /// a bare key that only signs in with a certificate (its certificate was expired, not yet
-    /// valid, or not presented). At most a few rows.
-    pub fn cert_only_agents(
-        &self,
-        user: &str,
-        fingerprint: &str,
-    ) -> anyhow::Result<Vec<(TenantId, AgentId)>> {
-        let rows = self.conn()?.query_map(
-            "SELECT tenant_id, id FROM agents WHERE id = ?1 AND key_fingerprint = ?2
-             AND ssh_ca IS NOT NULL LIMIT 16",
-            params![user, fingerprint],
-            |r| Ok((r.get::<TenantId>(0)?, r.get::<String>(1)?)),
-        )?;
-        let mut out = Vec::new();
-        for (tenant, id) in rows {
-            out.push((tenant, AgentId::new(id)?));
-        }
-        Ok(out)
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::store::KeyLogin;
 use crate::store::test_fixtures::{KEY_A, KEY_B, tenants_one_two};
 
 fn parsed(key: &str) -> (String, String) {
@@ -18,10 +19,10 @@ fn a_ca_belongs_to_one_tenant_and_names_it() {
         assert_eq!(store.ssh_cas(one).unwrap().len(), 1);
         assert!(store.ssh_cas(two).unwrap().is_empty());
         assert!(
-            !store.delete_ssh_ca(two, &ca.id).unwrap(),
+            store.delete_ssh_ca(two, &ca.id).unwrap().is_none(),
             "not tenant two's"
         );
-        assert!(store.delete_ssh_ca(one, &ca.id).unwrap());
+        assert!(store.delete_ssh_ca(one, &ca.id).unwrap().is_some());
     });
 }
 
@@ -83,10 +84,10 @@ fn a_certificate_agent_is_registered_once_follows_its_key_and_has_no_bare_key_lo
         );
         // Its bare key is no login: that would outlive the certificate.
         assert!(store.agent_for_key("pc-1", &fp_a).unwrap().is_none());
-        assert_eq!(
-            store.cert_only_agents("pc-1", &fp_a).unwrap(),
-            vec![(one, pc.clone())]
-        );
+        let KeyLogin::CertificateOnly(agents) = store.key_login("pc-1", &fp_a).unwrap() else {
+            panic!("not a certificate-only key");
+        };
+        assert_eq!(agents, vec![(one, pc.clone())]);
         let again = store
             .cert_agent(&ca, &pc, &line_a, &fp_a, 10)
             .unwrap()

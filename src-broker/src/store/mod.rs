@@ -40,7 +40,7 @@ use rusqlite::Connection;
 pub use sql::PgUrl;
 use sql::{Exec as _, OptionalExtension as _, params};
 
-pub use agents::{AgentRecord, OfferTarget};
+pub use agents::{AgentRecord, KeyLogin, OfferTarget};
 /// The errors store calls return that the API maps to 400 and 409.
 pub mod agents_errors {
     pub use super::agents::{Conflict, Invalid};
