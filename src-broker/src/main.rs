@@ -671,17 +671,15 @@ fn recording_key(cli: &Cli, public_key: Option<&str>) -> anyhow::Result<String> 
         return Ok(k.to_owned());
     }
     let config = file_config(cli)?.into_config()?;
-    if !config
-        .data_dir
-        .join(passerelle::recording::KEY_FILE)
-        .exists()
-    {
+    // A cluster's nodes sign with the key in its shared directory.
+    let dir = config.identity_dir();
+    if !dir.join(passerelle::recording::KEY_FILE).exists() {
         anyhow::bail!(
-            "no recording key in {}: pass --data-dir or --public-key",
-            config.data_dir.display()
+            "no recording key in {}: pass --data-dir (or --config with cluster_dir) or --public-key",
+            dir.display()
         );
     }
-    Ok(passerelle::recording::SigningKey::load_or_create(&config.data_dir)?.public_hex())
+    Ok(passerelle::recording::SigningKey::load_or_create(dir)?.public_hex())
 }
 
 fn verify_recording(

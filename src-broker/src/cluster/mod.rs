@@ -36,6 +36,31 @@ pub struct DropAgent {
     pub reason: String,
 }
 
+/// The link route that disconnects the agents whose certificate matches (a CA removed, a
+/// serial or key revoked) on every node.
+pub const DROP_CERTIFIED_PATH: &str = "/cluster/v1/drop-certified";
+
+/// The body of [`DROP_CERTIFIED_PATH`]: which certificates, in which tenant, and why. Each set
+/// field must match.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DropCertified {
+    pub tenant_id: TenantId,
+    pub ca: Option<String>,
+    pub serial: Option<u64>,
+    pub key: Option<String>,
+    pub why: String,
+}
+
+impl DropCertified {
+    /// Whether an agent connection of this tenant signed in with such a certificate.
+    pub fn matches(&self, c: &crate::registry::SignedInWith) -> bool {
+        self.ca.as_ref().is_none_or(|ca| *ca == c.ca)
+            && self.serial.is_none_or(|s| s == c.serial)
+            && self.key.as_ref().is_none_or(|k| *k == c.key)
+            && (self.ca.is_some() || self.serial.is_some() || self.key.is_some())
+    }
+}
+
 /// This node in its cluster.
 pub struct Cluster {
     pub node: String,
@@ -214,27 +239,43 @@ impl Cluster {
             agent: agent.to_string(),
             reason: reason.to_owned(),
         };
-        let sent = match serde_json::to_vec(&body) {
-            Ok(bytes) => {
-                let req = self.request(hyper::Method::POST, DROP_AGENT_PATH, None, bytes.into());
-                match req {
-                    Ok(req) => self
-                        .connector
-                        .send(&peer.url, req)
-                        .await
-                        .map(|r| r.status()),
-                    Err(e) => Err(e),
-                }
+        self.tell(peer, DROP_AGENT_PATH, &body).await;
+    }
+
+    /// Tells every other live node to disconnect the agents whose certificate matches.
+    pub async fn drop_certified(&self, what: &DropCertified) {
+        let peers = match self.db.run(|s| s.live_peers()).await {
+            Ok(p) => p,
+            Err(e) => {
+                return tracing::error!(error = %format!("{e:#}"), "could not list the nodes");
             }
+        };
+        let told = peers
+            .iter()
+            .map(|p| self.tell(p, DROP_CERTIFIED_PATH, what));
+        futures_util::future::join_all(told).await;
+    }
+
+    /// POSTs `body` to `path` on `peer`; a failure is logged (the peer's lease decides the rest).
+    async fn tell(&self, peer: &Peer, path: &str, body: &impl serde::Serialize) {
+        let sent = match serde_json::to_vec(body) {
+            Ok(bytes) => match self.request(hyper::Method::POST, path, None, bytes.into()) {
+                Ok(req) => self
+                    .connector
+                    .send(&peer.url, req)
+                    .await
+                    .map(|r| r.status()),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e.into()),
         };
         match sent {
             Ok(s) if s.is_success() => {}
             Ok(s) => {
-                tracing::warn!(node = %peer.name, status = %s, "node refused to drop an agent")
+                tracing::warn!(node = %peer.name, status = %s, %path, "a node refused a link request");
             }
             Err(e) => {
-                tracing::warn!(node = %peer.name, error = %format!("{e:#}"), "could not reach a node to drop an agent");
+                tracing::warn!(node = %peer.name, error = %format!("{e:#}"), %path, "could not reach a node");
             }
         }
     }
@@ -307,5 +348,36 @@ impl Cluster {
     /// Every task the cluster spawns (link connections, the lease).
     pub fn tasks(&self) -> &TaskTracker {
         &self.tasks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DropCertified;
+    use crate::registry::SignedInWith;
+
+    #[test]
+    fn a_certificate_drop_matches_every_field_it_sets_and_never_nothing() {
+        let c = SignedInWith {
+            ca: "SHA256:ca".into(),
+            serial: 7,
+            key: "SHA256:k".into(),
+        };
+        let drop = |ca: Option<&str>, serial, key: Option<&str>| DropCertified {
+            tenant_id: 1,
+            ca: ca.map(str::to_owned),
+            serial,
+            key: key.map(str::to_owned),
+            why: String::new(),
+        };
+        assert!(drop(Some("SHA256:ca"), None, None).matches(&c));
+        assert!(drop(None, Some(7), None).matches(&c));
+        assert!(drop(None, None, Some("SHA256:k")).matches(&c));
+        assert!(!drop(Some("SHA256:other"), None, None).matches(&c));
+        assert!(!drop(None, Some(8), None).matches(&c));
+        assert!(
+            !drop(None, None, None).matches(&c),
+            "an empty rule drops nobody"
+        );
     }
 }

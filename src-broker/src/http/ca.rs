@@ -21,7 +21,7 @@ use super::api::ApiResult;
 use super::auth::Caller;
 use super::body::JsonBody;
 use super::{ApiError, App};
-use crate::registry::SignedInWith;
+use crate::cluster::DropCertified;
 use crate::store::{AuditKind, key_fingerprint_of};
 
 #[utoipa::path(get, path = "/api/v1/tenant/ssh-ca", tag = "tenant",
@@ -114,9 +114,17 @@ pub(super) async fn remove(
     let Some(ca) = removed else {
         return Err(ApiError::not_found("CA"));
     };
-    let dropped = disconnect_where(&app, tenant_id, "its CA is no longer trusted", |c| {
-        c.ca == ca.fingerprint
-    });
+    let dropped = drop_certified(
+        &app,
+        DropCertified {
+            tenant_id,
+            ca: Some(ca.fingerprint.clone()),
+            serial: None,
+            key: None,
+            why: "its CA is no longer trusted".to_owned(),
+        },
+    )
+    .await;
     app.db.audit(caller.event(
         AuditKind::SshCaRemoved,
         format!(
@@ -166,9 +174,17 @@ pub(super) async fn revoke(
         .db
         .run(move |s| s.revoke_ssh_cert(tenant_id, kind, &stored))
         .await?;
-    let dropped = disconnect_where(&app, tenant_id, "its certificate was revoked", |c| {
-        serial.map_or(c.key == value, |s| c.serial == s)
-    });
+    let dropped = drop_certified(
+        &app,
+        DropCertified {
+            tenant_id,
+            ca: None,
+            serial,
+            key: serial.is_none().then(|| value.clone()),
+            why: "its certificate was revoked".to_owned(),
+        },
+    )
+    .await;
     if new {
         let what = if serial.is_some() { "serial" } else { "key" };
         app.db.audit(caller.event(
@@ -183,17 +199,24 @@ pub(super) async fn revoke(
     })
 }
 
-/// Disconnects the tenant's live agents whose certificate matches; how many.
-fn disconnect_where(
-    app: &App,
-    tenant_id: crate::store::TenantId,
-    why: &str,
-    matches: impl Fn(&SignedInWith) -> bool,
-) -> usize {
+/// Disconnects the tenant's live agents whose certificate matches, here and (over the node
+/// link) on the cluster's other nodes; how many here.
+async fn drop_certified(app: &App, what: DropCertified) -> usize {
+    let n = disconnect_certified(app, &what);
+    if let Some(cluster) = &app.cluster {
+        cluster.drop_certified(&what).await;
+    }
+    n
+}
+
+/// Disconnects this node's live agents whose certificate matches; how many.
+pub(super) fn disconnect_certified(app: &App, what: &DropCertified) -> usize {
     let mut n = 0;
     for conn in app.registry.all() {
-        if conn.tenant_id == tenant_id && conn.certificate.as_ref().is_some_and(&matches) {
-            conn.disconnect(why);
+        if conn.tenant_id == what.tenant_id
+            && conn.certificate.as_ref().is_some_and(|c| what.matches(c))
+        {
+            conn.disconnect(&what.why);
             n += 1;
         }
     }

@@ -16,7 +16,7 @@ use passerelle_proto::ids::AgentId;
 use super::server::ConnSlot;
 use super::{ApiError, App};
 use crate::cluster::link::{CLIENT_HEADER, FromNode, NODE_HEADER};
-use crate::cluster::{Cluster, DropAgent};
+use crate::cluster::{Cluster, DropAgent, DropCertified};
 use crate::store::cluster::Peer;
 
 /// What a path is about, for routing.
@@ -169,6 +169,23 @@ pub(super) async fn drop_agent(
         tracing::info!(agent = %agent, node = %from.node, reason = %req.reason, "dropping an agent for another node");
         conn.disconnect(&req.reason);
     }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /cluster/v1/drop-certified` (node link only): disconnects this node's agents whose
+/// certificate matches.
+pub(super) async fn drop_certified(
+    State(app): State<App>,
+    from: Option<axum::Extension<FromNode>>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    if from.is_none() {
+        return Err(ApiError::unauthorized("node link only"));
+    }
+    let what: DropCertified = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("drop-certified body: {e}")))?;
+    let n = super::ca::disconnect_certified(&app, &what);
+    tracing::info!(count = n, why = %what.why, "disconnected agents for another node");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -168,6 +168,10 @@ pub(crate) fn router(app: App) -> Router {
         .route("/static/{*path}", get(pages::static_file))
         .route(crate::cluster::DROP_AGENT_PATH, post(cluster::drop_agent))
         .route(
+            crate::cluster::DROP_CERTIFIED_PATH,
+            post(cluster::drop_certified),
+        )
+        .route(
             "/api/{*rest}",
             delete(api::not_found)
                 .get(api::not_found)
