@@ -201,9 +201,10 @@ impl Broker {
                     &ctls.fingerprint,
                     db.clone(),
                     tasks.clone(),
+                    shutdown.clone(),
                 )
                 .await?;
-                cluster.run(registry.clone(), shutdown.clone());
+                cluster.run(registry.clone());
                 Some(cluster)
             }
             _ => None,

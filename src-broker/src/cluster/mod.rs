@@ -70,6 +70,8 @@ pub struct Cluster {
     connector: client::Connector,
     db: Db,
     tasks: TaskTracker,
+    /// Cancelled when the broker stops: forwarded connections end with it.
+    pub stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -90,6 +92,7 @@ impl Cluster {
         tls_pin: &str,
         db: Db,
         tasks: TaskTracker,
+        stop: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         let connector = client::Connector::new(tls_pin, tasks.clone())?;
         let at = url.clone();
@@ -102,12 +105,13 @@ impl Cluster {
             connector,
             db,
             tasks,
+            stop,
         }))
     }
 
     /// Renews the lease every [`RENEW_EVERY`] and ends dead nodes' sessions, until `stop`.
-    pub fn run(self: &Arc<Self>, registry: Arc<Registry>, stop: CancellationToken) {
-        let me = self.clone();
+    pub fn run(self: &Arc<Self>, registry: Arc<Registry>) {
+        let (me, stop) = (self.clone(), self.stop.clone());
         self.tasks.spawn(async move {
             let mut tick = tokio::time::interval(RENEW_EVERY);
             loop {

@@ -132,14 +132,18 @@ pub(super) async fn forward(cluster: &Arc<Cluster>, peer: &Peer, mut req: Reques
     let (parts, mut body) = if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
         let mut answer = answer;
         let ours = hyper::upgrade::on(&mut answer);
+        let stop = cluster.stop.clone();
         cluster.tasks().spawn(async move {
             let _slot = slot;
             let (Ok(a), Ok(b)) = (theirs.await, ours.await) else {
                 return tracing::debug!("a forwarded upgrade did not complete");
             };
             let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
-                tracing::debug!(error = %e, "forwarded connection ended");
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut a, &mut b) => if let Err(e) = r {
+                    tracing::debug!(error = %e, "forwarded connection ended");
+                },
+                () = stop.cancelled() => {}
             }
         });
         let (parts, _) = answer.into_parts();
