@@ -3,9 +3,10 @@
 # the prebuilt @tauri-apps/cli pinned in packaging/desktop/package-lock.json (no tauri-cli
 # compilation), installed with `npm ci` on first use.
 #
-#   packaging/desktop/build.sh [--bundles deb,appimage] [--debug] [--no-build] [--out DIR]
+#   packaging/desktop/build.sh [--bundles deb|appimage|deb,appimage] [--debug] [--no-build] [--out DIR]
 #
-#   --bundles LIST  deb, appimage or both (default: deb,appimage)
+#   --bundles LIST  deb, appimage or deb,appimage (default: deb; the AppImage needs tools
+#                   from GitHub, see below)
 #   --debug         the debug profile (faster to build; what the test packages)
 #   --no-build      bundle the binary already built in $CARGO_TARGET_DIR/{release,debug}
 #                   instead of compiling it first (`tauri build --no-bundle`)
@@ -23,7 +24,7 @@ root="$(cd "$here/../.." && pwd)"
 app="$root/src-desktop/app"
 
 usage() {
-  sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 die() {
@@ -31,7 +32,7 @@ die() {
   exit 1
 }
 
-bundles="deb,appimage"
+bundles="deb"
 debug=0
 build=1
 out="$root/target/desktop-bundles"
