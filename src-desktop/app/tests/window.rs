@@ -6,50 +6,21 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use common::Setup;
-use common::x11::{Proc, Xvfb, share_of};
+use common::x11::{Bus, Proc, Xvfb, share_of, wait_window};
 use passerelle_e2e::{EchoServer, TestBroker, WAIT};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio::time::{Instant, sleep, timeout};
+use tokio::process::Command;
+use tokio::time::{sleep, timeout};
 
 /// How long the first window may take (WebKitGTK's first start is slow on a loaded machine).
 const WINDOW_WAIT: Duration = Duration::from_secs(90);
-
-/// A private session bus for the app (single-instance and notifications use D-Bus).
-struct Bus {
-    _child: Child,
-    address: String,
-}
-
-impl Bus {
-    async fn start() -> Result<Self> {
-        let mut child = Command::new("dbus-daemon")
-            .args(["--session", "--nofork", "--print-address=1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting dbus-daemon (run scripts/install-desktop-deps.sh)")?;
-        let out = child.stdout.take().context("dbus stdout")?;
-        let address = timeout(WAIT, BufReader::new(out).lines().next_line())
-            .await
-            .context("dbus-daemon printed no address")??
-            .context("dbus-daemon exited")?;
-        Ok(Self {
-            _child: child,
-            address,
-        })
-    }
-}
 
 /// The app's command line with a private environment.
 fn app(url: &str, display: &str, bus: &Bus, home: &tempfile::TempDir) -> Command {
@@ -69,67 +40,6 @@ fn app(url: &str, display: &str, bus: &Bus, home: &tempfile::TempDir) -> Command
         .env("LIBGL_ALWAYS_SOFTWARE", "1")
         .env("RUST_LOG", "info");
     cmd
-}
-
-/// Polls `xdotool search --name` until a window titled exactly `title` is mapped.
-async fn wait_window(display: &Xvfb, title: &str, within: Duration, app: &mut Proc) -> Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        app.check_running()?;
-        let pattern = format!("^{}$", regex_escape(title));
-        if display
-            .run("xdotool", &["search", "--onlyvisible", "--name", &pattern])
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            let all = display
-                .run("xdotool", &["search", "--name", "."])
-                .await
-                .unwrap_or_default();
-            let mut names = Vec::new();
-            for id in String::from_utf8_lossy(&all).split_whitespace() {
-                let name = display
-                    .run("xdotool", &["getwindowname", id])
-                    .await
-                    .unwrap_or_default();
-                names.push(String::from_utf8_lossy(&name).trim().to_owned());
-            }
-            bail!(
-                "no window {title:?} (windows: {names:?}); app output:\n{}",
-                app.output()
-            );
-        }
-        sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// `text` as a POSIX extended regular expression matching it literally (xdotool's `--name`).
-fn regex_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if "\\^$.|?*+()[]{}".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The local address of the tunnel for `session`, from the app's log line "tunnel listening".
-fn local_addr(log: &str, session: &str) -> Result<SocketAddr> {
-    let line = log
-        .lines()
-        .find(|l| l.contains(&format!("session={session}")) && l.contains("tunnel listening"))
-        .with_context(|| format!("no tunnel for {session} in the log:\n{log}"))?;
-    let addr = line
-        .split("local_addr=")
-        .nth(1)
-        .and_then(|rest| rest.split(['}', ' ']).next())
-        .with_context(|| format!("no local_addr in {line:?}"))?;
-    Ok(addr.parse()?)
 }
 
 fn shot_path(name: &str) -> PathBuf {
@@ -183,7 +93,7 @@ async fn the_app_lists_tunnels_in_its_window() -> Result<()> {
     wait_window(&display, "Passerelle — 2 tunnels", WAIT, &mut first).await?;
 
     // Bytes through the first tunnel reach the echo service behind the agent.
-    let addr = local_addr(&first.output(), &s.session.id)?;
+    let addr = common::tunnel_addr(&first.output(), &s.session.id)?;
     let mut conn = TcpStream::connect(addr).await?;
     conn.write_all(b"through the app").await?;
     let mut back = [0u8; 15];

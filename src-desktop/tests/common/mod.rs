@@ -315,3 +315,18 @@ pub async fn listening(addr: SocketAddr) -> bool {
         Ok(Ok(_))
     )
 }
+
+/// The local address of the tunnel for `session`, from the helper's log line "tunnel listening"
+/// (the app's, or the CLI's stderr).
+pub fn tunnel_addr(log: &str, session: &str) -> Result<SocketAddr> {
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("session={session}")) && l.contains("tunnel listening"))
+        .with_context(|| format!("no tunnel for {session} in the log:\n{log}"))?;
+    let addr = line
+        .split("local_addr=")
+        .nth(1)
+        .and_then(|rest| rest.split(['}', ' ']).next())
+        .with_context(|| format!("no local_addr in {line:?}"))?;
+    Ok(addr.parse()?)
+}

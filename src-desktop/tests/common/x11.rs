@@ -1,5 +1,6 @@
 //! X11 test fixtures: Xvfb displays chosen by the server itself (`-displayfd`), child processes
-//! killed on drop, TCP ports for servers that need a number, and screenshots read as raw RGB.
+//! killed on drop, TCP ports for servers that need a number, screenshots read as raw RGB, a
+//! private D-Bus session bus, and waits for a window by its title.
 //! Every wait is bounded. The tools come from `scripts/install-desktop-deps.sh`.
 
 use std::net::SocketAddr;
@@ -48,6 +49,19 @@ impl Proc {
     /// What it printed so far (stdout and stderr interleaved).
     pub fn output(&self) -> String {
         self.output.lock().expect("output lock").clone()
+    }
+
+    /// Waits (bounded by `within`) for it to exit; its status.
+    pub async fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        timeout(within, self.child.wait())
+            .await
+            .with_context(|| format!("{} did not exit:\n{}", self.name, self.output()))?
+            .with_context(|| format!("waiting for {}", self.name))
+    }
+
+    /// Its process id while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Fails with its output if it has exited.
@@ -227,4 +241,85 @@ pub async fn wait_port(port: u16, proc: &mut Proc) -> Result<()> {
         );
         sleep(POLL).await;
     }
+}
+
+/// A private session bus for the app (single-instance and notifications use D-Bus).
+pub struct Bus {
+    _child: Child,
+    pub address: String,
+}
+
+impl Bus {
+    /// Starts `dbus-daemon --session` and reads the address it prints.
+    pub async fn start() -> Result<Self> {
+        let mut child = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting dbus-daemon (run scripts/install-desktop-deps.sh)")?;
+        let out = child.stdout.take().context("dbus stdout")?;
+        let address = timeout(WAIT, BufReader::new(out).lines().next_line())
+            .await
+            .context("dbus-daemon printed no address")??
+            .context("dbus-daemon exited")?;
+        Ok(Self {
+            _child: child,
+            address,
+        })
+    }
+}
+
+/// Polls `xdotool search --name` until a window titled exactly `title` is mapped.
+pub async fn wait_window(
+    display: &Xvfb,
+    title: &str,
+    within: Duration,
+    app: &mut Proc,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        app.check_running()?;
+        let pattern = format!("^{}$", regex_escape(title));
+        if display
+            .run("xdotool", &["search", "--onlyvisible", "--name", &pattern])
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let all = display
+                .run("xdotool", &["search", "--name", "."])
+                .await
+                .unwrap_or_default();
+            let mut names = Vec::new();
+            for id in String::from_utf8_lossy(&all).split_whitespace() {
+                let name = display
+                    .run("xdotool", &["getwindowname", id])
+                    .await
+                    .unwrap_or_default();
+                names.push(String::from_utf8_lossy(&name).trim().to_owned());
+            }
+            bail!(
+                "no window {title:?} (windows: {names:?}); app output:\n{}",
+                app.output()
+            );
+        }
+        sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `text` as a POSIX extended regular expression matching it literally (xdotool's `--name`).
+pub fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\^$.|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
