@@ -33,6 +33,7 @@ const UPKEEP_SECS: u64 = 60;
 /// A running broker. Dropping it cancels everything without waiting; [`Broker::shutdown`] ends
 /// live sessions cleanly first.
 pub struct Broker {
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     core: Arc<Core>,
     shards: Arc<Shards>,
     host_key: PrivateKey,
@@ -56,12 +57,23 @@ impl std::fmt::Debug for Broker {
 /// Opens the store, creating tenant `default` and an admin key on an empty data dir. Returns the
 /// new key on first start.
 pub fn init_data_dir(config: &Config) -> anyhow::Result<(Store, Option<String>)> {
-    let store = Store::open_with(&config.data_dir, config.store_url.as_ref())?;
+    let store = Store::open_keyed(
+        &config.data_dir,
+        config.identity_dir(),
+        config.store_url.as_ref(),
+    )?
+    .with_node(config.node_name());
     if !store.tenants()?.is_empty() {
         return Ok((store, None));
     }
     let default = TenantName::new("default")?;
-    store.create_tenant(&default)?;
+    if let Err(e) = store.create_tenant(&default) {
+        // Another node of the cluster, starting at the same time, made it first.
+        if !store.tenants()?.is_empty() {
+            return Ok((store, None));
+        }
+        return Err(e);
+    }
     let tenant = store
         .tenant_id(&default)?
         .context("tenant default was not created")?;
@@ -77,6 +89,9 @@ impl Broker {
     /// Prepares the data dir, binds both listeners and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Broker> {
         crate::file_modes::check_and_fix(&config.data_dir, &config.recordings_dir);
+        if let Some(cluster) = &config.cluster {
+            crate::cluster::identity::check(&cluster.dir)?;
+        }
         let (store, admin_key) = init_data_dir(&config)?;
         let orphans = store.end_orphans(now_ms())?;
         for id in &orphans {
@@ -104,12 +119,25 @@ impl Broker {
                 Err(e) => tracing::error!(error = %e, "store check after a crash failed"),
             }
         }
-        let host_key = keys::load_or_create_host_key(&config.data_dir)?;
+        let host_key = keys::load_or_create_host_key(config.identity_dir())?;
         let recording_key = Arc::new(crate::recording::SigningKey::load_or_create(
-            &config.data_dir,
+            config.identity_dir(),
         )?);
+        // A cluster's certificate is the one in its directory, never renewed by a node alone.
+        let cluster_tls = config
+            .cluster
+            .as_ref()
+            .map(|c| {
+                let files = (
+                    c.dir.join(keys::TLS_CERT_FILE),
+                    c.dir.join(keys::TLS_KEY_FILE),
+                );
+                keys::load_tls(&c.dir, Some((&files.0, &files.1)))
+            })
+            .transpose()?;
         let tls = match &config.tls {
             TlsMode::Insecure => None,
+            TlsMode::SelfSigned if cluster_tls.is_some() => cluster_tls.clone(),
             TlsMode::SelfSigned => {
                 let host = config
                     .public_url
@@ -155,6 +183,31 @@ impl Broker {
         let shutdown = CancellationToken::new();
         let shards = Arc::new(Shards::start(config.data_threads)?);
         let registry = Arc::new(Registry::default());
+        let cluster = match (&config.cluster, &cluster_tls) {
+            (Some(c), Some(ctls)) => {
+                let url = match &c.node_url {
+                    Some(u) => u.clone(),
+                    None if http_addr.ip().is_unspecified() => anyhow::bail!(
+                        "set node_url: the HTTP listener ({http_addr}) does not say how the other \
+                         nodes reach this one"
+                    ),
+                    None => format!("{scheme}://{http_addr}"),
+                };
+                let secret = crate::cluster::identity::link_key(&c.dir)?;
+                let cluster = crate::cluster::Cluster::join(
+                    c.node_name.clone(),
+                    url,
+                    &secret,
+                    &ctls.fingerprint,
+                    db.clone(),
+                    tasks.clone(),
+                )
+                .await?;
+                cluster.run(registry.clone(), shutdown.clone());
+                Some(cluster)
+            }
+            _ => None,
+        };
         let guard = Arc::new(Guard::new(
             Throttle::new(
                 config.auth_failure_limit,
@@ -180,17 +233,20 @@ impl Broker {
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         });
-        let agents = Arc::new(ssh::Server::new(
-            config.clone(),
-            db.clone(),
-            registry.clone(),
-            core.clone(),
-            metrics.clone(),
-            host_key.clone(),
-            tasks.clone(),
-            shutdown.clone(),
-            shards.clone(),
-        ));
+        let agents = Arc::new(
+            ssh::Server::new(
+                config.clone(),
+                db.clone(),
+                registry.clone(),
+                core.clone(),
+                metrics.clone(),
+                host_key.clone(),
+                tasks.clone(),
+                shutdown.clone(),
+                shards.clone(),
+            )
+            .in_cluster(cluster.clone()),
+        );
         let tls_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
         let app = http::App {
             core: core.clone(),
@@ -206,6 +262,7 @@ impl Broker {
             recording_key,
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
+            cluster: cluster.clone(),
         };
         tasks.spawn(ssh::run(ssh_listener, agents.clone()));
         if let Some(listener) = metrics_listener {
@@ -240,6 +297,7 @@ impl Broker {
         });
         tracing::info!(%ssh_addr, %http_addr, "broker started");
         Ok(Broker {
+            cluster,
             core,
             shards,
             host_key,
@@ -313,6 +371,9 @@ impl Broker {
             tracing::warn!("some tasks did not finish within the shutdown grace period");
         }
         self.shards.stop();
+        if let Some(cluster) = &self.cluster {
+            cluster.leave().await;
+        }
         // The last audit events written, the store's log folded into its file.
         core.db.audit_flushed().await;
         if let Err(e) = core.db.run(|s| s.checkpoint()).await {

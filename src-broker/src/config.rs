@@ -123,6 +123,33 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// A bearer token `/metrics` requires (wherever it is served); without it, 404.
     pub metrics_token: Option<Secret>,
+    /// This broker is one node of a cluster (`cluster_dir`, `node_name`, `node_url`).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// One node of a cluster: the shared identity and how the other nodes reach this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The directory `passerelle cluster init` wrote (host key, certificate, sealing key,
+    /// recording key, node-link secret), copied to every node.
+    pub dir: PathBuf,
+    /// This node's name, unique in the cluster (default: the host name).
+    pub node_name: String,
+    /// Where the other nodes reach this node's HTTP listener; derived from the bound address
+    /// when `None`.
+    pub node_url: Option<String>,
+}
+
+impl Config {
+    /// Where the broker's identity lives: the cluster's shared directory, else the data dir.
+    pub fn identity_dir(&self) -> &Path {
+        self.cluster.as_ref().map_or(&self.data_dir, |c| &c.dir)
+    }
+
+    /// This node's name (`local` for a single broker).
+    pub fn node_name(&self) -> &str {
+        self.cluster.as_ref().map_or("local", |c| &c.node_name)
+    }
 }
 
 /// A secret from the configuration: hidden from `Debug`, compared in constant time.
@@ -248,6 +275,9 @@ pub struct FileConfig {
     pub max_agents_per_tenant: Option<usize>,
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_token: Option<Secret>,
+    pub cluster_dir: Option<PathBuf>,
+    pub node_name: Option<String>,
+    pub node_url: Option<String>,
 }
 
 macro_rules! overlay {
@@ -314,7 +344,10 @@ impl FileConfig {
             max_connections_per_session,
             max_agents_per_tenant,
             metrics_listen,
-            metrics_token
+            metrics_token,
+            cluster_dir,
+            node_name,
+            node_url
         );
         self
     }
@@ -352,7 +385,14 @@ impl FileConfig {
             .map(|u| crate::store::PgUrl::parse(u.expose()))
             .transpose()
             .context("store_url")?;
+        let cluster = cluster_config(
+            self.cluster_dir,
+            self.node_name,
+            self.node_url,
+            store_url.is_some(),
+        )?;
         let config = Config {
+            cluster,
             store_url,
             ssh_listen: self
                 .ssh_listen
@@ -460,6 +500,49 @@ impl FileConfig {
         }
         Ok(config)
     }
+}
+
+/// Checks the cluster keys: all or nothing but `node_url`, and only over PostgreSQL.
+fn cluster_config(
+    dir: Option<PathBuf>,
+    node_name: Option<String>,
+    node_url: Option<String>,
+    on_postgres: bool,
+) -> anyhow::Result<Option<ClusterConfig>> {
+    let Some(dir) = dir else {
+        if node_name.is_some() || node_url.is_some() {
+            bail!("node_name and node_url need cluster_dir");
+        }
+        return Ok(None);
+    };
+    if !on_postgres {
+        bail!("cluster_dir needs store_url: the nodes of a cluster share a PostgreSQL store");
+    }
+    let node_name = match node_name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("reading the host name for node_name")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let name_ok = !node_name.is_empty()
+        && node_name.len() <= 63
+        && node_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !name_ok {
+        bail!("node_name must be 1 to 63 letters, digits, '.', '_' or '-', got {node_name:?}");
+    }
+    if let Some(url) = &node_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        bail!("node_url must start with https:// or http://, got {url:?}");
+    }
+    Ok(Some(ClusterConfig {
+        dir,
+        node_name,
+        node_url: node_url.map(|u| u.trim_end_matches('/').to_owned()),
+    }))
 }
 
 #[cfg(test)]
@@ -575,6 +658,42 @@ mod tests {
         assert_eq!((c.metrics_listen, d.metrics_listen), (None, None));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("# metrics_listen = ") && text.contains("# metrics_token = "));
+    }
+
+    #[test]
+    fn cluster_keys_need_postgres_and_a_sound_node_name() {
+        let pg = || Some(Secret::new("postgres://app@db/x"));
+        let with = |dir: Option<&str>, name: Option<&str>, url: Option<&str>, store| {
+            FileConfig {
+                store_url: store,
+                cluster_dir: dir.map(PathBuf::from),
+                node_name: name.map(str::to_owned),
+                node_url: url.map(str::to_owned),
+                ..FileConfig::default()
+            }
+            .into_config()
+        };
+        let c = with(
+            Some("/c"),
+            Some("n-1"),
+            Some("https://10.0.0.1:8443/"),
+            pg(),
+        )
+        .unwrap();
+        assert_eq!(c.identity_dir(), Path::new("/c"));
+        assert_eq!(c.node_name(), "n-1");
+        let cl = c.cluster.unwrap();
+        assert_eq!(cl.node_url.as_deref(), Some("https://10.0.0.1:8443"));
+        let err = |r: anyhow::Result<Config>| format!("{:#}", r.unwrap_err());
+        assert!(err(with(Some("/c"), Some("n"), None, None)).contains("needs store_url"));
+        assert!(err(with(None, Some("n"), None, pg())).contains("need cluster_dir"));
+        assert!(err(with(Some("/c"), Some("a b"), None, pg())).contains("node_name"));
+        assert!(err(with(Some("/c"), Some("n"), Some("ftp://x"), pg())).contains("node_url"));
+        let single = with(None, None, None, None).unwrap();
+        assert_eq!(
+            (single.node_name(), single.identity_dir()),
+            ("local", single.data_dir.as_path())
+        );
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub const TLS_CERT_FILE: &str = "tls-cert.pem";
 pub const TLS_KEY_FILE: &str = "tls-key.pem";
 
 /// The TLS material the HTTP listener uses.
+#[derive(Clone)]
 pub struct Tls {
     pub config: Arc<rustls::ServerConfig>,
     /// Hex SHA-256 of the leaf certificate (DER), for the desktop helper's pinning.

@@ -26,6 +26,7 @@
 //! - [`netaddr`]: trusted proxies and the client address behind them.
 //! - [`file_modes`]: the data dir's permissions, checked and narrowed at start.
 //! - [`kit`]: agent kits (install scripts for Linux and Windows workstations).
+//! - [`cluster`]: several nodes on one PostgreSQL store: shared identity, leases, the node link.
 //! - [`accept`], [`shards`], [`keys`], [`self_signed`], [`secrets`], [`metrics`]: the accept
 //!   loop, the data threads, host key and certificate (the generated one), tokens and
 //!   sealing, counters.
@@ -33,6 +34,7 @@
 pub(crate) mod accept;
 pub(crate) mod bridge;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub(crate) mod ends;
 pub mod file_modes;

@@ -7,6 +7,7 @@
 )]
 
 mod cli_ca;
+mod cli_cluster;
 mod cli_enroll;
 mod cli_kit;
 
@@ -85,6 +86,10 @@ enum Command {
     /// Work with session recordings.
     #[command(subcommand)]
     Recording(RecordingCmd),
+    /// Several brokers as one on a PostgreSQL store: `init` makes the shared identity,
+    /// `status` shows the nodes.
+    #[command(subcommand)]
+    Cluster(cli_cluster::ClusterCmd),
     /// Print the SSH host key's fingerprint and a known_hosts line for agents.
     HostKey {
         /// host:port agents use to reach the broker, for the known_hosts line.
@@ -133,6 +138,16 @@ struct ServeArgs {
     /// a command line.
     #[arg(long, env = "PASSERELLE_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
+    /// This broker is a node of a cluster whose identity `passerelle cluster init` wrote
+    /// here (`cluster_dir`; needs --store).
+    #[arg(long, env = "PASSERELLE_CLUSTER_DIR")]
+    cluster_dir: Option<PathBuf>,
+    /// This node's name in the cluster [default: the host name].
+    #[arg(long, env = "PASSERELLE_NODE_NAME")]
+    node_name: Option<String>,
+    /// How the other nodes reach this node's HTTP listener [default: from its address].
+    #[arg(long, env = "PASSERELLE_NODE_URL")]
+    node_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -320,7 +335,12 @@ fn open_store(cli: &Cli) -> anyhow::Result<Store> {
             config.data_dir.display()
         );
     }
-    Store::open_with(&config.data_dir, config.store_url.as_ref())
+    Store::open_keyed(
+        &config.data_dir,
+        config.identity_dir(),
+        config.store_url.as_ref(),
+    )
+    .map(|s| s.with_node(config.node_name()))
 }
 
 fn tenant_id(store: &Store, name: &TenantName) -> anyhow::Result<i64> {
@@ -345,6 +365,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .metrics_token
                     .clone()
                     .map(passerelle::config::Secret::new),
+                cluster_dir: args.cluster_dir.clone(),
+                node_name: args.node_name.clone(),
+                node_url: args.node_url.clone(),
                 ..FileConfig::default()
             };
             let config = file_config(&cli)?.merge(flags).into_config()?;
@@ -429,6 +452,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::EnrollToken(cmd) => {
             let store = open_store(&cli)?;
             for line in cli_enroll::run(&store, |t| tenant_id(&store, t), cmd)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Cluster(cli_cluster::ClusterCmd::Init { dir, host }) => {
+            for line in cli_cluster::init(dir, host.as_deref())? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Cluster(cli_cluster::ClusterCmd::Status) => {
+            let store = open_store(&cli)?;
+            for line in cli_cluster::status(&store)? {
                 println!("{line}");
             }
             Ok(())

@@ -142,6 +142,14 @@ impl AgentConn {
         self.gone.cancel();
     }
 
+    /// The services it announces, with their placeholder ports.
+    pub fn service_list(&self) -> Vec<(ServiceName, u32)> {
+        self.services()
+            .iter()
+            .map(|(n, p)| (n.clone(), *p))
+            .collect()
+    }
+
     /// Whether the agent announces `name` now.
     pub fn has_service(&self, name: &ServiceName) -> bool {
         self.services().contains_key(name)

@@ -20,7 +20,13 @@ use crate::store::{AgentRecord, AgentSsh, AuditKind, Store, TenantId, check_agen
 
 /// What the API shows of an agent: its registration, its SSH settings (`ssh`, read from the
 /// store by the caller) and its presence.
-fn agent_info(registry: &Registry, rec: &AgentRecord, ssh: AgentSsh) -> AgentInfo {
+/// `elsewhere` holds the agents other nodes of the cluster hold.
+fn agent_info(
+    registry: &Registry,
+    elsewhere: &list::Remote,
+    rec: &AgentRecord,
+    ssh: AgentSsh,
+) -> AgentInfo {
     let mut info = AgentInfo {
         id: rec.id.clone(),
         key_fingerprint: rec.key_fingerprint.clone(),
@@ -43,8 +49,26 @@ fn agent_info(registry: &Registry, rec: &AgentRecord, ssh: AgentSsh) -> AgentInf
     };
     if let Some(conn) = registry.get(rec.tenant_id, &rec.id) {
         conn.fill(&mut info);
+    } else if let Some(held) = elsewhere.get(&rec.id) {
+        held.fill(&mut info);
     }
     info
+}
+
+/// [`agent_info`] of one agent, with its presence on any node of the cluster.
+async fn with_presence(app: &App, rec: &AgentRecord, ssh: AgentSsh) -> ApiResult<AgentInfo> {
+    let mut elsewhere = list::Remote::new();
+    if app.cluster.is_some() && app.registry.get(rec.tenant_id, &rec.id).is_none() {
+        let (tenant_id, id) = (rec.tenant_id, rec.id.clone());
+        if let Some(held) = app
+            .db
+            .run(move |s| s.presence_holder(tenant_id, &id))
+            .await?
+        {
+            elsewhere.insert(rec.id.clone(), held);
+        }
+    }
+    Ok(agent_info(&app.registry, &elsewhere, rec, ssh))
 }
 
 /// An agent's SSH settings, for [`agent_info`].
@@ -76,7 +100,8 @@ pub(super) async fn list_agents(
 ) -> ApiResult<(HeaderMap, Json<Vec<AgentInfo>>)> {
     caller.require(ANY)?;
     let Query(query) = query?;
-    let page = list::page(&app, caller.tenant_id, &query).await?;
+    let mut page = list::page(&app, caller.tenant_id, &query).await?;
+    let page_elsewhere = std::mem::take(&mut page.elsewhere);
     let infos = app
         .db
         .run(move |s| {
@@ -87,14 +112,14 @@ pub(super) async fn list_agents(
                 .map(|agents| (agents, page.next))
         })
         .await?;
-    let (agents, next) = infos;
+    let ((agents, next), elsewhere) = (infos, page_elsewhere);
     let headers = list::next_headers(&query, next.as_ref());
     Ok((
         headers,
         Json(
             agents
                 .into_iter()
-                .map(|(ssh, a)| agent_info(&app.registry, &a, ssh))
+                .map(|(ssh, a)| agent_info(&app.registry, &elsewhere, &a, ssh))
                 .collect(),
         ),
     ))
@@ -114,7 +139,7 @@ pub(super) async fn get_agent(
     let rec = agent_of(&app, caller.tenant_id, &id).await?;
     let (r, ssh) = (rec.clone(), app.db.clone());
     let ssh = ssh.run(move |s| ssh_of(s, &r)).await?;
-    Ok(Json(agent_info(&app.registry, &rec, ssh)))
+    Ok(Json(with_presence(&app, &rec, ssh).await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/agents", tag = "agents",
@@ -184,7 +209,7 @@ pub(super) async fn register_agent(
     app.db.audit(ev);
     Ok((
         StatusCode::CREATED,
-        Json(agent_info(&app.registry, &rec, ssh)),
+        Json(agent_info(&app.registry, &list::Remote::new(), &rec, ssh)),
     ))
 }
 
@@ -260,7 +285,7 @@ pub(super) async fn patch_agent(
     let mut ev = caller.event(AuditKind::AgentChanged, what);
     ev.agent = Some(after.id.to_string());
     app.db.audit(ev);
-    Ok(Json(agent_info(&app.registry, &after, ssh)))
+    Ok(Json(with_presence(&app, &after, ssh).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents",
@@ -289,6 +314,13 @@ pub(super) async fn revoke_agent(
         .await;
     if let Some(conn) = app.registry.get(caller.tenant_id, &rec.id) {
         conn.disconnect("this agent was revoked");
+    } else if let Some(cluster) = &app.cluster
+        && let Some(node) = cluster.holder_elsewhere(caller.tenant_id, &rec.id).await
+    {
+        // Its sessions run there too: they end with its connection.
+        cluster
+            .drop_agent(&node, caller.tenant_id, &rec.id, "this agent was revoked")
+            .await;
     }
     let mut ev = caller.event(
         AuditKind::AgentRevoked,

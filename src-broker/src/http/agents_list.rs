@@ -40,18 +40,36 @@ pub(super) struct AgentQuery {
 pub(super) struct Page {
     pub agents: Vec<AgentRecord>,
     pub next: Option<AgentId>,
+    /// The tenant's agents that other nodes of the cluster hold.
+    pub elsewhere: Remote,
+}
+
+/// Agents held by other nodes of the cluster, by id (empty for a single broker).
+pub(super) type Remote = std::collections::HashMap<AgentId, crate::store::cluster::Holder>;
+
+/// The tenant's agents that other live nodes hold.
+pub(super) async fn remote(app: &App, tenant_id: TenantId) -> ApiResult<Remote> {
+    if app.cluster.is_none() {
+        return Ok(Remote::new());
+    }
+    let rows = app.db.run(move |s| s.presence_elsewhere(tenant_id)).await?;
+    Ok(rows.into_iter().collect())
 }
 
 impl Page {
     /// Keeps `limit` of `agents` (fetched with one more, to tell whether a next page exists).
-    fn cut(mut agents: Vec<AgentRecord>, limit: usize) -> Self {
+    fn cut(mut agents: Vec<AgentRecord>, limit: usize, elsewhere: Remote) -> Self {
         let next = if agents.len() > limit {
             agents.truncate(limit);
             agents.last().map(|a| a.id.clone())
         } else {
             None
         };
-        Self { agents, next }
+        Self {
+            agents,
+            next,
+            elsewhere,
+        }
     }
 }
 
@@ -91,29 +109,44 @@ pub(super) async fn page(app: &App, tenant_id: TenantId, query: &AgentQuery) -> 
             return Ok(Page {
                 agents: Vec::new(),
                 next: None,
+                elsewhere: Remote::new(),
             });
         }
         (None, Some(_)) => Some(true),
         (online, _) => online,
     };
+    let elsewhere = remote(app, tenant_id).await?;
+    let page = |agents, next, elsewhere| Page {
+        agents,
+        next,
+        elsewhere,
+    };
     match online {
         Some(true) => {
             let service = query.service.clone();
-            let mut ids = app.registry.online_ids(tenant_id, |c| {
-                prefix
-                    .as_deref()
-                    .is_none_or(|p| c.agent.as_str().starts_with(p))
-                    && service.as_ref().is_none_or(|s| c.has_service(s))
-                    && cursor.as_ref().is_none_or(|after| c.agent > *after)
-            });
+            let wanted = |id: &AgentId, has: &dyn Fn(&ServiceName) -> bool| {
+                prefix.as_deref().is_none_or(|p| id.as_str().starts_with(p))
+                    && service.as_ref().is_none_or(has)
+                    && cursor.as_ref().is_none_or(|after| id > after)
+            };
+            let mut ids = app
+                .registry
+                .online_ids(tenant_id, |c| wanted(&c.agent, &|s| c.has_service(s)));
+            ids.extend(
+                elsewhere
+                    .iter()
+                    .filter(|&(id, h)| wanted(id, &|s| h.services.iter().any(|(n, _)| n == s)))
+                    .map(|(id, _)| id.clone()),
+            );
             ids.sort();
+            ids.dedup();
             let next = (ids.len() > limit).then(|| ids[limit - 1].clone());
             ids.truncate(limit);
             let agents = app
                 .db
                 .run(move |s| s.agents_by_ids(tenant_id, &ids))
                 .await?;
-            Ok(Page { agents, next })
+            Ok(page(agents, next, elsewhere))
         }
         None => {
             let agents = app
@@ -122,7 +155,7 @@ pub(super) async fn page(app: &App, tenant_id: TenantId, query: &AgentQuery) -> 
                     s.agents_page(tenant_id, cursor.as_ref(), prefix.as_deref(), limit + 1)
                 })
                 .await?;
-            Ok(Page::cut(agents, limit))
+            Ok(Page::cut(agents, limit, elsewhere))
         }
         Some(false) => {
             let mut out = Vec::new();
@@ -135,16 +168,14 @@ pub(super) async fn page(app: &App, tenant_id: TenantId, query: &AgentQuery) -> 
                     .await?;
                 let full = batch.len() == SCAN_BATCH;
                 after = batch.last().map(|a| a.id.clone()).or(after);
-                out.extend(
-                    batch
-                        .into_iter()
-                        .filter(|a| app.registry.get(tenant_id, &a.id).is_none()),
-                );
+                out.extend(batch.into_iter().filter(|a| {
+                    app.registry.get(tenant_id, &a.id).is_none() && !elsewhere.contains_key(&a.id)
+                }));
                 if out.len() > limit || !full {
                     break;
                 }
             }
-            Ok(Page::cut(out, limit))
+            Ok(Page::cut(out, limit, elsewhere))
         }
     }
 }

@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod body;
 mod ca;
+mod cluster;
 mod enroll;
 mod error;
 mod headers;
@@ -66,6 +67,8 @@ pub struct App {
     pub recording_key: Arc<SigningKey>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// This node's cluster, when it is one node of several.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for App {
@@ -163,6 +166,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/console", get(pages::console))
         .route("/view/{id}", get(pages::view))
         .route("/static/{*path}", get(pages::static_file))
+        .route(crate::cluster::DROP_AGENT_PATH, post(cluster::drop_agent))
         .route(
             "/api/{*rest}",
             delete(api::not_found)
@@ -172,6 +176,10 @@ pub(crate) fn router(app: App) -> Router {
         )
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            cluster::route,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             app.config.clone(),
             request_deadline,

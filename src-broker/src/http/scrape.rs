@@ -68,9 +68,12 @@ fn render(app: &App, peer: Option<SocketAddr>, headers: &HeaderMap) -> Response 
             }
         }
     }
-    let body = app
+    let mut body = app
         .metrics
         .render(app.registry.len(), app.core.table().len());
+    if let Some(cluster) = &app.cluster {
+        body = crate::metrics::labelled(&body, "node", &cluster.node);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

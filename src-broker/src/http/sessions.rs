@@ -125,10 +125,29 @@ fn create_error(e: CreateError) -> ApiError {
 pub(super) async fn create_session(
     caller: Caller,
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     body: Result<JsonBody<CreateSession>, ApiError>,
-) -> ApiResult<(StatusCode, Json<CreatedSession>)> {
+) -> ApiResult<axum::response::Response> {
     caller.require(OPERATORS)?;
     let JsonBody(req) = body?;
+    // An agent held by another node of the cluster: the session runs there.
+    if let Some((cluster, node)) =
+        super::cluster::agent_elsewhere(&app, &headers, caller.tenant_id, &req.agent).await
+    {
+        let bytes = serde_json::to_vec(&req).map_err(anyhow::Error::from)?;
+        let mut fwd = axum::http::Request::builder()
+            .method(axum::http::Method::POST)
+            .uri("/api/v1/sessions")
+            .body(axum::body::Body::from(bytes))
+            .map_err(anyhow::Error::from)?;
+        *fwd.headers_mut() = headers;
+        fwd.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
+        fwd.headers_mut()
+            .remove(axum::http::header::TRANSFER_ENCODING);
+        fwd.extensions_mut().insert(ConnectInfo(peer));
+        return Ok(super::cluster::forward(&cluster, &node, fwd).await);
+    }
     let new = NewSession {
         tenant_id: caller.tenant_id,
         agent: req.agent,
@@ -147,7 +166,7 @@ pub(super) async fn create_session(
         .map_err(create_error)?;
     let page = rdp_fragment(&app, &created.session).await;
     let t = issued(&app.urls, &created.session, &created.tokens, page);
-    Ok((
+    Ok(axum::response::IntoResponse::into_response((
         StatusCode::CREATED,
         Json(CreatedSession {
             id: created.session.id.clone(),
@@ -160,7 +179,7 @@ pub(super) async fn create_session(
             launch_url: t.launch_url,
             legacy_port: created.session.legacy_port,
         }),
-    ))
+    )))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -310,6 +310,9 @@ impl Handler for AgentHandler {
         if let Some(old) = self.state.registry.insert(conn.clone()) {
             old.disconnect("replaced by a newer connection of the same agent");
         }
+        if let Some(cluster) = &self.state.cluster {
+            cluster.agent_online(&conn).await;
+        }
         self.state
             .metrics
             .agent_connections
@@ -350,6 +353,9 @@ impl Handler for AgentHandler {
             }
             self.forwards.insert((address.to_owned(), *port));
             conn.add_service(name, *port);
+            if let Some(cluster) = &self.state.cluster {
+                cluster.services_changed(&conn).await;
+            }
             return Ok(true);
         } else if *port == 0 {
             format!(
@@ -394,6 +400,9 @@ impl Handler for AgentHandler {
             && conn.service_port(&name) == Some(port)
         {
             conn.remove_service(&name);
+            if let Some(cluster) = &self.state.cluster {
+                cluster.services_changed(conn).await;
+            }
         }
         Ok(true)
     }

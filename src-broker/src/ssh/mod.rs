@@ -55,6 +55,8 @@ pub(crate) struct Server {
     pub shards: Arc<Shards>,
     /// Per-source limits before authentication and the coalesced audit of rejected keys.
     pub guard: Guard,
+    /// This node's cluster: presence is written to the store for the other nodes.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     next_conn_id: std::sync::atomic::AtomicU64,
 }
 
@@ -91,8 +93,16 @@ impl Server {
             tasks,
             shutdown,
             shards,
+            cluster: None,
             next_conn_id: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// This listener is one node of `cluster`.
+    #[must_use]
+    pub(crate) fn in_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// The listener's share of the broker's periodic upkeep (every `period_secs`): forgets
@@ -335,6 +345,9 @@ async fn serve(
     }
     conn.gone.cancel();
     if state.registry.remove(&conn) {
+        if let Some(cluster) = &state.cluster {
+            cluster.agent_offline(&conn).await;
+        }
         // The console shows offline agents with when they were last seen.
         let (tenant_id, agent, at) = (conn.tenant_id, conn.agent.clone(), crate::store::now_ms());
         if let Err(e) = state

@@ -12,6 +12,7 @@ mod agents;
 mod audit;
 mod audit_retention;
 mod ca;
+pub mod cluster;
 mod db;
 mod embedding;
 mod enroll;
@@ -233,6 +234,7 @@ ALTER TABLE agents ADD COLUMN rdp_cert_pinned_at INTEGER;
     ),
     Migration::Both(enroll::MIGRATION),
     Migration::Both(ca::MIGRATION),
+    Migration::Both(cluster::MIGRATION),
 ];
 
 /// The database under a store.
@@ -245,6 +247,8 @@ enum Database {
 pub struct Store {
     db: Database,
     secret_box: SecretBox,
+    /// The node this store serves (see `cluster.rs`).
+    node: String,
 }
 
 impl std::fmt::Debug for Store {

@@ -57,8 +57,18 @@ impl Store {
     /// Opens the store `url` names (PostgreSQL), else `<data_dir>/passerelle.db` (SQLite).
     /// The data dir keeps `secret.key` either way.
     pub fn open_with(data_dir: &Path, url: Option<&PgUrl>) -> anyhow::Result<Self> {
+        Self::open_keyed(data_dir, data_dir, url)
+    }
+
+    /// [`Store::open_with`], with the sealing key in `key_dir` (a cluster's shared directory)
+    /// for PostgreSQL.
+    pub fn open_keyed(
+        data_dir: &Path,
+        key_dir: &Path,
+        url: Option<&PgUrl>,
+    ) -> anyhow::Result<Self> {
         match url {
-            Some(url) => Self::open_postgres(data_dir, url),
+            Some(url) => Self::postgres_keyed(data_dir, key_dir, url),
             None => Self::open(data_dir),
         }
     }
@@ -86,6 +96,7 @@ impl Store {
         let store = Self {
             db: Database::Sqlite(Mutex::new(conn)),
             secret_box,
+            node: "local".to_owned(),
         };
         store.migrate()?;
         Ok(store)
@@ -94,13 +105,18 @@ impl Store {
     /// Connects to PostgreSQL at `url` (failing within [`sql::pg::CONNECT_TIMEOUT`] when it is
     /// unreachable) and applies pending migrations, one node at a time.
     pub fn open_postgres(data_dir: &Path, url: &PgUrl) -> anyhow::Result<Self> {
+        Self::postgres_keyed(data_dir, data_dir, url)
+    }
+
+    fn postgres_keyed(data_dir: &Path, key_dir: &Path, url: &PgUrl) -> anyhow::Result<Self> {
         crate::secrets::create_private_dir_all(data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
         let pool = sql::pg::Pool::connect(url)?;
-        let secret_box = SecretBox::load_or_create(&data_dir.join("secret.key"))?;
+        let secret_box = SecretBox::load_or_create(&key_dir.join("secret.key"))?;
         let store = Self {
             db: Database::Postgres(Box::new(pool)),
             secret_box,
+            node: "local".to_owned(),
         };
         store
             .migrate()

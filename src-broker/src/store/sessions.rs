@@ -57,8 +57,8 @@ impl Store {
     pub fn insert_session(&self, tenant_id: TenantId, s: &SessionInfo) -> anyhow::Result<()> {
         self.conn()?.execute(
             "INSERT INTO sessions (id, tenant_id, agent, service, operator, state, record, view_only,
-                legacy, legacy_port, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                legacy, legacy_port, created_at, expires_at, node)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 s.id,
                 tenant_id,
@@ -71,7 +71,8 @@ impl Store {
                 s.legacy,
                 s.legacy_port,
                 ms(&s.created_at),
-                ms(&s.expires_at)
+                ms(&s.expires_at),
+                self.node.as_str()
             ],
         )?;
         Ok(())
@@ -112,18 +113,21 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Ends every session a previous run left open (the broker stopped without ending them).
-    /// Returns their ids.
+    /// Ends every session a previous run of this node left open (it stopped without ending
+    /// them); other nodes' sessions are theirs. Returns their ids.
     pub fn end_orphans(&self, at: i64) -> anyhow::Result<Vec<String>> {
+        let node = self.node.as_str();
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
-        let ids = tx.query_map("SELECT id FROM sessions WHERE state != 'ended'", (), |r| {
-            r.get::<String>(0)
-        })?;
+        let ids = tx.query_map(
+            "SELECT id FROM sessions WHERE state != 'ended' AND node = ?1",
+            [node],
+            |r| r.get::<String>(0),
+        )?;
         tx.execute(
             "UPDATE sessions SET state = 'ended', ended_at = ?1, end_reason = 'broker_crash',
-                ended_by = 'broker' WHERE state != 'ended'",
-            [at],
+                ended_by = 'broker' WHERE state != 'ended' AND node = ?2",
+            params![at, node],
         )?;
         tx.commit()?;
         Ok(ids)

@@ -47,3 +47,20 @@ pub(crate) fn each(test: impl Fn(&Store)) {
         }
     }
 }
+
+/// Runs `test` on each backend available with a way to open more handles on the same database
+/// (as several nodes of a cluster do).
+pub(crate) fn each_shared(test: impl Fn(&dyn Fn() -> Store)) {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let url = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => match pg_base() {
+                Some(base) => Some(fresh_pg_database(&base)),
+                None => continue,
+            },
+        };
+        eprintln!("on {backend:?}");
+        test(&|| Store::open_with(dir.path(), url.as_ref()).expect("a store"));
+    }
+}

@@ -1,0 +1,311 @@
+//! Several brokers as one: nodes on one PostgreSQL store, with one identity (`identity`), a
+//! lease each, presence in the store (`crate::store::cluster`) and an authenticated node link
+//! (`link`, `client`) over which a node forwards what another node holds: an API call or a
+//! viewer's WebSocket for a session that runs there (`crate::http::cluster`), or the order to
+//! drop an agent that reconnected elsewhere or was revoked.
+//!
+//! A session lives on the node that holds its agent: its tokens, bridges and recording are
+//! there, so the session core is the single-node one. Other nodes only forward.
+
+pub mod client;
+pub mod identity;
+pub mod link;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use passerelle_proto::ids::{AgentId, ServiceName};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::registry::{AgentConn, Registry};
+use crate::store::cluster::Peer;
+use crate::store::{AuditKind, Db, NewEvent, TenantId, now_ms};
+
+/// How often a node renews its lease and sweeps dead nodes.
+pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+
+/// The link route that drops an agent's connection on the node that holds it.
+pub const DROP_AGENT_PATH: &str = "/cluster/v1/drop-agent";
+
+/// The body of [`DROP_AGENT_PATH`].
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct DropAgent {
+    pub tenant_id: TenantId,
+    pub agent: String,
+    pub reason: String,
+}
+
+/// This node in its cluster.
+pub struct Cluster {
+    pub node: String,
+    /// Where the other nodes reach this one.
+    pub url: String,
+    key: link::LinkKey,
+    connector: client::Connector,
+    db: Db,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Joins the cluster: announces this node at `url` with a fresh lease.
+    pub async fn join(
+        node: String,
+        url: String,
+        secret: &[u8],
+        tls_pin: &str,
+        db: Db,
+        tasks: TaskTracker,
+    ) -> anyhow::Result<Arc<Self>> {
+        let connector = client::Connector::new(tls_pin, tasks.clone())?;
+        let at = url.clone();
+        db.run(move |s| s.node_started(&at)).await?;
+        tracing::info!(%node, %url, "joined the cluster");
+        Ok(Arc::new(Self {
+            node,
+            url,
+            key: link::LinkKey::new(secret),
+            connector,
+            db,
+            tasks,
+        }))
+    }
+
+    /// Renews the lease every [`RENEW_EVERY`] and ends dead nodes' sessions, until `stop`.
+    pub fn run(self: &Arc<Self>, registry: Arc<Registry>, stop: CancellationToken) {
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(RENEW_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => me.upkeep(&registry).await,
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    async fn upkeep(self: &Arc<Self>, registry: &Registry) {
+        let url = self.url.clone();
+        match self.db.run(move |s| s.node_renew(&url)).await {
+            // A survivor took this node for dead: say again what it holds.
+            Ok(false) => {
+                tracing::warn!("this node's lease had lapsed; announcing its agents again");
+                for conn in registry.all() {
+                    self.agent_online(&conn).await;
+                }
+            }
+            Ok(true) => {}
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "could not renew the lease"),
+        }
+        match self.db.run(|s| s.sweep_dead_nodes()).await {
+            Ok(orphans) => {
+                for o in orphans {
+                    tracing::warn!(session = %o.id, node = %o.node, "ended a dead node's session");
+                    let mut ev = NewEvent::new(
+                        AuditKind::SessionEnded,
+                        format!("broker_crash: node {} stopped during the session", o.node),
+                    );
+                    ev.tenant_id = Some(o.tenant_id);
+                    ev.agent = Some(o.agent);
+                    ev.operator = Some(o.operator);
+                    ev.session = Some(o.id);
+                    self.db.audit(ev);
+                }
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "could not sweep dead nodes"),
+        }
+    }
+
+    /// A clean stop: this node leaves the cluster, holding nothing.
+    pub async fn leave(&self) {
+        if let Err(e) = self.db.run(|s| s.node_stopped()).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not leave the cluster cleanly");
+        }
+    }
+
+    /// An agent signed in here: this node holds it now, and the node that held it before (if
+    /// another) drops its connection.
+    pub async fn agent_online(self: &Arc<Self>, conn: &Arc<AgentConn>) {
+        let (tenant, agent, id) = (conn.tenant_id, conn.agent.clone(), conn.conn_id);
+        let (peer, services) = (conn.peer.to_string(), conn.service_list());
+        let claimed = self
+            .db
+            .run(move |s| s.presence_claim(tenant, &agent, id, &peer, &services))
+            .await;
+        match claimed {
+            Ok(Some(before)) => {
+                // In a task: an unreachable node must not hold up this agent's sign-in.
+                let reason = format!(
+                    "replaced by a newer connection of the same agent (on node {})",
+                    self.node
+                );
+                let (me, agent) = (self.clone(), conn.agent.clone());
+                self.tasks.spawn(async move {
+                    me.drop_agent(&before, tenant, &agent, &reason).await;
+                });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "could not record presence"),
+        }
+    }
+
+    /// The agent's connection announces a different set of services.
+    pub async fn services_changed(&self, conn: &AgentConn) {
+        let (tenant, agent, id) = (conn.tenant_id, conn.agent.clone(), conn.conn_id);
+        let services: Vec<(ServiceName, u32)> = conn.service_list();
+        if let Err(e) = self
+            .db
+            .run(move |s| s.presence_services(tenant, &agent, id, &services))
+            .await
+        {
+            tracing::error!(error = %format!("{e:#}"), "could not record an agent's services");
+        }
+    }
+
+    /// The agent's connection here ended.
+    pub async fn agent_offline(&self, conn: &AgentConn) {
+        let (tenant, agent, id) = (conn.tenant_id, conn.agent.clone(), conn.conn_id);
+        if let Err(e) = self
+            .db
+            .run(move |s| s.presence_release(tenant, &agent, id))
+            .await
+        {
+            tracing::error!(error = %format!("{e:#}"), "could not release presence");
+        }
+    }
+
+    /// The live node holding an agent, when it is not this one.
+    pub async fn holder_elsewhere(&self, tenant: TenantId, agent: &AgentId) -> Option<Peer> {
+        let agent = agent.clone();
+        let held = self
+            .db
+            .run(move |s| s.presence_holder(tenant, &agent))
+            .await;
+        match held {
+            Ok(Some(h)) if h.node.name != self.node => Some(h.node),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "could not read presence");
+                None
+            }
+        }
+    }
+
+    /// Tells `peer` to drop its connection of the agent (reconnected elsewhere, or revoked).
+    pub async fn drop_agent(
+        &self,
+        peer: &Peer,
+        tenant_id: TenantId,
+        agent: &AgentId,
+        reason: &str,
+    ) {
+        let body = DropAgent {
+            tenant_id,
+            agent: agent.to_string(),
+            reason: reason.to_owned(),
+        };
+        let sent = match serde_json::to_vec(&body) {
+            Ok(bytes) => {
+                let req = self.request(hyper::Method::POST, DROP_AGENT_PATH, None, bytes.into());
+                match req {
+                    Ok(req) => self
+                        .connector
+                        .send(&peer.url, req)
+                        .await
+                        .map(|r| r.status()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e.into()),
+        };
+        match sent {
+            Ok(s) if s.is_success() => {}
+            Ok(s) => {
+                tracing::warn!(node = %peer.name, status = %s, "node refused to drop an agent")
+            }
+            Err(e) => {
+                tracing::warn!(node = %peer.name, error = %format!("{e:#}"), "could not reach a node to drop an agent");
+            }
+        }
+    }
+
+    /// A request to another node, signed.
+    fn request(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        client: Option<&str>,
+        body: axum::body::Body,
+    ) -> anyhow::Result<hyper::Request<axum::body::Body>> {
+        let mut b = hyper::Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(hyper::header::HOST, "passerelle-node")
+            .header(
+                link::NODE_HEADER,
+                self.key.sign(
+                    &self.node,
+                    now_ms(),
+                    method.as_str(),
+                    path,
+                    client.unwrap_or(""),
+                ),
+            )
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(c) = client {
+            b = b.header(link::CLIENT_HEADER, c);
+        }
+        Ok(b.body(body)?)
+    }
+
+    /// Checks a request's node header.
+    pub fn verify(
+        &self,
+        header: &str,
+        method: &str,
+        path: &str,
+        client: Option<&str>,
+    ) -> Result<link::FromNode, link::LinkRefusal> {
+        self.key.verify(header, now_ms(), method, path, client)
+    }
+
+    /// Signs `parts` (a client's request being forwarded for `client`) for `peer`, sends it
+    /// with `body`, and returns the answer.
+    pub async fn forward(
+        &self,
+        peer: &Peer,
+        mut parts: hyper::http::request::Parts,
+        body: axum::body::Body,
+        client: &str,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let signed = self
+            .key
+            .sign(&self.node, now_ms(), parts.method.as_str(), &path, client);
+        parts.uri = path.parse()?;
+        parts.headers.insert(link::NODE_HEADER, signed.parse()?);
+        parts.headers.insert(link::CLIENT_HEADER, client.parse()?);
+        parts.version = hyper::Version::HTTP_11;
+        let req = hyper::Request::from_parts(parts, body);
+        self.connector.send(&peer.url, req).await
+    }
+
+    /// Every task the cluster spawns (link connections, the lease).
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+}
