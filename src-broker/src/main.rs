@@ -438,7 +438,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(token) = args.enroll_token() {
                 cli_kit::check_token(&store, &args.tenant, tenant, token)?;
             }
-            let key = keys::load_or_create_host_key(&config.data_dir)?;
+            let key = keys::load_or_create_host_key(config.identity_dir())?;
             let lines = cli_kit::run(
                 args,
                 |host, port| Ok(keys::known_hosts_line(host, port, &key)),
@@ -553,7 +553,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::HostKey { known_hosts_host } => {
             let config = file_config(&cli)?.into_config()?;
             passerelle::file_modes::create_data_dir(&config.data_dir)?;
-            let key = keys::load_or_create_host_key(&config.data_dir)?;
+            let key = keys::load_or_create_host_key(config.identity_dir())?;
             let (host, port) = known_hosts_host
                 .rsplit_once(':')
                 .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))

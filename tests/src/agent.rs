@@ -95,7 +95,7 @@ impl Forward {
         Self::Numeric { remote_port, port }
     }
 
-    fn arg(&self) -> String {
+    pub(crate) fn arg(&self) -> String {
         match self {
             Self::Named { service, port } => format!("{service}:0:localhost:{port}"),
             Self::Numeric { remote_port, port } => format!("{remote_port}:127.0.0.1:{port}"),

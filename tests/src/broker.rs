@@ -22,6 +22,9 @@ use tokio::time::{Instant, sleep, timeout};
 use crate::process::{Banner, BrokerProcess};
 use crate::{POLL, WAIT, init};
 
+mod attach;
+pub use attach::Attached;
+
 /// A running broker and what a test needs to talk to it.
 ///
 /// Dropping it cancels the broker (no graceful wait) and removes its data dir.

@@ -11,9 +11,12 @@
 //! - child processes are killed when their handle drops.
 
 mod agent;
+pub mod agent_loop;
 mod broker;
+pub mod cluster;
 pub mod desktop;
 pub mod faults;
+pub mod haproxy;
 pub mod postgres;
 pub mod process;
 pub mod rdp;
@@ -28,12 +31,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use agent::{Agent, AgentKey, Forward, SshOutput, SshProcess};
-pub use broker::{TestBroker, admin_key_file, session_request};
+pub use broker::{Attached, TestBroker, admin_key_file, session_request};
 pub use postgres::TestPostgres;
 pub use process::passerelle_bin;
 pub use rfb_server::FakeVnc;
 pub use services::{ConnStats, EchoServer, SourceServer};
-pub use ws::{Closed, Ws};
+pub use ws::{Closed, Ws, WssStream};
 
 pub use passerelle_proto::api::{
     AgentInfo, AuditEvent, AuditPage, CreateSession, CreatedSession, IssuedToken, Role,

@@ -1,15 +1,19 @@
 //! [`Ws`]: the operator's side of a session, a WebSocket client (tokio-tungstenite 0.29, the
 //! version axum uses) that sends binary frames, reads byte counts across frames and expects
-//! close codes, every wait bounded.
+//! close codes, every wait bounded; over `ws://`, or `wss://` with a caller's TLS settings.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -31,9 +35,9 @@ pub struct Closed {
     pub discarded: usize,
 }
 
-/// A connected WebSocket viewer.
-pub struct Ws {
-    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// A connected WebSocket viewer, over plain TCP (`ws://`, the default) or TLS ([`WssStream`]).
+pub struct Ws<S = MaybeTlsStream<TcpStream>> {
+    stream: WebSocketStream<S>,
     pending: Vec<u8>,
     /// The subprotocol the server answered with, if any.
     pub subprotocol: Option<String>,
@@ -75,21 +79,6 @@ impl Ws {
         Ok(Self::from_parts(stream, &resp))
     }
 
-    fn from_parts(
-        stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
-        resp: &tokio_tungstenite::tungstenite::handshake::client::Response,
-    ) -> Self {
-        let subprotocol = resp
-            .headers()
-            .get("sec-websocket-protocol")
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        Self {
-            stream,
-            pending: Vec::new(),
-            subprotocol,
-        }
-    }
-
     /// Connects to `url` offering the subprotocol `protocol`.
     pub async fn connect_with(url: &str, protocol: Option<&str>) -> Result<Self> {
         let mut req = url.into_client_request().context("websocket url")?;
@@ -102,6 +91,49 @@ impl Ws {
             .context("websocket connect timed out")?
             .with_context(|| format!("websocket connect to {}", redact(url)))?;
         Ok(Self::from_parts(stream, &resp))
+    }
+}
+
+/// The stream of a `wss://` viewer ([`Ws::connect_tls`]).
+pub type WssStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+impl Ws<WssStream> {
+    /// Connects to a `wss://` `url` with TLS configured by `tls` (e.g. trusting one self-signed
+    /// certificate), offering no subprotocol. The URL's host is the TLS server name.
+    pub async fn connect_tls(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<Self> {
+        let req = url.into_client_request().context("websocket url")?;
+        let host = req.uri().host().context("url without host")?.to_owned();
+        let port = req.uri().port_u16().unwrap_or(443);
+        let name = ServerName::try_from(host.clone()).context("tls server name")?;
+        let tcp = timeout(WAIT, TcpStream::connect((host.as_str(), port)))
+            .await
+            .context("tcp connect timed out")??;
+        let tls = timeout(WAIT, TlsConnector::from(tls).connect(name, tcp))
+            .await
+            .context("tls handshake timed out")?
+            .with_context(|| format!("tls handshake with {host}:{port}"))?;
+        let (stream, resp) = timeout(WAIT, client_async(req, tls))
+            .await
+            .context("websocket handshake timed out")?
+            .with_context(|| format!("websocket connect to {}", redact(url)))?;
+        Ok(Self::from_parts(stream, &resp))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
+    fn from_parts(
+        stream: WebSocketStream<S>,
+        resp: &tokio_tungstenite::tungstenite::handshake::client::Response,
+    ) -> Self {
+        let subprotocol = resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        Self {
+            stream,
+            pending: Vec::new(),
+            subprotocol,
+        }
     }
 
     /// Sends one message, bounded in time.
@@ -185,6 +217,24 @@ impl Ws {
         let back = self.read_exact(data.len()).await?;
         if let Some(i) = back.iter().zip(data).position(|(a, b)| a != b) {
             bail!("echoed bytes differ from offset {i} of {}", data.len());
+        }
+        Ok(())
+    }
+
+    /// Sends `total` bytes of [`crate::pattern_byte`]`(offset, seed)` to an echo service in
+    /// round trips of `chunk` bytes, checking every byte that comes back (a lost, duplicated or
+    /// reordered byte fails at its offset).
+    pub async fn echo_transfer(&mut self, total: u64, chunk: usize, seed: u8) -> Result<()> {
+        let mut offset = 0u64;
+        while offset < total {
+            let len = chunk.min(usize::try_from(total - offset).unwrap_or(chunk));
+            let data: Vec<u8> = (offset..offset + len as u64)
+                .map(|i| crate::pattern_byte(i, seed))
+                .collect();
+            self.round_trip(&data)
+                .await
+                .with_context(|| format!("echo transfer at offset {offset} of {total}"))?;
+            offset += len as u64;
         }
         Ok(())
     }
