@@ -72,6 +72,8 @@ pub struct Cluster {
     tasks: TaskTracker,
     /// Cancelled when the broker stops: forwarded connections end with it.
     pub stop: CancellationToken,
+    /// When each unreachable node was last reported (one warning per node per lease).
+    unreachable: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -106,6 +108,7 @@ impl Cluster {
             db,
             tasks,
             stop,
+            unreachable: std::sync::Mutex::default(),
         }))
     }
 
@@ -347,6 +350,14 @@ impl Cluster {
         parts.version = hyper::Version::HTTP_11;
         let req = hyper::Request::from_parts(parts, body);
         self.connector.send(&peer.url, req).await
+    }
+
+    /// Whether a failure to reach `peer` is news (not reported within a lease's time).
+    pub fn first_failure(&self, peer: &Peer) -> bool {
+        let now = now_ms();
+        let mut seen = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|_, at| now - *at < crate::store::cluster::LEASE_MS);
+        seen.insert(peer.name.clone(), now).is_none()
     }
 
     /// Every task the cluster spawns (link connections, the lease).

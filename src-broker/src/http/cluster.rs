@@ -10,7 +10,6 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
-use hyper_util::rt::TokioIo;
 use passerelle_proto::ids::AgentId;
 
 use super::server::ConnSlot;
@@ -120,7 +119,9 @@ pub(super) async fn forward(cluster: &Arc<Cluster>, peer: &Peer, mut req: Reques
     let answer = match cluster.forward(peer, parts, body, &client).await {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(node = %peer.name, error = %format!("{e:#}"), "node link failed");
+            if cluster.first_failure(peer) {
+                tracing::warn!(node = %peer.name, error = %format!("{e:#}"), "node link failed (said once per node per lease)");
+            }
             return ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "node_unreachable",
@@ -135,16 +136,10 @@ pub(super) async fn forward(cluster: &Arc<Cluster>, peer: &Peer, mut req: Reques
         let stop = cluster.stop.clone();
         cluster.tasks().spawn(async move {
             let _slot = slot;
-            let (Ok(a), Ok(b)) = (theirs.await, ours.await) else {
+            let (Ok(client), Ok(upstream)) = (theirs.await, ours.await) else {
                 return tracing::debug!("a forwarded upgrade did not complete");
             };
-            let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
-            tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut a, &mut b) => if let Err(e) = r {
-                    tracing::debug!(error = %e, "forwarded connection ended");
-                },
-                () = stop.cancelled() => {}
-            }
+            super::cluster_pipe::pipe(client, upstream, stop).await;
         });
         let (parts, _) = answer.into_parts();
         (parts, axum::body::Body::empty())

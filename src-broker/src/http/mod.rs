@@ -8,6 +8,7 @@ mod auth;
 mod body;
 mod ca;
 mod cluster;
+mod cluster_pipe;
 mod enroll;
 mod error;
 mod headers;
