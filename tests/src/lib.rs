@@ -14,6 +14,7 @@ mod agent;
 mod broker;
 pub mod desktop;
 pub mod faults;
+pub mod oidc;
 pub mod postgres;
 pub mod process;
 pub mod rdp;
