@@ -56,6 +56,12 @@ install_page_driver() {
     echo "install-test-deps: npm ci in tests/browser" >&2
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
+  # The OpenID provider of the console sign-in tests (tests/oidc/provider.mjs).
+  dir="$(dirname "${BASH_SOURCE[0]}")/../tests/oidc"
+  if [ ! -d "$dir/node_modules/oidc-provider" ]; then
+    echo "install-test-deps: npm ci in tests/oidc" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
 }
 
 # The terminal tests (tests/tests/terminal.rs) start their own sshd and log in as this user.

@@ -11,6 +11,7 @@ pub mod enroll;
 pub mod fuzzing;
 pub mod ids;
 pub mod launch;
+pub mod oidc;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod origin;

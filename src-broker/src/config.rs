@@ -109,6 +109,8 @@ pub struct Config {
     pub ssh_auth_failure_limit: u32,
     /// Audit events older than this many days are deleted (at start and hourly); 0 keeps them.
     pub audit_retention_days: u32,
+    /// How long a console sign-in (OpenID Connect) lasts before the person signs in again.
+    pub console_session_ttl: Duration,
     /// Reverse proxies (HAProxy, nginx...) whose word on the client's address is believed:
     /// `X-Forwarded-For` on the HTTP listener, a PROXY protocol v2 header on the SSH listener
     /// (required from them there).
@@ -267,6 +269,7 @@ pub struct FileConfig {
     pub max_preauth_per_source: Option<usize>,
     pub ssh_auth_failure_limit: Option<u32>,
     pub audit_retention_days: Option<u32>,
+    pub console_session_secs: Option<u64>,
     pub trusted_proxies: Option<Vec<String>>,
     pub viewer_stall_secs: Option<u64>,
     pub max_sessions_per_tenant: Option<usize>,
@@ -337,6 +340,7 @@ impl FileConfig {
             max_preauth_per_source,
             ssh_auth_failure_limit,
             audit_retention_days,
+            console_session_secs,
             trusted_proxies,
             viewer_stall_secs,
             max_sessions_per_tenant,
@@ -437,6 +441,7 @@ impl FileConfig {
             max_preauth_per_source: self.max_preauth_per_source.unwrap_or(64),
             ssh_auth_failure_limit: self.ssh_auth_failure_limit.unwrap_or(30),
             audit_retention_days: self.audit_retention_days.unwrap_or(400),
+            console_session_ttl: secs(self.console_session_secs, 8 * 3600),
             trusted_proxies: self
                 .trusted_proxies
                 .unwrap_or_default()
@@ -653,6 +658,7 @@ mod tests {
         assert_eq!(c.max_preauth_per_source, d.max_preauth_per_source);
         assert_eq!(c.ssh_auth_failure_limit, d.ssh_auth_failure_limit);
         assert_eq!(c.audit_retention_days, d.audit_retention_days);
+        assert_eq!(c.console_session_ttl, d.console_session_ttl);
         assert_eq!(c.trusted_proxies, d.trusted_proxies);
         // The metrics options are shown commented out: off by default.
         assert_eq!((c.metrics_listen, d.metrics_listen), (None, None));

@@ -24,6 +24,7 @@
 //! - [`store`]: SQLite (tenants, keys, agents, sessions, audit) and its async face [`store::Db`].
 //! - [`throttle`]: per-address limits on failed credentials.
 //! - [`netaddr`]: trusted proxies and the client address behind them.
+//! - [`oidc`]: console sign-in with OpenID Connect (flow state, provider calls, ID token checks).
 //! - [`file_modes`]: the data dir's permissions, checked and narrowed at start.
 //! - [`kit`]: agent kits (install scripts for Linux and Windows workstations).
 //! - [`cluster`]: several nodes on one PostgreSQL store: shared identity, leases, the node link.
@@ -43,6 +44,7 @@ pub mod keys;
 pub mod kit;
 pub(crate) mod metrics;
 pub(crate) mod netaddr;
+pub(crate) mod oidc;
 pub mod recording;
 pub(crate) mod registry;
 pub(crate) mod secrets;

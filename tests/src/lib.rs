@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod desktop;
 pub mod faults;
 pub mod haproxy;
+pub mod oidc;
 pub mod postgres;
 pub mod process;
 pub mod rdp;

@@ -1,4 +1,5 @@
-//! API key authentication (`Authorization: Bearer <key>`) and role checks.
+//! API authentication: an API key (`Authorization: Bearer <key>`), or the console's session
+//! cookie of a person signed in with OpenID Connect ([`super::oidc_cookie`]); role checks.
 
 use std::net::SocketAddr;
 
@@ -17,8 +18,11 @@ pub(super) struct Caller {
     /// The API key's public id (never the secret).
     pub key_id: String,
     pub role: Role,
-    /// `X-Passerelle-Operator`, when the console names the human behind the call.
+    /// `X-Passerelle-Operator`, when the console names the human behind the call; for a
+    /// signed-in person, their name (the header is ignored).
     pub operator: Option<String>,
+    /// The browser session, when a signed-in person calls (then `key_id` is `session:<id>`).
+    pub console: Option<crate::store::ConsoleSession>,
 }
 
 impl Caller {
@@ -26,6 +30,9 @@ impl Caller {
     pub(super) fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
         if roles.contains(&self.role) {
             return Ok(());
+        }
+        if self.console.is_some() {
+            return Err(super::oidc_cookie::role_refusal(self.role));
         }
         Err(ApiError::forbidden(format!(
             "an API key with role {} may not do this",
@@ -38,6 +45,14 @@ impl Caller {
         self.operator
             .clone()
             .unwrap_or_else(|| format!("api-key:{}", self.key_id))
+    }
+
+    /// The operator a new session records: the signed-in person, else what the body says.
+    pub(super) fn operator_for(&self, asked: String) -> String {
+        match &self.console {
+            Some(session) => session.name.clone(),
+            None => asked,
+        }
     }
 
     /// The caller as the session core names who did something.
@@ -66,15 +81,27 @@ impl FromRequestParts<App> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let Some(key) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
-            return Err(ApiError::unauthorized(
-                "send Authorization: Bearer <API key>",
-            ));
-        };
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
+        let Some(key) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+            let cookie =
+                super::oidc_cookie::cookie(&parts.headers, super::oidc_cookie::SESSION_COOKIE);
+            let Some(cookie) = cookie.filter(|_| header.is_none()) else {
+                return Err(ApiError::unauthorized(
+                    "send Authorization: Bearer <API key>, or sign in to the console",
+                ));
+            };
+            if let Some(peer) = peer {
+                state
+                    .guard
+                    .allowed(peer)
+                    .map_err(ApiError::too_many_attempts)?;
+            }
+            return super::oidc_cookie::caller(&parts.headers, &parts.method, peer, state, cookie)
+                .await;
+        };
         if let Some(peer) = peer {
             state
                 .guard
@@ -132,6 +159,7 @@ impl FromRequestParts<App> for Caller {
             key_id,
             role,
             operator,
+            console: None,
         })
     }
 }

@@ -13,6 +13,9 @@ mod enroll;
 mod error;
 mod headers;
 mod keys;
+mod oidc;
+mod oidc_api;
+mod oidc_cookie;
 mod openapi;
 mod pages;
 mod rdp;
@@ -143,6 +146,7 @@ pub(crate) fn router(app: App) -> Router {
             get(api::get_tenant).patch(api::patch_tenant),
         )
         .merge(keys::routes())
+        .merge(oidc::routes())
         .route("/api/v1/tenant/ssh-ca", get(ca::list).post(ca::add))
         .route(
             "/api/v1/tenant/ssh-ca/revoked",

@@ -25,7 +25,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{agents, api, ca, enroll, keys, rdp, replay, sessions, terminal, ws};
+use super::{agents, api, ca, enroll, keys, oidc, oidc_api, rdp, replay, sessions, terminal, ws};
 
 /// The path the document is served at.
 pub(crate) const PATH: &str = "/api/v1/openapi.json";
@@ -114,6 +114,10 @@ or `?token=`.";
         ca::remove,
         ca::revoked,
         ca::revoke,
+        oidc_api::get,
+        oidc_api::put,
+        oidc_api::delete,
+        oidc::me,
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes)
@@ -142,6 +146,16 @@ impl Modify for SecuritySchemes {
                  do: each operation lists the roles it accepts. A console may name the person \
                  behind a call in `X-Passerelle-Operator` (recorded in the audit).",
             ),
+        );
+        components.add_security_scheme(
+            "console_session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "passerelle_session",
+                "A person signed in to the console with the tenant's OpenID provider \
+                 (`/console/signin`). Every operation accepts it in place of an API key, with \
+                 the role the provider's claim maps to; the person's name is the operator. \
+                 Calls that change something must come from the broker's own page (`Origin`).",
+            ))),
         );
         components.add_security_scheme(
             "exchange_token",

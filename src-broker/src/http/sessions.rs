@@ -152,7 +152,7 @@ pub(super) async fn create_session(
         tenant_id: caller.tenant_id,
         agent: req.agent,
         service: req.service,
-        operator: req.operator,
+        operator: caller.operator_for(req.operator),
         record: req.record,
         view_only: req.view_only,
         legacy: req.legacy,

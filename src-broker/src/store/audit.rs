@@ -76,6 +76,15 @@ pub enum AuditKind {
     SshCertRevoked,
     /// `passerelle ca sign` issued a certificate (serial, principal, validity).
     SshCertIssued,
+    /// A person signed in to the console with the tenant's OpenID provider (name, subject,
+    /// role; the browser session's id).
+    ConsoleSignIn,
+    /// A console sign-in was refused (why: state, nonce, issuer, audience, expiry, code...).
+    ConsoleSignInRefused,
+    /// A person signed out of the console.
+    ConsoleSignOut,
+    /// An admin set or removed the tenant's OpenID Connect settings.
+    OidcChanged,
 }
 
 impl AuditKind {
@@ -122,6 +131,10 @@ impl AuditKind {
             Self::SshCaRemoved => "ssh_ca_removed",
             Self::SshCertRevoked => "ssh_cert_revoked",
             Self::SshCertIssued => "ssh_cert_issued",
+            Self::ConsoleSignIn => "console_sign_in",
+            Self::ConsoleSignInRefused => "console_sign_in_refused",
+            Self::ConsoleSignOut => "console_sign_out",
+            Self::OidcChanged => "oidc_changed",
         }
     }
 }

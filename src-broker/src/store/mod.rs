@@ -18,6 +18,7 @@ mod embedding;
 mod enroll;
 mod fleet;
 mod keys;
+mod oidc;
 mod open;
 #[cfg(test)]
 mod pg_tests;
@@ -54,6 +55,7 @@ pub use ca::{
 pub use db::Db;
 pub use enroll::{Enrollment, NewToken, Refusal, Refused, TokenRecord};
 pub use keys::{KeyRefusal, RevokeError, Revoked};
+pub use oidc::{ConsoleSession, OidcSettings};
 pub use rdp::{PinCheck, check as check_rdp_login};
 pub use search::{MAX_QUERY, TextMatch};
 pub use ssh::{AgentSsh, TenantSsh, check_agent_ssh, check_username};
@@ -235,6 +237,7 @@ ALTER TABLE agents ADD COLUMN rdp_cert_pinned_at INTEGER;
     Migration::Both(enroll::MIGRATION),
     Migration::Both(ca::MIGRATION),
     Migration::Both(cluster::MIGRATION),
+    Migration::Both(oidc::MIGRATION),
 ];
 
 /// The database under a store.

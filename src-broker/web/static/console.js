@@ -1,9 +1,18 @@
 // A small console for trying Passerelle without the platform's: agents and their services,
 // open a session in the browser or the desktop app, live sessions with a stop button, audit.
-// The API key stays in this tab's sessionStorage.
+// Two ways in: a person signed in with the tenant's OpenID provider (a session cookie the page
+// never sees; the broker records their name as the operator), or an API key with a name typed
+// in (the key stays in this tab's sessionStorage).
 const $ = (id) => document.getElementById(id);
 let key = sessionStorage.getItem('passerelle-key') || '';
 let operator = sessionStorage.getItem('passerelle-operator') || '';
+// The signed-in person (GET /api/v1/console/me), or null when the page uses an API key.
+let me = null;
+
+// The headers of an API call: none to authenticate when signed in (the cookie goes by itself).
+function authHeaders() {
+  return me ? {} : { Authorization: `Bearer ${key}`, 'X-Passerelle-Operator': operator };
+}
 
 function el(tag, text, attrs = {}) {
   const e = document.createElement(tag);
@@ -20,10 +29,11 @@ function showError(msg) {
 async function api(method, path, body) {
   const res = await fetch(path, {
     method,
-    headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json', 'X-Passerelle-Operator': operator },
+    headers: { ...authHeaders(), 'Content-Type': 'application/json' },
     body: body ? JSON.stringify(body) : undefined,
   });
   if (res.status === 204) return null;
+  if (res.status === 401 && me) signedOut('Your sign-in has ended (signed out or expired): sign in again.');
   const data = await res.json().catch(() => ({}));
   if (!res.ok) throw new Error((data.error && data.error.message) || `HTTP ${res.status}`);
   return data;
@@ -31,7 +41,7 @@ async function api(method, path, body) {
 
 // A page of the agent list: the body, and the next page's cursor (a response header).
 async function apiPage(path) {
-  const res = await fetch(path, { headers: { Authorization: `Bearer ${key}`, 'X-Passerelle-Operator': operator } });
+  const res = await fetch(path, { headers: authHeaders() });
   const data = await res.json().catch(() => ({}));
   if (!res.ok) throw new Error((data.error && data.error.message) || `HTTP ${res.status}`);
   return { data, next: res.headers.get('X-Next-Cursor') };
@@ -83,7 +93,7 @@ $('agents-prev').addEventListener('click', () => {
 
 async function open(agent, service, inBrowser) {
   try {
-    const s = await api('POST', '/api/v1/sessions', { agent, service, operator });
+    const s = await api('POST', '/api/v1/sessions', { agent, service, operator: me ? me.name : operator });
     if (inBrowser) window.open(s.viewer_url, '_blank', 'noopener');
     else location.href = s.launch_url;
     refresh();
@@ -215,7 +225,7 @@ async function refreshHistory() {
 }
 
 async function refresh() {
-  if (!key) return;
+  if (!key && !me) return;
   try {
     const [, pending, active] = await Promise.all([
       refreshAgents(), api('GET', '/api/v1/sessions?state=pending'), api('GET', '/api/v1/sessions?state=active'),
@@ -233,6 +243,45 @@ $('history-filter').addEventListener('submit', (e) => {
   refreshHistory();
 });
 
+// The sign-in state: who is signed in, or the two ways in.
+function showSignedIn() {
+  $('who-name').textContent = me.name;
+  $('who-role').textContent = me.role;
+  $('who-tenant').textContent = me.tenant;
+  $('who').hidden = false;
+  $('signin').hidden = true;
+  $('login').hidden = true;
+}
+
+function signedOut(message) {
+  me = null;
+  $('who').hidden = true;
+  $('signin').hidden = false;
+  $('login').hidden = false;
+  $('app').hidden = true;
+  showError(message || '');
+}
+
+async function whoAmI() {
+  const res = await fetch('/api/v1/console/me');
+  if (!res.ok) return;
+  const who = await res.json().catch(() => null);
+  if (who && who.via === 'session') {
+    me = who;
+    showSignedIn();
+  }
+}
+
+$('signout').addEventListener('click', async () => {
+  try {
+    const res = await fetch('/console/signout', { method: 'POST' });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    signedOut('Signed out.');
+  } catch (e) { showError(`Could not sign out: ${e.message}`); }
+});
+
+const asked = new URLSearchParams(location.search).get('tenant');
+if (asked) $('signin-tenant').value = asked;
 $('key').value = key;
 $('operator').value = operator;
 $('login').addEventListener('submit', (e) => {
@@ -249,5 +298,5 @@ $('forget').addEventListener('click', () => {
   $('key').value = '';
   $('app').hidden = true;
 });
-refresh();
+whoAmI().then(refresh);
 setInterval(refresh, 5000);
