@@ -47,7 +47,7 @@
   }
 
   let last = null;
-  let hash = 0;
+  let hash = null;
   function tick() {
     if (!st.on) return;
     const t = now();
@@ -60,7 +60,7 @@
         last = [p[0], p[1], p[2]];
       }
       const h = rowsHash(ctx, c.width, c.height);
-      if (h !== hash) st.frames += 1;
+      if (hash !== null && h !== hash) st.frames += 1;
       hash = h;
     }
     st.ticks += 1;
@@ -78,7 +78,7 @@
     start(px, py) {
       Object.assign(st, { on: true, bytes: 0, msgs: 0, changes: [], frames: 0, ticks: 0, px, py, t0: now() });
       last = null;
-      hash = 0;
+      hash = null;
       requestAnimationFrame(tick);
     },
     stop() {
