@@ -7,6 +7,7 @@ use clap::Parser;
 
 use crate::measure::Direction;
 use crate::run::Plan;
+use crate::screen::{ScreenPlan, Workload};
 
 /// Benchmark Passerelle against sshd + `ssh -R` + websockify on 127.0.0.1.
 #[derive(Debug, Parser)]
@@ -95,6 +96,30 @@ pub struct Args {
     /// disconnecting, sessions opening and closing), sampling the broker's RSS and open files.
     #[arg(long)]
     pub soak_minutes: Option<f64>,
+    /// Instead of the benchmarks: the operator's screen (issue 17) — one x11vnc + Xvfb 1920x1080
+    /// display through (a) the broker's noVNC page, (b) noVNC + websockify and (c) Apache
+    /// Guacamole (guacd + guacamole-lite), in one headless Chromium: update latency, canvas
+    /// updates per second, bytes to the browser, server and browser CPU (`--runs` runs).
+    #[arg(long)]
+    pub screen: bool,
+    /// Screen benchmark: seconds each stack is measured per workload and run. Default 10, quick 4.
+    #[arg(long)]
+    pub screen_secs: Option<f64>,
+    /// Screen benchmark: the workloads, comma-separated, from square, video, terminal.
+    #[arg(long, value_delimiter = ',', default_value = "square,video,terminal", value_parser = ["square", "video", "terminal"])]
+    pub screen_workloads: Vec<String>,
+    /// Screen benchmark: guacd for stack (c), e.g. PREFIX/sbin/guacd of `bench/guacd/build.sh SRC
+    /// PREFIX`. Default: `guacd` on PATH; without one, stack (c) is skipped.
+    #[arg(long)]
+    pub guacd: Option<PathBuf>,
+    /// Screen benchmark: after each workload, profile each stack's server processes for one more
+    /// window with `perf record` (not counted in the figures); reports go under this directory.
+    #[arg(long)]
+    pub screen_perf: Option<PathBuf>,
+    /// Screen benchmark: the Node side (driver, pages, guacamole-lite) with `npm ci` done.
+    /// Default: bench/screen of the checkout this harness was built from.
+    #[arg(long)]
+    pub screen_dir: Option<PathBuf>,
     /// Keep the temporary directory (configs, keys, logs of every process) and print its path.
     #[arg(long)]
     pub keep_tmp: bool,
@@ -107,6 +132,18 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
 }
 
+/// `given`, or `name` found on PATH.
+fn find_on_path(given: Option<&std::path::Path>, name: &str) -> Option<PathBuf> {
+    if let Some(g) = given {
+        return Some(g.to_owned());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
 fn cipher_name(s: &str) -> &'static str {
     match s {
         "aes256-gcm@openssh.com" => "aes256-gcm@openssh.com",
@@ -116,6 +153,32 @@ fn cipher_name(s: &str) -> &'static str {
 }
 
 impl Args {
+    /// The screen benchmark's plan (`--screen`).
+    pub fn screen_plan(&self) -> ScreenPlan {
+        let q = self.quick;
+        ScreenPlan {
+            runs: self.runs.unwrap_or(if q { 3 } else { 5 }).max(1),
+            window: Duration::from_secs_f64(
+                self.screen_secs
+                    .unwrap_or(if q { 4.0 } else { 10.0 })
+                    .clamp(2.0, 600.0),
+            ),
+            workloads: self
+                .screen_workloads
+                .iter()
+                .filter_map(|w| Workload::parse(w))
+                .collect(),
+            guacd: find_on_path(self.guacd.as_deref(), "guacd"),
+            screen_dir: self
+                .screen_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("screen")),
+            cipher: cipher_name(&self.cipher),
+            agent_options: self.agent_option.clone(),
+            perf: self.screen_perf.clone(),
+        }
+    }
+
     pub fn plan(&self) -> Plan {
         let q = self.quick;
         let mut directions = vec![Direction::Down];

@@ -239,6 +239,33 @@ pub fn cpu_delta(
         .collect()
 }
 
+/// CPU time (ticks of 10 ms) of `root` and those of its descendants that `keep` accepts (given
+/// the pid), whoever their parent is: a process tree's CPU, e.g. sshd and its per-connection
+/// processes, or Chromium's renderers alone.
+pub fn subtree_ticks(root: u32, keep: impl Fn(u32) -> bool) -> u64 {
+    let procs = scan();
+    descendants(&procs, root)
+        .into_iter()
+        .filter(|&pid| keep(pid))
+        .filter_map(|pid| procs.get(&pid).map(|p| p.ticks))
+        .sum()
+}
+
+/// `root` and every process below it, now.
+pub fn descendants_of(root: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = descendants(&scan(), root).into_iter().collect();
+    out.sort_unstable();
+    out
+}
+
+/// Whether `/proc/<pid>/cmdline` contains `needle` (Chromium rewrites its processes' titles into
+/// one space-separated string, so arguments are not matched one by one).
+pub fn cmdline_has(pid: u32, needle: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        .unwrap_or(false)
+}
+
 /// Seconds of one tick in [`tree_cpu`].
 pub fn tick_secs() -> f64 {
     1.0 / TICKS_PER_SEC

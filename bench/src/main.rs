@@ -19,6 +19,7 @@ mod measure;
 mod recording;
 mod report;
 mod run;
+mod screen;
 mod service;
 mod soak;
 mod stacks;
@@ -164,6 +165,12 @@ async fn main() -> anyhow::Result<()> {
         Some((
             "Recording on vs off",
             recording::recording_on_off(&broker_cmd, &dir, plan.cipher, mib, plan.runs).await?,
+        ))
+    } else if args.screen {
+        let screen = args.screen_plan();
+        Some((
+            "The operator's screen: Passerelle, noVNC + websockify, Guacamole",
+            screen::run(&screen, &broker_cmd, &dir).await?,
         ))
     } else if let Some(minutes) = args.soak_minutes {
         let service = service::Service::start().await?;

@@ -39,6 +39,22 @@ impl Proc {
         log: &Path,
         pipe_stdout: bool,
     ) -> anyhow::Result<Self> {
+        cmd.stdin(Stdio::null());
+        Self::spawn_inner(name, cmd, log, pipe_stdout)
+    }
+
+    /// [`Self::spawn`] with stdin and stdout piped (a process driven by commands on stdin).
+    pub fn spawn_with_stdin(name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Self> {
+        cmd.stdin(Stdio::piped());
+        Self::spawn_inner(name, cmd, log, true)
+    }
+
+    fn spawn_inner(
+        name: &str,
+        cmd: &mut Command,
+        log: &Path,
+        pipe_stdout: bool,
+    ) -> anyhow::Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -49,7 +65,6 @@ impl Proc {
             Stdio::from(file.try_clone()?)
         };
         let child = cmd
-            .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::from(file))
             .process_group(0)
@@ -201,7 +216,8 @@ pub async fn banner_reachable(addr: SocketAddr) -> bool {
         let mut s = TcpStream::connect(addr).await?;
         let mut b = [0u8; BANNER.len()];
         s.read_exact(&mut b).await?;
-        anyhow::Ok(&b == BANNER)
+        // The bench's own service, or a VNC server's version line (the screen benchmark).
+        anyhow::Ok(&b == BANNER || b.starts_with(b"RFB "))
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(2), probe).await,

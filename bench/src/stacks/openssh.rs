@@ -172,6 +172,16 @@ impl Baseline {
         super::negotiated_cipher(&self.agent_log)
     }
 
+    /// sshd's process id (its per-connection processes are its descendants).
+    pub fn sshd_pid(&self) -> u32 {
+        self.sshd.pid()
+    }
+
+    /// The main websockify's process id (its per-connection workers are its descendants).
+    pub fn websockify_pid(&self) -> u32 {
+        self.websockify.pid()
+    }
+
     /// Stops everything, agents first.
     pub async fn stop(mut self) {
         for a in &mut self.agents {
