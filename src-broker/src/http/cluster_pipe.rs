@@ -103,7 +103,9 @@ pub(super) async fn pipe(client: Upgraded, upstream: Upgraded, stop: Cancellatio
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     frames.feed(&buf[..n]);
-                    if cw.write_all(&buf[..n]).await.is_err() {
+                    // Flushed each time: the client's side may be TLS, which would otherwise
+                    // keep the tail of a burst until more comes.
+                    if cw.write_all(&buf[..n]).await.is_err() || cw.flush().await.is_err() {
                         return;
                     }
                 }
