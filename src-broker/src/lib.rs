@@ -45,6 +45,7 @@ pub mod kit;
 pub(crate) mod metrics;
 pub(crate) mod netaddr;
 pub(crate) mod oidc;
+pub(crate) mod pinned;
 pub mod recording;
 pub(crate) mod registry;
 pub(crate) mod secrets;

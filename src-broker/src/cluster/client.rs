@@ -1,5 +1,6 @@
 //! The node link's client side: one HTTP/1.1 connection per request to another node's listener
-//! (its `node_url`), over TLS pinned to the cluster's certificate when the URL is `https://`.
+//! (its `node_url`), over TLS pinned to the cluster's certificate (`crate::pinned`) when the
+//! URL is `https://`.
 //! Upgrades (WebSockets) pass through: the caller gets the upgraded stream.
 
 use std::sync::Arc;
@@ -7,77 +8,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest as _, Sha256};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
+use crate::pinned::PinVerifier;
+
 /// Connecting to a node (TCP and TLS) must be done within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Accepts exactly the cluster's certificate (every node presents the same one).
-#[derive(Debug)]
-struct Pinned {
-    sha256: [u8; 32],
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if subtle::ConstantTimeEq::ct_eq(&got[..], &self.sha256[..]).into() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the node's certificate is not the cluster's".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
 
 /// Connects to other nodes.
 #[derive(Clone)]
@@ -127,10 +65,11 @@ impl Connector {
             .and_then(|v| v.try_into().ok())
             .context("the cluster certificate's fingerprint")?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let verifier = PinVerifier::new(Some(sha256), &provider);
+        let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned { sha256, provider }))
+            .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
         Ok(Self {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),

@@ -130,7 +130,7 @@ pub(super) async fn forward(cluster: &Arc<Cluster>, peer: &Peer, mut req: Reques
             .into_response();
         }
     };
-    let (parts, mut body) = if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
+    let (parts, body) = if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
         let mut answer = answer;
         let ours = hyper::upgrade::on(&mut answer);
         let stop = cluster.stop.clone();
@@ -147,9 +147,7 @@ pub(super) async fn forward(cluster: &Arc<Cluster>, peer: &Peer, mut req: Reques
         let (parts, incoming) = answer.into_parts();
         (parts, axum::body::Body::new(incoming))
     };
-    let mut response = Response::from_parts(parts, axum::body::Body::empty());
-    std::mem::swap(response.body_mut(), &mut body);
-    response
+    Response::from_parts(parts, body)
 }
 
 /// `POST /cluster/v1/drop-agent` (node link only): drops this node's connection of an agent.

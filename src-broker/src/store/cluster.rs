@@ -118,12 +118,16 @@ fn services_of(text: &str) -> Vec<(ServiceName, u32)> {
         .collect()
 }
 
+fn peer_row(r: &Row) -> super::sql::Result<Peer> {
+    Ok(Peer {
+        name: r.get(0)?,
+        url: r.get(1)?,
+    })
+}
+
 fn holder_row(r: &Row) -> super::sql::Result<Holder> {
     Ok(Holder {
-        node: Peer {
-            name: r.get(0)?,
-            url: r.get(1)?,
-        },
+        node: peer_row(r)?,
         conn_id: r.get(2)?,
         peer_addr: r.get(3)?,
         connected_at: r.get(4)?,
@@ -212,12 +216,7 @@ impl Store {
                 "SELECT n.name, n.url FROM presence p JOIN cluster_nodes n ON n.name = p.node
                  WHERE p.tenant_id = ?1 AND p.agent = ?2 AND n.renewed_at >= ?3",
                 params![tenant_id, agent.as_str(), now - LEASE_MS],
-                |r| {
-                    Ok(Peer {
-                        name: r.get(0)?,
-                        url: r.get(1)?,
-                    })
-                },
+                peer_row,
             )
             .optional()?;
         tx.execute(
@@ -325,12 +324,7 @@ impl Store {
                 "SELECT n.name, n.url FROM sessions s JOIN cluster_nodes n ON n.name = s.node
                  WHERE s.id = ?1 AND s.state != 'ended' AND s.node != ?2 AND n.renewed_at >= ?3",
                 params![id, self.node.as_str(), now_ms() - LEASE_MS],
-                |r| {
-                    Ok(Peer {
-                        name: r.get(0)?,
-                        url: r.get(1)?,
-                    })
-                },
+                peer_row,
             )
             .optional()?)
     }
@@ -344,12 +338,7 @@ impl Store {
                 "SELECT n.name, n.url FROM sessions s JOIN cluster_nodes n ON n.name = s.node
                  WHERE s.id = ?1 AND s.node != ?2 AND n.renewed_at >= ?3",
                 params![id, self.node.as_str(), now_ms() - LEASE_MS],
-                |r| {
-                    Ok(Peer {
-                        name: r.get(0)?,
-                        url: r.get(1)?,
-                    })
-                },
+                peer_row,
             )
             .optional()?)
     }
@@ -359,12 +348,7 @@ impl Store {
         Ok(self.conn()?.query_map(
             "SELECT name, url FROM cluster_nodes WHERE name != ?1 AND renewed_at >= ?2",
             params![self.node.as_str(), now_ms() - LEASE_MS],
-            |r| {
-                Ok(Peer {
-                    name: r.get(0)?,
-                    url: r.get(1)?,
-                })
-            },
+            peer_row,
         )?)
     }
 

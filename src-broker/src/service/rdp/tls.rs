@@ -6,83 +6,18 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, IpAddr, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, OtherError, SignatureScheme};
-use sha2::{Digest as _, Sha256};
+use rustls::pki_types::{IpAddr, ServerName};
+use rustls::{CertificateError, ClientConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 
 use super::{RdpFailure, TLS_TIMEOUT};
-
-/// SHA-256 of a DER certificate.
-pub(crate) fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
-    Sha256::digest(cert_der).into()
-}
-
-/// The presented certificate is not the pinned one.
-#[derive(Debug, thiserror::Error)]
-#[error("certificate sha256 {} is not the pinned {}", hex::encode(.presented), hex::encode(.pinned))]
-struct PinMismatch {
-    pinned: [u8; 32],
-    presented: [u8; 32],
-}
-
-#[derive(Debug)]
-struct PinVerifier {
-    pinned: Option<[u8; 32]>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let presented = fingerprint(end_entity.as_ref());
-        match self.pinned {
-            Some(pinned) if pinned != presented => Err(rustls::Error::InvalidCertificate(
-                CertificateError::Other(OtherError(Arc::new(PinMismatch { pinned, presented }))),
-            )),
-            // First use: the caller pins what was presented once the handshake succeeds.
-            _ => Ok(ServerCertVerified::assertion()),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
+pub(crate) use crate::pinned::fingerprint;
+use crate::pinned::{PinMismatch, PinVerifier};
 
 fn client_config(pinned: Option<[u8; 32]>) -> Result<Arc<ClientConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = PinVerifier {
-        pinned,
-        algorithms: provider.signature_verification_algorithms,
-    };
+    let verifier = PinVerifier::new(pinned, &provider);
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
