@@ -55,6 +55,47 @@ impl OwnServer {
     }
 }
 
+impl OwnServer {
+    /// Makes a CA (`DIR/ca.pem`) and a server certificate for `localhost` and 127.0.0.1 in
+    /// `data`, and a `pg_hba.conf` that takes TCP connections over TLS only; the server
+    /// options that turn TLS on.
+    async fn tls_only(&self, data: &Path) -> Result<String> {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Passerelle test PostgreSQL CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
+        let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?;
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.signed_by(&key, &ca)?;
+        std::fs::write(self.dir.path().join("ca.pem"), ca.pem())?;
+        let (crt, pem) = (data.join("server.crt"), data.join("server.key"));
+        std::fs::write(&crt, cert.pem())?;
+        std::fs::write(&pem, key.serialize_pem())?;
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&pem, std::fs::Permissions::from_mode(0o600))?;
+        if self.as_nobody {
+            let mut chown = Command::new("chown");
+            chown
+                .arg("nobody")
+                .arg(&crt)
+                .arg(&pem)
+                .arg(data.join("pg_hba.conf"));
+            run(chown, "chown nobody").await?;
+        }
+        Ok(format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            crt.display(),
+            pem.display()
+        ))
+    }
+}
+
 /// Where Debian installs the server's programs.
 fn server_bin() -> Result<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -96,6 +137,18 @@ impl TestPostgres {
 
     /// A new server for this test only; how long its start took is logged.
     pub async fn start_own() -> Result<Self> {
+        Self::start_own_with(false).await
+    }
+
+    /// A new server that takes TLS connections only (`hostssl` in `pg_hba.conf`), with a
+    /// certificate for `localhost` and 127.0.0.1 from a CA made for it; and that CA's PEM file.
+    pub async fn start_own_tls() -> Result<(Self, PathBuf)> {
+        let pg = Self::start_own_with(true).await?;
+        let ca = pg.own_dir().context("an own server")?.join("ca.pem");
+        Ok((pg, ca))
+    }
+
+    async fn start_own_with(tls: bool) -> Result<Self> {
         let started = Instant::now();
         let bin = server_bin()?;
         let dir = tempfile::Builder::new()
@@ -125,6 +178,11 @@ impl TestPostgres {
             "--locale=C.UTF-8",
         ]);
         run(initdb, "initdb").await?;
+        let tls_options = if tls {
+            server.tls_only(&data).await?
+        } else {
+            String::new()
+        };
         let mut start = server.command("pg_ctl");
         start
             .arg("-D")
@@ -134,7 +192,7 @@ impl TestPostgres {
             .args(["-w", "-t", "30", "-o"])
             .arg(format!(
                 "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
-                 -c fsync=off",
+                 -c fsync=off{tls_options}",
                 server.dir.path().display()
             ))
             .arg("start");
@@ -172,6 +230,22 @@ impl TestPostgres {
         createdb.args(["-h", host, "-p", port, "-U", "passerelle", &name]);
         run(createdb, "createdb").await?;
         Ok(format!("{}/{name}", self.base))
+    }
+
+    /// One statement's rows, `|`-separated, through the server's own `psql` (libpq, which
+    /// takes TLS where the server asks for it).
+    pub async fn psql(&self, url: &str, sql: &str) -> Result<String> {
+        let mut psql = tokio::process::Command::new(server_bin()?.join("psql"));
+        psql.arg(url).args(["-Atc", sql]).kill_on_drop(true);
+        let out = tokio::time::timeout(crate::WAIT, psql.output())
+            .await
+            .context("psql timed out")??;
+        ensure!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     /// The data directory of a server this handle started.

@@ -153,3 +153,66 @@ async fn a_bad_store_url_or_an_unreachable_server_fails_the_start_clearly() -> R
     ensure!(!stderr.contains("s3cret"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_store_speaks_tls_to_postgresql_and_verifies_the_server() -> Result<()> {
+    let (pg, ca) = TestPostgres::start_own_tls().await?;
+    let url = pg.database().await?;
+
+    // Verified TLS: the broker serves, and the server sees the broker's connections encrypted.
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let broker = TestBroker::spawn_binary_with(&["--store", &verified]).await?;
+    let (status, body) = broker
+        .api(
+            Method::GET,
+            "/api/v1/agents",
+            Some(broker.admin_key()),
+            None,
+        )
+        .await?;
+    ensure!(status == StatusCode::OK, "{status} {body}");
+    let seen = pg
+        .psql(
+            &url,
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'passerelle'",
+        )
+        .await?;
+    let (encrypted, all) = seen.split_once('|').context("psql's answer")?;
+    ensure!(
+        all != "0" && encrypted == all,
+        "the broker's connections, encrypted|all: {seen}"
+    );
+    drop(broker);
+
+    // A server whose certificate no trusted root signed (here: the web PKI's roots only).
+    let (status, stderr) = serve_fails(&format!("{url}?sslmode=require")).await?;
+    ensure!(
+        !status.success(),
+        "started on an unverified server: {stderr}"
+    );
+    ensure!(
+        stderr.contains("connecting to the store") && stderr.contains("certificate"),
+        "{stderr}"
+    );
+    ensure!(!stderr.contains("panicked"), "{stderr}");
+
+    // Without TLS, this server refuses the broker, and the broker says why.
+    let (status, stderr) = serve_fails(&url).await?;
+    ensure!(!status.success(), "{stderr}");
+    ensure!(
+        stderr.contains("pg_hba.conf") && stderr.contains("no encryption"),
+        "{stderr}"
+    );
+
+    // A root file that is not there is named.
+    let (status, stderr) = serve_fails(&format!(
+        "{url}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"
+    ))
+    .await?;
+    ensure!(
+        !status.success() && stderr.contains("reading sslrootcert /nonexistent/ca.pem"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -8,6 +8,7 @@
 //! (full-text search, `PRAGMA`), callers branch on [`Conn::backend`].
 
 pub(crate) mod pg;
+mod pg_tls;
 mod sqlite;
 mod text;
 mod url;
@@ -46,10 +47,30 @@ pub enum Error {
     Conversion { column: usize, why: String },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgresql: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    /// Shown with its causes (tokio-postgres says only "db error" or "error performing TLS
+    /// handshake" itself); not linked as a source, so that a `{:#}` does not repeat them.
+    #[error("postgresql: {}", with_causes(.0))]
+    Postgres(tokio_postgres::Error),
     #[error("postgresql: {0}")]
     Pool(String),
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Postgres(e)
+    }
+}
+
+/// `e: its cause: the cause's cause...`
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 impl Error {

@@ -69,11 +69,20 @@ fn timed<T>(fut: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Resu
         .map_err(Error::from)
 }
 
+/// Runs a client's connection (its socket) until it ends.
+async fn drive<F: Future<Output = std::result::Result<(), tokio_postgres::Error>>>(conn: F) {
+    if let Err(e) = conn.await {
+        tracing::warn!(error = %e, "a PostgreSQL connection of the store ended");
+    }
+}
+
 /// The clients of one database.
 pub(crate) struct Pool {
     config: tokio_postgres::Config,
     /// The URL's `connect_timeout`, else [`CONNECT_TIMEOUT`]: for the handshake too.
     connect_timeout: Duration,
+    /// TLS to the server (the URL's `sslmode=require`/`verify-*`), else plain TCP.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     shown: String,
     runtime: Option<tokio::runtime::Runtime>,
     tasks: tokio_util::task::TaskTracker,
@@ -150,6 +159,11 @@ impl Pool {
             "-c statement_timeout={timeout_ms} -c client_min_messages=warning"
         ));
         config.application_name("passerelle");
+        let tls = url
+            .tls()
+            .map(super::pg_tls::connector)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("store URL {url}: {e:#}"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("passerelle-pg")
@@ -159,6 +173,7 @@ impl Pool {
         let pool = Self {
             config,
             connect_timeout,
+            tls,
             shown: url.to_string(),
             runtime: Some(runtime),
             tasks: tokio_util::task::TaskTracker::new(),
@@ -201,15 +216,25 @@ impl Pool {
         let config = self.config.clone();
         let tasks = self.tasks.clone();
         let limit = self.connect_timeout;
+        let tls = self.tls.clone();
         let join = rt.spawn(async move {
-            let (client, conn) = tokio::time::timeout(limit, config.connect(NoTls))
-                .await
-                .map_err(|_| Error::Pool(format!("no connection within {limit:?}")))??;
-            tasks.spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::warn!(error = %e, "a PostgreSQL connection of the store ended");
+            let timed_out = |_| Error::Pool(format!("no connection within {limit:?}"));
+            let client = match tls {
+                Some(tls) => {
+                    let (client, conn) = tokio::time::timeout(limit, config.connect(tls))
+                        .await
+                        .map_err(timed_out)??;
+                    tasks.spawn(drive(conn));
+                    client
                 }
-            });
+                None => {
+                    let (client, conn) = tokio::time::timeout(limit, config.connect(NoTls))
+                        .await
+                        .map_err(timed_out)??;
+                    tasks.spawn(drive(conn));
+                    client
+                }
+            };
             Ok::<_, Error>(client)
         });
         match block_on(join, limit + Duration::from_secs(1)) {
