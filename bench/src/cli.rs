@@ -54,6 +54,10 @@ pub struct Args {
     /// Source addresses 127.0.0.1..N for the idle agents' connections.
     #[arg(long, default_value_t = 8)]
     pub source_ips: u8,
+    /// The idle agents' key exchange: ML-KEM hybrid as OpenSSH 9.9+ negotiates with the broker,
+    /// or curve25519 as OpenSSH 9.2–9.8 agents (Debian 12, Ubuntu 24.04) do.
+    #[arg(long, default_value = "mlkem768x25519-sha256", value_parser = crate::loadgen::KEXES)]
+    pub agent_kex: String,
     /// Idle-agent connection attempts in flight at once.
     #[arg(long, default_value_t = 256)]
     pub parallel_connects: usize,
@@ -213,6 +217,10 @@ impl Args {
             source_ips: self.source_ips.max(1),
             parallel_connects: self.parallel_connects,
             cipher: cipher_name(&self.cipher),
+            agent_kex: crate::loadgen::KEXES
+                .into_iter()
+                .find(|k| *k == self.agent_kex)
+                .unwrap_or(crate::loadgen::KEXES[0]),
             sessions_per_agent: self.sessions_per_agent.max(1),
             one_agent: self.one_agent,
         }

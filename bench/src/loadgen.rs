@@ -83,7 +83,15 @@ pub struct LoadConfig {
     pub source_ips: u8,
     pub parallel_connects: usize,
     pub cipher: &'static str,
+    /// The key exchange the agents offer (one algorithm, as [`KEXES`] names them).
+    pub kex: &'static str,
 }
+
+/// Key exchanges the load agents can offer: what OpenSSH 9.9 and later negotiate with the
+/// broker, and what 9.2–9.8 (Debian 12, Ubuntu 24.04, RHEL 9...) do, since russh has no
+/// sntrup761x25519. The broker keeps each connection's key-exchange values for its life, and
+/// ML-KEM's are larger.
+pub const KEXES: [&str; 2] = ["mlkem768x25519-sha256", "curve25519-sha256"];
 
 impl LoadGen {
     /// Starts every agent; they connect as fast as the semaphore lets them.
@@ -94,9 +102,20 @@ impl LoadGen {
             "chacha20-poly1305@openssh.com" => russh::cipher::CHACHA20_POLY1305,
             other => bail!("the load generator does not know cipher {other}"),
         };
+        let kex = match cfg.kex {
+            "mlkem768x25519-sha256" => russh::kex::MLKEM768X25519_SHA256,
+            "curve25519-sha256" => russh::kex::CURVE25519,
+            other => bail!("the load generator does not know key exchange {other}"),
+        };
         let ssh = Arc::new(client::Config {
             preferred: russh::Preferred {
                 cipher: vec![cipher].into(),
+                kex: vec![
+                    kex,
+                    russh::kex::EXTENSION_SUPPORT_AS_CLIENT,
+                    russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+                ]
+                .into(),
                 ..Default::default()
             },
             nodelay: true,

@@ -134,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
     report.command = std::env::args().collect::<Vec<_>>().join(" ");
     report.settings = format!(
         "cipher {}, {} runs, bulk {} MiB, {} round trips/run, {} set-ups, sessions {:?} over {:.1} s windows \
-         ({} per agent{}), idle agents {:?} from {} source addresses, {} connects in flight{}",
+         ({} per agent{}), idle agents {:?} ({}) from {} source addresses, {} connects in flight{}",
         plan.cipher,
         plan.runs,
         plan.bulk_bytes >> 20,
@@ -149,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
             ""
         },
         plan.agents,
+        plan.agent_kex,
         plan.source_ips,
         plan.parallel_connects,
         if args.agent_option.is_empty() {

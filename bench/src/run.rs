@@ -33,6 +33,8 @@ pub struct Plan {
     pub source_ips: u8,
     pub parallel_connects: usize,
     pub cipher: &'static str,
+    /// The idle agents' key exchange (see [`crate::loadgen::KEXES`]).
+    pub agent_kex: &'static str,
     /// Concurrent sessions per agent in the spread figures (one agent per this many sessions).
     pub sessions_per_agent: usize,
     /// Also measure every concurrency level with all sessions on ONE agent.
@@ -291,6 +293,7 @@ pub async fn idle_agents(
         source_ips: plan.source_ips,
         parallel_connects: plan.parallel_connects,
         cipher: plan.cipher,
+        kex: plan.agent_kex,
     })?;
     // Fail fast when nothing gets in at all (wrong cipher, refused keys...).
     if load

@@ -134,6 +134,7 @@ pub async fn soak(
             source_ips,
             parallel_connects: 64,
             cipher,
+            kex: crate::loadgen::KEXES[0],
         };
         tasks.spawn(async move {
             while !stop.is_cancelled() {

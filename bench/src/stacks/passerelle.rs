@@ -51,7 +51,7 @@ impl Broker {
         std::fs::write(
             &config,
             "ssh_connection_burst_per_source = 0\nmax_preauth_per_source = 0\n\
-             ssh_auth_failure_limit = 0\n",
+             ssh_auth_failure_limit = 0\nmax_agent_connections = 1000000\n",
         )?;
         let mut cmd = Command::new(&bin.bin);
         cmd.envs(bin.env.iter().map(|(k, v)| (k, v)));

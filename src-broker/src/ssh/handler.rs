@@ -34,7 +34,24 @@ mod cert_auth;
 /// Placeholder ports told to agents for named services start here.
 const PLACEHOLDER_PORT_BASE: u32 = 10_000;
 
-pub(super) struct AgentHandler {
+/// Boxed: russh keeps the handler inside its connection task's future (and copies of it, see
+/// BENCHMARKS.md "Idle agents"), where a pointer costs 8 bytes and the state ~500.
+pub(super) struct AgentHandler(Box<HandlerState>);
+
+impl std::ops::Deref for AgentHandler {
+    type Target = HandlerState;
+    fn deref(&self) -> &HandlerState {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for AgentHandler {
+    fn deref_mut(&mut self) -> &mut HandlerState {
+        &mut self.0
+    }
+}
+
+pub(super) struct HandlerState {
     state: Arc<Server>,
     peer: SocketAddr,
     killer: Arc<Killer>,
@@ -106,7 +123,7 @@ impl AgentHandler {
         killer: Arc<Killer>,
         authed: oneshot::Sender<Arc<AgentConn>>,
     ) -> Self {
-        Self {
+        Self(Box::new(HandlerState {
             state,
             peer,
             killer,
@@ -119,7 +136,7 @@ impl AgentHandler {
             certificate: None,
             unless_signed_in: Vec::new(),
             span: tracing::Span::current(),
-        }
+        }))
     }
 
     fn event(&self, kind: AuditKind, detail: String) -> NewEvent {
@@ -144,11 +161,18 @@ impl AgentHandler {
         text
     }
 
-    async fn refuse_channel(&self, reply: ChannelOpenHandle, what: String) {
+    /// Boxed, like every other wait of the handler: see [`AgentHandler`].
+    fn refuse_channel(
+        &self,
+        reply: ChannelOpenHandle,
+        what: String,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
         let reason = self.refuse(what);
-        reply
-            .reject(ChannelOpenFailure::Other { code: 1, reason })
-            .await;
+        Box::pin(async move {
+            reply
+                .reject(ChannelOpenFailure::Other { code: 1, reason })
+                .await;
+        })
     }
 
     /// Counts and audits a rejected key (see [`super::guard::Guard::count_rejection`]): for
@@ -225,8 +249,9 @@ impl AgentHandler {
 
 impl Drop for AgentHandler {
     fn drop(&mut self) {
-        for ev in self.unless_signed_in.drain(..) {
-            self.state.db.audit(ev);
+        let this = &mut *self.0;
+        for ev in this.unless_signed_in.drain(..) {
+            this.state.db.audit(ev);
         }
     }
 }
@@ -254,7 +279,7 @@ impl Handler for AgentHandler {
         if self.locked_out() {
             return Ok(Auth::reject());
         }
-        match self.lookup(user, key.public_key).await {
+        match Box::pin(self.lookup(user, key.public_key)).await {
             KeyLogin::Agent(record) => {
                 self.record = Some(record);
                 Ok(Auth::Accept)
@@ -264,7 +289,7 @@ impl Handler for AgentHandler {
                 Ok(Auth::reject())
             }
             KeyLogin::Unknown => {
-                self.key_rejected(user, key.public_key).await;
+                Box::pin(self.key_rejected(user, key.public_key)).await;
                 Ok(Auth::reject())
             }
         }
@@ -278,7 +303,7 @@ impl Handler for AgentHandler {
         if self.locked_out() {
             return Ok(Auth::reject());
         }
-        self.certificate(user, certificate).await
+        Box::pin(self.certificate(user, certificate)).await
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
@@ -311,7 +336,7 @@ impl Handler for AgentHandler {
             old.disconnect("replaced by a newer connection of the same agent");
         }
         if let Some(cluster) = &self.state.cluster {
-            cluster.agent_online(&conn).await;
+            Box::pin(cluster.agent_online(&conn)).await;
         }
         self.state
             .metrics
@@ -354,7 +379,7 @@ impl Handler for AgentHandler {
             self.forwards.insert((address.to_owned(), *port));
             conn.add_service(name, *port);
             if let Some(cluster) = &self.state.cluster {
-                cluster.services_changed(&conn).await;
+                Box::pin(cluster.services_changed(&conn)).await;
             }
             return Ok(true);
         } else if *port == 0 {
@@ -401,7 +426,7 @@ impl Handler for AgentHandler {
         {
             conn.remove_service(&name);
             if let Some(cluster) = &self.state.cluster {
-                cluster.services_changed(conn).await;
+                Box::pin(cluster.services_changed(conn)).await;
             }
         }
         Ok(true)

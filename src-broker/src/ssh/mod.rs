@@ -199,7 +199,9 @@ pub(crate) async fn run(listener: TcpListener, state: Arc<Server>) {
                         let deadline = tokio::time::Instant::now() + state2.config.preauth_timeout;
                         let admitted = match admitted {
                             Some(slot) => Some((stream, peer, slot)),
-                            None => gate::through_proxy(stream, peer, &state2, deadline).await,
+                            None => {
+                                Box::pin(gate::through_proxy(stream, peer, &state2, deadline)).await
+                            }
                         };
                         if let Some((stream, client, slot)) = admitted {
                             serve(stream, client, slot, deadline, config, state2).await;
@@ -297,8 +299,13 @@ async fn serve(
     let handler = handler::AgentHandler::new(state.clone(), peer, killer.clone(), authed_tx);
     let preauth_timeout = state.config.preauth_timeout;
 
-    let started =
-        tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler)).await;
+    // Boxed, so that the connection's task does not keep room for the handshake's state for
+    // its whole life (see BENCHMARKS.md, "Idle agents").
+    let started = Box::pin(tokio::time::timeout_at(
+        deadline,
+        russh::server::run_stream(config, stream, handler),
+    ))
+    .await;
     let mut running = match started {
         Ok(Ok(running)) => running,
         Ok(Err(e)) => return tracing::debug!(error = %e, "ssh handshake failed"),
