@@ -37,7 +37,7 @@ use crate::run::Target;
 use crate::stacks::openssh::Baseline;
 use crate::stacks::passerelle::{BrokerCmd, PasserelleStack};
 
-/// 10,000 agents need 10,000 sockets here and as many in the broker (which inherits the limit).
+/// N agents need N sockets here and as many in the broker (which inherits the limit).
 fn raise_nofile(want: u64) -> anyhow::Result<u64> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     if soft >= want {
@@ -204,9 +204,14 @@ async fn main() -> anyhow::Result<()> {
     let service = service::Service::start().await?;
     let mut problems = Vec::new();
     if nofile < max_agents + 1024 {
-        problems.push(format!(
-            "RLIMIT_NOFILE is {nofile}: too low for {max_agents} agents (raise the hard limit)"
-        ));
+        // The agents' sockets live in this process and as many in the broker: fail now rather
+        // than after minutes of connecting.
+        anyhow::bail!(
+            "RLIMIT_NOFILE is {nofile} and could not be raised (raising the hard limit takes \
+             root with CAP_SYS_RESOURCE, up to fs.nr_open): at most {} idle agents here, not \
+             {max_agents}",
+            nofile.saturating_sub(1024)
+        );
     }
     let pool = if args.no_streams { 0 } else { plan.pool_size() };
     let baseline = if args.no_baseline || args.no_streams {
