@@ -98,7 +98,9 @@ pub async fn set_root_colour(display: &str, colour: &str) -> Result<()> {
 
 /// Waits until something accepts TCP connections on 127.0.0.1:`port`.
 pub async fn wait_listening(port: u16, child: &mut Child, what: &str) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
+    // A server that starts slowly on a loaded machine (freerdp-shadow-cli makes its TLS key
+    // first; a cold CI build runs beside it) still starts: the bound only catches a hang.
+    let deadline = Instant::now() + WAIT * 4;
     loop {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -481,8 +483,9 @@ pub(crate) async fn run_page_script<T: serde::de::DeserializeOwned>(
     screenshot: &Path,
     args: &[&str],
 ) -> Result<T> {
+    // Generous for the same reason: a page that works finishes in seconds.
     let out = timeout(
-        Duration::from_secs(90),
+        Duration::from_secs(180),
         Command::new("node")
             .arg(browser_dir().join(script))
             .arg(url)
@@ -492,7 +495,7 @@ pub(crate) async fn run_page_script<T: serde::de::DeserializeOwned>(
             .output(),
     )
     .await
-    .context("the browser did not finish in 90 s")??;
+    .context("the browser did not finish in 180 s")??;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(line).with_context(|| {
