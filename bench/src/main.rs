@@ -13,6 +13,7 @@
 )]
 
 mod cli;
+mod cluster;
 mod host;
 mod loadgen;
 mod measure;
@@ -171,6 +172,11 @@ async fn main() -> anyhow::Result<()> {
         Some((
             "The operator's screen: Passerelle, noVNC + websockify, Guacamole",
             screen::run(&screen, &broker_cmd, &dir).await?,
+        ))
+    } else if args.cluster {
+        Some((
+            "The cluster: same node against cross node; idle agents with a node killed",
+            cluster::run(&plan, &args.cluster_plan(), &bin, &dir).await?,
         ))
     } else if let Some(minutes) = args.soak_minutes {
         let service = service::Service::start().await?;

@@ -41,15 +41,20 @@ pub struct Backend {
     pub https: SocketAddr,
 }
 
+/// Connections HAProxy takes at once by default (a test's handful of agents and viewers).
+pub const DEFAULT_MAXCONN: u32 = 4096;
+
 /// HAProxy's configuration for `backends`, listening on 127.0.0.1:`ssh_port` (agents) and
 /// 127.0.0.1:`https_port` (operators), with its stats socket at `socket`; health checks of
-/// HTTPS verify the nodes' certificate against `ca_file`.
+/// HTTPS verify the nodes' certificate against `ca_file`; at most `maxconn` client connections
+/// (HAProxy, started as root, raises its own open-files limit to match).
 pub fn config(
     backends: &[Backend],
     ssh_port: u16,
     https_port: u16,
     socket: &Path,
     ca_file: &Path,
+    maxconn: u32,
 ) -> String {
     let mut ssh = String::new();
     let mut https = String::new();
@@ -59,11 +64,12 @@ pub fn config(
     }
     format!(
         "global\n\
-         \x20   maxconn 4096\n\
+         \x20   maxconn {maxconn}\n\
          \x20   stats socket {socket} mode 600 level admin\n\
          \n\
          defaults\n\
          \x20   mode tcp\n\
+         \x20   maxconn {maxconn}\n\
          \x20   timeout connect 2s\n\
          \x20   timeout client 1h\n\
          \x20   timeout server 1h\n\
@@ -127,9 +133,19 @@ pub struct TestHaproxy {
 impl TestHaproxy {
     /// Starts HAProxy in front of `backends` and waits until it answers on its stats socket.
     pub async fn start(backends: &[Backend], ca_file: &Path) -> Result<Self> {
+        Self::start_with_maxconn(backends, ca_file, DEFAULT_MAXCONN).await
+    }
+
+    /// [`Self::start`] taking up to `maxconn` client connections (the benchmark's 10,000 idle
+    /// agents).
+    pub async fn start_with_maxconn(
+        backends: &[Backend],
+        ca_file: &Path,
+        maxconn: u32,
+    ) -> Result<Self> {
         let mut last = String::new();
         for _ in 0..5 {
-            match Self::try_start(backends, ca_file).await? {
+            match Self::try_start(backends, ca_file, maxconn).await? {
                 Ok(started) => return Ok(started),
                 // Another process took a reserved port between its release and HAProxy's bind.
                 Err(log) if log.contains("cannot bind socket") => last = log,
@@ -140,7 +156,11 @@ impl TestHaproxy {
     }
 
     /// One attempt: `Ok(Err(log))` when HAProxy exited during its start.
-    async fn try_start(backends: &[Backend], ca_file: &Path) -> Result<Result<Self, String>> {
+    async fn try_start(
+        backends: &[Backend],
+        ca_file: &Path,
+        maxconn: u32,
+    ) -> Result<Result<Self, String>> {
         let dir = tempfile::Builder::new()
             .prefix("passerelle-haproxy-")
             .tempdir()?;
@@ -153,7 +173,7 @@ impl TestHaproxy {
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(
             &path,
-            config(backends, ssh_port, https_port, &socket, ca_file),
+            config(backends, ssh_port, https_port, &socket, ca_file, maxconn),
         )?;
         let log_path = dir.path().join("haproxy.log");
         let log = std::fs::File::create(&log_path)?;

@@ -96,6 +96,12 @@ impl TestPostgres {
 
     /// A new server for this test only; how long its start took is logged.
     pub async fn start_own() -> Result<Self> {
+        Self::start_own_with("").await
+    }
+
+    /// [`Self::start_own`] with extra server settings, e.g. `-c max_connections=300` (the
+    /// benchmark's three nodes with full pools need more than the default 100).
+    pub async fn start_own_with(settings: &str) -> Result<Self> {
         let started = Instant::now();
         let bin = server_bin()?;
         let dir = tempfile::Builder::new()
@@ -134,7 +140,7 @@ impl TestPostgres {
             .args(["-w", "-t", "30", "-o"])
             .arg(format!(
                 "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
-                 -c fsync=off",
+                 -c fsync=off {settings}",
                 server.dir.path().display()
             ))
             .arg("start");
