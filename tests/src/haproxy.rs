@@ -145,7 +145,7 @@ impl TestHaproxy {
     ) -> Result<Self> {
         let mut last = String::new();
         for _ in 0..5 {
-            match Self::try_start(backends, ca_file, maxconn).await? {
+            match Self::try_start(backends, ca_file, maxconn, None).await? {
                 Ok(started) => return Ok(started),
                 // Another process took a reserved port between its release and HAProxy's bind.
                 Err(log) if log.contains("cannot bind socket") => last = log,
@@ -155,19 +155,39 @@ impl TestHaproxy {
         bail!("haproxy lost its ports five times; last:\n{last}")
     }
 
-    /// One attempt: `Ok(Err(log))` when HAProxy exited during its start.
+    /// Another HAProxy process with the same configuration on the same ports: HAProxy binds
+    /// with `SO_REUSEPORT`, so the kernel spreads new connections over both. For more
+    /// connections than one process's open-files limit allows (two files per connection).
+    pub async fn start_sibling(
+        &self,
+        backends: &[Backend],
+        ca_file: &Path,
+        maxconn: u32,
+    ) -> Result<Self> {
+        let ports = (self.ssh_port, self.https_port);
+        Self::try_start(backends, ca_file, maxconn, Some(ports))
+            .await?
+            .map_err(|log| anyhow::anyhow!("a second haproxy did not start:\n{log}"))
+    }
+
+    /// One attempt, on `ports` or on new ones: `Ok(Err(log))` when HAProxy exited during its
+    /// start.
     async fn try_start(
         backends: &[Backend],
         ca_file: &Path,
         maxconn: u32,
+        ports: Option<(u16, u16)>,
     ) -> Result<Result<Self, String>> {
         let dir = tempfile::Builder::new()
             .prefix("passerelle-haproxy-")
             .tempdir()?;
-        let (ssh_port, https_port) = {
-            let a = std::net::TcpListener::bind("127.0.0.1:0")?;
-            let b = std::net::TcpListener::bind("127.0.0.1:0")?;
-            (a.local_addr()?.port(), b.local_addr()?.port())
+        let (ssh_port, https_port) = match ports {
+            Some(ports) => ports,
+            None => {
+                let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+                let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+                (a.local_addr()?.port(), b.local_addr()?.port())
+            }
         };
         let socket = dir.path().join("admin.sock");
         let path = dir.path().join("haproxy.cfg");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use super::cpu::CpuSnap;
 use super::stack::{ClusterStack, NODES, NodeStatus};
 use crate::host;
 use crate::loadgen::{self, LoadConfig, LoadGen};
@@ -67,6 +68,10 @@ pub struct IdleCluster {
     /// From the restart's ready banner: HAProxy has it up again (both backends).
     pub rejoin_lb_s: Option<f64>,
     pub after_restart: Vec<NodeFigures>,
+    /// CPU-seconds by part from the generator's start until every agent was present, and from
+    /// the kill until the survivors held them all (see [`CpuSnap::until`]).
+    pub connect_cpu: Vec<(String, f64)>,
+    pub recover_cpu: Vec<(String, f64)>,
     pub connections: usize,
     pub failures: usize,
     pub last_error: Option<String>,
@@ -139,6 +144,7 @@ pub async fn idle_agents(
     f.before = nodes_now(stack).await;
     let host_key = russh::keys::PublicKey::from_openssh(stack.cluster.host_key())
         .context("parsing the cluster's host key")?;
+    let cpu_start = CpuSnap::take(stack);
     let load = LoadGen::start(LoadConfig {
         target: stack.lb.ssh_addr(),
         host_key,
@@ -147,7 +153,7 @@ pub async fn idle_agents(
         parallel_connects: plan.parallel_connects,
         cipher: plan.cipher,
     })?;
-    let result = measure(stack, &load, n, limit, &mut f).await;
+    let result = measure(stack, &load, n, limit, cpu_start, &mut f).await;
     f.connections = load.connects();
     f.failures = load.failures();
     f.last_error = load.last_error();
@@ -218,6 +224,7 @@ async fn measure(
     load: &LoadGen,
     n: usize,
     limit: Duration,
+    cpu_start: CpuSnap,
     f: &mut IdleCluster,
 ) -> anyhow::Result<()> {
     if load
@@ -237,6 +244,7 @@ async fn measure(
         }),
     );
     (f.connect_all_s, f.presence_all_s) = (all, presence);
+    f.connect_cpu = cpu_start.until(&CpuSnap::take(stack));
     f.connected = load.online();
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.with_agents = nodes_now(stack).await;
@@ -260,6 +268,7 @@ async fn measure(
     f.load_kill = host::load_average();
     println!("  kill -9 {killed}");
     let connects_before = load.connects();
+    let cpu_kill = CpuSnap::take(stack);
     let t_kill = Instant::now();
     f.killed_log = stack.cluster.kill(KILLED).await?;
     let stack_ref: &ClusterStack = stack;
@@ -274,7 +283,7 @@ async fn measure(
         }
         None
     };
-    let (mut dead_s, mut presence_s) = (None, None);
+    let (mut dead_s, mut presence_s, mut cpu_back) = (None, None, None);
     let ((lowest, back), _, lb_down) = tokio::join!(
         watch_generator(load, n, limit, true),
         watch_status(
@@ -288,6 +297,7 @@ async fn measure(
                 }
                 if presence_s.is_none() && held(s, Some(&killed)) >= n {
                     presence_s = Some(at);
+                    cpu_back = Some(CpuSnap::take(stack_ref));
                 }
                 dead_s.is_some() && presence_s.is_some()
             }
@@ -295,6 +305,9 @@ async fn measure(
         lb_watch,
     );
     f.reconnections = load.connects() - connects_before;
+    if let Some(back) = cpu_back {
+        f.recover_cpu = cpu_kill.until(&back);
+    }
     (f.dead_s, f.presence_back_s) = (dead_s, presence_s);
     (f.dropped, f.back_s, f.lb_down_s) = (n.saturating_sub(lowest), back, lb_down);
     f.api_online = stack
@@ -319,10 +332,11 @@ async fn measure(
             f.rejoin_status_s = now;
         }
         if f.rejoin_lb_s.is_none()
-            && let Ok(servers) = stack.lb.servers().await
-            && (servers.iter())
-                .filter(|s| s.server == killed)
-                .all(|s| s.status == "UP")
+            && let Ok(ssh) = stack.lb_servers(passerelle_e2e::haproxy::SSH_BACKEND).await
+            && let Ok(https) = stack
+                .lb_servers(passerelle_e2e::haproxy::HTTPS_BACKEND)
+                .await
+            && ssh.iter().chain(&https).all(|s| s.0 != killed || s.2)
         {
             f.rejoin_lb_s = now;
         }

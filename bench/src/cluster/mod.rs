@@ -7,6 +7,7 @@
 //! Progress is printed as it happens. Every process the run started (nodes, HAProxy, agents,
 //! PostgreSQL) is stopped when it ends: on success, on an error, on Ctrl-C and on SIGTERM.
 
+mod cpu;
 mod idle;
 mod report;
 mod stack;
@@ -75,11 +76,12 @@ async fn run_all(
         "cluster: starting PostgreSQL, `cluster init`, {NODES} nodes of {} and HAProxy",
         bin.display()
     );
-    let maxconn = u32::try_from(cplan.agents * 2 + 4096).unwrap_or(u32::MAX);
-    let mut stack = ClusterStack::start(bin, maxconn).await?;
+    // Client connections through HAProxy: the agents, and viewers and API calls.
+    let mut stack = ClusterStack::start(bin, cplan.agents as u64 + 1024).await?;
     println!(
-        "cluster: up after {:.1} s (HAProxy: agents {}, operators {})",
+        "cluster: up after {:.1} s (HAProxy, {} process(es): agents {}, operators {})",
         started.elapsed().as_secs_f64(),
+        1 + stack.lb_siblings.len(),
         stack.lb.ssh_addr(),
         stack.lb.https_addr()
     );
@@ -93,6 +95,15 @@ async fn run_all(
         haproxy_version().await,
         plan.cipher
     );
+    if !stack.lb_siblings.is_empty() {
+        let _ = writeln!(
+            md,
+            "HAProxy ran as {} processes on the same ports (`SO_REUSEPORT`: the kernel spreads \
+             new connections over them): one process's open-files limit cannot hold two \
+             sockets per agent.\n",
+            1 + stack.lb_siblings.len()
+        );
+    }
 
     if cplan.streams {
         println!("cluster: same node against cross node");
@@ -150,7 +161,7 @@ async fn run_all(
             problems.push(format!("{name} logged {s}"));
         }
     }
-    let lb_log = stack.lb.log();
+    let lb_log: String = stack.lbs().map(|lb| lb.log()).collect();
     if lb_log.lines().any(|l| l.contains("ALERT")) {
         problems.push(format!(
             "HAProxy alerted: {}",

@@ -240,6 +240,7 @@ pub fn idle(f: &IdleCluster) -> String {
     for (what, t) in rows {
         let _ = writeln!(out, "| {what} | {t} |");
     }
+    out.push_str(&cpu_table(f));
     let _ = writeln!(
         out,
         "\n{} SSH connections in all, {} failed attempts{}. Load average at the start: {}; at the \
@@ -254,5 +255,55 @@ pub fn idle(f: &IdleCluster) -> String {
         f.load_kill,
         f.load_end
     );
+    out
+}
+
+/// CPU-seconds by part in the connect and the recovery phases, and per connection made.
+fn cpu_table(f: &IdleCluster) -> String {
+    let mut out = String::new();
+    if f.connect_cpu.is_empty() && f.recover_cpu.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\nCPU-seconds spent (and CPU-ms per connection made) from the generator's start until \
+         `cluster status` showed all {n} present ({n} connections), and from the kill until it \
+         showed the survivors holding all ({r} reconnections). \"harness\" is the load generator \
+         and the harness's polls (one `passerelle cluster status` every 0.5 s is not in it: \
+         \"others\"); \"others\" is the rest of the machine, other people's work included.\n\n\
+         | part | connect: CPU-s | ms per connection | recovery: CPU-s | ms per reconnection |\n\
+         |---|---:|---:|---:|---:|",
+        n = f.agents,
+        r = f.reconnections
+    );
+    let names: Vec<&String> = (f.connect_cpu.iter().chain(&f.recover_cpu))
+        .map(|(n, _)| n)
+        .fold(Vec::new(), |mut v, n| {
+            if !v.contains(&n) {
+                v.push(n);
+            }
+            v
+        });
+    let get =
+        |list: &[(String, f64)], name: &str| list.iter().find(|(n, _)| n == name).map(|p| p.1);
+    let per = |v: Option<f64>, k: usize| match v {
+        Some(v) if k > 0 => format!("{:.2}", v * 1e3 / k as f64),
+        _ => "—".to_owned(),
+    };
+    for name in names {
+        let (c, r) = (get(&f.connect_cpu, name), get(&f.recover_cpu, name));
+        if name == "wall" {
+            let _ = writeln!(out, "| (wall clock, s) | {} | | {} | |", num(c), num(r));
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {} |",
+            num(c),
+            per(c, f.agents),
+            num(r),
+            per(r, f.reconnections)
+        );
+    }
     out
 }

@@ -37,17 +37,24 @@ pub struct NodeStatus {
     pub agents: usize,
 }
 
+/// Open files a HAProxy process keeps for itself beyond two per connection.
+const LB_SPARE_FILES: u64 = 2048;
+
 /// PostgreSQL, three nodes and HAProxy.
 pub struct ClusterStack {
     /// Dropped first: HAProxy stops before the nodes, the nodes before PostgreSQL.
     pub lb: TestHaproxy,
+    /// More HAProxy processes on the same ports (`SO_REUSEPORT`) when one process's open-files
+    /// limit cannot hold every connection.
+    pub lb_siblings: Vec<TestHaproxy>,
     pub cluster: TestCluster,
 }
 
 impl ClusterStack {
-    /// Starts everything with `bin` as every node's binary; HAProxy takes `maxconn` client
-    /// connections. Returns once HAProxy's health checks pass on every node.
-    pub async fn start(bin: &Path, maxconn: u32) -> anyhow::Result<Self> {
+    /// Starts everything with `bin` as every node's binary; HAProxy takes `connections` client
+    /// connections, over as many processes as the open-files limit they inherit requires.
+    /// Returns once HAProxy's health checks pass on every node.
+    pub async fn start(bin: &Path, connections: u64) -> anyhow::Result<Self> {
         passerelle_e2e::process::use_passerelle_bin(bin.to_owned())?;
         let pg = TestPostgres::start_own_with(PG_SETTINGS)
             .await
@@ -55,15 +62,28 @@ impl ClusterStack {
         let cluster = TestCluster::start_with(pg, NODES, NODE_CONFIG)
             .await
             .context("starting the nodes")?;
-        let lb = TestHaproxy::start_with_maxconn(
-            &cluster.backends(),
-            &cluster.cluster_dir().join(CLUSTER_CERT),
-            maxconn,
-        )
-        .await
-        .context("starting HAProxy")?;
-        lb.wait_all_up().await.context("HAProxy's health checks")?;
-        Ok(Self { lb, cluster })
+        let (instances, maxconn) = lb_processes(connections)?;
+        let (backends, ca) = (cluster.backends(), cluster.cluster_dir().join(CLUSTER_CERT));
+        let lb = TestHaproxy::start_with_maxconn(&backends, &ca, maxconn)
+            .await
+            .context("starting HAProxy")?;
+        let mut lb_siblings = Vec::new();
+        for _ in 1..instances {
+            lb_siblings.push(lb.start_sibling(&backends, &ca, maxconn).await?);
+        }
+        for lb in std::iter::once(&lb).chain(&lb_siblings) {
+            lb.wait_all_up().await.context("HAProxy's health checks")?;
+        }
+        Ok(Self {
+            lb,
+            lb_siblings,
+            cluster,
+        })
+    }
+
+    /// Every HAProxy process.
+    pub fn lbs(&self) -> impl Iterator<Item = &TestHaproxy> {
+        std::iter::once(&self.lb).chain(&self.lb_siblings)
     }
 
     /// TLS settings that trust the cluster's certificate.
@@ -109,18 +129,46 @@ impl ClusterStack {
         parse_status(&out.stdout)
     }
 
-    /// SSH connections HAProxy holds to each node now, and whether its check says it is up, by
-    /// node name.
+    /// SSH connections HAProxy holds to each node now (over its processes), and whether every
+    /// process's check says it is up, by node name.
     pub async fn lb_ssh(&self) -> anyhow::Result<Vec<(String, u64, bool)>> {
-        Ok(self
-            .lb
-            .servers()
-            .await?
-            .into_iter()
-            .filter(|s| s.backend == SSH_BACKEND)
-            .map(|s| (s.server, s.current, s.status.starts_with("UP")))
-            .collect())
+        self.lb_servers(SSH_BACKEND).await
     }
+
+    /// [`Self::lb_ssh`] for `backend`.
+    pub async fn lb_servers(&self, backend: &str) -> anyhow::Result<Vec<(String, u64, bool)>> {
+        let mut out: Vec<(String, u64, bool)> = Vec::new();
+        for lb in self.lbs() {
+            for s in lb
+                .servers()
+                .await?
+                .into_iter()
+                .filter(|s| s.backend == backend)
+            {
+                let up = s.status == "UP";
+                match out.iter_mut().find(|o| o.0 == s.server) {
+                    Some(o) => (o.1, o.2) = (o.1 + s.current, o.2 && up),
+                    None => out.push((s.server, s.current, up)),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// How many HAProxy processes `connections` need within the open-files limit they inherit
+/// (two files per connection), and the `maxconn` of each.
+fn lb_processes(connections: u64) -> anyhow::Result<(u64, u32)> {
+    use nix::sys::resource::{Resource, getrlimit};
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let per = soft.saturating_sub(LB_SPARE_FILES) / 2;
+    if per < 1024 {
+        bail!("RLIMIT_NOFILE {soft} is too low for HAProxy");
+    }
+    let instances = connections.div_ceil(per).max(1);
+    // The kernel's spread over the processes is uneven by a few percent: room for that.
+    let maxconn = (connections.div_ceil(instances) * 11 / 10 + 1024).min(per);
+    Ok((instances, u32::try_from(maxconn)?))
 }
 
 /// The node lines of `cluster status`'s table (`NODE STATE LEASE-AGE AGENTS SESSIONS URL`).
