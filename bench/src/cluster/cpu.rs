@@ -3,6 +3,7 @@
 //! and everything else on the machine (from `/proc/stat`), so that a slow phase can be told
 //! apart from a busy machine.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use super::stack::{ClusterStack, NODES};
@@ -12,6 +13,9 @@ use crate::host;
 pub struct CpuSnap {
     at: Instant,
     parts: Vec<(String, u64)>,
+    /// PostgreSQL's processes one by one: its backends come and go with the nodes' pools, and
+    /// a backend that exits takes its ticks with it (only new ticks of live ones are counted).
+    postgres: HashMap<u32, u64>,
     /// The machine's busy ticks (all CPUs).
     machine: u64,
 }
@@ -62,13 +66,18 @@ impl CpuSnap {
         for name in ["haproxy", "harness"] {
             parts.push((name.to_owned(), tree.get(name).copied().unwrap_or(0)));
         }
-        let pg = store_port(stack)
+        let postgres = store_port(stack)
             .and_then(postmaster)
-            .map_or(0, |p| host::subtree_ticks(p, |_| true));
-        parts.push(("postgres".to_owned(), pg));
+            .map(|p| {
+                (host::descendants_of(p).into_iter())
+                    .filter_map(|pid| Some((pid, pid_ticks(pid)?)))
+                    .collect()
+            })
+            .unwrap_or_default();
         Self {
             at: Instant::now(),
             parts,
+            postgres,
             machine: machine_ticks(),
         }
     }
@@ -89,9 +98,24 @@ impl CpuSnap {
                 (name.clone(), secs(d))
             })
             .collect();
+        let pg: u64 = (later.postgres.iter())
+            .map(|(pid, t)| t.saturating_sub(self.postgres.get(pid).copied().unwrap_or(0)))
+            .sum();
+        ours += pg;
+        out.push(("postgres".to_owned(), secs(pg)));
         let machine = later.machine.saturating_sub(self.machine);
         out.push(("others".to_owned(), secs(machine.saturating_sub(ours))));
         out.push(("wall".to_owned(), (later.at - self.at).as_secs_f64()));
         out
     }
+}
+
+/// utime + stime of one process, in ticks (`/proc/PID/stat` fields 14 and 15).
+fn pid_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name (field 2) may hold spaces: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): fields 14 and 15 are at 11 and 12.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }

@@ -266,7 +266,9 @@ fn cpu_table(f: &IdleCluster) -> String {
     }
     let _ = writeln!(
         out,
-        "\nCPU-seconds spent (and CPU-ms per connection made) from the generator's start until \
+        "\nCPU-seconds spent, and their share per connection made (CPU-ms; the column's sum is \
+         what one connection costs the machine, a node's share is a third of what one it \
+         handles costs it), from the generator's start until \
          `cluster status` showed all {n} present ({n} connections), and from the kill until it \
          showed the survivors holding all ({r} reconnections). \"harness\" is the load generator \
          and the harness's polls (one `passerelle cluster status` every 0.5 s is not in it: \
