@@ -274,9 +274,7 @@ async fn measure(
     let stack_ref: &ClusterStack = stack;
     let lb_watch = async {
         while t_kill.elapsed() < limit {
-            if let Ok(lb) = stack_ref.lb_ssh().await
-                && lb.iter().any(|(name, _, up)| *name == killed && !up)
-            {
+            if let Ok(true) = stack_ref.lb_ssh_down(&killed).await {
                 return Some(t_kill.elapsed().as_secs_f64());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -197,8 +197,8 @@ pub fn idle(f: &IdleCluster) -> String {
         ),
         (
             format!(
-                "after `kill -9 {}` (online dipped by {}; {} reconnections): HAProxy marks it \
-                 down",
+                "after `kill -9 {}` (online dipped by {}; {} reconnections): HAProxy takes it out \
+                 of rotation (`DOWN`)",
                 f.killed, f.dropped, f.reconnections
             ),
             secs(f.lb_down_s),

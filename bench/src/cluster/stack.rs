@@ -135,6 +135,18 @@ impl ClusterStack {
         self.lb_servers(SSH_BACKEND).await
     }
 
+    /// Whether every HAProxy process has taken node `name` out of the SSH rotation (`DOWN`:
+    /// `fall` checks failed in a row; `UP 1/2` is one failed check, still in rotation).
+    pub async fn lb_ssh_down(&self, name: &str) -> anyhow::Result<bool> {
+        let mut down = true;
+        for lb in self.lbs() {
+            down &= (lb.servers().await?.iter())
+                .filter(|s| s.backend == SSH_BACKEND && s.server == name)
+                .all(|s| s.status.starts_with("DOWN"));
+        }
+        Ok(down)
+    }
+
     /// [`Self::lb_ssh`] for `backend`.
     pub async fn lb_servers(&self, backend: &str) -> anyhow::Result<Vec<(String, u64, bool)>> {
         let mut out: Vec<(String, u64, bool)> = Vec::new();
