@@ -16,6 +16,8 @@ packages+=(xvfb x11vnc x11-xserver-utils xterm ffmpeg chromium nodejs)
 # guacd from source (bench/guacd/build.sh): autotools, and the -dev packages of its VNC protocol.
 packages+=(autoconf automake libtool-bin make gcc pkg-config libcairo2-dev libjpeg62-turbo-dev
   libpng-dev uuid-dev libvncserver-dev libwebp-dev libssl-dev)
+# The cluster benchmark (`passerelle-bench --cluster`): HAProxy and a throwaway PostgreSQL.
+packages+=(haproxy postgresql)
 # The package's own sshd service is not needed: the harness starts its own sshd from a temp config.
 apt_install_missing install-bench-deps "${packages[@]}"
 if ! command -v npm >/dev/null; then

@@ -124,6 +124,11 @@ pub struct Args {
     /// Default: bench/screen of the checkout this harness was built from.
     #[arg(long)]
     pub screen_dir: Option<PathBuf>,
+    /// Instead of the benchmarks: the cluster (issue 16) — PostgreSQL, `cluster init`, three
+    /// nodes and HAProxy; same node against cross node (bulk, round trips, set-up, CPU per node),
+    /// then the largest `--agents` scale of idle agents through HAProxy with one node killed.
+    #[arg(long)]
+    pub cluster: bool,
     /// Keep the temporary directory (configs, keys, logs of every process) and print its path.
     #[arg(long)]
     pub keep_tmp: bool,
@@ -180,6 +185,15 @@ impl Args {
             cipher: cipher_name(&self.cipher),
             agent_options: self.agent_option.clone(),
             perf: self.screen_perf.clone(),
+        }
+    }
+
+    /// The cluster benchmark's plan (`--cluster`).
+    pub fn cluster_plan(&self) -> crate::cluster::ClusterPlan {
+        crate::cluster::ClusterPlan {
+            streams: !self.no_streams,
+            agents: self.plan().agents.into_iter().max().unwrap_or(0),
+            agent_options: self.agent_option.clone(),
         }
     }
 

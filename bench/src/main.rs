@@ -13,6 +13,7 @@
 )]
 
 mod cli;
+mod cluster;
 mod host;
 mod loadgen;
 mod measure;
@@ -80,7 +81,9 @@ async fn main() -> anyhow::Result<()> {
     let plan = args.plan();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let max_agents = plan.agents.iter().copied().max().unwrap_or(0) as u64;
-    let nofile = raise_nofile(max_agents + 4096)?;
+    // --cluster: HAProxy inherits it and holds two sockets per agent (over as many processes
+    // as this limit requires, see cluster/stack.rs).
+    let nofile = raise_nofile(max_agents * if args.cluster { 4 } else { 1 } + 4096)?;
     let bin = match &args.passerelle_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("passerelle"),
@@ -172,6 +175,11 @@ async fn main() -> anyhow::Result<()> {
         Some((
             "The operator's screen: Passerelle, noVNC + websockify, Guacamole",
             screen::run(&screen, &broker_cmd, &dir).await?,
+        ))
+    } else if args.cluster {
+        Some((
+            "The cluster: same node against cross node; idle agents with a node killed",
+            cluster::run(&plan, &args.cluster_plan(), &bin, &dir).await?,
         ))
     } else if let Some(minutes) = args.soak_minutes {
         let service = service::Service::start().await?;

@@ -13,7 +13,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::host;
 use crate::service::{BANNER, CHUNK, Command};
@@ -31,6 +31,14 @@ pub enum Endpoint {
     Ws(String),
     /// A fresh session per connection, then its `raw_ws_url`.
     Passerelle { api: Api, agent: String },
+    /// A cluster node: a fresh session made through its API, then its `raw_ws_url` over
+    /// `wss://` to `via` (that node's HTTPS listener) trusting the cluster's certificate.
+    Node {
+        api: Api,
+        agent: String,
+        via: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+    },
 }
 
 /// How long opening took.
@@ -56,6 +64,15 @@ impl Endpoint {
             Self::Tcp(_) => None,
             Self::Ws(url) => Some(url.clone()),
             Self::Passerelle { api, agent } => Some(api.create_session(agent).await?.raw_ws_url),
+            Self::Node {
+                api, agent, via, ..
+            } => {
+                let url = api.create_session(agent).await?.raw_ws_url;
+                let path = (url.split_once("://").and_then(|(_, r)| r.split_once('/')))
+                    .map(|(_, p)| p)
+                    .with_context(|| format!("not an absolute URL: {url}"))?;
+                Some(format!("wss://{via}/{path}"))
+            }
         };
         let t1 = Instant::now();
         let mut conn = match (self, url) {
@@ -65,9 +82,13 @@ impl Endpoint {
                 Conn::Tcp(s, vec![0; CHUNK])
             }
             (_, Some(url)) => {
+                let tls = match self {
+                    Self::Node { tls, .. } => Some(Connector::Rustls(tls.clone())),
+                    _ => None,
+                };
                 let (ws, _) = limit(
                     "websocket connect",
-                    tokio_tungstenite::connect_async_with_config(url, None, true),
+                    tokio_tungstenite::connect_async_tls_with_config(url, None, true, tls),
                 )
                 .await?
                 .context("websocket handshake")?;

@@ -119,7 +119,7 @@ pub struct Report {
     pub problems: Vec<String>,
 }
 
-fn num(v: Option<f64>) -> String {
+pub(crate) fn num(v: Option<f64>) -> String {
     match v {
         Some(v) if v.is_finite() && v >= 100.0 => format!("{v:.0}"),
         Some(v) if v.is_finite() && v >= 10.0 => format!("{v:.1}"),

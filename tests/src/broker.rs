@@ -212,6 +212,11 @@ impl TestBroker {
         Ok(())
     }
 
+    /// The broker binary's process id (none for an in-process broker).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(BrokerProcess::pid)
+    }
+
     /// What the broker binary has logged so far (empty for an in-process broker).
     pub fn logs(&self) -> String {
         self.process

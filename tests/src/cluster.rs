@@ -43,6 +43,8 @@ pub struct TestCluster {
     host_key: String,
     tls: Arc<rustls::ClientConfig>,
     http: reqwest::Client,
+    /// Lines appended to every node's config file.
+    extra_config: String,
     /// Last, so that the nodes stop before their database does.
     _pg: TestPostgres,
 }
@@ -51,6 +53,12 @@ impl TestCluster {
     /// `passerelle cluster init`, then `n` nodes on a new database of `pg`, started one after
     /// the other (the first creates tenant `default` and its admin key).
     pub async fn start(pg: TestPostgres, n: usize) -> Result<Self> {
+        Self::start_with(pg, n, "").await
+    }
+
+    /// [`Self::start`] with `extra_config` (TOML lines) appended to every node's config file,
+    /// e.g. the benchmark's `max_preauth_per_source = 0`.
+    pub async fn start_with(pg: TestPostgres, n: usize, extra_config: &str) -> Result<Self> {
         crate::init();
         let root = tempfile::Builder::new()
             .prefix("passerelle-cluster-")
@@ -83,6 +91,7 @@ impl TestCluster {
             host_key: String::new(),
             tls,
             http,
+            extra_config: extra_config.to_owned(),
             _pg: pg,
         };
         for i in 0..n {
@@ -286,10 +295,12 @@ impl TestCluster {
              node_name = \"{name}\"\n\
              ssh_listen = \"127.0.0.1:0\"\n\
              http_listen = \"127.0.0.1:0\"\n\
-             trusted_proxies = [\"127.0.0.1/32\"]\n",
+             trusted_proxies = [\"127.0.0.1/32\"]\n\
+             {extra}",
             name = Self::name(i),
             store = self.store_url,
             cluster = self.cluster_dir().display(),
+            extra = self.extra_config,
         )
     }
 

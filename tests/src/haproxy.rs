@@ -41,15 +41,20 @@ pub struct Backend {
     pub https: SocketAddr,
 }
 
+/// Connections HAProxy takes at once by default (a test's handful of agents and viewers).
+pub const DEFAULT_MAXCONN: u32 = 4096;
+
 /// HAProxy's configuration for `backends`, listening on 127.0.0.1:`ssh_port` (agents) and
 /// 127.0.0.1:`https_port` (operators), with its stats socket at `socket`; health checks of
-/// HTTPS verify the nodes' certificate against `ca_file`.
+/// HTTPS verify the nodes' certificate against `ca_file`; at most `maxconn` client connections
+/// (HAProxy, started as root, raises its own open-files limit to match).
 pub fn config(
     backends: &[Backend],
     ssh_port: u16,
     https_port: u16,
     socket: &Path,
     ca_file: &Path,
+    maxconn: u32,
 ) -> String {
     let mut ssh = String::new();
     let mut https = String::new();
@@ -59,11 +64,12 @@ pub fn config(
     }
     format!(
         "global\n\
-         \x20   maxconn 4096\n\
+         \x20   maxconn {maxconn}\n\
          \x20   stats socket {socket} mode 600 level admin\n\
          \n\
          defaults\n\
          \x20   mode tcp\n\
+         \x20   maxconn {maxconn}\n\
          \x20   timeout connect 2s\n\
          \x20   timeout client 1h\n\
          \x20   timeout server 1h\n\
@@ -127,9 +133,19 @@ pub struct TestHaproxy {
 impl TestHaproxy {
     /// Starts HAProxy in front of `backends` and waits until it answers on its stats socket.
     pub async fn start(backends: &[Backend], ca_file: &Path) -> Result<Self> {
+        Self::start_with_maxconn(backends, ca_file, DEFAULT_MAXCONN).await
+    }
+
+    /// [`Self::start`] taking up to `maxconn` client connections (the benchmark's 10,000 idle
+    /// agents).
+    pub async fn start_with_maxconn(
+        backends: &[Backend],
+        ca_file: &Path,
+        maxconn: u32,
+    ) -> Result<Self> {
         let mut last = String::new();
         for _ in 0..5 {
-            match Self::try_start(backends, ca_file).await? {
+            match Self::try_start(backends, ca_file, maxconn, None).await? {
                 Ok(started) => return Ok(started),
                 // Another process took a reserved port between its release and HAProxy's bind.
                 Err(log) if log.contains("cannot bind socket") => last = log,
@@ -139,21 +155,45 @@ impl TestHaproxy {
         bail!("haproxy lost its ports five times; last:\n{last}")
     }
 
-    /// One attempt: `Ok(Err(log))` when HAProxy exited during its start.
-    async fn try_start(backends: &[Backend], ca_file: &Path) -> Result<Result<Self, String>> {
+    /// Another HAProxy process with the same configuration on the same ports: HAProxy binds
+    /// with `SO_REUSEPORT`, so the kernel spreads new connections over both. For more
+    /// connections than one process's open-files limit allows (two files per connection).
+    pub async fn start_sibling(
+        &self,
+        backends: &[Backend],
+        ca_file: &Path,
+        maxconn: u32,
+    ) -> Result<Self> {
+        let ports = (self.ssh_port, self.https_port);
+        Self::try_start(backends, ca_file, maxconn, Some(ports))
+            .await?
+            .map_err(|log| anyhow::anyhow!("a second haproxy did not start:\n{log}"))
+    }
+
+    /// One attempt, on `ports` or on new ones: `Ok(Err(log))` when HAProxy exited during its
+    /// start.
+    async fn try_start(
+        backends: &[Backend],
+        ca_file: &Path,
+        maxconn: u32,
+        ports: Option<(u16, u16)>,
+    ) -> Result<Result<Self, String>> {
         let dir = tempfile::Builder::new()
             .prefix("passerelle-haproxy-")
             .tempdir()?;
-        let (ssh_port, https_port) = {
-            let a = std::net::TcpListener::bind("127.0.0.1:0")?;
-            let b = std::net::TcpListener::bind("127.0.0.1:0")?;
-            (a.local_addr()?.port(), b.local_addr()?.port())
+        let (ssh_port, https_port) = match ports {
+            Some(ports) => ports,
+            None => {
+                let a = std::net::TcpListener::bind("127.0.0.1:0")?;
+                let b = std::net::TcpListener::bind("127.0.0.1:0")?;
+                (a.local_addr()?.port(), b.local_addr()?.port())
+            }
         };
         let socket = dir.path().join("admin.sock");
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(
             &path,
-            config(backends, ssh_port, https_port, &socket, ca_file),
+            config(backends, ssh_port, https_port, &socket, ca_file, maxconn),
         )?;
         let log_path = dir.path().join("haproxy.log");
         let log = std::fs::File::create(&log_path)?;

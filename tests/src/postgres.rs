@@ -137,18 +137,24 @@ impl TestPostgres {
 
     /// A new server for this test only; how long its start took is logged.
     pub async fn start_own() -> Result<Self> {
-        Self::start_own_with(false).await
+        Self::start_own_with("").await
     }
 
     /// A new server that takes TLS connections only (`hostssl` in `pg_hba.conf`), with a
     /// certificate for `localhost` and 127.0.0.1 from a CA made for it; and that CA's PEM file.
     pub async fn start_own_tls() -> Result<(Self, PathBuf)> {
-        let pg = Self::start_own_with(true).await?;
+        let pg = Self::start_own_inner("", true).await?;
         let ca = pg.own_dir().context("an own server")?.join("ca.pem");
         Ok((pg, ca))
     }
 
-    async fn start_own_with(tls: bool) -> Result<Self> {
+    /// [`Self::start_own`] with extra server settings, e.g. `-c max_connections=300` (the
+    /// benchmark's three nodes with full pools need more than the default 100).
+    pub async fn start_own_with(settings: &str) -> Result<Self> {
+        Self::start_own_inner(settings, false).await
+    }
+
+    async fn start_own_inner(settings: &str, tls: bool) -> Result<Self> {
         let started = Instant::now();
         let bin = server_bin()?;
         let dir = tempfile::Builder::new()
@@ -192,7 +198,7 @@ impl TestPostgres {
             .args(["-w", "-t", "30", "-o"])
             .arg(format!(
                 "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
-                 -c fsync=off{tls_options}",
+                 -c fsync=off{tls_options} {settings}",
                 server.dir.path().display()
             ))
             .arg("start");

@@ -19,11 +19,27 @@ use crate::WAIT;
 /// no-op when it is fresh, e.g. after `scripts/test.sh` has built it).
 /// `PASSERELLE_BIN` overrides all of this.
 pub fn passerelle_bin() -> Result<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
+    passerelle_bin_cell()
         .get_or_init(|| build().map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
+}
+
+/// Makes [`passerelle_bin`] answer `bin` from now on, without building (the benchmark harness
+/// passes its `--passerelle-bin`); an error if it was already decided.
+pub fn use_passerelle_bin(bin: PathBuf) -> Result<()> {
+    let chosen = bin.clone();
+    let got = passerelle_bin_cell().get_or_init(|| Ok(chosen));
+    ensure!(
+        got.as_ref().is_ok_and(|b| *b == bin),
+        "the passerelle binary was already chosen: {got:?}"
+    );
+    Ok(())
+}
+
+fn passerelle_bin_cell() -> &'static OnceLock<Result<PathBuf, String>> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    &BUILT
 }
 
 fn build() -> Result<PathBuf> {
@@ -223,6 +239,11 @@ impl BrokerProcess {
             Ok(Err(e)) => Err(e.into()),
             Err(_) => bail!("passerelle serve printed nothing for {WAIT:?}"),
         }
+    }
+
+    /// The process id (none once it has been reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Everything the broker has logged so far.

@@ -157,11 +157,23 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: &str, key: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        Self::build(base, key, None)
+    }
+
+    /// An `https://` API whose certificate `tls` trusts (a cluster node's, `--cluster`).
+    pub fn with_tls(base: &str, key: &str, tls: rustls::ClientConfig) -> anyhow::Result<Self> {
+        Self::build(base, key, Some(tls))
+    }
+
+    fn build(base: &str, key: &str, tls: Option<rustls::ClientConfig>) -> anyhow::Result<Self> {
+        let mut http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()?;
+            .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            http = http.use_preconfigured_tls(tls);
+        }
+        let http = http.build()?;
         Ok(Self {
             http,
             base: base.to_owned(),
