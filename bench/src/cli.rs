@@ -120,6 +120,10 @@ pub struct Args {
     /// Default: bench/screen of the checkout this harness was built from.
     #[arg(long)]
     pub screen_dir: Option<PathBuf>,
+    /// Screen benchmark: more x11vnc options, for every stack alike, e.g. "-defer 5 -wait 5"
+    /// (x11vnc's defaults are 20 ms each).
+    #[arg(long, allow_hyphen_values = true)]
+    pub screen_x11vnc: Option<String>,
     /// Keep the temporary directory (configs, keys, logs of every process) and print its path.
     #[arg(long)]
     pub keep_tmp: bool,
@@ -176,6 +180,11 @@ impl Args {
             cipher: cipher_name(&self.cipher),
             agent_options: self.agent_option.clone(),
             perf: self.screen_perf.clone(),
+            x11vnc_args: self
+                .screen_x11vnc
+                .iter()
+                .flat_map(|a| a.split_whitespace().map(str::to_owned))
+                .collect(),
         }
     }
 
