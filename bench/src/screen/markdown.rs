@@ -107,7 +107,7 @@ pub fn markdown(input: &Input<'_>) -> String {
     for &w in &plan.workloads {
         let _ = writeln!(out, "### {}\n", w.describe());
         out.push_str(
-            "| stack | update latency p50 / p95 (ms) | changes seen / missed | canvas updates/s | \
+            "| stack | update latency p50 / p95 (ms; p50 of each run) | changes seen / missed | canvas updates/s | \
              KB/s to the browser | server CPU per session | of which | x11vnc CPU | renderer CPU | \
              all Chromium CPU | page open → pixels (ms) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
@@ -132,11 +132,16 @@ pub fn markdown(input: &Input<'_>) -> String {
                 .collect();
             let _ = writeln!(
                 out,
-                "| {} ({} runs) | {} / {} | {} / {} | {:.1} (of {:.0} frames/s) | {:.1} | {} | {} | {} | {} | {} | {:.0} |",
+                "| {} ({} runs) | {} / {} ({}) | {} / {} | {:.1} (of {:.0} frames/s) | {:.1} | {} | {} | {} | {} | {} | {:.0} |",
                 stack.label(),
                 s.runs,
                 opt(s.latency_p50),
                 opt(s.latency_p95),
+                s.run_p50s
+                    .iter()
+                    .map(|v| format!("{v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 s.changes,
                 s.missed,
                 s.fps,
@@ -154,6 +159,7 @@ pub fn markdown(input: &Input<'_>) -> String {
         out.push('\n');
     }
     stages_table(&mut out, input.present, &summaries);
+    own_share_table(&mut out, plan, input.present, &summaries);
     let get = |w: Workload, st: Stack| {
         summaries
             .iter()
@@ -232,8 +238,9 @@ pub fn markdown(input: &Input<'_>) -> String {
          the same for all three. Latency: from the moment the X server had the square's new \
          colour (a round trip on the harness's own X connection after drawing) to the first \
          animation frame in which the page read that colour from the canvas, both on \
-         CLOCK_REALTIME; pooled over runs. Canvas updates/s: animation frames in which eight \
-         sampled canvas rows changed (the page's frame rate caps it). A direct RFB client of the \
+         CLOCK_REALTIME. Canvas updates/s: animation frames in which eight \
+         sampled canvas rows changed (the page's frame rate caps it). All figures are medians over \
+         runs (latency: the median of the runs' p50s and p95s). A direct RFB client of the \
          harness (the square's rectangle only, raw encoding) is connected to x11vnc beside every \
          stack, the same for all three.\n",
     );
@@ -273,6 +280,49 @@ fn stages_table(out: &mut String, present: &[Stack], summaries: &[(Workload, Sta
             s.staged,
             m - v,
             c - m
+        );
+    }
+    out.push('\n');
+}
+
+/// The stacks' own share of the latency on every workload: X → canvas minus X → x11vnc's update
+/// at the direct client, per change (x11vnc's stalls, the same for all stacks, drop out).
+fn own_share_table(
+    out: &mut String,
+    plan: &ScreenPlan,
+    present: &[Stack],
+    summaries: &[(Workload, Stack, Summary)],
+) {
+    out.push_str(
+        "### The stacks' own share: canvas − x11vnc's update, p50 (ms, median over runs)\n\n\
+         | workload | (a) | (b) | (c) | (a) / (b) | (a) / (c) |\n|---|---|---|---|---|---|\n",
+    );
+    for &w in &plan.workloads {
+        let get = |st: Stack| {
+            present
+                .contains(&st)
+                .then(|| summaries.iter().find(|x| x.0 == w && x.1 == st))
+                .flatten()
+                .and_then(|x| x.2.after_x11vnc_p50)
+        };
+        let (a, b, c) = (
+            get(Stack::Passerelle),
+            get(Stack::Websockify),
+            get(Stack::Guacamole),
+        );
+        let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) if y.abs() > f64::EPSILON => format!("{:.2}×", x / y),
+            _ => "–".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            w.describe().split(' ').next().unwrap_or(""),
+            opt(a),
+            opt(b),
+            opt(c),
+            ratio(a, b),
+            ratio(a, c)
         );
     }
     out.push('\n');

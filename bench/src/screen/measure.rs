@@ -273,6 +273,7 @@ fn sample(
         latencies,
         missed,
         stages: report::stages(toggles, &rec.changes, direct, &rec.arrivals),
+        after_x11vnc: report::after_x11vnc(toggles, &rec.changes, direct),
         fps: rec.frames as f64 / secs,
         ticks_per_s: rec.ticks as f64 / secs,
         bytes_per_s: rec.bytes as f64 / secs,

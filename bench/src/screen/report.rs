@@ -18,6 +18,9 @@ pub struct Sample {
     /// Per change seen by all three: X change → x11vnc's update at the direct RFB client, → the
     /// first WebSocket message at the page, → the canvas (ms; see [`stages`]).
     pub stages: Vec<[f64; 3]>,
+    /// Per change seen by the canvas and the direct RFB client: canvas − x11vnc's update (ms),
+    /// the stack's own share, whatever x11vnc did (on any workload).
+    pub after_x11vnc: Vec<f64>,
     /// Canvas updates per second (animation frames whose sampled rows changed).
     pub fps: f64,
     /// Animation frames per second (the page's own rate: the ceiling of `fps`).
@@ -101,6 +104,15 @@ pub fn stages(
     out
 }
 
+/// Per toggle seen by both: the canvas's latency minus the direct client's (ms).
+pub fn after_x11vnc(toggles: &[Toggle], canvas: &[[f64; 4]], direct: &[[f64; 4]]) -> Vec<f64> {
+    pair_each(toggles, canvas)
+        .into_iter()
+        .zip(pair_each(toggles, direct))
+        .filter_map(|(c, v)| Some(c? - v?))
+        .collect()
+}
+
 /// [`pair`], per toggle: its latency or `None`.
 fn pair_each(toggles: &[Toggle], changes: &[[f64; 4]]) -> Vec<Option<f64>> {
     let mut from = 0;
@@ -127,8 +139,12 @@ fn pair_each(toggles: &[Toggle], changes: &[[f64; 4]]) -> Vec<Option<f64>> {
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     pub runs: usize,
+    /// The median over runs of each run's p50 (and p95); the per-run p50s, in run order.
     pub latency_p50: Option<f64>,
     pub latency_p95: Option<f64>,
+    pub run_p50s: Vec<f64>,
+    /// The median over runs of each run's p50 of [`Sample::after_x11vnc`].
+    pub after_x11vnc_p50: Option<f64>,
     pub changes: usize,
     pub missed: usize,
     pub fps: f64,
@@ -162,8 +178,17 @@ pub fn summarize(samples: &[&Sample]) -> Option<Summary> {
         .collect();
     Some(Summary {
         runs: samples.len(),
-        latency_p50: (!all.is_empty()).then(|| percentile(&all, 50.0)),
-        latency_p95: (!all.is_empty()).then(|| percentile(&all, 95.0)),
+        latency_p50: (!all.is_empty()).then(|| median(&run_pct(samples, 50.0))),
+        latency_p95: (!all.is_empty()).then(|| median(&run_pct(samples, 95.0))),
+        run_p50s: run_pct(samples, 50.0),
+        after_x11vnc_p50: {
+            let per_run: Vec<f64> = samples
+                .iter()
+                .filter(|s| !s.after_x11vnc.is_empty())
+                .map(|s| percentile(&s.after_x11vnc, 50.0))
+                .collect();
+            (!per_run.is_empty()).then(|| median(&per_run))
+        },
         changes: all.len(),
         missed: samples.iter().map(|s| s.missed).sum(),
         fps: m(&|s| s.fps),
@@ -178,6 +203,15 @@ pub fn summarize(samples: &[&Sample]) -> Option<Summary> {
         stages: stage_medians(samples),
         staged: samples.iter().map(|s| s.stages.len()).sum(),
     })
+}
+
+/// Each run's `p`th percentile of its latencies (runs that saw no change left out).
+fn run_pct(samples: &[&Sample], p: f64) -> Vec<f64> {
+    samples
+        .iter()
+        .filter(|s| !s.latencies.is_empty())
+        .map(|s| percentile(&s.latencies, p))
+        .collect()
 }
 
 fn stage_medians(samples: &[&Sample]) -> Option<[f64; 3]> {
@@ -246,6 +280,25 @@ mod tests {
             stages(&toggles, &canvas, &direct, &arrivals),
             vec![[25.0, 31.0, 40.0]]
         );
+    }
+
+    #[test]
+    fn the_share_after_x11vnc_needs_both_sightings() {
+        let toggles = [
+            Toggle {
+                at_ms: 1000.0,
+                rgb: 0xff0000,
+            },
+            Toggle {
+                at_ms: 2000.0,
+                rgb: 0x00ff00,
+            },
+        ];
+        let canvas = [[1040.0, 255.0, 0.0, 0.0], [2050.0, 0.0, 255.0, 0.0]];
+        assert_eq!(after_x11vnc(&toggles, &canvas, &[]), Vec::<f64>::new());
+        // The direct client saw the first change only.
+        let direct = [[1030.0, 255.0, 0.0, 0.0]];
+        assert_eq!(after_x11vnc(&toggles, &canvas, &direct), vec![10.0]);
     }
 
     #[test]
