@@ -3,7 +3,7 @@
 //! (so that its first full-screen update does not race the page's connection), put the square on
 //! top, settle, record a window while the harness toggles the square, stop the program, close
 //! the page. A failed measurement is printed at once, noted, and the browser restarted; the loop
-//! goes on with the next one.
+//! goes on with the next one. Each workload starts with one warm-up measurement, not counted.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -59,6 +59,25 @@ pub async fn all(
     let mut done = 0;
     for &workload in &plan.workloads {
         progress::step(&format!("workload {}", workload.describe()));
+        // The first measurement of a workload met a cold x11vnc (its first full-screen changes,
+        // its "bogging down" detection) and a cold ffplay: in three runs on a loaded machine it
+        // was always the worst of its stack, and the rotation gives it to (a) every time. One
+        // measurement before the runs, not counted, takes it.
+        if let Some(&first) = present.first() {
+            let tag = format!("{workload:?} warm-up (not counted) {}", first.label());
+            let b = ready(&mut browser, plan, bench.dir).await?;
+            match one(bench, b, first, workload, None, &tag).await {
+                Ok((s, _)) => progress::step(&format!("{tag}: {}", s.one_line())),
+                Err(e) => {
+                    let p = format!("warm-up {} {workload:?}: {e:#}", first.label());
+                    progress::error(&p);
+                    out.problems.push(p);
+                    if let Some(b) = browser.take() {
+                        b.stop().await;
+                    }
+                }
+            }
+        }
         for run in 0..plan.runs {
             for i in 0..present.len() {
                 let stack = present[(i + run) % present.len()];
@@ -70,14 +89,7 @@ pub async fn all(
                     stack.label()
                 );
                 bench.ws.check_alive()?;
-                let b = match browser.take() {
-                    Some(b) => browser.insert(b),
-                    None => browser.insert(
-                        Browser::start(&plan.screen_dir, bench.dir)
-                            .await
-                            .context("starting the browser")?,
-                    ),
-                };
+                let b = ready(&mut browser, plan, bench.dir).await?;
                 progress::step(&format!("{tag}: load {}", crate::host::load_average()));
                 match one(bench, b, stack, workload, None, &tag).await {
                     Ok((s, skew)) => {
@@ -101,10 +113,7 @@ pub async fn all(
             for &stack in present {
                 let dest = perf.join(format!("{workload:?}-{}", stack.file_name()));
                 let tag = format!("{workload:?} profile {}", stack.label());
-                let b = match browser.take() {
-                    Some(b) => browser.insert(b),
-                    None => browser.insert(Browser::start(&plan.screen_dir, bench.dir).await?),
-                };
+                let b = ready(&mut browser, plan, bench.dir).await?;
                 if let Err(e) = one(bench, b, stack, workload, Some(&dest), &tag).await {
                     let p = format!("profiling {} {workload:?}: {e:#}", stack.label());
                     progress::error(&p);
@@ -122,6 +131,21 @@ pub async fn all(
         b.stop().await;
     }
     Ok(())
+}
+
+/// The browser, started if there is none (the first time, or after a failed measurement).
+async fn ready<'b>(
+    browser: &'b mut Option<Browser>,
+    plan: &ScreenPlan,
+    dir: &Path,
+) -> anyhow::Result<&'b mut Browser> {
+    if browser.is_none() {
+        let b = Browser::start(&plan.screen_dir, dir)
+            .await
+            .context("starting the browser")?;
+        *browser = Some(b);
+    }
+    browser.as_mut().context("no browser")
 }
 
 /// The square, locked, on a blocking thread (its X connection blocks).
