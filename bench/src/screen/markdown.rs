@@ -271,8 +271,8 @@ fn stages_table(out: &mut String, present: &[Stack], summaries: &[(Workload, Sta
     out.push_str(
         "### Where the time of a small change goes ((1), medians over the changes seen by all)\n\n\
          | stack | changes | X → x11vnc's update (direct RFB client) | X → first WebSocket message \
-         in the page | X → canvas | tunnel + page's receive (message − x11vnc) | page (canvas − \
-         message) |\n|---|---|---|---|---|---|---|\n",
+         in the page | X → canvas | tunnel + page's receive (message − x11vnc, per change) | page \
+         (canvas − message, per change) |\n|---|---|---|---|---|---|---|\n",
     );
     for &stack in present {
         let Some((_, _, s)) = summaries
@@ -281,7 +281,7 @@ fn stages_table(out: &mut String, present: &[Stack], summaries: &[(Workload, Sta
         else {
             continue;
         };
-        let Some([v, m, c]) = s.stages else {
+        let Some([v, m, c, tunnel, page]) = s.stages else {
             let _ = writeln!(out, "| {} | 0 | | | | | |", stack.label());
             continue;
         };
@@ -290,8 +290,8 @@ fn stages_table(out: &mut String, present: &[Stack], summaries: &[(Workload, Sta
             "| {} | {} | {v:.1} | {m:.1} | {c:.1} | {:.1} | {:.1} |",
             stack.label(),
             s.staged,
-            m - v,
-            c - m
+            tunnel,
+            page
         );
     }
     out.push('\n');

@@ -156,8 +156,9 @@ pub struct Summary {
     pub renderer: f64,
     pub chromium: f64,
     pub open_ms: f64,
-    /// Medians of [`Sample::stages`] pooled over runs, and how many changes they cover.
-    pub stages: Option<[f64; 3]>,
+    /// Medians of [`Sample::stages`] pooled over runs — x11vnc, message, canvas, then the
+    /// per-change differences message − x11vnc and canvas − message — and how many changes.
+    pub stages: Option<[f64; 5]>,
     pub staged: usize,
 }
 
@@ -214,7 +215,7 @@ fn run_pct(samples: &[&Sample], p: f64) -> Vec<f64> {
         .collect()
 }
 
-fn stage_medians(samples: &[&Sample]) -> Option<[f64; 3]> {
+fn stage_medians(samples: &[&Sample]) -> Option<[f64; 5]> {
     let pooled: Vec<[f64; 3]> = samples
         .iter()
         .flat_map(|s| s.stages.iter().copied())
@@ -222,8 +223,14 @@ fn stage_medians(samples: &[&Sample]) -> Option<[f64; 3]> {
     if pooled.is_empty() {
         return None;
     }
-    let col = |i: usize| median(&pooled.iter().map(|s| s[i]).collect::<Vec<_>>());
-    Some([col(0), col(1), col(2)])
+    let col = |f: &dyn Fn(&[f64; 3]) -> f64| median(&pooled.iter().map(f).collect::<Vec<_>>());
+    Some([
+        col(&|s| s[0]),
+        col(&|s| s[1]),
+        col(&|s| s[2]),
+        col(&|s| s[1] - s[0]),
+        col(&|s| s[2] - s[1]),
+    ])
 }
 
 #[cfg(test)]
