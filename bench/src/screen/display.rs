@@ -143,10 +143,16 @@ impl Workstation {
     }
 }
 
+/// A session bus address that fails at once: without one, SDL (ffplay) autolaunches a
+/// dbus-daemon through `dbus-launch` (seen in the process tree) — one more process per video
+/// start, and a suspect for the one ffplay that took over 15 s to map its first window.
+const NO_DBUS: &str = "unix:path=/nonexistent/passerelle-bench-no-bus";
+
 /// A program drawing on the display for a workload: `ffplay` or `xterm`.
 pub fn start_video(dir: &Path, display: &str) -> anyhow::Result<Proc> {
     let mut cmd = Command::new("ffplay");
     cmd.env("DISPLAY", display)
+        .env("DBUS_SESSION_BUS_ADDRESS", NO_DBUS)
         .args([
             "-hide_banner",
             "-loglevel",
