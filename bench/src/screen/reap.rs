@@ -48,11 +48,12 @@ pub async fn sweep_below(root: u32, grace: Duration) -> Vec<String> {
         .filter(|&p| p != root && !is_zombie(p))
         .filter_map(|p| i32::try_from(p).ok().map(Pid::from_raw))
         .collect();
+    // A process gone since the scan has no name left: it is not listed.
     let names = pids
         .iter()
-        .map(|p| {
-            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-            format!("{} ({p})", comm.trim())
+        .filter_map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?;
+            Some(format!("{} ({p})", comm.trim()))
         })
         .collect();
     for &p in &pids {
