@@ -129,6 +129,10 @@ pub struct Args {
     /// then the largest `--agents` scale of idle agents through HAProxy with one node killed.
     #[arg(long)]
     pub cluster: bool,
+    /// Screen benchmark: more x11vnc options, for every stack alike, e.g. "-defer 5 -wait 5"
+    /// (x11vnc's defaults are 20 ms each).
+    #[arg(long, allow_hyphen_values = true)]
+    pub screen_x11vnc: Option<String>,
     /// Keep the temporary directory (configs, keys, logs of every process) and print its path.
     #[arg(long)]
     pub keep_tmp: bool,
@@ -185,6 +189,11 @@ impl Args {
             cipher: cipher_name(&self.cipher),
             agent_options: self.agent_option.clone(),
             perf: self.screen_perf.clone(),
+            x11vnc_args: self
+                .screen_x11vnc
+                .iter()
+                .flat_map(|a| a.split_whitespace().map(str::to_owned))
+                .collect(),
         }
     }
 

@@ -5,10 +5,14 @@
 //   time it changed, on CLOCK_REALTIME (performance.timeOrigin + performance.now(), in ms), so that
 //   the harness can pair each change with the moment the X server had it;
 // - eight full rows of the canvas, hashed: a frame whose rows differ from the previous frame's is
-//   one canvas update ("frames delivered").
+//   one canvas update ("frames delivered");
+// - the arrival time of each WebSocket message (the first one after a change of a still screen
+//   is that change's update: where the tunnel's share of the latency ends).
 (() => {
   const now = () => performance.timeOrigin + performance.now();
-  const st = { on: false, bytes: 0, msgs: 0, changes: [], frames: 0, ticks: 0, t0: 0, t1: 0 };
+  const st = { on: false, bytes: 0, msgs: 0, changes: [], arrivals: [], frames: 0, ticks: 0, t0: 0, t1: 0 };
+  // At most this many arrival times are kept (a busy screen sends hundreds a second).
+  const MAX_ARRIVALS = 20000;
   const Native = window.WebSocket;
   // A real WebSocket with one more listener (noVNC checks the methods on the object's own
   // prototype, so a subclass would not do).
@@ -16,6 +20,7 @@
     const ws = new Native(...args);
     ws.addEventListener('message', (e) => {
       if (!st.on) return;
+      if (st.arrivals.length < MAX_ARRIVALS) st.arrivals.push(now());
       const d = e.data;
       st.bytes += typeof d === 'string' ? d.length : (d.byteLength ?? d.size ?? 0);
       st.msgs += 1;
@@ -76,7 +81,7 @@
       return { width: c.width, height: c.height, rgb: [p[0], p[1], p[2]] };
     },
     start(px, py) {
-      Object.assign(st, { on: true, bytes: 0, msgs: 0, changes: [], frames: 0, ticks: 0, px, py, t0: now() });
+      Object.assign(st, { on: true, bytes: 0, msgs: 0, changes: [], arrivals: [], frames: 0, ticks: 0, px, py, t0: now() });
       last = null;
       hash = null;
       requestAnimationFrame(tick);
@@ -84,7 +89,10 @@
     stop() {
       st.on = false;
       st.t1 = now();
-      return { changes: st.changes, frames: st.frames, ticks: st.ticks, bytes: st.bytes, msgs: st.msgs, t0: st.t0, t1: st.t1 };
+      return {
+        changes: st.changes, frames: st.frames, ticks: st.ticks, bytes: st.bytes, msgs: st.msgs,
+        arrivals: st.arrivals, t0: st.t0, t1: st.t1,
+      };
     },
     now,
   };

@@ -1,6 +1,9 @@
 //! The browser of the screen benchmark: `bench/screen/driver.mjs` (playwright-core driving
 //! Debian's headless Chromium), spoken to with one JSON command per line. See that file for the
-//! commands; this side owns the process, the timeouts and the parsing.
+//! commands; this side owns the process, the timeouts and the parsing. Each command carries an id
+//! that its answer echoes: after a timeout, the late answer is skipped, not read as the next
+//! command's. Chromium runs in process groups of its own (Playwright starts it detached):
+//! stopping or dropping the browser ends the driver's whole process tree.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,6 +27,9 @@ pub struct Recorded {
     pub ticks: u64,
     /// Bytes the page's WebSockets received (string messages: their length).
     pub bytes: u64,
+    /// When each WebSocket message reached the page (the first 20,000).
+    #[serde(default)]
+    pub arrivals: Vec<f64>,
     pub t0: f64,
     pub t1: f64,
 }
@@ -32,8 +38,11 @@ pub struct Recorded {
 pub struct Browser {
     proc: Proc,
     log: PathBuf,
-    stdin: ChildStdin,
+    /// `None` once closed (stopping).
+    stdin: Option<ChildStdin>,
     lines: Lines<BufReader<ChildStdout>>,
+    /// The id of the last command sent.
+    next_id: u64,
 }
 
 /// How long any one command may take (opening a page waits for its screen, at most
@@ -68,10 +77,14 @@ impl Browser {
         let mut browser = Self {
             proc,
             log,
-            stdin,
+            stdin: Some(stdin),
             lines: BufReader::new(stdout).lines(),
+            next_id: 0,
         };
-        browser.answer(COMMAND_TIMEOUT).await?;
+        browser
+            .answer(COMMAND_TIMEOUT)
+            .await
+            .context("starting Chromium (driver.mjs)")?;
         Ok(browser)
     }
 
@@ -132,41 +145,75 @@ impl Browser {
             .map(drop)
     }
 
+    /// Closes Chromium (the driver exits when its stdin closes), then ends what is left of the
+    /// driver's process tree.
     pub async fn stop(mut self) {
-        drop(self.stdin);
+        let pid = self.proc.pid();
+        // Closing stdin: the driver closes the browser and exits.
+        drop(self.stdin.take());
         let _ = tokio::time::timeout(Duration::from_secs(5), self.proc.child_mut().wait()).await;
+        super::reap::sweep_below(pid, Duration::from_secs(2)).await;
         self.proc.kill().await;
     }
 
-    async fn call(&mut self, cmd: Value, timeout: Duration) -> anyhow::Result<Value> {
+    async fn call(&mut self, mut cmd: Value, timeout: Duration) -> anyhow::Result<Value> {
+        self.next_id += 1;
+        cmd["id"] = json!(self.next_id);
+        let what = cmd
+            .get("cmd")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
         let mut line = cmd.to_string();
         line.push('\n');
         self.stdin
+            .as_mut()
+            .context("the driver's input is closed")?
             .write_all(line.as_bytes())
             .await
             .context("writing to the driver")?;
-        self.answer(timeout).await
+        self.answer(timeout)
+            .await
+            .with_context(|| format!("the browser's {what:?} command"))
     }
 
+    /// The answer to the last command (older answers, late after a timeout, are skipped).
     async fn answer(&mut self, timeout: Duration) -> anyhow::Result<Value> {
-        let line = match tokio::time::timeout(timeout, self.lines.next_line()).await {
-            Ok(Ok(Some(l))) => l,
-            Ok(Ok(None)) => bail!(
-                "the driver exited; end of {}:\n{}",
-                self.log.display(),
-                log_tail(&self.log)
-            ),
-            Ok(Err(e)) => return Err(e).context("reading the driver"),
-            Err(_) => bail!("the driver did not answer in {timeout:?}"),
+        let deadline = tokio::time::Instant::now() + timeout;
+        let v = loop {
+            let line = match tokio::time::timeout_at(deadline, self.lines.next_line()).await {
+                Ok(Ok(Some(l))) => l,
+                Ok(Ok(None)) => bail!(
+                    "the driver exited; end of {}:\n{}",
+                    self.log.display(),
+                    log_tail(&self.log)
+                ),
+                Ok(Err(e)) => return Err(e).context("reading the driver"),
+                Err(_) => bail!("the driver did not answer within {timeout:?}"),
+            };
+            let v: Value = serde_json::from_str(&line)
+                .with_context(|| format!("the driver printed {line:?}"))?;
+            match v.get("id").and_then(Value::as_u64) {
+                Some(id) if id != self.next_id => continue,
+                _ => break v,
+            }
         };
-        let v: Value =
-            serde_json::from_str(&line).with_context(|| format!("the driver printed {line:?}"))?;
         if v.get("ok").and_then(Value::as_bool) != Some(true) {
             bail!(
                 "the driver failed: {}",
-                v.get("error").and_then(Value::as_str).unwrap_or(&line)
+                v.get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given")
             );
         }
         Ok(v)
+    }
+}
+
+impl Drop for Browser {
+    /// On an early return or an interrupted run: Chromium's processes are not in the driver's
+    /// process group, so the whole tree is ended here (the group, by [`Proc`]'s own drop).
+    fn drop(&mut self) {
+        super::reap::kill_below(self.proc.pid());
     }
 }

@@ -28,6 +28,16 @@ pub const HEIGHT: u16 = 1080;
 pub const SQUARE_AT: (i16, i16) = (96, 96);
 pub const SQUARE_SIDE: u16 = 64;
 
+/// The square's rectangle `(x, y, width, height)`.
+pub fn square_rect() -> (u16, u16, u16, u16) {
+    (
+        SQUARE_AT.0.unsigned_abs(),
+        SQUARE_AT.1.unsigned_abs(),
+        SQUARE_SIDE,
+        SQUARE_SIDE,
+    )
+}
+
 /// The probe point the page reads: the square's centre.
 pub fn probe() -> (u16, u16) {
     (
@@ -50,9 +60,9 @@ pub struct Workstation {
 
 impl Workstation {
     /// Starts Xvfb (`-noreset`: it keeps its root background when the last client leaves) with a
-    /// blue-grey root, and x11vnc with its default settings (as a workstation runs it), no
-    /// password, loopback only.
-    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+    /// blue-grey root, and x11vnc with its default settings (as a workstation runs it) plus
+    /// `x11vnc_args`, no password, loopback only.
+    pub async fn start(dir: &Path, x11vnc_args: &[String]) -> anyhow::Result<Self> {
         let mut cmd = Command::new("Xvfb");
         cmd.args([
             "-displayfd",
@@ -76,18 +86,24 @@ impl Workstation {
             .context("Xvfb did not print its display number in 10 s")??
             .context("Xvfb exited before printing its display number")?;
         let display = format!(":{}", num.trim());
-        let status = Command::new("xsetroot")
-            .args(["-display", &display, "-solid", "#336699"])
-            .status()
-            .await
-            .context("running xsetroot")?;
+        let status = tokio::time::timeout(
+            Duration::from_secs(10),
+            Command::new("xsetroot")
+                .args(["-display", &display, "-solid", "#336699"])
+                .kill_on_drop(true)
+                .status(),
+        )
+        .await
+        .context("xsetroot did not finish within 10 s")?
+        .context("running xsetroot")?;
         if !status.success() {
             bail!("xsetroot failed: {status}");
         }
         let port = free_port()?;
         let mut cmd = Command::new("x11vnc");
         cmd.args(["-display", &display, "-rfbport", &port.to_string()])
-            .args(["-localhost", "-nopw", "-forever", "-shared", "-quiet"]);
+            .args(["-localhost", "-nopw", "-forever", "-shared", "-quiet"])
+            .args(x11vnc_args);
         let mut x11vnc = Proc::spawn("x11vnc", &mut cmd, &dir.join("x11vnc.log"), false)?;
         let vnc = SocketAddr::from(([127, 0, 0, 1], port));
         wait_for("x11vnc to listen", Duration::from_secs(15), async || {
@@ -127,10 +143,16 @@ impl Workstation {
     }
 }
 
+/// A session bus address that fails at once: without one, SDL (ffplay) autolaunches a
+/// dbus-daemon through `dbus-launch` (seen in the process tree) — one more process per video
+/// start, and a suspect for the one ffplay that took over 15 s to map its first window.
+const NO_DBUS: &str = "unix:path=/nonexistent/passerelle-bench-no-bus";
+
 /// A program drawing on the display for a workload: `ffplay` or `xterm`.
 pub fn start_video(dir: &Path, display: &str) -> anyhow::Result<Proc> {
     let mut cmd = Command::new("ffplay");
     cmd.env("DISPLAY", display)
+        .env("DBUS_SESSION_BUS_ADDRESS", NO_DBUS)
         .args([
             "-hide_banner",
             "-loglevel",
@@ -221,11 +243,17 @@ impl Square {
         Ok(())
     }
 
-    /// Paints the next colour of [`PALETTE`] and returns when the X server has done it (a round
-    /// trip after the requests, as `XSync`), with the time taken right then.
+    /// Raises the square (a full-screen program may have restacked its window above it), paints
+    /// the next colour of [`PALETTE`] and returns when the X server has done it (a round trip
+    /// after the requests, as `XSync`), with the time taken right then.
     pub fn toggle(&mut self) -> anyhow::Result<Toggle> {
+        use x11rb::protocol::xproto::{ConfigureWindowAux, StackMode};
         let rgb = PALETTE[self.next % PALETTE.len()];
         self.next += 1;
+        self.conn.configure_window(
+            self.window,
+            &ConfigureWindowAux::new().stack_mode(StackMode::ABOVE),
+        )?;
         self.conn.change_window_attributes(
             self.window,
             &ChangeWindowAttributesAux::new().background_pixel(rgb),

@@ -1,10 +1,9 @@
-//! The screen benchmark's figures: pairing the square's changes with what the page saw, the
-//! medians over runs, issue 17's targets with their verdicts, and the markdown section.
-
-use std::fmt::Write as _;
+//! The screen benchmark's figures: pairing the square's changes with what the page (and the
+//! direct RFB client) saw, where each change's time went, and the medians over runs. The
+//! markdown section is [`super::markdown`]'s.
 
 use super::display::Toggle;
-use super::{ScreenPlan, Stack, Workload};
+use super::{Stack, Workload};
 use crate::measure::{median, percentile};
 
 /// One stack, workload and run.
@@ -16,6 +15,12 @@ pub struct Sample {
     pub latencies: Vec<f64>,
     /// Changes the page never showed (within 3 s).
     pub missed: usize,
+    /// Per change seen by all three: X change → x11vnc's update at the direct RFB client, → the
+    /// first WebSocket message at the page, → the canvas (ms; see [`stages`]).
+    pub stages: Vec<[f64; 3]>,
+    /// Per change seen by the canvas and the direct RFB client: canvas − x11vnc's update (ms),
+    /// the stack's own share, whatever x11vnc did (on any workload).
+    pub after_x11vnc: Vec<f64>,
     /// Canvas updates per second (animation frames whose sampled rows changed).
     pub fps: f64,
     /// Animation frames per second (the page's own rate: the ceiling of `fps`).
@@ -40,6 +45,26 @@ impl Sample {
     pub fn server_total(&self) -> f64 {
         self.servers.iter().map(|s| s.1).sum()
     }
+
+    /// The progress line of one measurement.
+    pub fn one_line(&self) -> String {
+        let direct: Vec<f64> = self.stages.iter().map(|s| s[0]).collect();
+        format!(
+            "latency p50 {:.1} ms ({} changes, {} missed; x11vnc's share {}), {:.1} canvas updates/s, \
+             {:.0} KB/s, server CPU {:.1} %",
+            self.latency_p50().unwrap_or(f64::NAN),
+            self.latencies.len(),
+            self.missed,
+            if direct.is_empty() {
+                "–".to_owned()
+            } else {
+                format!("{:.1} ms", median(&direct))
+            },
+            self.fps,
+            self.bytes_per_s / 1000.0,
+            self.server_total() * 100.0
+        )
+    }
 }
 
 /// How far a canvas colour may be from the colour drawn, per channel (lossy encodings).
@@ -50,9 +75,48 @@ const GIVE_UP_MS: f64 = 3000.0;
 /// Pairs each toggle with the first later change of the probe pixel to its colour; returns the
 /// latencies (ms) and how many toggles were never seen. A change is used once.
 pub fn pair(toggles: &[Toggle], changes: &[[f64; 4]]) -> (Vec<f64>, usize) {
+    let each = pair_each(toggles, changes);
+    let missed = each.iter().filter(|l| l.is_none()).count();
+    (each.into_iter().flatten().collect(), missed)
+}
+
+/// Where each change's time went: for every toggle that both the direct RFB client (`direct`)
+/// and the page's canvas (`canvas`) saw, `[x11vnc, page's WebSocket, canvas]` in ms after the X
+/// change, the WebSocket time being the first message to reach the page after the change
+/// (`arrivals`) — on a still screen, that change's update. Toggles without a message before the
+/// canvas changed are left out.
+pub fn stages(
+    toggles: &[Toggle],
+    canvas: &[[f64; 4]],
+    direct: &[[f64; 4]],
+    arrivals: &[f64],
+) -> Vec<[f64; 3]> {
+    let at_canvas = pair_each(toggles, canvas);
+    let at_x11vnc = pair_each(toggles, direct);
+    let mut out = Vec::new();
+    for ((t, c), v) in toggles.iter().zip(at_canvas).zip(at_x11vnc) {
+        let (Some(c), Some(v)) = (c, v) else { continue };
+        let first = arrivals.iter().find(|&&a| a >= t.at_ms && a <= t.at_ms + c);
+        if let Some(a) = first {
+            out.push([v, a - t.at_ms, c]);
+        }
+    }
+    out
+}
+
+/// Per toggle seen by both: the canvas's latency minus the direct client's (ms).
+pub fn after_x11vnc(toggles: &[Toggle], canvas: &[[f64; 4]], direct: &[[f64; 4]]) -> Vec<f64> {
+    pair_each(toggles, canvas)
+        .into_iter()
+        .zip(pair_each(toggles, direct))
+        .filter_map(|(c, v)| Some(c? - v?))
+        .collect()
+}
+
+/// [`pair`], per toggle: its latency or `None`.
+fn pair_each(toggles: &[Toggle], changes: &[[f64; 4]]) -> Vec<Option<f64>> {
     let mut from = 0;
-    let mut latencies = Vec::new();
-    let mut missed = 0;
+    let mut out = Vec::new();
     for t in toggles {
         let want = [(t.rgb >> 16) & 0xff, (t.rgb >> 8) & 0xff, t.rgb & 0xff].map(f64::from);
         let found = changes[from..].iter().position(|c| {
@@ -62,21 +126,25 @@ pub fn pair(toggles: &[Toggle], changes: &[[f64; 4]]) -> (Vec<f64>, usize) {
         });
         match found {
             Some(k) => {
-                latencies.push(changes[from + k][0] - t.at_ms);
+                out.push(Some(changes[from + k][0] - t.at_ms));
                 from += k + 1;
             }
-            None => missed += 1,
+            None => out.push(None),
         }
     }
-    (latencies, missed)
+    out
 }
 
 /// The medians of one stack and workload over its runs.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     pub runs: usize,
+    /// The median over runs of each run's p50 (and p95); the per-run p50s, in run order.
     pub latency_p50: Option<f64>,
     pub latency_p95: Option<f64>,
+    pub run_p50s: Vec<f64>,
+    /// The median over runs of each run's p50 of [`Sample::after_x11vnc`].
+    pub after_x11vnc_p50: Option<f64>,
     pub changes: usize,
     pub missed: usize,
     pub fps: f64,
@@ -88,6 +156,10 @@ pub struct Summary {
     pub renderer: f64,
     pub chromium: f64,
     pub open_ms: f64,
+    /// Medians of [`Sample::stages`] pooled over runs — x11vnc, message, canvas, then the
+    /// per-change differences message − x11vnc and canvas − message — and how many changes.
+    pub stages: Option<[f64; 5]>,
+    pub staged: usize,
 }
 
 pub fn summarize(samples: &[&Sample]) -> Option<Summary> {
@@ -107,8 +179,17 @@ pub fn summarize(samples: &[&Sample]) -> Option<Summary> {
         .collect();
     Some(Summary {
         runs: samples.len(),
-        latency_p50: (!all.is_empty()).then(|| percentile(&all, 50.0)),
-        latency_p95: (!all.is_empty()).then(|| percentile(&all, 95.0)),
+        latency_p50: (!all.is_empty()).then(|| median(&run_pct(samples, 50.0))),
+        latency_p95: (!all.is_empty()).then(|| median(&run_pct(samples, 95.0))),
+        run_p50s: run_pct(samples, 50.0),
+        after_x11vnc_p50: {
+            let per_run: Vec<f64> = samples
+                .iter()
+                .filter(|s| !s.after_x11vnc.is_empty())
+                .map(|s| percentile(&s.after_x11vnc, 50.0))
+                .collect();
+            (!per_run.is_empty()).then(|| median(&per_run))
+        },
         changes: all.len(),
         missed: samples.iter().map(|s| s.missed).sum(),
         fps: m(&|s| s.fps),
@@ -120,215 +201,36 @@ pub fn summarize(samples: &[&Sample]) -> Option<Summary> {
         renderer: m(&|s| s.renderer),
         chromium: m(&|s| s.chromium),
         open_ms: m(&|s| s.open_ms),
+        stages: stage_medians(samples),
+        staged: samples.iter().map(|s| s.stages.len()).sum(),
     })
 }
 
-/// What the section is made of.
-pub struct Input<'a> {
-    pub plan: &'a ScreenPlan,
-    pub present: &'a [Stack],
-    pub samples: &'a [Sample],
-    /// Per page: the page clock minus the harness's (ms), and the bound of that estimate.
-    pub skews: &'a [(f64, f64)],
-    pub problems: &'a [String],
-    pub guacd_version: Option<String>,
-    /// `/proc/loadavg` when the benchmark started and when it ended.
-    pub load: (String, String),
+/// Each run's `p`th percentile of its latencies (runs that saw no change left out).
+fn run_pct(samples: &[&Sample], p: f64) -> Vec<f64> {
+    samples
+        .iter()
+        .filter(|s| !s.latencies.is_empty())
+        .map(|s| percentile(&s.latencies, p))
+        .collect()
 }
 
-fn pct(cores: f64) -> String {
-    format!("{:.1} %", cores * 100.0)
-}
-
-fn opt(v: Option<f64>) -> String {
-    v.map_or("–".to_owned(), |v| format!("{v:.1}"))
-}
-
-/// One target: (a)'s figure against `factor` × the reference's; `higher` when more is better.
-fn verdict(
-    out: &mut String,
-    what: &str,
-    a: Option<f64>,
-    r: Option<f64>,
-    factor: f64,
-    higher: bool,
-    unit: &str,
-) {
-    let (Some(a), Some(r)) = (a, r) else {
-        let _ = writeln!(
-            out,
-            "| {what} | {} | {} | – | not measured |",
-            opt(a),
-            opt(r)
-        );
-        return;
-    };
-    let ok = if higher {
-        a >= factor * r
-    } else {
-        a <= factor * r
-    };
-    let ratio = if r.abs() > f64::EPSILON {
-        format!("{:.2}×", a / r)
-    } else {
-        "–".to_owned()
-    };
-    let _ = writeln!(
-        out,
-        "| {what} | {a:.1}{unit} | {r:.1}{unit} | {ratio} | {} |",
-        if ok { "**met**" } else { "**missed**" }
-    );
-}
-
-pub fn markdown(input: &Input<'_>) -> String {
-    let mut out = String::new();
-    let plan = input.plan;
-    let skew: Vec<f64> = input.skews.iter().map(|s| s.0).collect();
-    let bound: Vec<f64> = input.skews.iter().map(|s| s.1).collect();
-    let _ = writeln!(
-        out,
-        "Display Xvfb {}x{} 24-bit with x11vnc 0.9.16 (defaults, no password), one headless Chromium \
-         (playwright-core, 1920x1080 viewport); {} runs × {:.0} s per stack and workload, stacks \
-         rotated each run; cipher {}; guacd: {}. Page clock − harness clock: median {:.2} ms \
-         (each estimate within ±{:.2} ms). Load average {} at the start, {} at the end.\n",
-        super::display::WIDTH,
-        super::display::HEIGHT,
-        plan.runs,
-        plan.window.as_secs_f64(),
-        plan.cipher,
-        input.guacd_version.as_deref().unwrap_or("not run"),
-        if skew.is_empty() {
-            f64::NAN
-        } else {
-            median(&skew)
-        },
-        if bound.is_empty() {
-            f64::NAN
-        } else {
-            median(&bound)
-        },
-        input.load.0,
-        input.load.1,
-    );
-    let mut summaries = Vec::new();
-    for &w in &plan.workloads {
-        let _ = writeln!(out, "### {}\n", w.describe());
-        out.push_str(
-            "| stack | update latency p50 / p95 (ms) | changes seen / missed | canvas updates/s | \
-             KB/s to the browser | server CPU per session | of which | x11vnc CPU | renderer CPU | \
-             all Chromium CPU | page open → pixels (ms) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
-        );
-        for &stack in input.present {
-            let mine: Vec<&Sample> = input
-                .samples
-                .iter()
-                .filter(|s| s.stack == stack && s.workload == w)
-                .collect();
-            let Some(s) = summarize(&mine) else {
-                let _ = writeln!(
-                    out,
-                    "| {} | no run completed | | | | | | | | | |",
-                    stack.label()
-                );
-                continue;
-            };
-            let parts: Vec<String> = s
-                .servers
-                .iter()
-                .map(|(n, c)| format!("{n} {}", pct(*c)))
-                .collect();
-            let _ = writeln!(
-                out,
-                "| {} ({} runs) | {} / {} | {} / {} | {:.1} (of {:.0} frames/s) | {:.1} | {} | {} | {} | {} | {} | {:.0} |",
-                stack.label(),
-                s.runs,
-                opt(s.latency_p50),
-                opt(s.latency_p95),
-                s.changes,
-                s.missed,
-                s.fps,
-                s.ticks_per_s,
-                s.kbytes_per_s,
-                pct(s.server),
-                parts.join(", "),
-                pct(s.x11vnc),
-                pct(s.renderer),
-                pct(s.chromium),
-                s.open_ms,
-            );
-            summaries.push((w, stack, s));
-        }
-        out.push('\n');
+fn stage_medians(samples: &[&Sample]) -> Option<[f64; 5]> {
+    let pooled: Vec<[f64; 3]> = samples
+        .iter()
+        .flat_map(|s| s.stages.iter().copied())
+        .collect();
+    if pooled.is_empty() {
+        return None;
     }
-    let get = |w: Workload, st: Stack| {
-        summaries
-            .iter()
-            .find(|x| x.0 == w && x.1 == st)
-            .map(|x| &x.2)
-    };
-    out.push_str("### Targets for (a) (issue 17)\n\n| target | (a) | reference | ratio | verdict |\n|---|---|---|---|---|\n");
-    let (a, b, c) = (Stack::Passerelle, Stack::Websockify, Stack::Guacamole);
-    for &w in &plan.workloads {
-        let lat = |st| get(w, st).and_then(|s| s.latency_p50);
-        let n = w.describe().split(' ').next().unwrap_or("");
-        verdict(
-            &mut out,
-            &format!("{n} latency p50 ≤ 0.5 × (c)"),
-            lat(a),
-            lat(c),
-            0.5,
-            false,
-            " ms",
-        );
-        verdict(
-            &mut out,
-            &format!("{n} latency p50 ≤ 1.0 × (b)"),
-            lat(a),
-            lat(b),
-            1.0,
-            false,
-            " ms",
-        );
-        let cpu = |st| get(w, st).map(|s| s.server * 100.0);
-        verdict(
-            &mut out,
-            &format!("{n} server CPU per session ≤ 0.2 × (c)"),
-            cpu(a),
-            cpu(c),
-            0.2,
-            false,
-            " %",
-        );
-        if w == Workload::Video {
-            let fps = |st| get(w, st).map(|s| s.fps);
-            verdict(
-                &mut out,
-                &format!("{n} canvas updates/s ≥ (c)"),
-                fps(a),
-                fps(c),
-                1.0,
-                true,
-                "",
-            );
-        }
-    }
-    out.push_str(
-        "\nServer CPU: (a) the broker process; (b) sshd (its listener and the agent's connection \
-         process) + websockify and its worker; (c) the same sshd + guacd (and its connection \
-         process) + guacamole-lite (node). x11vnc and the OpenSSH agent are the workstation's, \
-         the same for all three. Latency: from the moment the X server had the square's new \
-         colour (a round trip on the harness's own X connection after drawing) to the first \
-         animation frame in which the page read that colour from the canvas, both on \
-         CLOCK_REALTIME; pooled over runs. Canvas updates/s: animation frames in which eight \
-         sampled canvas rows changed (the page's frame rate caps it).\n",
-    );
-    if !input.problems.is_empty() {
-        out.push_str("\n**Problems during the run:**\n\n");
-        for p in input.problems {
-            let _ = writeln!(out, "- {p}");
-        }
-    }
-    out
+    let col = |f: &dyn Fn(&[f64; 3]) -> f64| median(&pooled.iter().map(f).collect::<Vec<_>>());
+    Some([
+        col(&|s| s[0]),
+        col(&|s| s[1]),
+        col(&|s| s[2]),
+        col(&|s| s[1] - s[0]),
+        col(&|s| s[2] - s[1]),
+    ])
 }
 
 #[cfg(test)]
@@ -362,6 +264,48 @@ mod tests {
         let (lat, missed) = pair(&toggles, &changes);
         assert_eq!(lat, vec![30.0, 60.0]);
         assert_eq!(missed, 1);
+    }
+
+    #[test]
+    fn stages_split_a_change_at_x11vnc_and_at_the_first_message() {
+        let toggles = [
+            Toggle {
+                at_ms: 1000.0,
+                rgb: 0xff0000,
+            },
+            Toggle {
+                at_ms: 2000.0,
+                rgb: 0x00ff00,
+            },
+        ];
+        let canvas = [[1040.0, 255.0, 0.0, 0.0], [2050.0, 0.0, 255.0, 0.0]];
+        // The direct client missed nothing; no message reached the page for the second change
+        // before its canvas did (a stale one did, before the change).
+        let direct = [[1025.0, 255.0, 0.0, 0.0], [2020.0, 0.0, 255.0, 0.0]];
+        let arrivals = [900.0, 1031.0, 1032.0, 1999.0, 2060.0];
+        assert_eq!(
+            stages(&toggles, &canvas, &direct, &arrivals),
+            vec![[25.0, 31.0, 40.0]]
+        );
+    }
+
+    #[test]
+    fn the_share_after_x11vnc_needs_both_sightings() {
+        let toggles = [
+            Toggle {
+                at_ms: 1000.0,
+                rgb: 0xff0000,
+            },
+            Toggle {
+                at_ms: 2000.0,
+                rgb: 0x00ff00,
+            },
+        ];
+        let canvas = [[1040.0, 255.0, 0.0, 0.0], [2050.0, 0.0, 255.0, 0.0]];
+        assert_eq!(after_x11vnc(&toggles, &canvas, &[]), Vec::<f64>::new());
+        // The direct client saw the first change only.
+        let direct = [[1030.0, 255.0, 0.0, 0.0]];
+        assert_eq!(after_x11vnc(&toggles, &canvas, &direct), vec![10.0]);
     }
 
     #[test]
