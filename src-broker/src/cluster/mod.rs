@@ -24,6 +24,9 @@ use crate::store::{AuditKind, Db, NewEvent, TenantId, now_ms};
 
 /// How often a node renews its lease and sweeps dead nodes.
 pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// A node that did not answer a link request is not told anything for this long (one lease
+/// renewal): either it is back by then, or its lease runs out and nobody asks it any more.
+const SKIP_UNREACHABLE_MS: i64 = 5_000;
 
 /// The link route that drops an agent's connection on the node that holds it.
 pub const DROP_AGENT_PATH: &str = "/cluster/v1/drop-agent";
@@ -263,8 +266,15 @@ impl Cluster {
         futures_util::future::join_all(told).await;
     }
 
-    /// POSTs `body` to `path` on `peer`; a failure is logged (the peer's lease decides the rest).
+    /// POSTs `body` to `path` on `peer`; a failure is logged once per lease (the peer's lease
+    /// decides the rest). A node that could not be reached within [`SKIP_UNREACHABLE_MS`] is
+    /// not tried again meanwhile: after a node dies, each of its agents that comes back on this
+    /// node would otherwise cost a failed request to it (a connect timeout each, on a real
+    /// network) and a warning, thousands at once.
     async fn tell(&self, peer: &Peer, path: &str, body: &impl serde::Serialize) {
+        if self.recently_unreachable(peer) {
+            return tracing::debug!(node = %peer.name, %path, "node recently unreachable: not told");
+        }
         let sent = match serde_json::to_vec(body) {
             Ok(bytes) => match self.request(hyper::Method::POST, path, None, bytes.into()) {
                 Ok(req) => self
@@ -281,10 +291,20 @@ impl Cluster {
             Ok(s) => {
                 tracing::warn!(node = %peer.name, status = %s, %path, "a node refused a link request");
             }
-            Err(e) => {
+            Err(e) if self.first_failure(peer) => {
                 tracing::warn!(node = %peer.name, error = %format!("{e:#}"), %path, "could not reach a node");
             }
+            Err(e) => {
+                tracing::debug!(node = %peer.name, error = %format!("{e:#}"), %path, "could not reach a node");
+            }
         }
+    }
+
+    /// Whether `peer` failed to answer within the last [`SKIP_UNREACHABLE_MS`].
+    fn recently_unreachable(&self, peer: &Peer) -> bool {
+        let seen = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&peer.name)
+            .is_some_and(|at| now_ms() - *at < SKIP_UNREACHABLE_MS)
     }
 
     /// A request to another node, signed.
@@ -368,8 +388,49 @@ impl Cluster {
 
 #[cfg(test)]
 mod tests {
-    use super::DropCertified;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
     use crate::registry::SignedInWith;
+
+    /// A node that accepts connections and closes them at once (a dying node) is asked once;
+    /// the agents that come back right after are not sent after it.
+    #[tokio::test]
+    async fn a_node_that_did_not_answer_is_not_asked_again_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let tries = Arc::new(AtomicUsize::new(0));
+        let counted = tries.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::new(Arc::new(crate::store::Store::open(dir.path()).unwrap())).unwrap();
+        let cluster = Cluster::join(
+            "n1".into(),
+            "http://127.0.0.1:1".into(),
+            &[7; 32],
+            &"00".repeat(32),
+            db,
+            TaskTracker::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let dead = Peer {
+            name: "n3".into(),
+            url,
+        };
+        let agent = AgentId::new("pc1").unwrap();
+        for _ in 0..20 {
+            cluster.drop_agent(&dead, 1, &agent, "replaced").await;
+        }
+        assert_eq!(tries.load(Ordering::SeqCst), 1, "one try for twenty drops");
+        assert!(cluster.recently_unreachable(&dead));
+    }
 
     #[test]
     fn a_certificate_drop_matches_every_field_it_sets_and_never_nothing() {
