@@ -60,10 +60,15 @@ pub fn machine() -> Vec<(String, String)> {
     ]
 }
 
-/// `git rev-parse --short HEAD` of the current directory, with a note when the tree is dirty.
+/// `git rev-parse --short HEAD` of the checkout the harness was built from, with a note when
+/// its tree is dirty.
 pub fn git_commit() -> String {
+    // The checkout this harness was built from, wherever it is run from.
+    let checkout = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let git = |args: &[&str]| {
         std::process::Command::new("git")
+            .arg("-C")
+            .arg(&checkout)
             .args(args)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())

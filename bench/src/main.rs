@@ -17,6 +17,7 @@ mod cluster;
 mod host;
 mod loadgen;
 mod measure;
+mod reap;
 mod recording;
 mod report;
 mod run;
@@ -75,9 +76,28 @@ async fn wait_for_load(max: f64) -> String {
     )
 }
 
+/// How long the processes of an ending run get to exit after SIGTERM before SIGKILL.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// Runs the benchmark that the command line names. Every process it starts (brokers, sshd,
+/// agents, browsers, HAProxy, PostgreSQL...) ends with it: on success, on an error, and on
+/// Ctrl-C or SIGTERM, which drop the run mid-way.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    reap::become_subreaper()?;
+    let outcome = tokio::select! {
+        r = bench(args) => r,
+        sig = reap::interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
+    };
+    let left = reap::sweep(GRACE).await;
+    if !left.is_empty() {
+        eprintln!("ended what was left: {}", left.join(", "));
+    }
+    outcome
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
     let plan = args.plan();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let max_agents = plan.agents.iter().copied().max().unwrap_or(0) as u64;

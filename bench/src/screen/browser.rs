@@ -152,7 +152,7 @@ impl Browser {
         // Closing stdin: the driver closes the browser and exits.
         drop(self.stdin.take());
         let _ = tokio::time::timeout(Duration::from_secs(5), self.proc.child_mut().wait()).await;
-        super::reap::sweep_below(pid, Duration::from_secs(2)).await;
+        crate::reap::sweep_below(pid, Duration::from_secs(2)).await;
         self.proc.kill().await;
     }
 
@@ -214,6 +214,6 @@ impl Drop for Browser {
     /// On an early return or an interrupted run: Chromium's processes are not in the driver's
     /// process group, so the whole tree is ended here (the group, by [`Proc`]'s own drop).
     fn drop(&mut self) {
-        super::reap::kill_below(self.proc.pid());
+        crate::reap::kill_below(self.proc.pid());
     }
 }

@@ -23,7 +23,6 @@ mod measure;
 mod probe;
 mod profile;
 mod progress;
-mod reap;
 mod report;
 mod setup;
 
@@ -121,16 +120,15 @@ const GRACE: Duration = Duration::from_secs(3);
 /// SIGTERM it stops, ends every process it started and fails.
 pub async fn run(plan: &ScreenPlan, broker: &BrokerCmd, dir: &Path) -> anyhow::Result<String> {
     progress::begin();
-    reap::become_subreaper()?;
     let outcome = tokio::select! {
         r = run_stacks(plan, broker, dir) => r,
-        sig = reap::interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
+        sig = crate::reap::interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
     };
     if let Err(e) = &outcome {
         progress::error(&format!("{e:#}"));
     }
     // Whatever is left (all of it when interrupted: the run's future was dropped mid-way).
-    let left = reap::sweep(GRACE).await;
+    let left = crate::reap::sweep(GRACE).await;
     if !left.is_empty() {
         progress::step(&format!("ended what was left: {}", left.join(", ")));
     }

@@ -1,4 +1,4 @@
-//! Every process the screen benchmark starts ends with it — on success, on an error, on Ctrl-C
+//! Every process a benchmark run starts ends with it — on success, on an error, on Ctrl-C
 //! and on SIGTERM. The harness makes itself a child subreaper (`PR_SET_CHILD_SUBREAPER`), so that
 //! processes that leave their parent's process group and outlive it (sshd's connection children
 //! call `setsid`, Playwright starts Chromium as a group leader of its own) are re-parented to it
