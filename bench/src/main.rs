@@ -227,10 +227,6 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let mut watch = host::CpuWatch::start();
-    watch.phase("start-up");
-    let service = service::Service::start().await?;
-    let mut problems = Vec::new();
     if nofile < max_agents + 1024 {
         // The agents' sockets live in this process and as many in the broker: fail now rather
         // than after minutes of connecting.
@@ -241,6 +237,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             nofile.saturating_sub(1024)
         );
     }
+    let mut watch = host::CpuWatch::start();
+    watch.phase("start-up");
+    let service = service::Service::start().await?;
+    let mut problems = Vec::new();
     let pool = if args.no_streams { 0 } else { plan.pool_size() };
     let baseline = if args.no_baseline || args.no_streams {
         None

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use passerelle_proto::api::{AgentInfo, AgentService};
+use passerelle_proto::api::AgentInfo;
 use passerelle_proto::ids::{AgentId, ServiceName};
 use tokio_util::sync::CancellationToken;
 
@@ -157,18 +157,13 @@ impl AgentConn {
 
     /// Presence fields of the API's agent view.
     pub fn fill(&self, info: &mut AgentInfo) {
-        info.online = true;
-        info.services = self
-            .services()
-            .iter()
-            .map(|(name, port)| AgentService {
-                name: name.clone(),
-                port: *port,
-            })
-            .collect();
-        info.connected_since = Some(rfc3339(self.connected_at));
+        crate::store::cluster::fill_online(
+            info,
+            self.services().iter().map(|(n, p)| (n, *p)),
+            self.connected_at,
+            self.peer.to_string(),
+        );
         info.last_seen = Some(rfc3339(self.last_seen.load(Ordering::Relaxed)));
-        info.peer_addr = Some(self.peer.to_string());
     }
 }
 

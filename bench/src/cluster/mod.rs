@@ -17,8 +17,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context as _, bail};
-use tokio::signal::unix::{SignalKind, signal};
+use anyhow::bail;
 
 use self::stack::{ClusterStack, NODES};
 use crate::run::Plan;
@@ -36,29 +35,10 @@ pub struct ClusterPlan {
     pub agent_options: Vec<String>,
 }
 
-/// Runs the cluster figures; the markdown section. Stops early, everything stopped, on Ctrl-C
-/// or SIGTERM (an error then).
+/// Runs the cluster figures; the markdown section. On Ctrl-C or SIGTERM, `main` drops this
+/// run, which kills its nodes, HAProxy and agents and stops PostgreSQL, then sweeps whatever
+/// is left (crate::reap).
 pub async fn run(
-    plan: &Plan,
-    cplan: &ClusterPlan,
-    bin: &Path,
-    dir: &Path,
-) -> anyhow::Result<String> {
-    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
-    // Boxed, so that dropping it below really ends it (and its processes) there.
-    let mut work = Box::pin(run_all(plan, cplan, bin, dir));
-    let signal = tokio::select! {
-        done = &mut work => return done,
-        r = tokio::signal::ctrl_c() => r.map(|()| "Ctrl-C"),
-        _ = term.recv() => Ok("SIGTERM"),
-    }?;
-    println!("{signal}: stopping every process of the cluster run");
-    // Dropping the run kills its nodes, HAProxy and agents, and stops PostgreSQL.
-    drop(work);
-    bail!("interrupted by {signal}; every process the run started was stopped")
-}
-
-async fn run_all(
     plan: &Plan,
     cplan: &ClusterPlan,
     bin: &Path,

@@ -113,24 +113,13 @@ impl Stack {
     }
 }
 
-/// How long the processes of an ending run get to exit after SIGTERM before SIGKILL.
-const GRACE: Duration = Duration::from_secs(3);
-
 /// Runs the screen benchmark; returns the markdown section (without its title). On SIGINT or
-/// SIGTERM it stops, ends every process it started and fails.
+/// SIGTERM, `main` drops the run and ends every process it started (crate::reap).
 pub async fn run(plan: &ScreenPlan, broker: &BrokerCmd, dir: &Path) -> anyhow::Result<String> {
     progress::begin();
-    let outcome = tokio::select! {
-        r = run_stacks(plan, broker, dir) => r,
-        sig = crate::reap::interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
-    };
+    let outcome = run_stacks(plan, broker, dir).await;
     if let Err(e) = &outcome {
         progress::error(&format!("{e:#}"));
-    }
-    // Whatever is left (all of it when interrupted: the run's future was dropped mid-way).
-    let left = crate::reap::sweep(GRACE).await;
-    if !left.is_empty() {
-        progress::step(&format!("ended what was left: {}", left.join(", ")));
     }
     outcome
 }

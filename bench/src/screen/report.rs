@@ -237,6 +237,20 @@ fn stage_medians(samples: &[&Sample]) -> Option<[f64; 5]> {
 mod tests {
     use super::*;
 
+    /// Red at 1 s, green at 2 s.
+    fn red_then_green() -> [Toggle; 2] {
+        [
+            Toggle {
+                at_ms: 1000.0,
+                rgb: 0xff0000,
+            },
+            Toggle {
+                at_ms: 2000.0,
+                rgb: 0x00ff00,
+            },
+        ]
+    }
+
     #[test]
     fn toggles_pair_with_the_first_later_change_of_their_colour() {
         let toggles = [
@@ -268,16 +282,7 @@ mod tests {
 
     #[test]
     fn stages_split_a_change_at_x11vnc_and_at_the_first_message() {
-        let toggles = [
-            Toggle {
-                at_ms: 1000.0,
-                rgb: 0xff0000,
-            },
-            Toggle {
-                at_ms: 2000.0,
-                rgb: 0x00ff00,
-            },
-        ];
+        let toggles = red_then_green();
         let canvas = [[1040.0, 255.0, 0.0, 0.0], [2050.0, 0.0, 255.0, 0.0]];
         // The direct client missed nothing; no message reached the page for the second change
         // before its canvas did (a stale one did, before the change).
@@ -291,16 +296,7 @@ mod tests {
 
     #[test]
     fn the_share_after_x11vnc_needs_both_sightings() {
-        let toggles = [
-            Toggle {
-                at_ms: 1000.0,
-                rgb: 0xff0000,
-            },
-            Toggle {
-                at_ms: 2000.0,
-                rgb: 0x00ff00,
-            },
-        ];
+        let toggles = red_then_green();
         let canvas = [[1040.0, 255.0, 0.0, 0.0], [2050.0, 0.0, 255.0, 0.0]];
         assert_eq!(after_x11vnc(&toggles, &canvas, &[]), Vec::<f64>::new());
         // The direct client saw the first change only.

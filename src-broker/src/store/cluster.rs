@@ -80,20 +80,34 @@ pub struct Holder {
 }
 
 impl Holder {
-    /// Presence fields of the API's agent view (as `AgentConn::fill` does for a local one).
+    /// Presence fields of the API's agent view, for an agent held by another node.
     pub fn fill(&self, info: &mut AgentInfo) {
-        info.online = true;
-        info.services = self
-            .services
-            .iter()
-            .map(|(name, port)| AgentService {
-                name: name.clone(),
-                port: *port,
-            })
-            .collect();
-        info.connected_since = Some(rfc3339(self.connected_at));
-        info.peer_addr = Some(self.peer_addr.clone());
+        fill_online(
+            info,
+            self.services.iter().map(|(n, p)| (n, *p)),
+            self.connected_at,
+            self.peer_addr.clone(),
+        );
     }
+}
+
+/// The presence fields of the API's agent view that any node knows of a connected agent: online,
+/// its services, since when, from where (`AgentConn::fill` adds what only its node knows).
+pub fn fill_online<'a>(
+    info: &mut AgentInfo,
+    services: impl Iterator<Item = (&'a ServiceName, u32)>,
+    connected_at: i64,
+    peer_addr: String,
+) {
+    info.online = true;
+    info.services = services
+        .map(|(name, port)| AgentService {
+            name: name.clone(),
+            port,
+        })
+        .collect();
+    info.connected_since = Some(rfc3339(connected_at));
+    info.peer_addr = Some(peer_addr);
 }
 
 /// A session a dead node left open, ended by a survivor.

@@ -69,11 +69,27 @@ fn timed<T>(fut: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Resu
         .map_err(Error::from)
 }
 
-/// Runs a client's connection (its socket) until it ends.
-async fn drive<F: Future<Output = std::result::Result<(), tokio_postgres::Error>>>(conn: F) {
-    if let Err(e) = conn.await {
-        tracing::warn!(error = %e, "a PostgreSQL connection of the store ended");
-    }
+/// A new client over `tls` (or `NoTls`) within `limit`; its connection (the socket) runs in a
+/// task of `tasks` until it ends.
+async fn connect<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    limit: Duration,
+    tasks: &tokio_util::task::TaskTracker,
+) -> Result<Client>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, conn) = tokio::time::timeout(limit, config.connect(tls))
+        .await
+        .map_err(|_| Error::Pool(format!("no connection within {limit:?}")))??;
+    tasks.spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "a PostgreSQL connection of the store ended");
+        }
+    });
+    Ok(client)
 }
 
 /// The clients of one database.
@@ -218,24 +234,10 @@ impl Pool {
         let limit = self.connect_timeout;
         let tls = self.tls.clone();
         let join = rt.spawn(async move {
-            let timed_out = |_| Error::Pool(format!("no connection within {limit:?}"));
-            let client = match tls {
-                Some(tls) => {
-                    let (client, conn) = tokio::time::timeout(limit, config.connect(tls))
-                        .await
-                        .map_err(timed_out)??;
-                    tasks.spawn(drive(conn));
-                    client
-                }
-                None => {
-                    let (client, conn) = tokio::time::timeout(limit, config.connect(NoTls))
-                        .await
-                        .map_err(timed_out)??;
-                    tasks.spawn(drive(conn));
-                    client
-                }
-            };
-            Ok::<_, Error>(client)
+            match tls {
+                Some(tls) => connect(&config, tls, limit, &tasks).await,
+                None => connect(&config, NoTls, limit, &tasks).await,
+            }
         });
         match block_on(join, limit + Duration::from_secs(1)) {
             Some(Ok(result)) => result.map(|client| {
