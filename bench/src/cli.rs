@@ -51,7 +51,7 @@ pub struct Args {
     /// Idle-agent scales, comma-separated (0 or empty to skip). Default 1000,10000; quick 1000.
     #[arg(long, value_delimiter = ',')]
     pub agents: Option<Vec<usize>>,
-    /// Source addresses 127.0.0.1..N for the idle agents' connections.
+    /// Source addresses 127.0.0.2..N+1 for the idle agents' connections (at most 253).
     #[arg(long, default_value_t = 8)]
     pub source_ips: u8,
     /// The idle agents' key exchange: ML-KEM hybrid as OpenSSH 9.9+ negotiates with the broker,
@@ -129,6 +129,21 @@ pub struct Args {
     /// then the largest `--agents` scale of idle agents through HAProxy with one node killed.
     #[arg(long)]
     pub cluster: bool,
+    /// Instead of the benchmarks: the largest `--agents` scale of idle agents (e.g. 50000) on
+    /// `--fleet-nodes` cluster nodes of one PostgreSQL, from as many load-generator processes,
+    /// so that no process needs more open files than its limit; then `kill -9` of every node,
+    /// their restart, and the time until every agent is back.
+    #[arg(long)]
+    pub fleet: bool,
+    /// Fleet: the nodes (and load-generator processes) the agents are spread over.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=6))]
+    pub fleet_nodes: u64,
+    /// Internal (`--fleet`): run as one load-generator process, ADDR,FIRST,COUNT.
+    #[arg(long, hide = true)]
+    pub loadgen_child: Option<String>,
+    /// Internal (`--fleet`): the broker's host key (OpenSSH public key line).
+    #[arg(long, hide = true)]
+    pub loadgen_host_key: Option<String>,
     /// Screen benchmark: more x11vnc options, for every stack alike, e.g. "-defer 5 -wait 5"
     /// (x11vnc's defaults are 20 ms each).
     #[arg(long, allow_hyphen_values = true)]
@@ -204,6 +219,19 @@ impl Args {
             agents: self.plan().agents.into_iter().max().unwrap_or(0),
             agent_options: self.agent_option.clone(),
         }
+    }
+
+    /// A `--loadgen-child` process's settings.
+    pub fn child_settings(&self) -> anyhow::Result<crate::loadprocs::ChildSettings> {
+        let plan = self.plan();
+        Ok(crate::loadprocs::ChildSettings {
+            host_key: (self.loadgen_host_key.clone())
+                .ok_or_else(|| anyhow::anyhow!("--loadgen-child needs --loadgen-host-key"))?,
+            source_ips: plan.source_ips,
+            parallel_connects: plan.parallel_connects,
+            cipher: plan.cipher,
+            kex: plan.agent_kex,
+        })
     }
 
     pub fn plan(&self) -> Plan {

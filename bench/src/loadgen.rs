@@ -8,9 +8,11 @@
 //! SYNs would overflow the listen backlog and measure the kernel's SYN retry timer instead of the
 //! broker); each attempt has a timeout; each agent gives up after [`MAX_ATTEMPTS`]; everything stops
 //! on [`LoadGen::stop`] or when dropped. Connections are spread over several source addresses
-//! (127.0.0.1..) so that 10,000 of them, twice, do not run out of ephemeral ports.
+//! (127.0.0.2.., not 127.0.0.1: the cluster's nodes expect a PROXY header from that one, their
+//! load balancer) so that 10,000 of them, twice, do not run out of ephemeral ports.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -44,9 +46,10 @@ fn agent_key(i: usize) -> PrivateKey {
     PrivateKey::from(Ed25519Keypair::from_seed(&seed))
 }
 
-/// Registers agents `0..n` through the API, `parallel` requests at a time.
-pub async fn register(api: &Api, n: usize, parallel: usize) -> anyhow::Result<()> {
-    let mut results = futures_util::stream::iter(0..n)
+/// Registers agents `ids` (indexes, see [`agent_id`]) through the API, `parallel` requests at a
+/// time.
+pub async fn register(api: &Api, ids: Range<usize>, parallel: usize) -> anyhow::Result<()> {
+    let mut results = futures_util::stream::iter(ids)
         .map(|i| async move {
             let public = agent_key(i).public_key().to_openssh()?;
             api.register_agent(&agent_id(i), &public).await
@@ -79,7 +82,8 @@ pub struct LoadGen {
 pub struct LoadConfig {
     pub target: SocketAddr,
     pub host_key: PublicKey,
-    pub agents: usize,
+    /// The agents' indexes (see [`agent_id`]).
+    pub agents: Range<usize>,
     pub source_ips: u8,
     pub parallel_connects: usize,
     pub cipher: &'static str,
@@ -128,12 +132,12 @@ impl LoadGen {
         let permits = Arc::new(Semaphore::new(cfg.parallel_connects.max(1)));
         let host_key = Arc::new(cfg.host_key);
         let mut tasks = JoinSet::new();
-        for i in 0..cfg.agents {
+        for i in cfg.agents {
             let source = Ipv4Addr::new(
                 127,
                 0,
                 0,
-                1 + (i % usize::from(cfg.source_ips.max(1))) as u8,
+                2 + (i % usize::from(cfg.source_ips.clamp(1, 253))) as u8,
             );
             let agent = Agent {
                 id: agent_id(i),
@@ -190,6 +194,23 @@ impl LoadGen {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
+    }
+}
+
+/// What the phase watchers need of running load agents, in this process ([`LoadGen`]) or over
+/// child processes ([`crate::loadprocs::LoadProcs`]).
+pub trait Online {
+    /// Agents connected now.
+    fn online(&self) -> usize;
+    /// False once the generator cannot make progress any more (a child process exited).
+    fn alive(&self) -> bool {
+        true
+    }
+}
+
+impl Online for LoadGen {
+    fn online(&self) -> usize {
+        LoadGen::online(self)
     }
 }
 

@@ -16,6 +16,7 @@ mod cli;
 mod cluster;
 mod host;
 mod loadgen;
+mod loadprocs;
 mod measure;
 mod reap;
 mod recording;
@@ -85,6 +86,11 @@ const GRACE: Duration = Duration::from_secs(3);
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(spec) = &args.loadgen_child {
+        // As many sockets as the hard limit allows.
+        raise_nofile(u64::MAX >> 1)?;
+        return loadprocs::child(spec, args.child_settings()?).await;
+    }
     reap::become_subreaper()?;
     let outcome = tokio::select! {
         r = bench(args) => r,
@@ -200,6 +206,21 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         Some((
             "The cluster: same node against cross node; idle agents with a node killed",
             cluster::run(&plan, &args.cluster_plan(), &bin, &dir).await?,
+        ))
+    } else if args.fleet {
+        let n = max_agents as usize;
+        let nodes = args.fleet_nodes as usize;
+        // Each node and each generator process holds its share of the agents' sockets.
+        if (n.div_ceil(nodes) as u64) + 1024 > nofile {
+            anyhow::bail!(
+                "RLIMIT_NOFILE is {nofile}: {n} agents over {nodes} nodes is {} sockets per \
+                 process; give more --fleet-nodes",
+                n.div_ceil(nodes)
+            );
+        }
+        Some((
+            "A fleet: idle agents over cluster nodes, every node killed and restarted",
+            cluster::fleet(&plan, &bin, &dir, n, nodes).await?,
         ))
     } else if let Some(minutes) = args.soak_minutes {
         let service = service::Service::start().await?;

@@ -270,7 +270,7 @@ pub async fn idle_agents(
     let ssh_addr = broker.ssh_addr;
     let api = broker.api()?;
     let t = Instant::now();
-    loadgen::register(&api, n, 8)
+    loadgen::register(&api, 0..n, 8)
         .await
         .context("registering load agents")?;
     let mut f = IdleFigures {
@@ -289,7 +289,7 @@ pub async fn idle_agents(
     let load = LoadGen::start(LoadConfig {
         target: ssh_addr,
         host_key,
-        agents: n,
+        agents: 0..n,
         source_ips: plan.source_ips,
         parallel_connects: plan.parallel_connects,
         cipher: plan.cipher,

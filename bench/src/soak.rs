@@ -82,7 +82,7 @@ pub async fn soak(
     let stack = PasserelleStack::start(bin, dir, service, plan.cipher, &[], VIEWERS).await?;
     let pid = stack.broker.pid();
     let api = stack.api.clone();
-    loadgen::register(&api, WAVE_AGENTS, 8).await?;
+    loadgen::register(&api, 0..WAVE_AGENTS, 8).await?;
     let line = known_hosts_line(
         &bin.bin,
         &dir.join("passerelle-data"),
@@ -130,7 +130,7 @@ pub async fn soak(
         let cfg = move || LoadConfig {
             target,
             host_key: host_key.clone(),
-            agents: WAVE_AGENTS,
+            agents: 0..WAVE_AGENTS,
             source_ips,
             parallel_connects: 64,
             cipher,

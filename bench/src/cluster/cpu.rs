@@ -1,12 +1,13 @@
 //! Where the CPU goes during a phase of the idle-agent figure: each node, HAProxy, the
-//! harness (the load generator and the poll of `cluster status`), this run's PostgreSQL server,
+//! harness (the load generator and the poll of `cluster status`), the load generator's child
+//! processes (`--fleet`), this run's PostgreSQL server,
 //! and everything else on the machine (from `/proc/stat`), so that a slow phase can be told
 //! apart from a busy machine.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::stack::{ClusterStack, NODES};
+use super::stack::ClusterStack;
 use crate::host;
 
 /// CPU ticks (10 ms) consumed so far, by part.
@@ -56,15 +57,21 @@ fn store_port(stack: &ClusterStack) -> Option<u16> {
 
 impl CpuSnap {
     pub fn take(stack: &ClusterStack) -> Self {
-        let mut parts: Vec<(String, u64)> = (0..NODES)
+        let mut parts: Vec<(String, u64)> = (0..stack.nodes())
             .map(|i| {
                 let ticks = stack.pid(i).map_or(0, |p| host::subtree_ticks(p, |_| true));
                 (format!("node{}", i + 1), ticks)
             })
             .collect();
         let tree = host::tree_cpu();
-        for name in ["haproxy", "harness"] {
-            parts.push((name.to_owned(), tree.get(name).copied().unwrap_or(0)));
+        // The load generator's child processes (`--fleet`) are this executable: their name is
+        // its first 15 bytes.
+        for (name, comm) in [
+            ("haproxy", "haproxy"),
+            ("harness", "harness"),
+            ("load generators", "passerelle-benc"),
+        ] {
+            parts.push((name.to_owned(), tree.get(comm).copied().unwrap_or(0)));
         }
         let postgres = store_port(stack)
             .and_then(postmaster)

@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use super::cpu::CpuSnap;
 use super::stack::{ClusterStack, NODES, NodeStatus};
 use crate::host;
-use crate::loadgen::{self, LoadConfig, LoadGen};
+use crate::loadgen::{self, LoadConfig, LoadGen, Online};
 use crate::run::{Plan, rss_kib};
 
 /// The node that is killed (the last).
@@ -81,10 +81,10 @@ pub struct IdleCluster {
 }
 
 /// Each node's figures now.
-async fn nodes_now(stack: &ClusterStack) -> Vec<NodeFigures> {
+pub(super) async fn nodes_now(stack: &ClusterStack) -> Vec<NodeFigures> {
     let status = stack.status(0).await.unwrap_or_default();
     let lb = stack.lb_ssh().await.unwrap_or_default();
-    (0..NODES)
+    (0..stack.nodes())
         .map(|i| {
             let name = passerelle_e2e::cluster::TestCluster::name(i);
             let pid = stack.pid(i);
@@ -103,7 +103,7 @@ async fn nodes_now(stack: &ClusterStack) -> Vec<NodeFigures> {
         .collect()
 }
 
-fn held(status: &[NodeStatus], skip: Option<&str>) -> usize {
+pub(super) fn held(status: &[NodeStatus], skip: Option<&str>) -> usize {
     status
         .iter()
         .filter(|s| s.up && Some(s.name.as_str()) != skip)
@@ -136,7 +136,7 @@ pub async fn idle_agents(
     };
     println!("  registering {n} agents through node1");
     let t = Instant::now();
-    loadgen::register(&stack.api(0)?, n, 8)
+    loadgen::register(&stack.api(0)?, 0..n, 8)
         .await
         .context("registering load agents")?;
     f.register_s = t.elapsed().as_secs_f64();
@@ -146,9 +146,9 @@ pub async fn idle_agents(
         .context("parsing the cluster's host key")?;
     let cpu_start = CpuSnap::take(stack);
     let load = LoadGen::start(LoadConfig {
-        target: stack.lb.ssh_addr(),
+        target: stack.lb()?.ssh_addr(),
         host_key,
-        agents: n,
+        agents: 0..n,
         source_ips: plan.source_ips,
         parallel_connects: plan.parallel_connects,
         cipher: plan.cipher,
@@ -165,15 +165,15 @@ pub async fn idle_agents(
 
 /// The generator's side of a phase: polled every 20 ms until every agent is online, having
 /// first seen fewer when `expect_drop`; the lowest count seen and when all were online.
-async fn watch_generator(
-    load: &LoadGen,
+pub(super) async fn watch_generator(
+    load: &impl Online,
     n: usize,
     limit: Duration,
     expect_drop: bool,
 ) -> (usize, Option<f64>) {
     let start = Instant::now();
     let mut lowest = load.online();
-    while start.elapsed() < limit {
+    while start.elapsed() < limit && load.alive() {
         let online = load.online();
         lowest = lowest.min(online);
         if online >= n && (!expect_drop || lowest < n) {
@@ -188,16 +188,16 @@ async fn watch_generator(
 
 /// The store's side: `cluster status` every 500 ms until `done` holds for it (or `limit`
 /// passes), printing progress every 5 s; when it held.
-async fn watch_status(
+pub(super) async fn watch_status(
     stack: &ClusterStack,
-    load: &LoadGen,
+    load: &impl Online,
     limit: Duration,
     what: &str,
     mut done: impl FnMut(&[NodeStatus], f64) -> bool,
 ) -> Option<f64> {
     let start = Instant::now();
     let mut last_print = Instant::now();
-    while start.elapsed() < limit {
+    while start.elapsed() < limit && load.alive() {
         let status = stack.status(0).await.unwrap_or_default();
         let at = start.elapsed().as_secs_f64();
         if done(&status, at) {

@@ -8,6 +8,7 @@
 //! PostgreSQL) is stopped when it ends: on success, on an error, on Ctrl-C and on SIGTERM.
 
 mod cpu;
+mod fleet;
 mod idle;
 mod report;
 mod stack;
@@ -19,6 +20,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 
+pub use self::fleet::run as fleet;
 use self::stack::{ClusterStack, NODES};
 use crate::run::Plan;
 use crate::service::Service;
@@ -58,12 +60,13 @@ pub async fn run(
     );
     // Client connections through HAProxy: the agents, and viewers and API calls.
     let mut stack = ClusterStack::start(bin, cplan.agents as u64 + 1024).await?;
+    let lb = stack.lb()?;
     println!(
         "cluster: up after {:.1} s (HAProxy, {} process(es): agents {}, operators {})",
         started.elapsed().as_secs_f64(),
-        1 + stack.lb_siblings.len(),
-        stack.lb.ssh_addr(),
-        stack.lb.https_addr()
+        stack.lbs().count(),
+        lb.ssh_addr(),
+        lb.https_addr()
     );
     let mut problems = Vec::new();
     let mut md = String::new();
@@ -75,13 +78,13 @@ pub async fn run(
         haproxy_version().await,
         plan.cipher
     );
-    if !stack.lb_siblings.is_empty() {
+    if stack.lbs().count() > 1 {
         let _ = writeln!(
             md,
             "HAProxy ran as {} processes on the same ports (`SO_REUSEPORT`: the kernel spreads \
              new connections over them): one process's open-files limit cannot hold two \
              sockets per agent.\n",
-            1 + stack.lb_siblings.len()
+            stack.lbs().count()
         );
     }
 
@@ -132,7 +135,7 @@ pub async fn run(
         }
     }
 
-    for i in 0..NODES {
+    for i in 0..stack.nodes() {
         let name = passerelle_e2e::cluster::TestCluster::name(i);
         let log = dir.join(format!("{name}.log"));
         if std::fs::write(&log, stack.cluster.logs(i)).is_ok()

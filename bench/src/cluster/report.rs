@@ -7,7 +7,7 @@ use super::idle::{IdleCluster, NodeFigures};
 use super::streams::{PathFigures, StreamFigures, change_pct};
 use crate::report::num;
 
-fn secs(v: Option<f64>) -> String {
+pub(super) fn secs(v: Option<f64>) -> String {
     v.map_or_else(
         || "never (within the limit)".to_owned(),
         |v| format!("{v:.1} s"),
@@ -240,7 +240,18 @@ pub fn idle(f: &IdleCluster) -> String {
     for (what, t) in rows {
         let _ = writeln!(out, "| {what} | {t} |");
     }
-    out.push_str(&cpu_table(f));
+    let intro = format!(
+        "from the generator's start until `cluster status` showed all {n} present ({n} \
+         connections), and from the kill until it showed the survivors holding all ({r} \
+         reconnections). \"harness\" is the load generator and the harness's polls",
+        n = f.agents,
+        r = f.reconnections
+    );
+    out.push_str(&cpu_table(
+        (&f.connect_cpu, f.agents),
+        (&f.recover_cpu, f.reconnections),
+        &intro,
+    ));
     let _ = writeln!(
         out,
         "\n{} SSH connections in all, {} failed attempts{}. Load average at the start: {}; at the \
@@ -258,34 +269,36 @@ pub fn idle(f: &IdleCluster) -> String {
     out
 }
 
-/// CPU-seconds by part in the connect and the recovery phases, and per connection made.
-fn cpu_table(f: &IdleCluster) -> String {
+/// CPU-seconds by part in the connect and the recovery phases (each with the connections it
+/// made), and per connection; `phases` says what the phases are.
+pub(super) fn cpu_table(
+    (connect, connections): (&[(String, f64)], usize),
+    (recover, reconnections): (&[(String, f64)], usize),
+    phases: &str,
+) -> String {
     let mut out = String::new();
-    if f.connect_cpu.is_empty() && f.recover_cpu.is_empty() {
+    if connect.is_empty() && recover.is_empty() {
         return out;
     }
     let _ = writeln!(
         out,
         "\nCPU-seconds spent, and their share per connection made (CPU-ms; the column's sum is \
-         what one connection costs the machine, a node's share is a third of what one it \
-         handles costs it), from the generator's start until \
-         `cluster status` showed all {n} present ({n} connections), and from the kill until it \
-         showed the survivors holding all ({r} reconnections). \"harness\" is the load generator \
-         and the harness's polls (one `passerelle cluster status` every 0.5 s is not in it: \
-         \"others\"); \"others\" is the rest of the machine, other people's work included.\n\n\
+         what one connection costs the machine, a node's share is its part of what one costs \
+         the node that handles it), {phases} (one `passerelle cluster status` every 0.5–1 s is \
+         not in it: \"others\"); \"others\" is the rest of the machine, other people's work \
+         included.\n\n\
          | part | connect: CPU-s | ms per connection | recovery: CPU-s | ms per reconnection |\n\
-         |---|---:|---:|---:|---:|",
-        n = f.agents,
-        r = f.reconnections
+         |---|---:|---:|---:|---:|"
     );
-    let names: Vec<&String> = (f.connect_cpu.iter().chain(&f.recover_cpu))
-        .map(|(n, _)| n)
-        .fold(Vec::new(), |mut v, n| {
-            if !v.contains(&n) {
-                v.push(n);
-            }
-            v
-        });
+    let names: Vec<&String> =
+        (connect.iter().chain(recover))
+            .map(|(n, _)| n)
+            .fold(Vec::new(), |mut v, n| {
+                if !v.contains(&n) {
+                    v.push(n);
+                }
+                v
+            });
     let get =
         |list: &[(String, f64)], name: &str| list.iter().find(|(n, _)| n == name).map(|p| p.1);
     let per = |v: Option<f64>, k: usize| match v {
@@ -293,18 +306,21 @@ fn cpu_table(f: &IdleCluster) -> String {
         _ => "—".to_owned(),
     };
     for name in names {
-        let (c, r) = (get(&f.connect_cpu, name), get(&f.recover_cpu, name));
+        let (c, r) = (get(connect, name), get(recover, name));
         if name == "wall" {
             let _ = writeln!(out, "| (wall clock, s) | {} | | {} | |", num(c), num(r));
+            continue;
+        }
+        if c.unwrap_or(0.0) < 0.005 && r.unwrap_or(0.0) < 0.005 {
             continue;
         }
         let _ = writeln!(
             out,
             "| {name} | {} | {} | {} | {} |",
             num(c),
-            per(c, f.agents),
+            per(c, connections),
             num(r),
-            per(r, f.reconnections)
+            per(r, reconnections)
         );
     }
     out

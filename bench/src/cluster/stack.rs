@@ -24,7 +24,7 @@ const NODE_CONFIG: &str = "ssh_connection_burst_per_source = 0\n\
                            max_preauth_per_source = 0\n\
                            ssh_auth_failure_limit = 0\n";
 
-/// Three nodes' store pools (32 clients each) and their listeners, with room to spare.
+/// Up to six nodes' store pools (32 clients each) and their listeners, with room to spare.
 const PG_SETTINGS: &str = "-c max_connections=300";
 
 /// One node's line of `passerelle cluster status`.
@@ -40,50 +40,69 @@ pub struct NodeStatus {
 /// Open files a HAProxy process keeps for itself beyond two per connection.
 const LB_SPARE_FILES: u64 = 2048;
 
-/// PostgreSQL, three nodes and HAProxy.
+/// PostgreSQL, the nodes and HAProxy (when there is one).
 pub struct ClusterStack {
-    /// Dropped first: HAProxy stops before the nodes, the nodes before PostgreSQL.
-    pub lb: TestHaproxy,
-    /// More HAProxy processes on the same ports (`SO_REUSEPORT`) when one process's open-files
-    /// limit cannot hold every connection.
-    pub lb_siblings: Vec<TestHaproxy>,
+    /// Dropped first: HAProxy stops before the nodes, the nodes before PostgreSQL. The first
+    /// process, then more on the same ports (`SO_REUSEPORT`) when one process's open-files
+    /// limit cannot hold every connection; none when the clients go to the nodes directly.
+    lbs: Vec<TestHaproxy>,
     pub cluster: TestCluster,
 }
 
 impl ClusterStack {
-    /// Starts everything with `bin` as every node's binary; HAProxy takes `connections` client
-    /// connections, over as many processes as the open-files limit they inherit requires.
-    /// Returns once HAProxy's health checks pass on every node.
+    /// Starts everything with `bin` as every node's binary: [`NODES`] nodes and HAProxy, which
+    /// takes `connections` client connections, over as many processes as the open-files limit
+    /// they inherit requires. Returns once HAProxy's health checks pass on every node.
     pub async fn start(bin: &Path, connections: u64) -> anyhow::Result<Self> {
-        passerelle_e2e::process::use_passerelle_bin(bin.to_owned())?;
-        let pg = TestPostgres::start_own_with(PG_SETTINGS)
-            .await
-            .context("starting PostgreSQL")?;
-        let cluster = TestCluster::start_with(pg, NODES, NODE_CONFIG)
-            .await
-            .context("starting the nodes")?;
+        let cluster = Self::start_nodes(bin, NODES).await?;
         let (instances, maxconn) = lb_processes(connections)?;
         let (backends, ca) = (cluster.backends(), cluster.cluster_dir().join(CLUSTER_CERT));
         let lb = TestHaproxy::start_with_maxconn(&backends, &ca, maxconn)
             .await
             .context("starting HAProxy")?;
-        let mut lb_siblings = Vec::new();
+        let mut lbs = Vec::new();
         for _ in 1..instances {
-            lb_siblings.push(lb.start_sibling(&backends, &ca, maxconn).await?);
+            lbs.push(lb.start_sibling(&backends, &ca, maxconn).await?);
         }
-        for lb in std::iter::once(&lb).chain(&lb_siblings) {
+        lbs.insert(0, lb);
+        for lb in &lbs {
             lb.wait_all_up().await.context("HAProxy's health checks")?;
         }
+        Ok(Self { lbs, cluster })
+    }
+
+    /// PostgreSQL and `nodes` nodes without a load balancer: clients connect to the nodes
+    /// directly (as agents given several broker addresses, or DNS round robin, do).
+    pub async fn without_lb(bin: &Path, nodes: usize) -> anyhow::Result<Self> {
         Ok(Self {
-            lb,
-            lb_siblings,
-            cluster,
+            lbs: Vec::new(),
+            cluster: Self::start_nodes(bin, nodes).await?,
         })
+    }
+
+    async fn start_nodes(bin: &Path, nodes: usize) -> anyhow::Result<TestCluster> {
+        passerelle_e2e::process::use_passerelle_bin(bin.to_owned())?;
+        let pg = TestPostgres::start_own_with(PG_SETTINGS)
+            .await
+            .context("starting PostgreSQL")?;
+        TestCluster::start_with(pg, nodes, NODE_CONFIG)
+            .await
+            .context("starting the nodes")
+    }
+
+    /// How many nodes the cluster has.
+    pub fn nodes(&self) -> usize {
+        self.cluster.len()
+    }
+
+    /// The first HAProxy process (its addresses are every process's).
+    pub fn lb(&self) -> anyhow::Result<&TestHaproxy> {
+        self.lbs.first().context("this run has no HAProxy")
     }
 
     /// Every HAProxy process.
     pub fn lbs(&self) -> impl Iterator<Item = &TestHaproxy> {
-        std::iter::once(&self.lb).chain(&self.lb_siblings)
+        self.lbs.iter()
     }
 
     /// TLS settings that trust the cluster's certificate.
@@ -104,7 +123,7 @@ impl ClusterStack {
     /// The API through HAProxy (any live node answers).
     pub fn front_api(&self) -> anyhow::Result<Api> {
         Api::with_tls(
-            &format!("https://{}", self.lb.https_addr()),
+            &format!("https://{}", self.lb()?.https_addr()),
             self.cluster.admin_key(),
             (*self.tls()).clone(),
         )
