@@ -7,7 +7,8 @@
 //! same two files as at start and checked whole before it replaces anything: a file that
 //! cannot be read, is not PEM, holds no certificate or key, or a key that does not belong to
 //! the certificate is refused with a [`PairError`] naming the file, and the previous pair stays.
-//! Errors never quote the key file's content.
+//! Errors never quote the key file's content. A new pair also empties the store of TLS sessions,
+//! so that no client resumes one made with the old certificate.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,9 @@ use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{
+    ClientHello, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
 use sha2::{Digest as _, Sha256};
 
@@ -177,11 +180,19 @@ pub enum Reloaded {
     Unchanged { fingerprint: String },
 }
 
+/// How many TLS sessions the listener keeps for resumption (rustls's default).
+const SESSIONS: usize = 256;
+
 /// The HTTPS listener's certificate: the files it comes from and the pair read from them last.
+/// It is also the listener's store of TLS sessions for resumption, emptied when the pair is
+/// replaced: a resumed handshake sends no certificate, so without that a client could go on
+/// resuming a session of the old certificate, and a pinning client (the node link) would never
+/// see the new one.
 #[derive(Debug)]
 pub struct ServerCert {
     files: CertFiles,
     current: RwLock<Arc<Pair>>,
+    sessions: RwLock<Arc<ServerSessionMemoryCache>>,
 }
 
 impl ServerCert {
@@ -191,6 +202,7 @@ impl ServerCert {
         Ok(Arc::new(Self {
             files,
             current: RwLock::new(Arc::new(pair)),
+            sessions: RwLock::new(ServerSessionMemoryCache::new(SESSIONS)),
         }))
     }
 
@@ -217,7 +229,8 @@ impl ServerCert {
         self.current().sha256
     }
 
-    /// The listener's TLS settings: this resolver, TLS 1.2 and 1.3, HTTP/1.1 by ALPN.
+    /// The listener's TLS settings: this resolver and session store, TLS 1.2 and 1.3,
+    /// HTTP/1.1 by ALPN.
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -225,6 +238,7 @@ impl ServerCert {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.session_storage = self.clone();
         Ok(Arc::new(config))
     }
 
@@ -301,6 +315,9 @@ impl ServerCert {
             return Reloaded::Unchanged { fingerprint };
         }
         *current = Arc::new(pair);
+        // Sessions of the old certificate resume no more.
+        *self.sessions.write().unwrap_or_else(|p| p.into_inner()) =
+            ServerSessionMemoryCache::new(SESSIONS);
         Reloaded::Replaced {
             previous,
             fingerprint,
@@ -311,6 +328,33 @@ impl ServerCert {
 impl ResolvesServerCert for ServerCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current().certified.clone())
+    }
+}
+
+impl ServerCert {
+    fn sessions(&self) -> Arc<ServerSessionMemoryCache> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl StoresServerSessions for ServerCert {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.sessions().put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.sessions().get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.sessions().take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
     }
 }
 

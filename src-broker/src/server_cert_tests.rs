@@ -89,6 +89,73 @@ async fn a_reload_serves_the_new_pair_to_new_handshakes() {
     assert_eq!(presented(&cert, &trusted).await, b_der);
 }
 
+/// One connection of `client` to a listener with `server`'s settings; the client reads a byte
+/// the server sends after the handshake, and so takes its session tickets. Returns how the
+/// handshake went and the SHA-256 of the certificate the client holds for it.
+async fn connect(
+    server: &Arc<rustls::ServerConfig>,
+    client: &Arc<rustls::ClientConfig>,
+) -> (rustls::HandshakeKind, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
+    let connector = tokio_rustls::TlsConnector::from(client.clone());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let serve = async {
+        let mut s = acceptor.accept(a).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        s.flush().await.unwrap();
+        s
+    };
+    let talk = async {
+        let mut c = connector.connect(name, b).await.unwrap();
+        let mut byte = [0u8; 1];
+        c.read_exact(&mut byte).await.unwrap();
+        c
+    };
+    let (_s, c) = tokio::join!(serve, talk);
+    let conn = c.get_ref().1;
+    (
+        conn.handshake_kind().unwrap(),
+        sha256_hex(&conn.peer_certificates().unwrap()[0]),
+    )
+}
+
+#[tokio::test]
+async fn sessions_of_the_old_certificate_do_not_resume_after_a_reload() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(dir.path());
+    let (a_cert, a_key, a_der) = pair();
+    let (b_cert, b_key, b_der) = pair();
+    write(&f, &a_cert, &a_key);
+    let cert = ServerCert::load(f.clone()).unwrap();
+    let server = cert.server_config().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(a_der.clone())).unwrap();
+    roots.add(CertificateDer::from(b_der.clone())).unwrap();
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let (a, b) = (sha256_hex(&a_der), sha256_hex(&b_der));
+    assert_eq!(connect(&server, &client).await, (Full, a.clone()));
+    // Resumption works, and a resumed handshake shows the certificate of the first.
+    assert_eq!(connect(&server, &client).await, (Resumed, a.clone()));
+    // An unchanged reload keeps the sessions.
+    cert.reload().await.unwrap();
+    assert_eq!(connect(&server, &client).await, (Resumed, a));
+    write(&f, &b_cert, &b_key);
+    cert.reload().await.unwrap();
+    assert_eq!(connect(&server, &client).await, (Full, b.clone()));
+    assert_eq!(connect(&server, &client).await, (Resumed, b));
+}
+
 #[test]
 fn a_key_that_belongs_to_another_certificate_is_refused() {
     let dir = tempfile::tempdir().unwrap();
