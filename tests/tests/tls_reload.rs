@@ -277,3 +277,49 @@ async fn sighup_reloads_the_generated_pair_in_the_data_dir() -> Result<()> {
     let mut broker = broker;
     broker.shutdown().await
 }
+
+#[tokio::test]
+async fn the_library_reload_reports_what_it_did_and_the_fingerprint_follows() -> Result<()> {
+    use passerelle::server_cert::{PairError, Reloaded};
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = files(dir.path());
+    let (a, b) = (Pair::new()?, Pair::new()?);
+    replace(&cert, &a.cert)?;
+    replace(&key, &a.key)?;
+    let files = passerelle::TlsMode::Files {
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let broker = TestBroker::start_with(|c| c.tls = files).await?;
+    let core = broker.broker();
+    ensure!(core.tls_fingerprint() == Some(a.sha256()));
+    ensure!(
+        core.reload_tls().await?
+            == Some(Reloaded::Unchanged {
+                fingerprint: a.sha256()
+            }),
+        "an unchanged pair"
+    );
+    replace(&cert, &b.cert)?;
+    replace(&key, &b.key)?;
+    let done = core.reload_tls().await?;
+    ensure!(
+        done == Some(Reloaded::Replaced {
+            previous: a.sha256(),
+            fingerprint: b.sha256()
+        }),
+        "{done:?}"
+    );
+    ensure!(core.tls_fingerprint() == Some(b.sha256()));
+    std::fs::remove_file(&key)?;
+    match core.reload_tls().await {
+        Err(PairError::Read { path, .. }) if path == key => {}
+        other => bail!("a missing key: {other:?}"),
+    }
+    ensure!(core.tls_fingerprint() == Some(b.sha256()));
+
+    // Over plain HTTP there is nothing to reload.
+    let plain = TestBroker::start().await?;
+    ensure!(plain.broker().reload_tls().await? == None);
+    Ok(())
+}
