@@ -1,7 +1,11 @@
 //! Renewing the HTTPS certificate without a restart: `passerelle serve` reads its certificate
 //! and key again on SIGHUP (`systemctl reload`). New handshakes get the new pair at once, a
-//! viewer's WebSocket opened before keeps working, launch URLs pin the new certificate, and a
-//! bad pair is refused with an ERROR naming the file while the previous one stays in service.
+//! viewer's WebSocket and an API keep-alive opened before keep working, launch URLs pin the new
+//! certificate, and a bad pair is refused with an ERROR naming the file while the previous one
+//! stays in service.
+//!
+//! `cargo build -p passerelle --bin passerelle && PASSERELLE_BIN=$CARGO_TARGET_DIR/debug/passerelle
+//! cargo nextest run -p passerelle-e2e --test tls_reload`
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,6 +100,52 @@ async fn presented(addr: std::net::SocketAddr, tls: &Arc<rustls::ClientConfig>) 
     Ok(certs.first().context("empty chain")?.to_vec())
 }
 
+/// A kept-alive HTTPS connection to the broker.
+type KeptAlive = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn keep_alive(
+    addr: std::net::SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<KeptAlive> {
+    let tcp = timeout(WAIT, TcpStream::connect(addr)).await??;
+    let name = ServerName::try_from("127.0.0.1")?;
+    Ok(timeout(
+        WAIT,
+        tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp),
+    )
+    .await??)
+}
+
+/// `GET /healthz` on `conn`, keeping it open: the status code.
+async fn healthz(conn: &mut KeptAlive) -> Result<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await?;
+    conn.flush().await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        ensure!(head.len() < 8192, "an endless header");
+        let n = timeout(WAIT, conn.read(&mut byte)).await??;
+        ensure!(n == 1, "the kept-alive connection closed");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head)?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .context("no content-length")?
+        .parse()?;
+    let mut body = vec![0u8; length];
+    timeout(WAIT, conn.read_exact(&mut body)).await??;
+    let status = head.split(' ').nth(1).context("no status")?;
+    Ok(status.parse()?)
+}
+
 /// Polls new handshakes until they present `want`.
 async fn wait_presented(
     addr: std::net::SocketAddr,
@@ -169,6 +219,9 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() -> Res
     );
     let mut viewer = Ws::connect_tls(&created.raw_ws_url, tls.clone()).await?;
     viewer.round_trip(&pattern(64 * 1024, 1)).await?;
+    // And an API client's kept-alive connection.
+    let mut kept = keep_alive(addr, &tls).await?;
+    ensure!(healthz(&mut kept).await? == 200);
 
     // Renewal: B over the files, then SIGHUP.
     replace(&cert, &b.cert)?;
@@ -180,8 +233,11 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() -> Res
         line.contains("INFO") && line.contains(&a.sha256()) && line.contains("not_after"),
         "{line}"
     );
-    // The viewer opened before the reload still carries bytes both ways.
+    // The viewer and the kept-alive connection opened before the reload still work, with A.
     viewer.round_trip(&pattern(64 * 1024, 2)).await?;
+    ensure!(healthz(&mut kept).await? == 200);
+    let kept_cert = kept.get_ref().1.peer_certificates().context("no chain")?;
+    ensure!(kept_cert[0].as_ref() == a.der.as_slice());
     // Launch URLs issued from now on pin B.
     let (status, issued) = broker
         .api(
@@ -242,6 +298,7 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() -> Res
         "{status} {body}"
     );
     viewer.round_trip(&pattern(4096, 3)).await?;
+    ensure!(healthz(&mut kept).await? == 200);
     let logs = broker.logs();
     for p in [&a, &b] {
         ensure!(!logs.contains(&p.key_line()), "key material in the log");
