@@ -151,10 +151,16 @@ pub fn load_pair(files: &CertFiles) -> Result<Pair, PairError> {
     let certified = CertifiedKey::new(chain, signing);
     match certified.keys_match() {
         Ok(()) => {}
-        Err(rustls::Error::InconsistentKeys(_)) => {
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
             return Err(PairError::Mismatch {
                 cert: cert_path.clone(),
                 key: key_path.clone(),
+            });
+        }
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            return Err(PairError::BadKey {
+                path: key_path.clone(),
+                reason: "its public half cannot be compared with the certificate's".to_owned(),
             });
         }
         Err(e) => return Err(bad_cert(e.to_string())),
