@@ -1,3 +1,6 @@
+//! Tests of `server_cert`: the refusal of each kind of bad pair, a reload seen by real TLS
+//! handshakes (in memory), and the session store emptied by a new pair.
+
 use super::*;
 
 /// A self-signed pair for `localhost`: (certificate PEM, key PEM, certificate DER).
