@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, TlsMode};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::server_cert::{PairError, Reloaded, ServerCert};
 use crate::session::{Core, Table};
 use crate::shards::Shards;
 use crate::store::{AuditKind, Db, NewEvent, Store, now_ms};
@@ -38,7 +39,8 @@ pub struct Broker {
     shards: Arc<Shards>,
     host_key: PrivateKey,
     base_url: String,
-    tls_fingerprint: Option<String>,
+    /// The HTTPS listener's certificate (none over plain HTTP); SIGHUP reloads it.
+    tls: Option<Arc<ServerCert>>,
     ssh_addr: SocketAddr,
     http_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
@@ -194,11 +196,18 @@ impl Broker {
                     None => format!("{scheme}://{http_addr}"),
                 };
                 let secret = crate::cluster::identity::link_key(&c.dir)?;
+                // The link reaches the other nodes' HTTPS listeners, which serve what this one
+                // does (the cluster's certificate, or the same configured one): it trusts that,
+                // and follows it through a reload. Over plain HTTP it is not used.
+                let pin = match &tls {
+                    Some(served) => crate::pinned::Pin::Served(served.clone()),
+                    None => crate::pinned::Pin::Fixed(Some(ctls.sha256())),
+                };
                 let cluster = crate::cluster::Cluster::join(
                     c.node_name.clone(),
                     url,
                     &secret,
-                    &ctls.fingerprint,
+                    pin,
                     db.clone(),
                     tasks.clone(),
                     shutdown.clone(),
@@ -248,7 +257,6 @@ impl Broker {
             )
             .in_cluster(cluster.clone()),
         );
-        let tls_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
         let app = http::App {
             core: core.clone(),
             db,
@@ -258,7 +266,7 @@ impl Broker {
             config,
             urls: Arc::new(http::Urls {
                 base: base_url.clone(),
-                tls_fingerprint: tls_fingerprint.clone(),
+                tls: tls.clone(),
             }),
             recording_key,
             tasks: tasks.clone(),
@@ -269,7 +277,12 @@ impl Broker {
         if let Some(listener) = metrics_listener {
             tasks.spawn(http::serve_metrics(listener, app.clone()));
         }
-        tasks.spawn(http::serve(http_listener, tls.map(|t| t.config), app));
+        let tls_config = tls
+            .as_ref()
+            .map(ServerCert::server_config)
+            .transpose()
+            .context("the HTTPS listener's TLS settings")?;
+        tasks.spawn(http::serve(http_listener, tls_config, app));
         let upkeep = core.clone();
         let listener = agents;
         tasks.spawn(async move {
@@ -303,7 +316,7 @@ impl Broker {
             shards,
             host_key,
             base_url,
-            tls_fingerprint,
+            tls,
             ssh_addr,
             http_addr,
             metrics_addr,
@@ -344,9 +357,21 @@ impl Broker {
         keys::fingerprint(&self.host_key)
     }
 
-    /// The HTTPS certificate's SHA-256, when serving HTTPS.
+    /// The HTTPS certificate's SHA-256 (hex), when serving HTTPS: the one served now.
     pub fn tls_fingerprint(&self) -> Option<String> {
-        self.tls_fingerprint.clone()
+        self.tls.as_ref().map(|t| t.fingerprint())
+    }
+
+    /// Reads the HTTPS certificate and key again from the files they came from (SIGHUP):
+    /// new handshakes present the new pair, open connections keep theirs. A refused pair
+    /// (unreadable, not PEM, a key of another certificate...) leaves the current one in
+    /// service. Logs the outcome ([`ServerCert::reload_logged`]). `Ok(None)` over plain HTTP.
+    pub async fn reload_tls(&self) -> Result<Option<Reloaded>, PairError> {
+        let Some(cert) = &self.tls else {
+            tracing::info!("reload: no TLS certificate to reload (plain HTTP)");
+            return Ok(None);
+        };
+        cert.reload_logged().await.map(Some)
     }
 
     pub fn store(&self) -> &Store {

@@ -9,14 +9,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use rand::RngCore as _;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey};
-use sha2::{Digest as _, Sha256};
 
 use crate::secrets::write_private_file;
+use crate::server_cert::{CertFiles, ServerCert};
 
 /// File name of the host key inside the data dir.
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
@@ -75,25 +75,9 @@ pub const TLS_CERT_FILE: &str = "tls-cert.pem";
 /// See [`TLS_CERT_FILE`].
 pub const TLS_KEY_FILE: &str = "tls-key.pem";
 
-/// The TLS material the HTTP listener uses.
-#[derive(Clone)]
-pub struct Tls {
-    pub config: Arc<rustls::ServerConfig>,
-    /// Hex SHA-256 of the leaf certificate (DER), for the desktop helper's pinning.
-    pub fingerprint: String,
-}
-
-impl std::fmt::Debug for Tls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tls")
-            .field("fingerprint", &self.fingerprint)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Loads PEM files, or the self-signed pair in the data dir when `files` is `None` (made or
-/// renewed for the machine's name first).
-pub fn load_tls(data_dir: &Path, files: Option<(&Path, &Path)>) -> anyhow::Result<Tls> {
+/// renewed for the machine's name first). Blocking.
+pub fn load_tls(data_dir: &Path, files: Option<(&Path, &Path)>) -> anyhow::Result<Arc<ServerCert>> {
     load_tls_for(data_dir, files, None)
 }
 
@@ -102,39 +86,19 @@ pub fn load_tls_for(
     data_dir: &Path,
     files: Option<(&Path, &Path)>,
     host: Option<&str>,
-) -> anyhow::Result<Tls> {
-    let (cert_path, key_path) = match files {
-        Some((c, k)) => (c.to_path_buf(), k.to_path_buf()),
+) -> anyhow::Result<Arc<ServerCert>> {
+    let files = match files {
+        Some((cert, key)) => CertFiles {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        },
         None => {
             let (cert, key) = (data_dir.join(TLS_CERT_FILE), data_dir.join(TLS_KEY_FILE));
             crate::self_signed::ensure(&cert, &key, host, std::time::SystemTime::now())?;
-            (cert, key)
+            CertFiles { cert, key }
         }
     };
-    let cert_pem =
-        std::fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
-    let key_pem =
-        std::fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
-    let certs = rustls::pki_types::pem::PemObject::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<rustls::pki_types::CertificateDer<'static>>, _>>()
-        .with_context(|| format!("parsing certificates in {}", cert_path.display()))?;
-    let Some(leaf) = certs.first() else {
-        bail!("no certificate in {}", cert_path.display())
-    };
-    let fingerprint = hex::encode(Sha256::digest(leaf.as_ref()));
-    let key = <rustls::pki_types::PrivateKeyDer<'static> as rustls::pki_types::pem::PemObject>::from_pem_slice(&key_pem)
-        .with_context(|| format!("parsing private key in {}", key_path.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("certificate and key do not match")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Tls {
-        config: Arc::new(config),
-        fingerprint,
-    })
+    Ok(ServerCert::load(files)?)
 }
 
 #[cfg(test)]
@@ -156,7 +120,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = load_tls(dir.path(), None).unwrap();
         let b = load_tls(dir.path(), None).unwrap();
-        assert_eq!(a.fingerprint, b.fingerprint);
-        assert_eq!(a.fingerprint.len(), 64);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint().len(), 64);
     }
 }

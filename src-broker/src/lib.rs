@@ -28,6 +28,7 @@
 //! - [`file_modes`]: the data dir's permissions, checked and narrowed at start.
 //! - [`kit`]: agent kits (install scripts for Linux and Windows workstations).
 //! - [`cluster`]: several nodes on one PostgreSQL store: shared identity, leases, the node link.
+//! - [`server_cert`]: the HTTPS listener's certificate, read again on SIGHUP.
 //! - [`accept`], [`shards`], [`keys`], [`self_signed`], [`secrets`], [`metrics`]: the accept
 //!   loop, the data threads, host key and certificate (the generated one), tokens and
 //!   sealing, counters.
@@ -50,6 +51,7 @@ pub mod recording;
 pub(crate) mod registry;
 pub(crate) mod secrets;
 pub(crate) mod self_signed;
+pub mod server_cert;
 pub(crate) mod service;
 pub(crate) mod session;
 pub(crate) mod shards;

@@ -755,6 +755,8 @@ async fn serve(config: passerelle::Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // SIGHUP (`systemctl reload`): read the HTTPS certificate and key again.
+    let mut hup = signal(SignalKind::hangup())?;
     let data_dir = config.data_dir.clone();
     let broker = Broker::start(config).await?;
     if let Some(key) = broker.admin_key() {
@@ -780,9 +782,16 @@ async fn serve(config: passerelle::Config) -> anyhow::Result<()> {
     if let Some(fp) = broker.tls_fingerprint() {
         println!("tls certificate sha256: {fp}");
     }
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    loop {
+        tokio::select! {
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the TLS certificate");
+                // A refused pair is logged and changes nothing: the broker keeps serving.
+                let _ = broker.reload_tls().await;
+            }
+        }
     }
     tracing::info!("shutting down");
     broker.shutdown().await;

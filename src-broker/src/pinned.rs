@@ -1,5 +1,6 @@
 //! A TLS client's trust in one certificate, by its SHA-256 (the RDP server pinned per agent,
-//! the cluster's own certificate on the node link), not in a CA. The handshake's signatures are
+//! the cluster's own certificate on the node link, which follows what this node's listener
+//! serves after a reload), not in a CA. The handshake's signatures are
 //! still checked against the presented certificate, so a pin means possession of its key.
 
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 use sha2::{Digest as _, Sha256};
+
+use crate::server_cert::ServerCert;
 
 /// SHA-256 of a DER certificate.
 pub(crate) fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
@@ -23,18 +26,41 @@ pub(crate) struct PinMismatch {
     pub(crate) presented: [u8; 32],
 }
 
+/// Which certificate a [`PinVerifier`] accepts.
+#[derive(Debug, Clone)]
+pub(crate) enum Pin {
+    /// The one with this SHA-256; any, when `None` (trust on first use).
+    Fixed(Option<[u8; 32]>),
+    /// The one this broker's HTTPS listener serves at the time of the handshake: every node
+    /// of a cluster serves the same, so the node link follows a reload of it.
+    Served(Arc<ServerCert>),
+}
+
+impl Pin {
+    fn sha256(&self) -> Option<[u8; 32]> {
+        match self {
+            Pin::Fixed(pinned) => *pinned,
+            Pin::Served(cert) => Some(cert.sha256()),
+        }
+    }
+}
+
 /// Accepts the certificate whose SHA-256 is pinned (any, when none is: trust on first use),
 /// and still checks the handshake's signatures against it.
 #[derive(Debug)]
 pub(crate) struct PinVerifier {
-    pinned: Option<[u8; 32]>,
+    pin: Pin,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl PinVerifier {
     pub(crate) fn new(pinned: Option<[u8; 32]>, provider: &CryptoProvider) -> Self {
+        Self::with(Pin::Fixed(pinned), provider)
+    }
+
+    pub(crate) fn with(pin: Pin, provider: &CryptoProvider) -> Self {
         Self {
-            pinned,
+            pin,
             algorithms: provider.signature_verification_algorithms,
         }
     }
@@ -50,7 +76,7 @@ impl ServerCertVerifier for PinVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let presented = fingerprint(end_entity.as_ref());
-        match self.pinned {
+        match self.pin.sha256() {
             Some(pinned) if pinned != presented => Err(rustls::Error::InvalidCertificate(
                 CertificateError::Other(OtherError(Arc::new(PinMismatch { pinned, presented }))),
             )),

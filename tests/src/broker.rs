@@ -127,6 +127,20 @@ impl TestBroker {
     /// [`Self::spawn_binary`] with more arguments of `passerelle serve` (e.g. `--store URL`),
     /// kept for its restarts.
     pub async fn spawn_binary_with(extra: &[&str]) -> Result<Self> {
+        let mut args = vec!["--insecure-http"];
+        args.extend_from_slice(extra);
+        Self::spawn_binary_args(&args, reqwest::Client::builder()).await
+    }
+
+    /// The real `passerelle serve` binary over HTTPS, with more arguments (e.g. `--tls-cert F
+    /// --tls-key F`; without them, its self-signed certificate). The helpers' HTTP client
+    /// accepts any certificate: a test that cares about the certificate checks it itself.
+    pub async fn spawn_binary_https(extra: &[&str]) -> Result<Self> {
+        let http = reqwest::Client::builder().danger_accept_invalid_certs(true);
+        Self::spawn_binary_args(extra, http).await
+    }
+
+    async fn spawn_binary_args(extra: &[&str], http: reqwest::ClientBuilder) -> Result<Self> {
         init();
         let dir = tempfile::Builder::new()
             .prefix("passerelle-e2e-")
@@ -136,7 +150,6 @@ impl TestBroker {
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
-            "--insecure-http",
         ];
         args.extend_from_slice(extra);
         let (process, banner) = BrokerProcess::serve(dir.path(), &args).await?;
@@ -155,7 +168,7 @@ impl TestBroker {
             host_key,
             dir,
             admin_key,
-            http: reqwest::Client::builder().timeout(WAIT).build()?,
+            http: http.timeout(WAIT).build()?,
             extra_args: extra.iter().map(|a| (*a).to_owned()).collect(),
         })
     }
@@ -193,13 +206,7 @@ impl TestBroker {
     async fn serve_again(&mut self) -> Result<()> {
         let ssh = self.ssh_addr.to_string();
         let http = self.http_addr.to_string();
-        let mut args = vec![
-            "--ssh-listen",
-            &ssh,
-            "--http-listen",
-            &http,
-            "--insecure-http",
-        ];
+        let mut args = vec!["--ssh-listen", &ssh, "--http-listen", &http];
         args.extend(self.extra_args.iter().map(String::as_str));
         let (process, banner) = BrokerProcess::serve(self.dir.path(), &args).await?;
         if banner.admin_key.is_some() || admin_key_file(self.dir.path())? != self.admin_key {
@@ -215,6 +222,15 @@ impl TestBroker {
     /// The broker binary's process id (none for an in-process broker).
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().and_then(BrokerProcess::pid)
+    }
+
+    /// Sends `signal` (e.g. "HUP") to the broker binary without waiting for anything.
+    pub async fn signal_binary(&self, signal: &str) -> Result<()> {
+        self.process
+            .as_ref()
+            .context("signal_binary needs a broker from spawn_binary")?
+            .send_signal(signal)
+            .await
     }
 
     /// What the broker binary has logged so far (empty for an in-process broker).
@@ -525,7 +541,8 @@ fn addrs(banner: &Banner) -> Result<(SocketAddr, SocketAddr)> {
     let http = banner
         .http
         .strip_prefix("http://")
-        .context("a plain HTTP listener")?
+        .or_else(|| banner.http.strip_prefix("https://"))
+        .context("an http:// or https:// listener")?
         .trim_end_matches('/')
         .parse()
         .context("http address in the banner")?;

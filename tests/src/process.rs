@@ -264,14 +264,20 @@ impl BrokerProcess {
         Ok((status, log))
     }
 
-    /// Sends `signal` (e.g. "KILL", "TERM") and waits (bounded) for the exit.
-    pub async fn signal(mut self, signal: &str) -> Result<ExitStatus> {
+    /// Sends `signal` (e.g. "HUP") and returns at once; the process keeps running.
+    pub async fn send_signal(&self, signal: &str) -> Result<()> {
         let pid = self.child.id().context("already exited")?;
         let kill = Command::new("kill")
             .args([&format!("-{signal}"), &pid.to_string()])
             .status()
             .await?;
         ensure!(kill.success(), "kill -{signal} {pid} failed");
+        Ok(())
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM") and waits (bounded) for the exit.
+    pub async fn signal(mut self, signal: &str) -> Result<ExitStatus> {
+        self.send_signal(signal).await?;
         Ok(timeout(WAIT, self.child.wait())
             .await
             .with_context(|| format!("no exit after SIG{signal}"))??)

@@ -200,6 +200,8 @@ async fn package_contents_unit_and_installed_broker() -> Result<()> {
     ensure!(
         one("ExecStart")? == "/usr/bin/passerelle serve --config /etc/passerelle/passerelle.toml"
     );
+    // `systemctl reload` renews the HTTPS certificate (SIGHUP) without ending anything.
+    ensure!(one("ExecReload")? == "/bin/kill -HUP $MAINPID");
     for (k, v) in [
         ("User", "passerelle"),
         ("Group", "passerelle"),

@@ -15,7 +15,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
-use crate::pinned::PinVerifier;
+use crate::pinned::{Pin, PinVerifier};
 
 /// Connecting to a node (TCP and TLS) must be done within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,14 +71,10 @@ trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 impl Connector {
-    /// A connector that trusts the certificate whose SHA-256 is `pin` (hex).
-    pub fn new(pin_hex: &str, tasks: TaskTracker) -> anyhow::Result<Self> {
-        let sha256: [u8; 32] = hex::decode(pin_hex)
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .context("the cluster certificate's fingerprint")?;
+    /// A connector that trusts the certificate `pin` names.
+    pub(crate) fn new(pin: Pin, tasks: TaskTracker) -> anyhow::Result<Self> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = PinVerifier::new(Some(sha256), &provider);
+        let verifier = PinVerifier::with(pin, &provider);
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -262,7 +258,7 @@ mod tests {
     #[tokio::test]
     async fn requests_to_a_node_reuse_one_connection() {
         let (url, accepted) = counting_server().await;
-        let c = Connector::new(&"00".repeat(32), TaskTracker::new()).unwrap();
+        let c = Connector::new(Pin::Fixed(Some([0; 32])), TaskTracker::new()).unwrap();
         for _ in 0..5 {
             assert_eq!(get(&c, &url, "/api").await, "ok");
             idle(&c, &url, 1).await;

@@ -56,7 +56,7 @@ pub fn init(dir: &Path, host: Option<&str>) -> anyhow::Result<Created> {
     )?;
     Ok(Created {
         host_key_fingerprint: crate::keys::fingerprint(&host_key),
-        tls_fingerprint: tls.fingerprint,
+        tls_fingerprint: tls.fingerprint(),
     })
 }
 

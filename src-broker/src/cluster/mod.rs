@@ -89,12 +89,13 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    /// Joins the cluster: announces this node at `url` with a fresh lease.
-    pub async fn join(
+    /// Joins the cluster: announces this node at `url` with a fresh lease. The link to the
+    /// other nodes trusts the certificate `tls_pin` names.
+    pub(crate) async fn join(
         node: String,
         url: String,
         secret: &[u8],
-        tls_pin: &str,
+        tls_pin: crate::pinned::Pin,
         db: Db,
         tasks: TaskTracker,
         stop: CancellationToken,
@@ -413,7 +414,7 @@ mod tests {
             "n1".into(),
             "http://127.0.0.1:1".into(),
             &[7; 32],
-            &"00".repeat(32),
+            crate::pinned::Pin::Fixed(Some([0; 32])),
             db,
             TaskTracker::new(),
             CancellationToken::new(),

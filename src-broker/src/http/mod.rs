@@ -54,8 +54,16 @@ pub(crate) use server::serve;
 pub struct Urls {
     /// `http(s)://host:port`, the base of every URL handed out.
     pub base: String,
-    /// Hex SHA-256 of the HTTPS certificate, when serving HTTPS (pinned by the desktop helper).
-    pub tls_fingerprint: Option<String>,
+    /// The HTTPS certificate, when serving HTTPS: launch URLs carry the SHA-256 of the one
+    /// served at the time (the desktop helper pins it).
+    pub tls: Option<Arc<crate::server_cert::ServerCert>>,
+}
+
+impl Urls {
+    /// Hex SHA-256 of the HTTPS certificate served now.
+    pub fn tls_fingerprint(&self) -> Option<String> {
+        self.tls.as_ref().map(|t| t.fingerprint())
+    }
 }
 
 /// What the HTTP side is given; each handler takes the parts it needs (axum's `FromRef`).

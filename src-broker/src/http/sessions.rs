@@ -48,7 +48,7 @@ fn launch_url(urls: &Urls, session: &LiveSession, token: String) -> String {
         session: session.id.clone(),
         token,
         service: session.service.clone(),
-        fingerprint: urls.tls_fingerprint.clone(),
+        fingerprint: urls.tls_fingerprint(),
         agent: Some(session.agent.clone()),
     }
     .to_url()
