@@ -65,11 +65,15 @@ impl CpuSnap {
             .collect();
         let tree = host::tree_cpu();
         // The load generator's child processes (`--fleet`) are this executable: their name is
-        // its first 15 bytes.
+        // its file name's first 15 bytes.
+        let exe = (std::env::current_exe().ok())
+            .and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+            .map(|name| name.chars().take(15).collect::<String>())
+            .unwrap_or_default();
         for (name, comm) in [
             ("haproxy", "haproxy"),
             ("harness", "harness"),
-            ("load generators", "passerelle-benc"),
+            ("load generators", exe.as_str()),
         ] {
             parts.push((name.to_owned(), tree.get(comm).copied().unwrap_or(0)));
         }

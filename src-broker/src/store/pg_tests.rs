@@ -159,3 +159,40 @@ fn the_pool_lends_at_most_its_clients_and_waits_for_one_back() {
         assert_eq!(waiter.join().unwrap(), 1);
     });
 }
+
+/// The server process behind a lent client.
+fn backend_pid(c: &pg::Pooled<'_>) -> i64 {
+    let rows = c
+        .query("SELECT pg_backend_pid()::bigint", Vec::new())
+        .unwrap();
+    rows[0].get(0).unwrap()
+}
+
+#[test]
+fn a_burst_reuses_its_clients_and_they_close_after_a_minute_idle() {
+    let Some(base) = pg_base() else { return };
+    let url = fresh_pg_database(&base);
+    let pool = pg::Pool::connect(&url).unwrap();
+    let burst = |pool: &pg::Pool| {
+        let lent: Vec<_> = (0..pg::MAX_CLIENTS)
+            .map(|_| pool.get_within(Duration::from_secs(5)).unwrap())
+            .collect();
+        let mut pids: Vec<i64> = lent.iter().map(backend_pid).collect();
+        pids.sort_unstable();
+        pids
+    };
+    let first = burst(&pool);
+    assert_eq!(pool.open_clients(), pg::MAX_CLIENTS);
+    // Every client of the burst stays open for the next one: the same server processes, no new
+    // connection (a PostgreSQL connection is a process, an authentication, statements prepared
+    // again).
+    let second = burst(&pool);
+    assert_eq!(first, second);
+    assert_eq!(pool.open_clients(), pg::MAX_CLIENTS);
+    // A minute later, unused, the pool is back to the few it keeps.
+    pool.close_stale_as_of(Instant::now() + Duration::from_secs(61));
+    let kept = pool.open_clients();
+    assert!((1..pg::MAX_CLIENTS / 2).contains(&kept), "{kept} kept");
+    let c = pool.get().unwrap();
+    assert_eq!(c.query("SELECT 1", Vec::new()).unwrap().len(), 1);
+}

@@ -6,11 +6,11 @@
 //! [`QUERY_TIMEOUT`]). The clients' connection tasks (the sockets) run on a private one-thread
 //! runtime, which makes this usable from any thread, inside a runtime or not. Clients are kept
 //! in an idle list and made on demand (at most [`MAX_CLIENTS`]), each with its prepared
-//! statements; a client whose connection ended, or that timed out, is dropped rather than
-//! reused.
+//! statements; those beyond [`KEEP_IDLE`] close after [`IDLE_CLOSE`] unused; a client whose
+//! connection ended, or that timed out, is dropped rather than reused.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::str::FromStr as _;
 use std::sync::{Arc, Condvar, Mutex};
@@ -27,8 +27,13 @@ use super::{Error, PgUrl, Result, Row, Value, placeholders};
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for one statement (also the server's `statement_timeout`).
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle clients kept for reuse.
-const MAX_IDLE: usize = 8;
+/// Idle clients kept however long they stay idle. Beyond these, a client given back stays open
+/// for the next call until it has been idle for [`IDLE_CLOSE`]: a burst of calls (thousands of
+/// agents reconnecting at once) reuses its clients instead of opening and closing a PostgreSQL
+/// connection (a server process, an authentication, every statement prepared again) per call.
+const KEEP_IDLE: usize = 8;
+/// How long a client beyond [`KEEP_IDLE`] stays open unused.
+const IDLE_CLOSE: Duration = Duration::from_secs(60);
 /// Clients open at once; a call waits (up to [`QUERY_TIMEOUT`]) for one to come back beyond.
 /// The blocking pool has far more threads than a database has connections to give.
 pub(crate) const MAX_CLIENTS: usize = 32;
@@ -110,10 +115,32 @@ pub(crate) struct Pool {
 /// The pool's clients: those idle, and how many are open (idle or lent).
 #[derive(Default)]
 struct Slots {
-    // Boxed: lent out and given back as a pointer (a client is a few hundred bytes).
-    #[allow(clippy::vec_box)]
-    idle: Vec<Box<PgClient>>,
+    /// The most recently given back last, and lent first: the others age, and close after
+    /// [`IDLE_CLOSE`] (see [`KEEP_IDLE`]).
+    idle: VecDeque<Idle>,
     open: usize,
+}
+
+/// An idle client and since when.
+struct Idle {
+    // Boxed: lent out and given back as a pointer (a client is a few hundred bytes).
+    client: Box<PgClient>,
+    since: Instant,
+}
+
+impl Slots {
+    /// Closes the clients beyond [`KEEP_IDLE`] that have been idle for [`IDLE_CLOSE`].
+    fn close_stale(&mut self, now: Instant) {
+        while self.idle.len() > KEEP_IDLE
+            && self
+                .idle
+                .front()
+                .is_some_and(|i| now.duration_since(i.since) >= IDLE_CLOSE)
+        {
+            self.idle.pop_front();
+            self.open = self.open.saturating_sub(1);
+        }
+    }
 }
 
 /// A client and the statements it has prepared (a statement is one round trip, not two, once
@@ -201,7 +228,10 @@ impl Pool {
             .map_err(|e| anyhow::anyhow!("connecting to the store {}: {e}", pool.shown))?;
         {
             let mut slots = pool.slots();
-            slots.idle.push(first);
+            slots.idle.push_back(Idle {
+                client: first,
+                since: Instant::now(),
+            });
             slots.open = 1;
         }
         Ok(pool)
@@ -215,11 +245,13 @@ impl Pool {
 
     /// Gives a lent client back (`None`: it is gone) and wakes a waiting caller.
     fn give_back(&self, client: Option<Box<PgClient>>) {
+        let now = Instant::now();
         let mut slots = self.slots();
         match client.filter(|c| !c.client.is_closed()) {
-            Some(c) if slots.idle.len() < MAX_IDLE => slots.idle.push(c),
-            _ => slots.open = slots.open.saturating_sub(1),
+            Some(client) => slots.idle.push_back(Idle { client, since: now }),
+            None => slots.open = slots.open.saturating_sub(1),
         }
+        slots.close_stale(now);
         drop(slots);
         self.freed.notify_one();
     }
@@ -251,6 +283,18 @@ impl Pool {
         }
     }
 
+    /// Clients open now (idle or lent).
+    #[cfg(test)]
+    pub(crate) fn open_clients(&self) -> usize {
+        self.slots().open
+    }
+
+    /// Closes the idle clients that would be stale at `now` (see [`IDLE_CLOSE`]).
+    #[cfg(test)]
+    pub(crate) fn close_stale_as_of(&self, now: Instant) {
+        self.slots().close_stale(now);
+    }
+
     /// A client for a few statements, back in the idle list when dropped: an idle one, a new
     /// one while fewer than [`MAX_CLIENTS`] are open, else the next one given back.
     pub(crate) fn get(&self) -> Result<Pooled<'_>> {
@@ -267,7 +311,7 @@ impl Pool {
         let deadline = Instant::now() + limit;
         let mut slots = self.slots();
         loop {
-            while let Some(client) = slots.idle.pop() {
+            while let Some(Idle { client, .. }) = slots.idle.pop_back() {
                 if !client.client.is_closed() {
                     return Ok(lend(client));
                 }
