@@ -224,6 +224,37 @@ impl Store {
         let now = now_ms();
         let conn_id = i64::try_from(conn_id).unwrap_or(i64::MAX);
         let mut conn = self.conn()?;
+        if self.backend() == super::sql::Backend::Postgres {
+            // One statement, one round trip (a cluster's sign-in storm makes thousands): the
+            // holder read sees the rows as they were before the upsert (a data-modifying WITH
+            // runs on the statement's snapshot).
+            let before = conn
+                .query_row(
+                    "WITH before AS (
+                        SELECT n.name, n.url FROM presence p JOIN cluster_nodes n ON n.name = p.node
+                        WHERE p.tenant_id = ?1 AND p.agent = ?2 AND n.renewed_at >= ?8),
+                     claim AS (
+                        INSERT INTO presence
+                            (tenant_id, agent, node, conn_id, peer, connected_at, services)
+                        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                        ON CONFLICT (tenant_id, agent) DO UPDATE SET node = ?3, conn_id = ?4,
+                            peer = ?5, connected_at = ?6, services = ?7)
+                     SELECT name, url FROM before",
+                    params![
+                        tenant_id,
+                        agent.as_str(),
+                        self.node.as_str(),
+                        conn_id,
+                        peer_addr,
+                        now,
+                        services_text(services),
+                        now - LEASE_MS
+                    ],
+                    peer_row,
+                )
+                .optional()?;
+            return Ok(before.filter(|p| p.name != self.node));
+        }
         let tx = conn.transaction()?;
         let before = tx
             .query_row(
