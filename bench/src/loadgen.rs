@@ -171,22 +171,6 @@ impl LoadGen {
         self.state.last_error.lock().ok().and_then(|e| e.clone())
     }
 
-    /// Waits until `pred(online)` holds; `None` if `limit` passed first.
-    pub async fn wait_online(
-        &self,
-        limit: Duration,
-        pred: impl Fn(usize) -> bool,
-    ) -> Option<Duration> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if pred(self.online()) {
-                return Some(start.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-
     /// Disconnects every agent (bounded wait).
     pub async fn stop(mut self) {
         self.stop.cancel();
@@ -202,6 +186,8 @@ impl LoadGen {
 pub trait Online {
     /// Agents connected now.
     fn online(&self) -> usize;
+    /// The most recent failed attempt's error.
+    fn last_error(&self) -> Option<String>;
     /// False once the generator cannot make progress any more (a child process exited).
     fn alive(&self) -> bool {
         true
@@ -212,6 +198,27 @@ impl Online for LoadGen {
     fn online(&self) -> usize {
         LoadGen::online(self)
     }
+
+    fn last_error(&self) -> Option<String> {
+        LoadGen::last_error(self)
+    }
+}
+
+/// Waits until `pred(online)` holds; `None` if `limit` passed first or the generator stopped
+/// making progress.
+pub async fn wait_online(
+    load: &impl Online,
+    limit: Duration,
+    pred: impl Fn(usize) -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit && load.alive() {
+        if pred(load.online()) {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 struct Agent {

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
@@ -121,22 +121,6 @@ impl LoadProcs {
         Ok(())
     }
 
-    /// Waits until `pred(online)` holds; `None` if `limit` passed first or a child exited.
-    pub async fn wait_online(
-        &self,
-        limit: Duration,
-        pred: impl Fn(usize) -> bool,
-    ) -> Option<Duration> {
-        let start = Instant::now();
-        while start.elapsed() < limit && self.check_alive().is_ok() {
-            if pred(self.online()) {
-                return Some(start.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-
     /// Closes every child's stdin (they disconnect their agents and exit), waiting at most 40 s
     /// before killing them.
     pub async fn stop(mut self) {
@@ -158,6 +142,10 @@ impl LoadProcs {
 impl crate::loadgen::Online for LoadProcs {
     fn online(&self) -> usize {
         LoadProcs::online(self)
+    }
+
+    fn last_error(&self) -> Option<String> {
+        LoadProcs::last_error(self)
     }
 
     fn alive(&self) -> bool {

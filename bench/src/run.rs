@@ -42,6 +42,25 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Load agents `agents` connecting to `target` as this plan says (source addresses,
+    /// attempts in flight, cipher, key exchange).
+    pub fn load_config(
+        &self,
+        target: SocketAddr,
+        host_key: russh::keys::PublicKey,
+        agents: std::ops::Range<usize>,
+    ) -> LoadConfig {
+        LoadConfig {
+            target,
+            host_key,
+            agents,
+            source_ips: self.source_ips,
+            parallel_connects: self.parallel_connects,
+            cipher: self.cipher,
+            kex: self.agent_kex,
+        }
+    }
+
     /// Agents that `n` spread sessions use.
     pub fn agents_for(&self, n: usize) -> usize {
         n.div_ceil(self.sessions_per_agent.max(1))
@@ -286,18 +305,9 @@ pub async fn idle_agents(
     tokio::time::sleep(Duration::from_secs(1)).await;
     f.rss_before_kib = rss_kib(broker.pid())?;
 
-    let load = LoadGen::start(LoadConfig {
-        target: ssh_addr,
-        host_key,
-        agents: 0..n,
-        source_ips: plan.source_ips,
-        parallel_connects: plan.parallel_connects,
-        cipher: plan.cipher,
-        kex: plan.agent_kex,
-    })?;
+    let load = LoadGen::start(plan.load_config(ssh_addr, host_key, 0..n))?;
     // Fail fast when nothing gets in at all (wrong cipher, refused keys...).
-    if load
-        .wait_online(Duration::from_secs(20), |k| k > 0)
+    if loadgen::wait_online(&load, Duration::from_secs(20), |k| k > 0)
         .await
         .is_none()
     {
@@ -307,8 +317,7 @@ pub async fn idle_agents(
         anyhow::bail!("no load agent could connect within 20 s; the last error: {e}");
     }
     let limit = Duration::from_secs(60 + (n as u64) / 50);
-    f.connect_all_s = load
-        .wait_online(limit, |k| k >= n)
+    f.connect_all_s = loadgen::wait_online(&load, limit, |k| k >= n)
         .await
         .map(|d| d.as_secs_f64());
     f.connected = load.online();
@@ -327,10 +336,10 @@ pub async fn idle_agents(
     let target = f.connected;
     let killed = Instant::now();
     broker.kill().await;
-    let _ = load.wait_online(Duration::from_secs(30), |k| k == 0).await;
+    let _ = loadgen::wait_online(&load, Duration::from_secs(30), |k| k == 0).await;
     let broker = Broker::start(bin, &data, ssh_addr, &log).await?;
     let ready = Instant::now();
-    let back = load.wait_online(limit, |k| k >= target).await;
+    let back = loadgen::wait_online(&load, limit, |k| k >= target).await;
     f.reconnect_from_kill_s = back.map(|_| killed.elapsed().as_secs_f64());
     f.reconnect_from_ready_s = back.map(|_| ready.elapsed().as_secs_f64());
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -141,8 +141,7 @@ pub async fn soak(
                 let Ok(load) = LoadGen::start(cfg()) else {
                     break;
                 };
-                let _ = load
-                    .wait_online(Duration::from_secs(60), |k| k >= WAVE_AGENTS)
+                let _ = loadgen::wait_online(&load, Duration::from_secs(60), |k| k >= WAVE_AGENTS)
                     .await;
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(20)) => {}

@@ -25,6 +25,7 @@ mod rfb_server;
 mod services;
 pub mod sshd;
 pub mod terminal;
+pub mod tls_probe;
 mod ws;
 
 use std::sync::Once;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail, ensure};
+use passerelle_e2e::tls_probe::presented;
 use passerelle_e2e::{
     Agent, EchoServer, Forward, Method, POLL, StatusCode, TestBroker, WAIT, Ws, pattern,
     session_request,
@@ -69,35 +70,8 @@ fn replace(path: &Path, text: &str) -> Result<()> {
 
 /// TLS client settings that trust exactly `pairs`' certificates.
 fn trusting(pairs: &[&Pair]) -> Result<Arc<rustls::ClientConfig>> {
-    passerelle_e2e::init();
-    let mut roots = rustls::RootCertStore::empty();
-    for p in pairs {
-        roots.add(CertificateDer::from(p.der.clone()))?;
-    }
-    Ok(Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
-}
-
-/// The certificate a new TLS handshake with the broker presents (DER).
-async fn presented(addr: std::net::SocketAddr, tls: &Arc<rustls::ClientConfig>) -> Result<Vec<u8>> {
-    let tcp = timeout(WAIT, TcpStream::connect(addr)).await??;
-    let name = ServerName::try_from("127.0.0.1")?;
-    let stream = timeout(
-        WAIT,
-        tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp),
-    )
-    .await
-    .context("tls handshake timed out")?
-    .context("tls handshake")?;
-    let certs = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .context("no certificate presented")?;
-    Ok(certs.first().context("empty chain")?.to_vec())
+    let ders: Vec<&[u8]> = pairs.iter().map(|p| p.der.as_slice()).collect();
+    passerelle_e2e::tls_probe::trusting(&ders)
 }
 
 /// A kept-alive HTTPS connection to the broker.

@@ -10,47 +10,18 @@
 //! tls_reload_cluster`. Without `PASSERELLE_TEST_PG` it says so and passes.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use passerelle_e2e::cluster::{CLUSTER_CERT, TestCluster};
 use passerelle_e2e::postgres::ENV as PG_ENV;
+use passerelle_e2e::tls_probe::{presented, trusting};
 use passerelle_e2e::{
     Agent, EchoServer, Forward, IssuedToken, POLL, TestPostgres, WAIT, Ws, pattern,
     session_request, unique,
 };
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep, timeout};
-
-/// TLS client settings that trust exactly `ders`.
-fn trusting(ders: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>> {
-    passerelle_e2e::init();
-    let mut roots = rustls::RootCertStore::empty();
-    for der in ders {
-        roots.add(CertificateDer::from(der.to_vec()))?;
-    }
-    Ok(Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
-}
-
-/// The certificate a new handshake with `addr` presents (DER).
-async fn presented(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> Result<Vec<u8>> {
-    let tcp = timeout(WAIT, TcpStream::connect(addr)).await??;
-    let name = ServerName::try_from("127.0.0.1")?;
-    let stream = timeout(
-        WAIT,
-        tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp),
-    )
-    .await
-    .context("tls handshake timed out")??;
-    let chain = stream.get_ref().1.peer_certificates().context("no chain")?;
-    Ok(chain.first().context("empty chain")?.to_vec())
-}
+use tokio::time::{Instant, sleep};
 
 /// `url` (a session's `raw_ws_url`) with node `via` as its host.
 fn via(url: &str, via: SocketAddr) -> Result<String> {

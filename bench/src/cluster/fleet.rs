@@ -13,11 +13,13 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use super::cpu::CpuSnap;
-use super::idle::{NodeFigures, held, nodes_now, watch_generator, watch_status};
-use super::report::{cpu_table, secs};
+use super::idle::{
+    NodeFigures, connect_phase, held, nodes_now, spread, watch_generator, watch_status,
+};
+use super::report::{cpu_table, secs, totals};
 use super::stack::ClusterStack;
 use crate::host;
 use crate::loadprocs::{ChildSettings, LoadProcs};
@@ -69,12 +71,7 @@ pub async fn run(
     n: usize,
     nodes: usize,
 ) -> anyhow::Result<String> {
-    if !bin.exists() {
-        bail!(
-            "{} not found: pass --passerelle-bin or build it with `cargo build --release -p passerelle`",
-            bin.display()
-        );
-    }
+    super::require_bin(bin)?;
     let started = Instant::now();
     println!(
         "fleet: starting PostgreSQL, `cluster init` and {nodes} nodes of {}",
@@ -154,33 +151,13 @@ async fn measure(
 ) -> anyhow::Result<()> {
     let n = f.agents;
     let limit = phase_limit(n);
-    if load
-        .wait_online(Duration::from_secs(30), |k| k > 0)
-        .await
-        .is_none()
-    {
-        load.check_alive()?;
-        bail!(
-            "no load agent could connect within 30 s; the last error: {}",
-            load.last_error().unwrap_or_default()
-        );
-    }
-    let ((_, all), presence) = tokio::join!(
-        watch_generator(load, n, limit, false),
-        watch_status(stack, load, limit, "every agent present", |s, _| {
-            held(s, None) >= n
-        }),
-    );
-    (f.connect_all_s, f.presence_all_s) = (all, presence);
-    f.connect_cpu = cpu_start.until(&CpuSnap::take(stack));
-    load.check_alive()?;
-    if all.is_none() {
-        bail!(
-            "only {} of {n} agents came online within {limit:?}; the last error: {}",
-            load.online(),
-            load.last_error().unwrap_or_default()
-        );
-    }
+    let connected = match connect_phase(stack, load, n, limit, &cpu_start).await {
+        Ok(c) => c,
+        // A generator process that exited says why better than the count does.
+        Err(e) => return Err(load.check_alive().err().unwrap_or(e)),
+    };
+    (f.connect_all_s, f.presence_all_s) = (Some(connected.all_s), connected.presence_s);
+    f.connect_cpu = connected.cpu;
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.with_agents = nodes_now(stack).await;
     println!("  spread: {}", spread(&f.with_agents));
@@ -220,13 +197,6 @@ async fn measure(
     f.after = nodes_now(stack).await;
     println!("  after the restart: {}", spread(&f.after));
     Ok(())
-}
-
-fn spread(nodes: &[NodeFigures]) -> String {
-    (nodes.iter())
-        .map(|x| format!("{} {:?} agents, {:?} KiB", x.name, x.agents, x.rss_kib))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// KiB per agent: the nodes' RSS in `with` over the RSS in `base`, per agent.
@@ -336,20 +306,10 @@ fn markdown(f: &Fleet, problems: &[String]) -> String {
         (&f.recover_cpu, f.reconnections),
         &phases,
     ));
-    let _ = writeln!(
-        out,
-        "\n{} SSH connections in all, {} failed attempts{}. Load average at the start: {}; at the \
-         kill: {}; at the end: {}.",
-        f.connections,
-        f.failures,
-        f.last_error
-            .as_ref()
-            .map(|e| format!(" (the last: `{e}`)"))
-            .unwrap_or_default(),
-        f.load_start,
-        f.load_kill,
-        f.load_end
-    );
+    out.push_str(&totals(
+        (f.connections, f.failures, f.last_error.as_deref()),
+        [&f.load_start, &f.load_kill, &f.load_end],
+    ));
     if !problems.is_empty() {
         let _ = writeln!(out, "\n#### Problems\n");
         for p in problems {

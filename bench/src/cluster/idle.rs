@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use super::cpu::CpuSnap;
 use super::stack::{ClusterStack, NODES, NodeStatus};
 use crate::host;
-use crate::loadgen::{self, LoadConfig, LoadGen, Online};
+use crate::loadgen::{self, LoadGen, Online};
 use crate::run::{Plan, rss_kib};
 
 /// The node that is killed (the last).
@@ -145,15 +145,7 @@ pub async fn idle_agents(
     let host_key = russh::keys::PublicKey::from_openssh(stack.cluster.host_key())
         .context("parsing the cluster's host key")?;
     let cpu_start = CpuSnap::take(stack);
-    let load = LoadGen::start(LoadConfig {
-        target: stack.lb()?.ssh_addr(),
-        host_key,
-        agents: 0..n,
-        source_ips: plan.source_ips,
-        parallel_connects: plan.parallel_connects,
-        cipher: plan.cipher,
-        kex: plan.agent_kex,
-    })?;
+    let load = LoadGen::start(plan.load_config(stack.lb()?.ssh_addr(), host_key, 0..n))?;
     let result = measure(stack, &load, n, limit, cpu_start, &mut f).await;
     f.connections = load.connects();
     f.failures = load.failures();
@@ -161,6 +153,65 @@ pub async fn idle_agents(
     load.stop().await;
     f.load_end = host::load_average();
     result.map(|()| f)
+}
+
+/// The first connections of `n` agents, as far as the generator and the store see them.
+pub(super) struct Connected {
+    /// The generator's start -> every agent online at it.
+    pub all_s: f64,
+    /// The generator's start -> `cluster status` shows them all.
+    pub presence_s: Option<f64>,
+    /// CPU-seconds by part from `cpu_start` until then.
+    pub cpu: Vec<(String, f64)>,
+}
+
+/// Watches `n` agents connect: fails fast when none gets in within 30 s (wrong cipher,
+/// refused keys...), then polls the generator and `cluster status` until every agent is online
+/// and present; an error when not all came online within `limit`.
+pub(super) async fn connect_phase(
+    stack: &ClusterStack,
+    load: &impl Online,
+    n: usize,
+    limit: Duration,
+    cpu_start: &CpuSnap,
+) -> anyhow::Result<Connected> {
+    let last_error = || load.last_error().unwrap_or_else(|| "none".to_owned());
+    if loadgen::wait_online(load, Duration::from_secs(30), |k| k > 0)
+        .await
+        .is_none()
+    {
+        bail!(
+            "no load agent could connect within 30 s; the last error: {}",
+            last_error()
+        );
+    }
+    let ((_, all), presence_s) = tokio::join!(
+        watch_generator(load, n, limit, false),
+        watch_status(stack, load, limit, "every agent present", |s, _| {
+            held(s, None) >= n
+        }),
+    );
+    let cpu = cpu_start.until(&CpuSnap::take(stack));
+    let Some(all_s) = all else {
+        bail!(
+            "only {} of {n} agents came online within {limit:?}; the last error: {}",
+            load.online(),
+            last_error()
+        );
+    };
+    Ok(Connected {
+        all_s,
+        presence_s,
+        cpu,
+    })
+}
+
+/// `node1 Some(500) agents, Some(46240) KiB; ...`: where the agents are.
+pub(super) fn spread(nodes: &[NodeFigures]) -> String {
+    (nodes.iter())
+        .map(|x| format!("{} {:?} agents, {:?} KiB", x.name, x.agents, x.rss_kib))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The generator's side of a phase: polled every 20 ms until every agent is online, having
@@ -228,41 +279,13 @@ async fn measure(
     cpu_start: CpuSnap,
     f: &mut IdleCluster,
 ) -> anyhow::Result<()> {
-    if load
-        .wait_online(Duration::from_secs(20), |k| k > 0)
-        .await
-        .is_none()
-    {
-        bail!(
-            "no load agent could connect within 20 s; the last error: {}",
-            load.last_error().unwrap_or_default()
-        );
-    }
-    let ((_, all), presence) = tokio::join!(
-        watch_generator(load, n, limit, false),
-        watch_status(stack, load, limit, "every agent present", |s, _| {
-            held(s, None) >= n
-        }),
-    );
-    (f.connect_all_s, f.presence_all_s) = (all, presence);
-    f.connect_cpu = cpu_start.until(&CpuSnap::take(stack));
+    let connected = connect_phase(stack, load, n, limit, &cpu_start).await?;
+    (f.connect_all_s, f.presence_all_s) = (Some(connected.all_s), connected.presence_s);
+    f.connect_cpu = connected.cpu;
     f.connected = load.online();
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.with_agents = nodes_now(stack).await;
-    println!(
-        "  spread: {}",
-        (f.with_agents.iter())
-            .map(|x| format!("{} {:?} agents, {:?} KiB", x.name, x.agents, x.rss_kib))
-            .collect::<Vec<_>>()
-            .join("; ")
-    );
-    if f.connect_all_s.is_none() {
-        bail!(
-            "only {} of {n} agents came online within {limit:?}; the last error: {}",
-            load.online(),
-            load.last_error().unwrap_or_default()
-        );
-    }
+    println!("  spread: {}", spread(&f.with_agents));
 
     let killed = passerelle_e2e::cluster::TestCluster::name(KILLED);
     f.killed.clone_from(&killed);

@@ -46,12 +46,7 @@ pub async fn run(
     bin: &Path,
     dir: &Path,
 ) -> anyhow::Result<String> {
-    if !bin.exists() {
-        bail!(
-            "{} not found: pass --passerelle-bin or build it with `cargo build --release -p passerelle`",
-            bin.display()
-        );
-    }
+    require_bin(bin)?;
     let started = Instant::now();
     let service = Service::start().await?;
     println!(
@@ -168,6 +163,17 @@ pub async fn run(
     drop(stack);
     drop(service);
     Ok(md)
+}
+
+/// Fails when the broker binary the nodes run is missing.
+fn require_bin(bin: &Path) -> anyhow::Result<()> {
+    if !bin.exists() {
+        bail!(
+            "{} not found: pass --passerelle-bin or build it with `cargo build --release -p passerelle`",
+            bin.display()
+        );
+    }
+    Ok(())
 }
 
 /// `HAProxy version 2.6.12-1+deb12u4 ...`'s version, or "HAProxy".

@@ -252,21 +252,26 @@ pub fn idle(f: &IdleCluster) -> String {
         (&f.recover_cpu, f.reconnections),
         &intro,
     ));
-    let _ = writeln!(
-        out,
-        "\n{} SSH connections in all, {} failed attempts{}. Load average at the start: {}; at the \
-         kill: {}; at the end: {}.",
-        f.connections,
-        f.failures,
-        f.last_error
-            .as_ref()
-            .map(|e| format!(" (the last: `{e}`)"))
-            .unwrap_or_default(),
-        f.load_start,
-        f.load_kill,
-        f.load_end
-    );
+    out.push_str(&totals(
+        (f.connections, f.failures, f.last_error.as_deref()),
+        [&f.load_start, &f.load_kill, &f.load_end],
+    ));
     out
+}
+
+/// An idle figure's closing line: `(connections, failed attempts, the last failure)` and the
+/// load averages at the start, at the kill and at the end.
+pub(super) fn totals(
+    (connections, failures, last_error): (usize, usize, Option<&str>),
+    [start, kill, end]: [&str; 3],
+) -> String {
+    let last = last_error
+        .map(|e| format!(" (the last: `{e}`)"))
+        .unwrap_or_default();
+    format!(
+        "\n{connections} SSH connections in all, {failures} failed attempts{last}. Load average at \
+         the start: {start}; at the kill: {kill}; at the end: {end}.\n"
+    )
 }
 
 /// CPU-seconds by part in the connect and the recovery phases (each with the connections it

@@ -7,10 +7,12 @@
 //! each exactly once) and drops its presence rows. A single broker is the node `local` and
 //! writes no presence: its registry in memory is the truth.
 
+use std::sync::LazyLock;
+
 use passerelle_proto::api::{AgentInfo, AgentService};
 use passerelle_proto::ids::{AgentId, ServiceName};
 
-use super::sql::{Exec as _, OptionalExtension as _, Row, params};
+use super::sql::{Exec as _, OptionalExtension as _, Params as _, Row, ToValue as _, params};
 use super::{Store, TenantId, now_ms, rfc3339};
 
 /// A node whose lease was renewed longer ago than this is dead.
@@ -149,6 +151,14 @@ fn holder_row(r: &Row) -> super::sql::Result<Holder> {
     })
 }
 
+/// This node takes an agent's presence row: `?1` tenant, `?2` agent, `?3` node, `?4` connection,
+/// `?5` peer address, `?6` since, `?7` services.
+const CLAIM_SQL: &str =
+    "INSERT INTO presence (tenant_id, agent, node, conn_id, peer, connected_at, services)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     ON CONFLICT (tenant_id, agent) DO UPDATE SET node = ?3, conn_id = ?4, peer = ?5,
+        connected_at = ?6, services = ?7";
+
 impl Store {
     /// This store's node name (`local` unless [`Store::with_node`] named one).
     pub fn node(&self) -> &str {
@@ -222,64 +232,48 @@ impl Store {
         services: &[(ServiceName, u32)],
     ) -> anyhow::Result<Option<Peer>> {
         let now = now_ms();
-        let conn_id = i64::try_from(conn_id).unwrap_or(i64::MAX);
+        let claim = params![
+            tenant_id,
+            agent.as_str(),
+            self.node.as_str(),
+            i64::try_from(conn_id).unwrap_or(i64::MAX),
+            peer_addr,
+            now,
+            services_text(services)
+        ]
+        .into_values();
+        let lease = (now - LEASE_MS).to_value();
         let mut conn = self.conn()?;
-        if self.backend() == super::sql::Backend::Postgres {
+        let before = if self.backend() == super::sql::Backend::Postgres {
             // One statement, one round trip (a cluster's sign-in storm makes thousands): the
             // holder read sees the rows as they were before the upsert (a data-modifying WITH
             // runs on the statement's snapshot).
-            let before = conn
-                .query_row(
+            static SQL: LazyLock<String> = LazyLock::new(|| {
+                format!(
                     "WITH before AS (
                         SELECT n.name, n.url FROM presence p JOIN cluster_nodes n ON n.name = p.node
                         WHERE p.tenant_id = ?1 AND p.agent = ?2 AND n.renewed_at >= ?8),
-                     claim AS (
-                        INSERT INTO presence
-                            (tenant_id, agent, node, conn_id, peer, connected_at, services)
-                        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                        ON CONFLICT (tenant_id, agent) DO UPDATE SET node = ?3, conn_id = ?4,
-                            peer = ?5, connected_at = ?6, services = ?7)
-                     SELECT name, url FROM before",
-                    params![
-                        tenant_id,
-                        agent.as_str(),
-                        self.node.as_str(),
-                        conn_id,
-                        peer_addr,
-                        now,
-                        services_text(services),
-                        now - LEASE_MS
-                    ],
+                     claim AS ({CLAIM_SQL})
+                     SELECT name, url FROM before"
+                )
+            });
+            let mut values = claim;
+            values.push(lease);
+            conn.query_row(&SQL, values, peer_row).optional()?
+        } else {
+            let tx = conn.transaction()?;
+            let before = tx
+                .query_row(
+                    "SELECT n.name, n.url FROM presence p JOIN cluster_nodes n ON n.name = p.node
+                     WHERE p.tenant_id = ?1 AND p.agent = ?2 AND n.renewed_at >= ?3",
+                    vec![claim[0].clone(), claim[1].clone(), lease],
                     peer_row,
                 )
                 .optional()?;
-            return Ok(before.filter(|p| p.name != self.node));
-        }
-        let tx = conn.transaction()?;
-        let before = tx
-            .query_row(
-                "SELECT n.name, n.url FROM presence p JOIN cluster_nodes n ON n.name = p.node
-                 WHERE p.tenant_id = ?1 AND p.agent = ?2 AND n.renewed_at >= ?3",
-                params![tenant_id, agent.as_str(), now - LEASE_MS],
-                peer_row,
-            )
-            .optional()?;
-        tx.execute(
-            "INSERT INTO presence (tenant_id, agent, node, conn_id, peer, connected_at, services)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (tenant_id, agent) DO UPDATE SET node = ?3, conn_id = ?4, peer = ?5,
-                connected_at = ?6, services = ?7",
-            params![
-                tenant_id,
-                agent.as_str(),
-                self.node.as_str(),
-                conn_id,
-                peer_addr,
-                now,
-                services_text(services)
-            ],
-        )?;
-        tx.commit()?;
+            tx.execute(CLAIM_SQL, claim)?;
+            tx.commit()?;
+            before
+        };
         Ok(before.filter(|p| p.name != self.node))
     }
 
