@@ -187,6 +187,47 @@ pub struct AuditFilter {
     pub limit: Option<u32>,
 }
 
+/// Columns of an audit row as [`Store::audit_many`] inserts it.
+const AUDIT_COLUMNS: usize = 9;
+/// Rows per `INSERT` of [`Store::audit_many`]: a batch goes in as few statements as these sizes
+/// allow (one statement per row cost PostgreSQL a round trip and an executor start each), and
+/// only these few statements are prepared.
+const INSERT_ROWS: [usize; 4] = [64, 16, 4, 1];
+
+/// The most rows of [`INSERT_ROWS`] that `left` rows fill.
+fn insert_rows(left: usize) -> usize {
+    INSERT_ROWS.into_iter().find(|&n| n <= left).unwrap_or(1)
+}
+
+/// `INSERT INTO audit ... VALUES (...), (...)` for `rows` rows (one of [`INSERT_ROWS`]).
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::LazyLock<Vec<(usize, String)>> = std::sync::LazyLock::new(|| {
+        INSERT_ROWS
+            .into_iter()
+            .map(|n| {
+                let tuples: Vec<String> = (0..n)
+                    .map(|r| {
+                        let p: Vec<String> = (1..=AUDIT_COLUMNS)
+                            .map(|c| format!("?{}", r * AUDIT_COLUMNS + c))
+                            .collect();
+                        format!("({})", p.join(", "))
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO audit (at, kind, tenant_id, agent, session_id, operator, \
+                     peer_addr, api_key, detail) VALUES {}",
+                    tuples.join(", ")
+                );
+                (n, sql)
+            })
+            .collect()
+    });
+    SQL.iter()
+        .find(|(n, _)| *n == rows)
+        .or(SQL.last())
+        .map_or("", |(_, s)| s.as_str())
+}
+
 impl Store {
     /// Appends an event. Failing to audit is logged, never fatal to the caller. Async code
     /// queues events through [`super::Db::audit`] instead.
@@ -202,26 +243,26 @@ impl Store {
         let result = (|| -> sql::Result<()> {
             let mut conn = self.conn()?;
             let tx = conn.transaction()?;
-            {
-                let at = now_ms();
-                for event in events.iter() {
-                    tx.execute(
-                        "INSERT INTO audit (at, kind, tenant_id, agent, session_id, operator,
-                                            peer_addr, api_key, detail)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                        sql::params![
-                            at,
-                            event.kind.as_str(),
-                            event.tenant_id,
-                            event.agent,
-                            event.session,
-                            event.operator,
-                            event.peer_addr,
-                            event.api_key,
-                            event.detail
-                        ],
-                    )?;
+            let at = now_ms();
+            let mut rest = &events[..];
+            while !rest.is_empty() {
+                let (rows, after) = rest.split_at(insert_rows(rest.len()));
+                let mut values = Vec::with_capacity(rows.len() * AUDIT_COLUMNS);
+                for event in rows {
+                    values.extend(sql::Params::into_values(sql::params![
+                        at,
+                        event.kind.as_str(),
+                        event.tenant_id,
+                        event.agent,
+                        event.session,
+                        event.operator,
+                        event.peer_addr,
+                        event.api_key,
+                        event.detail
+                    ]));
                 }
+                tx.execute(insert_sql(rows.len()), values)?;
+                rest = after;
             }
             tx.commit()
         })();
@@ -318,6 +359,46 @@ mod tests {
                 ..Default::default()
             };
             assert!(store.audit_page(a, &since).unwrap().events.is_empty());
+        });
+    }
+
+    #[test]
+    fn a_batch_goes_in_whole_and_in_order_over_its_multi_row_inserts() {
+        // 87 = 64 + 16 + 4 + 1 + 1 + 1: every size of insert, and repeats of the smallest.
+        assert_eq!(
+            [87, 23, 5, 1].map(insert_rows),
+            [64, 16, 4, 1],
+            "the largest size that fits"
+        );
+        crate::store::test_backends::each(|store| {
+            let name = TenantName::new("a").unwrap();
+            store.create_tenant(&name).unwrap();
+            let a = store.tenant_id(&name).unwrap().unwrap();
+            let mut batch: Vec<NewEvent> = (0..87)
+                .map(|i| {
+                    let mut ev = NewEvent::new(AuditKind::AgentConnected, format!("event {i}"));
+                    ev.tenant_id = Some(a);
+                    ev.agent = Some(format!("pc{i}"));
+                    ev.peer_addr = (i % 2 == 0).then(|| format!("10.0.0.{i}:22"));
+                    ev
+                })
+                .collect();
+            store.audit_many(&mut batch);
+            assert!(batch.is_empty(), "the batch is emptied");
+            let f = AuditFilter {
+                limit: Some(500),
+                ..Default::default()
+            };
+            let mut events = store.audit_page(a, &f).unwrap().events;
+            events.sort_by_key(|e| e.id);
+            assert_eq!(events.len(), 87);
+            for (i, e) in events.iter().enumerate() {
+                assert_eq!(e.detail, format!("event {i}"), "in order");
+                assert_eq!(e.agent.as_deref(), Some(format!("pc{i}").as_str()));
+                assert_eq!(e.kind, "agent_connected");
+                let peer = (i % 2 == 0).then(|| format!("10.0.0.{i}:22"));
+                assert_eq!(e.peer_addr, peer, "each row its own values");
+            }
         });
     }
 }
