@@ -138,6 +138,10 @@ pub struct Args {
     /// Fleet: the nodes (and load-generator processes) the agents are spread over.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=6))]
     pub fleet_nodes: u64,
+    /// Fleet: also count PostgreSQL's statements in each phase (`pg_stat_statements`): calls
+    /// and execution time per connection, by statement.
+    #[arg(long, requires = "fleet")]
+    pub pg_statements: bool,
     /// Internal (`--fleet`): run as one load-generator process, ADDR,FIRST,COUNT.
     #[arg(long, hide = true)]
     pub loadgen_child: Option<String>,

@@ -220,7 +220,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         }
         Some((
             "A fleet: idle agents over cluster nodes, every node killed and restarted",
-            cluster::fleet(&plan, &bin, &dir, n, nodes).await?,
+            cluster::fleet(&plan, &bin, &dir, n, nodes, args.pg_statements).await?,
         ))
     } else if let Some(minutes) = args.soak_minutes {
         let service = service::Service::start().await?;

@@ -46,7 +46,7 @@ pub struct TestCluster {
     /// Lines appended to every node's config file.
     extra_config: String,
     /// Last, so that the nodes stop before their database does.
-    _pg: TestPostgres,
+    pg: TestPostgres,
 }
 
 impl TestCluster {
@@ -92,7 +92,7 @@ impl TestCluster {
             tls,
             http,
             extra_config: extra_config.to_owned(),
-            _pg: pg,
+            pg,
         };
         for i in 0..n {
             let name = Self::name(i);
@@ -158,6 +158,11 @@ impl TestCluster {
     /// The admin API key of tenant `default` (from the first node's data dir).
     pub fn admin_key(&self) -> &str {
         &self.admin_key
+    }
+
+    /// One statement's rows on the cluster's database (see [`TestPostgres::psql`]).
+    pub async fn psql(&self, sql: &str) -> Result<String> {
+        self.pg.psql(&self.store_url, sql).await
     }
 
     /// The cluster's SSH host key, `ssh-ed25519 AAAA...`.

@@ -19,6 +19,7 @@ use super::cpu::CpuSnap;
 use super::idle::{
     NodeFigures, connect_phase, held, nodes_now, spread, watch_generator, watch_status,
 };
+use super::pgstats;
 use super::report::{cpu_table, secs, totals};
 use super::stack::ClusterStack;
 use crate::host;
@@ -58,6 +59,10 @@ struct Fleet {
     reconnections: usize,
     failures: usize,
     last_error: Option<String>,
+    /// `--pg-statements`: PostgreSQL's statements in each phase.
+    statements: bool,
+    connect_statements: Vec<pgstats::Statement>,
+    recover_statements: Vec<pgstats::Statement>,
     load_start: String,
     load_kill: String,
     load_end: String,
@@ -70,6 +75,7 @@ pub async fn run(
     dir: &Path,
     n: usize,
     nodes: usize,
+    statements: bool,
 ) -> anyhow::Result<String> {
     super::require_bin(bin)?;
     let started = Instant::now();
@@ -77,7 +83,7 @@ pub async fn run(
         "fleet: starting PostgreSQL, `cluster init` and {nodes} nodes of {}",
         bin.display()
     );
-    let mut stack = ClusterStack::without_lb(bin, nodes).await?;
+    let mut stack = ClusterStack::without_lb(bin, nodes, statements).await?;
     println!("fleet: up after {:.1} s", started.elapsed().as_secs_f64());
     let parts: Vec<(SocketAddr, Range<usize>)> = (0..nodes)
         .map(|i| {
@@ -115,6 +121,10 @@ pub async fn run(
         cipher: plan.cipher,
         kex: plan.agent_kex,
     };
+    f.statements = statements;
+    if statements {
+        pgstats::reset(&stack.cluster).await?;
+    }
     let cpu_start = CpuSnap::take(&stack);
     let load = LoadProcs::start(&parts, &settings)?;
     println!("  {nodes} load generator processes started");
@@ -158,6 +168,10 @@ async fn measure(
     };
     (f.connect_all_s, f.presence_all_s) = (Some(connected.all_s), connected.presence_s);
     f.connect_cpu = connected.cpu;
+    if f.statements {
+        f.connect_statements = pgstats::read(&stack.cluster).await?;
+        pgstats::reset(&stack.cluster).await?;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.with_agents = nodes_now(stack).await;
     println!("  spread: {}", spread(&f.with_agents));
@@ -192,6 +206,9 @@ async fn measure(
     f.presence_back_s = presence.map(|p| p + (watched - t_kill).as_secs_f64());
     f.recover_cpu = cpu_kill.until(&CpuSnap::take(stack));
     f.reconnections = load.connects() - connects_before;
+    if f.statements {
+        f.recover_statements = pgstats::read(&stack.cluster).await?;
+    }
     load.check_alive()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     f.after = nodes_now(stack).await;
@@ -306,6 +323,18 @@ fn markdown(f: &Fleet, problems: &[String]) -> String {
         (&f.recover_cpu, f.reconnections),
         &phases,
     ));
+    if f.statements {
+        out.push_str(&pgstats::table(
+            "from the generators' start until all were connected",
+            &f.connect_statements,
+            f.agents,
+        ));
+        out.push_str(&pgstats::table(
+            "from the kill until all were present again",
+            &f.recover_statements,
+            f.reconnections,
+        ));
+    }
     out.push_str(&totals(
         (f.connections, f.failures, f.last_error.as_deref()),
         [&f.load_start, &f.load_kill, &f.load_end],

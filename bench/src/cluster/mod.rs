@@ -10,6 +10,7 @@
 mod cpu;
 mod fleet;
 mod idle;
+mod pgstats;
 mod report;
 mod stack;
 mod streams;

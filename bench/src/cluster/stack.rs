@@ -54,7 +54,7 @@ impl ClusterStack {
     /// takes `connections` client connections, over as many processes as the open-files limit
     /// they inherit requires. Returns once HAProxy's health checks pass on every node.
     pub async fn start(bin: &Path, connections: u64) -> anyhow::Result<Self> {
-        let cluster = Self::start_nodes(bin, NODES).await?;
+        let cluster = Self::start_nodes(bin, NODES, PG_SETTINGS).await?;
         let (instances, maxconn) = lb_processes(connections)?;
         let (backends, ca) = (cluster.backends(), cluster.cluster_dir().join(CLUSTER_CERT));
         let lb = TestHaproxy::start_with_maxconn(&backends, &ca, maxconn)
@@ -73,16 +73,26 @@ impl ClusterStack {
 
     /// PostgreSQL and `nodes` nodes without a load balancer: clients connect to the nodes
     /// directly (as agents given several broker addresses, or DNS round robin, do).
-    pub async fn without_lb(bin: &Path, nodes: usize) -> anyhow::Result<Self> {
+    /// With `statements`, PostgreSQL counts what each statement costs ([`super::pgstats`]).
+    pub async fn without_lb(bin: &Path, nodes: usize, statements: bool) -> anyhow::Result<Self> {
+        let settings = if statements {
+            format!("{PG_SETTINGS}{}", super::pgstats::SETTINGS)
+        } else {
+            PG_SETTINGS.to_owned()
+        };
+        let cluster = Self::start_nodes(bin, nodes, &settings).await?;
+        if statements {
+            super::pgstats::enable(&cluster).await?;
+        }
         Ok(Self {
             lbs: Vec::new(),
-            cluster: Self::start_nodes(bin, nodes).await?,
+            cluster,
         })
     }
 
-    async fn start_nodes(bin: &Path, nodes: usize) -> anyhow::Result<TestCluster> {
+    async fn start_nodes(bin: &Path, nodes: usize, settings: &str) -> anyhow::Result<TestCluster> {
         passerelle_e2e::process::use_passerelle_bin(bin.to_owned())?;
-        let pg = TestPostgres::start_own_with(PG_SETTINGS)
+        let pg = TestPostgres::start_own_with(settings)
             .await
             .context("starting PostgreSQL")?;
         TestCluster::start_with(pg, nodes, NODE_CONFIG)
