@@ -49,6 +49,20 @@ pub struct AgentConn {
     pub home: Option<tokio::runtime::Handle>,
     /// The certificate it signed in with, if it did: revoking it or its CA disconnects it.
     pub certificate: Option<SignedInWith>,
+    /// In a cluster, whether this connection's presence row is in the store (held across the
+    /// write, so that a connection's writes come one at a time and in order).
+    pub presence: tokio::sync::Mutex<PresenceRow>,
+}
+
+/// Where a connection's presence row stands (in a cluster; see `crate::cluster`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceRow {
+    /// Signed in; the row is written with its first services, or a moment later.
+    Pending,
+    /// In the store.
+    Written,
+    /// The connection ended: nothing more is written.
+    Released,
 }
 
 /// What identifies the certificate an agent connection signed in with.
@@ -92,6 +106,7 @@ impl AgentConn {
             gone: CancellationToken::new(),
             home: tokio::runtime::Handle::try_current().ok(),
             certificate: None,
+            presence: tokio::sync::Mutex::new(PresenceRow::Pending),
         }
     }
 

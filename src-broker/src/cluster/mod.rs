@@ -18,7 +18,7 @@ use passerelle_proto::ids::{AgentId, ServiceName};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::registry::{AgentConn, Registry};
+use crate::registry::{AgentConn, PresenceRow, Registry};
 use crate::store::cluster::Peer;
 use crate::store::{AuditKind, Db, NewEvent, TenantId, now_ms};
 
@@ -27,6 +27,22 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// A node that did not answer a link request is not told anything for this long (one lease
 /// renewal): either it is back by then, or its lease runs out and nobody asks it any more.
 const SKIP_UNREACHABLE_MS: i64 = 5_000;
+
+/// How long after its sign-in an agent's presence row waits for the agent's first service
+/// (OpenSSH asks for its forwards at once), so that one statement writes both. An agent that
+/// announces nothing is written after this.
+const PRESENCE_GRACE: Duration = Duration::from_millis(250);
+
+/// What [`Cluster::write_presence`] writes.
+#[derive(Debug, Clone, Copy)]
+enum Write {
+    /// The claim, if nothing was written yet (the end of [`PRESENCE_GRACE`]).
+    IfPending,
+    /// The services, or the claim with them if nothing was written yet.
+    Services,
+    /// The claim, again if need be (the lease had lapsed).
+    Claim,
+}
 
 /// The link route that drops an agent's connection on the node that holds it.
 pub const DROP_AGENT_PATH: &str = "/cluster/v1/drop-agent";
@@ -169,9 +185,48 @@ impl Cluster {
         }
     }
 
-    /// An agent signed in here: this node holds it now, and the node that held it before (if
-    /// another) drops its connection.
+    /// An agent signed in here. Its presence row is written with its first service
+    /// ([`Self::services_changed`]), or after [`PRESENCE_GRACE`] if none comes: one statement
+    /// instead of two for almost every sign-in, which a fleet's reconnection storm makes
+    /// thousands of (the row is the cluster's only way to reach the agent, so a moment's delay
+    /// before other nodes see it costs nothing a viewer could notice).
+    pub fn agent_signed_in(self: &Arc<Self>, conn: &Arc<AgentConn>) {
+        let (me, conn) = (self.clone(), conn.clone());
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(PRESENCE_GRACE) => me.write_presence(&conn, Write::IfPending).await,
+                () = conn.gone.cancelled() => {}
+            }
+        });
+    }
+
+    /// This node holds the agent (again): its presence row is written now with what it
+    /// announces, unless its connection ended.
     pub async fn agent_online(self: &Arc<Self>, conn: &Arc<AgentConn>) {
+        self.write_presence(conn, Write::Claim).await;
+    }
+
+    /// The agent's connection announces a different set of services.
+    pub async fn services_changed(self: &Arc<Self>, conn: &Arc<AgentConn>) {
+        self.write_presence(conn, Write::Services).await;
+    }
+
+    /// Writes the connection's presence row as `what` says; nothing once the connection ended.
+    async fn write_presence(self: &Arc<Self>, conn: &Arc<AgentConn>, what: Write) {
+        let mut row = conn.presence.lock().await;
+        match (*row, what) {
+            (PresenceRow::Released, _) | (PresenceRow::Written, Write::IfPending) => {}
+            (PresenceRow::Written, Write::Services) => self.update_services(conn).await,
+            (PresenceRow::Pending, _) | (PresenceRow::Written, Write::Claim) => {
+                self.claim(conn).await;
+                *row = PresenceRow::Written;
+            }
+        }
+    }
+
+    /// This node holds the agent now, and the node that held it before (if another) drops
+    /// its connection.
+    async fn claim(self: &Arc<Self>, conn: &Arc<AgentConn>) {
         let (tenant, agent, id) = (conn.tenant_id, conn.agent.clone(), conn.conn_id);
         let (peer, services) = (conn.peer.to_string(), conn.service_list());
         let claimed = self
@@ -195,8 +250,7 @@ impl Cluster {
         }
     }
 
-    /// The agent's connection announces a different set of services.
-    pub async fn services_changed(&self, conn: &AgentConn) {
+    async fn update_services(&self, conn: &AgentConn) {
         let (tenant, agent, id) = (conn.tenant_id, conn.agent.clone(), conn.conn_id);
         let services: Vec<(ServiceName, u32)> = conn.service_list();
         if let Err(e) = self
@@ -208,8 +262,14 @@ impl Cluster {
         }
     }
 
-    /// The agent's connection here ended.
+    /// The agent's connection here ended: its row goes, if it was written.
     pub async fn agent_offline(&self, conn: &AgentConn) {
+        let mut row = conn.presence.lock().await;
+        let written = *row == PresenceRow::Written;
+        *row = PresenceRow::Released;
+        if !written {
+            return;
+        }
         let (tenant, agent, id) = (conn.tenant_id, conn.agent.clone(), conn.conn_id);
         if let Err(e) = self
             .db
@@ -431,6 +491,67 @@ mod tests {
         }
         assert_eq!(tries.load(Ordering::SeqCst), 1, "one try for twenty drops");
         assert!(cluster.recently_unreachable(&dead));
+    }
+
+    /// A sign-in's presence row is written with its first service (one claim, at once); an
+    /// agent that announces nothing is written after the grace; a connection that ends first
+    /// writes nothing, ever.
+    #[tokio::test]
+    async fn presence_waits_for_the_first_service_and_never_outlives_its_connection() {
+        use crate::store::test_fixtures::{KEY_A, KEY_B, tenants_one_two};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
+        let (tenant, _) = tenants_one_two(&store);
+        let (pc1, pc2) = (AgentId::new("pc1").unwrap(), AgentId::new("pc2").unwrap());
+        let r1 = store.create_agent(tenant, &pc1, KEY_A, None).unwrap();
+        let r2 = store.create_agent(tenant, &pc2, KEY_B, None).unwrap();
+        let db = Db::new(store.clone()).unwrap();
+        let tasks = TaskTracker::new();
+        let cluster = Cluster::join(
+            "n1".into(),
+            "http://127.0.0.1:1".into(),
+            &[7; 32],
+            crate::pinned::Pin::Fixed(Some([0; 32])),
+            db,
+            tasks.clone(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let conn = |id, record| {
+            let link = Box::new(crate::session::tests::Refusing);
+            let peer = "127.0.0.1:40000".parse().unwrap();
+            Arc::new(AgentConn::new(id, record, peer, link))
+        };
+        let holder = |agent: &AgentId| store.presence_holder(tenant, agent).unwrap();
+        let vnc = ServiceName::new("vnc").unwrap();
+
+        let c1 = conn(1, &r1);
+        cluster.agent_signed_in(&c1);
+        c1.add_service(vnc.clone(), 5900);
+        cluster.services_changed(&c1).await;
+        let h = holder(&pc1).expect("claimed with its first service, before the grace");
+        assert_eq!((h.conn_id, h.services), (1, vec![(vnc.clone(), 5900)]));
+
+        let c2 = conn(2, &r2);
+        cluster.agent_signed_in(&c2);
+        c2.gone.cancel();
+        cluster.agent_offline(&c2).await;
+        tasks.close();
+        tasks.wait().await;
+        assert!(holder(&pc2).is_none(), "ended before the grace: no row");
+        let h = holder(&pc1).expect("still held");
+        assert_eq!(h.services, vec![(vnc, 5900)], "the grace added nothing");
+
+        tasks.reopen();
+        let c3 = conn(3, &r2);
+        cluster.agent_signed_in(&c3);
+        tasks.close();
+        tasks.wait().await;
+        let h = holder(&pc2).expect("announced nothing: written after the grace");
+        assert_eq!((h.conn_id, h.services.len()), (3, 0));
+        cluster.agent_offline(&c3).await;
+        assert!(holder(&pc2).is_none(), "released");
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod live;
 pub(crate) mod recording;
 mod table;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod watch;
 
 use std::sync::Arc;

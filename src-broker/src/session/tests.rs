@@ -19,7 +19,7 @@ const PEER: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
 
 /// An agent whose service refuses every channel.
-struct Refusing;
+pub(crate) struct Refusing;
 
 impl AgentLink for Refusing {
     fn open(

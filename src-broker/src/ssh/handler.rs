@@ -336,7 +336,7 @@ impl Handler for AgentHandler {
             old.disconnect("replaced by a newer connection of the same agent");
         }
         if let Some(cluster) = &self.state.cluster {
-            Box::pin(cluster.agent_online(&conn)).await;
+            cluster.agent_signed_in(&conn);
         }
         self.state
             .metrics

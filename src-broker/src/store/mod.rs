@@ -30,7 +30,7 @@ mod ssh;
 #[cfg(test)]
 pub(crate) mod test_backends;
 #[cfg(test)]
-mod test_fixtures;
+pub(crate) mod test_fixtures;
 
 use std::sync::Mutex;
 

@@ -5,13 +5,13 @@ use passerelle_proto::ids::TenantName;
 
 use super::{Store, TenantId};
 
-pub(super) const KEY_A: &str =
+pub(crate) const KEY_A: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJylJeR0uUHfNCfg57oy+6Rr9aTK65v++92waft60cWZ a";
-pub(super) const KEY_B: &str =
+pub(crate) const KEY_B: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINUqowRv7PeSZuhgByYzhqTx6g/vM8UbulA35Y9FiBZs b";
 
 /// Tenants `one` and `two` in `store` (of any backend, see `test_backends::each`).
-pub(super) fn tenants_one_two(store: &Store) -> (TenantId, TenantId) {
+pub(crate) fn tenants_one_two(store: &Store) -> (TenantId, TenantId) {
     let mut ids = Vec::new();
     for name in ["one", "two"] {
         let name = TenantName::new(name).unwrap();
