@@ -151,6 +151,27 @@ fn holder_row(r: &Row) -> super::sql::Result<Holder> {
     })
 }
 
+/// Notes that the agents of the presence rows `whose` selects (a condition on `p`, the presence
+/// row, and `n`, its node, with `?1` = `arg`) were last seen at their node's last renewal: a node
+/// that died, or was killed and started again, never wrote their `last_seen` itself, and the
+/// console would show the end of an older connection (or nothing). A later time stays.
+fn note_last_seen(
+    conn: &impl super::sql::Exec,
+    whose: &str,
+    arg: impl super::sql::ToValue,
+) -> super::sql::Result<usize> {
+    conn.execute(
+        &format!(
+            "UPDATE agents SET last_seen = d.renewed_at
+             FROM (SELECT p.tenant_id, p.agent, n.renewed_at FROM presence p
+                   JOIN cluster_nodes n ON n.name = p.node WHERE {whose}) d
+             WHERE agents.tenant_id = d.tenant_id AND agents.id = d.agent
+               AND (agents.last_seen IS NULL OR agents.last_seen < d.renewed_at)"
+        ),
+        [arg.to_value()],
+    )
+}
+
 /// This node takes an agent's presence row: `?1` tenant, `?2` agent, `?3` node, `?4` connection,
 /// `?5` peer address, `?6` since, `?7` services.
 const CLAIM_SQL: &str =
@@ -178,6 +199,8 @@ impl Store {
         let now = now_ms();
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
+        // A restart after a crash: what this node held was last seen at its last renewal.
+        note_last_seen(&tx, "p.node = ?1", self.node.as_str())?;
         tx.execute(
             "INSERT INTO cluster_nodes (name, url, started_at, renewed_at) VALUES (?1, ?2, ?3, ?3)
              ON CONFLICT (name) DO UPDATE SET url = ?2, started_at = ?3, renewed_at = ?3",
@@ -423,6 +446,7 @@ impl Store {
                 ended.push(o);
             }
         }
+        note_last_seen(&conn, "n.renewed_at < ?1", dead_since)?;
         conn.execute(
             "DELETE FROM presence WHERE node IN
                 (SELECT name FROM cluster_nodes WHERE renewed_at < ?1)",

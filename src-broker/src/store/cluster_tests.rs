@@ -151,3 +151,48 @@ fn a_dead_nodes_sessions_end_once_and_a_restart_ends_only_its_own() {
         assert!(!b.node_renew("https://b:2").unwrap(), "re-announced");
     });
 }
+
+#[test]
+fn agents_of_a_dead_or_restarted_node_were_last_seen_at_its_last_renewal() {
+    use crate::store::test_fixtures::{KEY_A, KEY_B};
+    each_shared(|open| {
+        let store = &open();
+        let (one, _) = tenants_one_two(store);
+        let (pc1, pc2) = (AgentId::new("pc-1").unwrap(), AgentId::new("pc-2").unwrap());
+        store.create_agent(one, &pc1, KEY_A, None).unwrap();
+        store.create_agent(one, &pc2, KEY_B, None).unwrap();
+        let last_seen = |id: &AgentId| store.agent(one, id).unwrap().unwrap().last_seen;
+        let renewed = |node: &str| {
+            let nodes = store.cluster_nodes().unwrap();
+            nodes.iter().find(|n| n.name == node).unwrap().renewed_at
+        };
+        let a = open().with_node("a");
+        let b = open().with_node("b");
+        a.node_started("https://a:1").unwrap();
+        b.node_started("https://b:1").unwrap();
+        a.presence_claim(one, &pc1, 1, "x", &[]).unwrap();
+        b.presence_claim(one, &pc2, 2, "y", &[]).unwrap();
+        assert_eq!(last_seen(&pc1), None);
+
+        // a dies: the survivor's sweep notes pc-1 as last seen at a's last renewal.
+        expire(store, "a");
+        let a_renewed = renewed("a");
+        b.sweep_dead_nodes().unwrap();
+        assert_eq!(last_seen(&pc1), Some(a_renewed));
+        assert_eq!(last_seen(&pc2), None, "b's agent is online");
+
+        // b is killed and started again at once: its agent was last seen at its renewal.
+        let b_renewed = renewed("b");
+        b.node_started("https://b:1").unwrap();
+        assert_eq!(last_seen(&pc2), Some(b_renewed));
+
+        // A later time (the agent's own disconnect) is never moved back.
+        a.node_started("https://a:1").unwrap();
+        a.presence_claim(one, &pc1, 3, "x", &[]).unwrap();
+        let later = now_ms() + 60_000;
+        store.set_last_seen(one, &pc1, later).unwrap();
+        expire(store, "a");
+        b.sweep_dead_nodes().unwrap();
+        assert_eq!(last_seen(&pc1), Some(later));
+    });
+}
