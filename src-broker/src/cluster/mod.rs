@@ -454,6 +454,21 @@ mod tests {
     use super::*;
     use crate::registry::SignedInWith;
 
+    /// Node `n1` of a cluster on `store`, its link pinned to nothing reachable.
+    async fn node(store: Arc<crate::store::Store>, tasks: TaskTracker) -> Arc<Cluster> {
+        Cluster::join(
+            "n1".into(),
+            "http://127.0.0.1:1".into(),
+            &[7; 32],
+            crate::pinned::Pin::Fixed(Some([0; 32])),
+            Db::new(store).unwrap(),
+            tasks,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+    }
+
     /// A node that accepts connections and closes them at once (a dying node) is asked once;
     /// the agents that come back right after are not sent after it.
     #[tokio::test]
@@ -469,18 +484,8 @@ mod tests {
             }
         });
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::new(Arc::new(crate::store::Store::open(dir.path()).unwrap())).unwrap();
-        let cluster = Cluster::join(
-            "n1".into(),
-            "http://127.0.0.1:1".into(),
-            &[7; 32],
-            crate::pinned::Pin::Fixed(Some([0; 32])),
-            db,
-            TaskTracker::new(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
+        let cluster = node(store, TaskTracker::new()).await;
         let dead = Peer {
             name: "n3".into(),
             url,
@@ -505,19 +510,8 @@ mod tests {
         let (pc1, pc2) = (AgentId::new("pc1").unwrap(), AgentId::new("pc2").unwrap());
         let r1 = store.create_agent(tenant, &pc1, KEY_A, None).unwrap();
         let r2 = store.create_agent(tenant, &pc2, KEY_B, None).unwrap();
-        let db = Db::new(store.clone()).unwrap();
         let tasks = TaskTracker::new();
-        let cluster = Cluster::join(
-            "n1".into(),
-            "http://127.0.0.1:1".into(),
-            &[7; 32],
-            crate::pinned::Pin::Fixed(Some([0; 32])),
-            db,
-            tasks.clone(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let cluster = node(store.clone(), tasks.clone()).await;
         let conn = |id, record| {
             let link = Box::new(crate::session::tests::Refusing);
             let peer = "127.0.0.1:40000".parse().unwrap();
