@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Response};
 use passerelle_proto::agent_import::{
     ImportAgents, ImportItemError, ImportRefusal, ImportedAgent, ImportedAgents, MAX_IMPORT_ITEMS,
 };
-use passerelle_proto::api::{ErrorBody, ErrorDetail, RegisterAgent, Role};
+use passerelle_proto::api::{AgentInfo, ErrorBody, ErrorDetail, PatchAgent, RegisterAgent, Role};
 
+use super::api::ApiResult;
 use super::auth::Caller;
 use super::body::JsonBody;
 use super::{ApiError, App};
@@ -214,30 +215,45 @@ fn items_refusal(total: usize, items: Vec<ItemError>) -> Refusal {
 }
 
 // `/api/v1/agents/import` is a static route, which axum prefers to `/api/v1/agents/{id}`:
-// an agent named `import` stays reachable through these.
+// an agent named `import` stays reachable through these (documented, so that the OpenAPI
+// document says what the path answers).
 
-/// `GET /api/v1/agents/import`: the agent named `import`.
+#[utoipa::path(get, path = "/api/v1/agents/import", tag = "agents",
+    description = "The agent named `import` (`GET /api/v1/agents/{id}` with that id). Roles: admin, helpdesk, auditor.",
+    security(("api_key" = ["admin", "helpdesk", "auditor"])),
+    responses((status = 200, description = "The agent", body = AgentInfo), (status = 404, description = "`not_found`: no agent named `import` in the caller's tenant", body = ErrorBody)))]
 pub(super) async fn get_agent_named_import(
     caller: Caller,
     app: State<App>,
-) -> super::api::ApiResult<Json<passerelle_proto::api::AgentInfo>> {
+) -> ApiResult<Json<AgentInfo>> {
     super::agents::get_agent(caller, app, Path(IMPORT.to_owned())).await
 }
 
-/// `PATCH /api/v1/agents/import`: the agent named `import`.
+#[utoipa::path(patch, path = "/api/v1/agents/import", tag = "agents",
+    description = "Changes the agent named `import` (`PATCH /api/v1/agents/{id}` with that id). Roles: admin.",
+    security(("api_key" = ["admin"])),
+    request_body = PatchAgent,
+    responses(
+        (status = 200, description = "The agent after the change", body = AgentInfo),
+        (status = 404, description = "`not_found`: no agent named `import` in the caller's tenant", body = ErrorBody),
+        (status = 409, description = "`conflict`: the key is another agent's", body = ErrorBody),
+    ))]
 pub(super) async fn patch_agent_named_import(
     caller: Caller,
     app: State<App>,
-    body: Result<JsonBody<passerelle_proto::api::PatchAgent>, ApiError>,
-) -> super::api::ApiResult<Json<passerelle_proto::api::AgentInfo>> {
+    body: Result<JsonBody<PatchAgent>, ApiError>,
+) -> ApiResult<Json<AgentInfo>> {
     super::agents::patch_agent(caller, app, Path(IMPORT.to_owned()), body).await
 }
 
-/// `DELETE /api/v1/agents/import`: the agent named `import`.
+#[utoipa::path(delete, path = "/api/v1/agents/import", tag = "agents",
+    description = "Revokes the agent named `import` (`DELETE /api/v1/agents/{id}` with that id). Roles: admin.",
+    security(("api_key" = ["admin"])),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "`not_found`: no agent named `import` in the caller's tenant", body = ErrorBody)))]
 pub(super) async fn revoke_agent_named_import(
     caller: Caller,
     app: State<App>,
-) -> super::api::ApiResult<StatusCode> {
+) -> ApiResult<StatusCode> {
     super::agents::revoke_agent(caller, app, Path(IMPORT.to_owned())).await
 }
 
