@@ -47,6 +47,7 @@ fn a_batch_is_registered_whole_and_logs_in() {
         // Over a chunk and not a power of two: every chunk size is exercised.
         let mut items = batch(0..300);
         items[7].vnc_password = Some("s3cret".into());
+        assert!(!format!("{:?}", items[7]).contains("s3cret"));
         let mut seen = Vec::new();
         let done = store
             .create_agents_with(
