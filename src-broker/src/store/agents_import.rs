@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use passerelle_proto::ids::AgentId;
 
 use super::agents::{Invalid, is_unique_violation, parse_public_key};
-use super::sql::{Exec, ToValue, params};
+use super::sql::{Backend, Exec, ToValue, params};
 use super::{Store, TenantId, now_ms};
 
 /// Rows per statement at most (7 parameters a row: well under both backends' limits).
@@ -148,6 +148,12 @@ impl Store {
         errors.extend(refused);
         let mut conn = self.conn()?;
         let tx = conn.transaction_immediate()?;
+        if tx.backend() == Backend::Postgres {
+            // Plans for this import's table as it is now: a connection's cached generic plan,
+            // made while the table was small, is a sequential scan whatever the lookup
+            // (measured: every other batch slower, 9.6 s per 1,000 agents at 25,000).
+            tx.execute_batch("SET LOCAL plan_cache_mode = force_custom_plan")?;
+        }
         let active = check_each(&tx, tenant_id, &parsed, &mut errors)?;
         if !errors.is_empty() {
             errors.sort_by_key(|e| e.index);
