@@ -46,15 +46,25 @@ fn agent_key(i: usize) -> PrivateKey {
     PrivateKey::from(Ed25519Keypair::from_seed(&seed))
 }
 
-/// Registers agents `ids` (indexes, see [`agent_id`]) through the API, `parallel` requests at a
-/// time.
+/// Agents imported per request (`POST /api/v1/agents/import` takes up to 1,000).
+const IMPORT_BATCH: usize = 1000;
+
+/// Registers agents `ids` (indexes, see [`agent_id`]) through the API's bulk import, in
+/// batches of [`IMPORT_BATCH`], at most `parallel` (and at most 2: they share one write lock)
+/// requests at a time.
 pub async fn register(api: &Api, ids: Range<usize>, parallel: usize) -> anyhow::Result<()> {
-    let mut results = futures_util::stream::iter(ids)
-        .map(|i| async move {
-            let public = agent_key(i).public_key().to_openssh()?;
-            api.register_agent(&agent_id(i), &public).await
+    let starts = ids.clone().step_by(IMPORT_BATCH);
+    let mut results = futures_util::stream::iter(starts)
+        .map(|start| {
+            let batch = start..(start + IMPORT_BATCH).min(ids.end);
+            async move {
+                let agents = batch
+                    .map(|i| Ok((agent_id(i), agent_key(i).public_key().to_openssh()?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                api.import_agents(&agents).await
+            }
         })
-        .buffer_unordered(parallel);
+        .buffer_unordered(parallel.clamp(1, 2));
     while let Some(r) = results.next().await {
         r?;
     }

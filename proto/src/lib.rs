@@ -4,6 +4,7 @@
 //! Nothing here does I/O, so every type can be unit- and fuzz-tested on its own. The broker, the
 //! desktop helper and the tests all speak through these types.
 
+pub mod agent_import;
 pub mod api;
 pub mod api_keys;
 pub mod close;

@@ -9,6 +9,7 @@
 mod cli_ca;
 mod cli_cluster;
 mod cli_enroll;
+mod cli_import;
 mod cli_kit;
 
 use std::net::SocketAddr;
@@ -204,6 +205,15 @@ enum AgentCmd {
         /// The key line, or @FILE to read it from a file.
         #[arg(long)]
         public_key: String,
+    },
+    /// Register many agents from an OpenSSH authorized_keys-style FILE, one
+    /// `<key-type> <base64> <agent-id>` a line (the key's comment is the agent's id; `#`
+    /// comments and blank lines skipped). All or nothing: every bad line is reported with its
+    /// number and nothing is imported; else the whole file goes in one transaction.
+    Import {
+        #[arg(long, default_value = "default")]
+        tenant: TenantName,
+        file: PathBuf,
     },
     /// Remove an agent.
     Remove {
@@ -415,6 +425,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 rec.id, rec.key_fingerprint
             );
             Ok(())
+        }
+        Command::Agent(AgentCmd::Import { tenant, file }) => {
+            let config = file_config(&cli)?.into_config()?;
+            let store = open_store(&cli)?;
+            let tenant = tenant_id(&store, tenant)?;
+            cli_import::run(&store, tenant, file, config.quotas.agents_per_tenant)
         }
         Command::Agent(AgentCmd::Remove { tenant, id }) => {
             let store = open_store(&cli)?;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use passerelle_proto::agent_import::ImportAgents;
 use passerelle_proto::api::{AgentInfo, CreateSession, CreatedSession, RegisterAgent};
 use passerelle_proto::{AgentId, ServiceName};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -202,6 +203,43 @@ impl Api {
         if r.status() != reqwest::StatusCode::CREATED {
             bail!(
                 "registering {id}: {} {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// `POST /api/v1/agents/import`: `agents` as (id, public key line), all in one request
+    /// (at most `MAX_IMPORT_ITEMS`).
+    pub async fn import_agents(&self, agents: &[(String, String)]) -> anyhow::Result<()> {
+        let body = ImportAgents {
+            agents: agents
+                .iter()
+                .map(|(id, public_key)| {
+                    Ok(RegisterAgent {
+                        id: AgentId::new(id.as_str())?,
+                        public_key: public_key.clone(),
+                        vnc_password: None,
+                        ssh_username: None,
+                        ssh_password: None,
+                        rdp_username: None,
+                        rdp_password: None,
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
+        let r = self
+            .http
+            .post(format!("{}/api/v1/agents/import", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await?;
+        if r.status() != reqwest::StatusCode::CREATED {
+            bail!(
+                "importing {} agents: {} {}",
+                agents.len(),
                 r.status(),
                 r.text().await.unwrap_or_default()
             );

@@ -2,6 +2,7 @@
 //! metrics. Plain HTTP or HTTPS (rustls) on one listener, served by [`server`]'s accept loop.
 
 mod agents;
+mod agents_import;
 mod agents_list;
 mod api;
 mod auth;
@@ -124,6 +125,14 @@ pub(crate) fn router(app: App) -> Router {
         .route(
             "/api/v1/agents",
             get(agents::list_agents).post(agents::register_agent),
+        )
+        .route(
+            "/api/v1/agents/import",
+            post(agents_import::import_agents)
+                .layer(DefaultBodyLimit::max(agents_import::MAX_IMPORT_BODY_BYTES))
+                .get(agents_import::get_agent_named_import)
+                .patch(agents_import::patch_agent_named_import)
+                .delete(agents_import::revoke_agent_named_import),
         )
         .route(
             "/api/v1/agents/{id}",

@@ -25,7 +25,10 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{agents, api, ca, enroll, keys, oidc, oidc_api, rdp, replay, sessions, terminal, ws};
+use super::{
+    agents, agents_import, api, ca, enroll, keys, oidc, oidc_api, rdp, replay, sessions, terminal,
+    ws,
+};
 
 /// The path the document is served at.
 pub(crate) const PATH: &str = "/api/v1/openapi.json";
@@ -85,6 +88,10 @@ or `?token=`.";
         sessions::launch,
         agents::list_agents,
         agents::register_agent,
+        agents_import::import_agents,
+        agents_import::get_agent_named_import,
+        agents_import::patch_agent_named_import,
+        agents_import::revoke_agent_named_import,
         agents::get_agent,
         agents::patch_agent,
         agents::revoke_agent,
@@ -361,6 +368,11 @@ fn add_errors(responses: &mut Map<String, Value>, common: &[Common]) {
                     .get("description")
                     .and_then(Value::as_str)
                     .unwrap_or("");
+                // The operation's own answer already says it (e.g. a larger body limit).
+                let own = codes_of(before);
+                if codes_of(description).iter().all(|c| own.contains(c)) {
+                    continue;
+                }
                 existing["description"] = Value::String(format!("{before}; {description}"));
             }
             None => {

@@ -9,6 +9,7 @@
 //! [`crate::registry`] and [`crate::sessions`].
 
 mod agents;
+mod agents_import;
 mod audit;
 mod audit_retention;
 mod ca;
@@ -43,6 +44,9 @@ pub use sql::PgUrl;
 use sql::{Exec as _, OptionalExtension as _, params};
 
 pub use agents::{AgentRecord, KeyLogin, OfferTarget};
+pub use agents_import::{
+    ImportOptions, ImportRefused, Imported, ItemError, ItemFault, NewAgent, key_fingerprint,
+};
 /// The errors store calls return that the API maps to 400 and 409.
 pub mod agents_errors {
     pub use super::agents::{Conflict, Invalid};
