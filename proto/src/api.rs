@@ -156,8 +156,8 @@ pub struct IssuedToken {
     pub launch_url: String,
 }
 
-/// `POST /api/v1/agents`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /api/v1/agents`. `Debug` shows whether each password is set, never the password.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterAgent {
@@ -182,8 +182,40 @@ pub struct RegisterAgent {
     pub rdp_password: Option<String>,
 }
 
-/// `PATCH /api/v1/agents/{id}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// A write-only secret as `Debug` shows it: whether it is set.
+fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
+impl std::fmt::Debug for RegisterAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterAgent")
+            .field("id", &self.id)
+            .field("public_key", &self.public_key)
+            .field("vnc_password", &redacted(&self.vnc_password))
+            .field("ssh_username", &self.ssh_username)
+            .field("ssh_password", &redacted(&self.ssh_password))
+            .field("rdp_username", &self.rdp_username)
+            .field("rdp_password", &redacted(&self.rdp_password))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for PatchAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PatchAgent")
+            .field("public_key", &self.public_key)
+            .field("vnc_password", &redacted(&self.vnc_password))
+            .field("ssh_username", &self.ssh_username)
+            .field("ssh_password", &redacted(&self.ssh_password))
+            .field("rdp_username", &self.rdp_username)
+            .field("rdp_password", &redacted(&self.rdp_password))
+            .finish()
+    }
+}
+
+/// `PATCH /api/v1/agents/{id}`. `Debug` shows whether each password is set, never the password.
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PatchAgent {
@@ -456,6 +488,27 @@ pub struct ErrorDetail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_bodies_never_show_their_passwords_in_debug() {
+        let register: RegisterAgent = serde_json::from_str(
+            r#"{"id":"pc1","public_key":"k","vnc_password":"v-s3cret","ssh_username":"u",
+                "ssh_password":"s-s3cret","rdp_password":"r-s3cret"}"#,
+        )
+        .unwrap();
+        let patch: PatchAgent =
+            serde_json::from_str(r#"{"vnc_password":"v-s3cret","rdp_password":"r-s3cret"}"#)
+                .unwrap();
+        for shown in [format!("{register:?}"), format!("{patch:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(
+                shown.contains(r#"vnc_password: Some("<redacted>")"#),
+                "{shown}"
+            );
+        }
+        assert!(format!("{register:?}").contains(r#"ssh_username: Some("u")"#));
+        assert!(format!("{patch:?}").contains("ssh_password: None"));
+    }
 
     #[test]
     fn create_session_refuses_unknown_fields_and_bad_ids() {
