@@ -135,14 +135,15 @@ async fn import(
             Err(e) => return Err(ApiError::from(e).into()),
         },
     };
-    for agent in &done {
+    let events = done.iter().map(|agent| {
         let mut ev = caller.event(
             AuditKind::AgentRegistered,
             format!("key {} (import)", agent.key_fingerprint),
         );
         ev.agent = Some(agent.id.to_string());
-        app.db.audit(ev);
-    }
+        ev
+    });
+    app.db.audit_all(events.collect());
     Ok(ImportedAgents {
         imported: done.len(),
         agents: done

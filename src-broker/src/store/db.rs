@@ -40,7 +40,11 @@ impl Db {
     /// Wraps the store and starts its audit writer thread, which ends when the last `Db` is
     /// dropped (after writing what was queued).
     pub fn new(store: Arc<Store>) -> anyhow::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(AUDIT_QUEUE);
+        Self::with_queue(store, AUDIT_QUEUE)
+    }
+
+    fn with_queue(store: Arc<Store>, queue: usize) -> anyhow::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel(queue);
         let writer = store.clone();
         std::thread::Builder::new()
             .name("passerelle-audit".into())
@@ -63,27 +67,44 @@ impl Db {
     /// Queues an audit event; never waits. When the queue is full (the disk is far behind), the
     /// event waits for room on the blocking pool rather than being lost.
     pub fn audit(&self, event: NewEvent) {
-        match self.audit.try_send(Item::Event(event)) {
-            Ok(()) => {}
-            Err(mpsc::TrySendError::Full(item)) => {
-                let tx = self.audit.clone();
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => drop(rt.spawn_blocking(move || {
-                        let _ = tx.send(item);
-                    })),
-                    Err(_) => {
-                        let _ = tx.send(item);
-                    }
+        self.audit_all(vec![event]);
+    }
+
+    /// Queues events in order; never waits. Those that find the queue full wait for room
+    /// together, in one task of the blocking pool (a bulk import's thousand events must not
+    /// take a thousand of its threads).
+    pub fn audit_all(&self, events: Vec<NewEvent>) {
+        let mut events = events.into_iter();
+        let Some(full) =
+            events
+                .by_ref()
+                .find_map(|ev| match self.audit.try_send(Item::Event(ev)) {
+                    Ok(()) => None,
+                    Err(mpsc::TrySendError::Full(item)) => Some(Ok(item)),
+                    Err(mpsc::TrySendError::Disconnected(_)) => Some(Err(())),
+                })
+        else {
+            return;
+        };
+        let Ok(first) = full else {
+            return tracing::error!("the audit writer stopped; events were not written");
+        };
+        let tx = self.audit.clone();
+        let wait = move || {
+            for item in std::iter::once(first).chain(events.map(Item::Event)) {
+                if tx.send(item).is_err() {
+                    return tracing::error!("the audit writer stopped; events were not written");
                 }
             }
-            Err(mpsc::TrySendError::Disconnected(_)) => {
-                tracing::error!("the audit writer stopped; an event was not written");
-            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(wait)),
+            Err(_) => wait(),
         }
     }
 
     /// Waits (bounded) until every event queued so far is written: reads of the audit see what
-    /// the caller did before.
+    /// the caller did before. (Events still waiting for room in a full queue may come after.)
     pub async fn audit_flushed(&self) {
         let (done, wait) = tokio::sync::oneshot::channel();
         let tx = self.audit.clone();
@@ -126,5 +147,53 @@ fn write_audit(store: &Store, rx: &mpsc::Receiver<Item>) {
         for done in flushes.drain(..) {
             let _ = done.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AuditFilter, AuditKind};
+
+    /// Events that find the queue full (the writer held up by the store) wait for room and go
+    /// in, all of them and in order, once the store is free again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_beyond_a_full_queue_wait_and_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let name = passerelle_proto::ids::TenantName::new("t").unwrap();
+        store.create_tenant(&name).unwrap();
+        let tenant = store.tenant_id(&name).unwrap().unwrap();
+        let db = Db::with_queue(store.clone(), 2).unwrap();
+        let events = |from: usize, to: usize| -> Vec<NewEvent> {
+            (from..to)
+                .map(|i| {
+                    let mut ev = NewEvent::new(AuditKind::AgentRegistered, format!("event {i}"));
+                    ev.tenant_id = Some(tenant);
+                    ev
+                })
+                .collect()
+        };
+        {
+            // The writer takes the first event, then waits for the store: the queue fills.
+            let held = store.conn().unwrap();
+            db.audit_all(events(0, 50));
+            drop(held);
+        }
+        let f = AuditFilter {
+            limit: Some(500),
+            ..Default::default()
+        };
+        // A flush may pass the events still waiting for room: poll, within a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < 50 && std::time::Instant::now() < deadline {
+            db.audit_flushed().await;
+            got = store.audit_page(tenant, &f).unwrap().events;
+        }
+        got.sort_by_key(|e| e.id);
+        let details: Vec<String> = got.into_iter().map(|e| e.detail).collect();
+        let want: Vec<String> = (0..50).map(|i| format!("event {i}")).collect();
+        assert_eq!(details, want);
     }
 }
