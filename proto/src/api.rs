@@ -182,6 +182,21 @@ pub struct RegisterAgent {
     pub rdp_password: Option<String>,
 }
 
+impl RegisterAgent {
+    /// An agent with its id and key only (the tenant's VNC, SSH and RDP settings apply).
+    pub fn with_key(id: AgentId, public_key: impl Into<String>) -> Self {
+        Self {
+            id,
+            public_key: public_key.into(),
+            vnc_password: None,
+            ssh_username: None,
+            ssh_password: None,
+            rdp_username: None,
+            rdp_password: None,
+        }
+    }
+}
+
 /// A write-only secret as `Debug` shows it: whether it is set.
 fn redacted(secret: &Option<String>) -> Option<&'static str> {
     secret.as_ref().map(|_| "<redacted>")

@@ -467,15 +467,7 @@ impl TestBroker {
         id: &str,
         public_key: &str,
     ) -> Result<AgentInfo> {
-        let req = RegisterAgent {
-            id: AgentId::new(id)?,
-            public_key: public_key.to_owned(),
-            vnc_password: None,
-            ssh_username: None,
-            ssh_password: None,
-            rdp_username: None,
-            rdp_password: None,
-        };
+        let req = RegisterAgent::with_key(AgentId::new(id)?, public_key);
         let body = serde_json::to_value(&req)?;
         let got = self
             .api(Method::POST, "/api/v1/agents", Some(key), Some(&body))

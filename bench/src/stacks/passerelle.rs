@@ -184,62 +184,43 @@ impl Api {
 
     /// `POST /api/v1/agents`.
     pub async fn register_agent(&self, id: &str, public_key: &str) -> anyhow::Result<()> {
-        let body = RegisterAgent {
-            id: AgentId::new(id)?,
-            public_key: public_key.to_owned(),
-            vnc_password: None,
-            ssh_username: None,
-            ssh_password: None,
-            rdp_username: None,
-            rdp_password: None,
-        };
-        let r = self
-            .http
-            .post(format!("{}/api/v1/agents", self.base))
-            .bearer_auth(&self.key)
-            .json(&body)
-            .send()
-            .await?;
-        if r.status() != reqwest::StatusCode::CREATED {
-            bail!(
-                "registering {id}: {} {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            );
-        }
-        Ok(())
+        let body = bare_agent(id, public_key)?;
+        self.post_created("/api/v1/agents", &body, || format!("registering {id}"))
+            .await
     }
 
     /// `POST /api/v1/agents/import`: `agents` as (id, public key line), all in one request
     /// (at most `MAX_IMPORT_ITEMS`).
     pub async fn import_agents(&self, agents: &[(String, String)]) -> anyhow::Result<()> {
         let body = ImportAgents {
-            agents: agents
-                .iter()
-                .map(|(id, public_key)| {
-                    Ok(RegisterAgent {
-                        id: AgentId::new(id.as_str())?,
-                        public_key: public_key.clone(),
-                        vnc_password: None,
-                        ssh_username: None,
-                        ssh_password: None,
-                        rdp_username: None,
-                        rdp_password: None,
-                    })
-                })
+            agents: (agents.iter())
+                .map(|(id, key)| bare_agent(id, key))
                 .collect::<anyhow::Result<_>>()?,
         };
+        self.post_created("/api/v1/agents/import", &body, || {
+            format!("importing {} agents", agents.len())
+        })
+        .await
+    }
+
+    /// POSTs `body` to `path`; an error naming `what` unless the answer is 201 Created.
+    async fn post_created(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        what: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
         let r = self
             .http
-            .post(format!("{}/api/v1/agents/import", self.base))
+            .post(format!("{}{path}", self.base))
             .bearer_auth(&self.key)
-            .json(&body)
+            .json(body)
             .send()
             .await?;
         if r.status() != reqwest::StatusCode::CREATED {
             bail!(
-                "importing {} agents: {} {}",
-                agents.len(),
+                "{}: {} {}",
+                what(),
                 r.status(),
                 r.text().await.unwrap_or_default()
             );
@@ -320,6 +301,11 @@ impl Api {
             }
         }
     }
+}
+
+/// An agent's registration with its id and key only.
+fn bare_agent(id: &str, public_key: &str) -> anyhow::Result<RegisterAgent> {
+    Ok(RegisterAgent::with_key(AgentId::new(id)?, public_key))
 }
 
 /// The broker and its OpenSSH agents, each announcing `vnc` -> the service: the main agent (bulk,

@@ -129,6 +129,16 @@ pub(super) fn parse_public_key(text: &str) -> Result<(String, String), Invalid> 
     ))
 }
 
+/// How many agents a tenant has, on `exec` (a transaction's count is its own).
+pub(super) fn agents_in(exec: &impl sql::Exec, tenant_id: TenantId) -> sql::Result<usize> {
+    let n: i64 = exec.query_row(
+        "SELECT COUNT(*) FROM agents WHERE tenant_id = ?1",
+        [tenant_id],
+        |r| r.get(0),
+    )?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
 pub(super) fn is_unique_violation(e: &sql::Error) -> bool {
     e.is_unique_violation()
 }
@@ -295,12 +305,7 @@ impl Store {
 
     /// How many agents a tenant has.
     pub fn agent_count(&self, tenant_id: TenantId) -> anyhow::Result<usize> {
-        let n: i64 = self.conn()?.query_row(
-            "SELECT COUNT(*) FROM agents WHERE tenant_id = ?1",
-            [tenant_id],
-            |r| r.get(0),
-        )?;
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        Ok(agents_in(&self.conn()?, tenant_id)?)
     }
 
     /// Removes an agent; whether it existed.

@@ -163,12 +163,7 @@ impl Store {
             }
             .into());
         }
-        let count: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM agents WHERE tenant_id = ?1",
-            [tenant_id],
-            |r| r.get(0),
-        )?;
-        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        let count = super::agents::agents_in(&tx, tenant_id)?;
         if count.saturating_add(items.len()) > max_agents {
             return Err(ImportRefused::Quota {
                 count,

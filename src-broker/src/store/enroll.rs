@@ -300,12 +300,7 @@ impl Store {
                     ],
                 ),
                 None => {
-                    let count: i64 = tx.query_row(
-                        "SELECT COUNT(*) FROM agents WHERE tenant_id = ?1",
-                        [tenant_id],
-                        |r| r.get(0),
-                    )?;
-                    let count = usize::try_from(count).unwrap_or(usize::MAX);
+                    let count = super::agents::agents_in(&tx, tenant_id)?;
                     if count >= max_agents {
                         return refuse(Refused::Quota(count));
                     }
