@@ -82,7 +82,7 @@ pub fn table(phase: &str, stmts: &[Statement], per: usize) -> String {
         ms / 1000.0,
         ms / per
     );
-    for s in stmts.iter().filter(|s| s.calls as f64 >= per / 100.0) {
+    for s in stmts.iter().filter(|s| s.calls as f64 > per / 100.0) {
         let mut q: String = s.query.chars().take(160).collect();
         if q.len() < s.query.len() {
             q.push('…');
