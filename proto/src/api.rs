@@ -156,7 +156,8 @@ pub struct IssuedToken {
     pub launch_url: String,
 }
 
-/// `POST /api/v1/agents`. `Debug` shows whether each password is set, never the password.
+/// `POST /api/v1/agents`.
+// Its `Debug`, written by hand, shows whether each password is set, never the password.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -229,7 +230,8 @@ impl std::fmt::Debug for PatchAgent {
     }
 }
 
-/// `PATCH /api/v1/agents/{id}`. `Debug` shows whether each password is set, never the password.
+/// `PATCH /api/v1/agents/{id}`.
+// Its `Debug`, written by hand, shows whether each password is set, never the password.
 #[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
