@@ -143,7 +143,7 @@ async fn import(
         ev.agent = Some(agent.id.to_string());
         ev
     });
-    app.db.audit_all(events.collect());
+    app.db.audit_all(events.collect::<Vec<_>>());
     Ok(ImportedAgents {
         imported: done.len(),
         agents: done

@@ -67,13 +67,17 @@ impl Db {
     /// Queues an audit event; never waits. When the queue is full (the disk is far behind), the
     /// event waits for room on the blocking pool rather than being lost.
     pub fn audit(&self, event: NewEvent) {
-        self.audit_all(vec![event]);
+        self.audit_all(std::iter::once(event));
     }
 
     /// Queues events in order; never waits. Those that find the queue full wait for room
     /// together, in one task of the blocking pool (a bulk import's thousand events must not
     /// take a thousand of its threads).
-    pub fn audit_all(&self, events: Vec<NewEvent>) {
+    pub fn audit_all<I>(&self, events: I)
+    where
+        I: IntoIterator<Item = NewEvent>,
+        I::IntoIter: Send + 'static,
+    {
         let mut events = events.into_iter();
         let Some(full) =
             events
