@@ -343,20 +343,21 @@ impl Store {
     }
 }
 
-/// Whether (id, key) is already an active login in another tenant: a new registration of it
-/// is then shadowed (see the module's header).
+/// Whether (`?1` id, `?2` key) is an active login in a tenant other than `?3`: a new
+/// registration of it is then shadowed (see the module's header).
+pub(super) const ACTIVE_ELSEWHERE: &str = "EXISTS(SELECT 1 FROM agents WHERE id = ?1
+    AND key_fingerprint = ?2 AND shadowed = 0 AND ssh_ca IS NULL AND tenant_id != ?3)";
+
+/// Whether (id, key) is already an active login in another tenant ([`ACTIVE_ELSEWHERE`]).
 pub(super) fn shadowed_login(
     conn: &impl Exec,
     tenant_id: TenantId,
     id: &str,
     fingerprint: &str,
 ) -> sql::Result<bool> {
-    conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM agents WHERE id = ?1 AND key_fingerprint = ?2
-                       AND shadowed = 0 AND ssh_ca IS NULL AND tenant_id != ?3)",
-        params![id, fingerprint, tenant_id],
-        |r| r.get(0),
-    )
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("SELECT {ACTIVE_ELSEWHERE}"));
+    conn.query_row(&SQL, params![id, fingerprint, tenant_id], |r| r.get(0))
 }
 
 /// Where a refused SSH key offer is audited, and what its event may say there.

@@ -11,20 +11,22 @@
 //! key) already active in another tenant is stored shadowed, as one by one.
 //!
 //! Cost: one prepared lookup per agent (three index lookups in one statement) and one multi-row
-//! `INSERT` per [`CHUNK`] agents, in one transaction, instead of about eight statements and a
+//! `INSERT` per 256 agents ([`CHUNKS`]), in one transaction, instead of about eight statements and a
 //! transaction per agent. The chunks' sizes are powers of two, so that the prepared statements
 //! cached per connection stay few.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use passerelle_proto::ids::AgentId;
 
 use super::agents::{Invalid, is_unique_violation, parse_public_key};
-use super::sql::{Backend, Exec, ToValue, params};
+use super::sql::{Backend, Exec, ToValue, params, row_chunks, value_rows};
 use super::{Store, TenantId, now_ms};
 
-/// Rows per statement at most (7 parameters a row: well under both backends' limits).
-const CHUNK: usize = 256;
+/// Rows per statement: 256 at most (7 parameters a row: well under both backends' limits),
+/// the rest in decreasing powers of two (see [`row_chunks`]).
+const CHUNKS: [usize; 9] = [256, 128, 64, 32, 16, 8, 4, 2, 1];
 
 /// An agent to register.
 #[derive(Clone)]
@@ -174,27 +176,14 @@ impl Store {
         }
         let now = now_ms();
         let mut written = 0;
-        for chunk in pow2_chunks(&parsed) {
-            let mut sql = String::from(
+        for chunk in row_chunks(&parsed, &CHUNKS) {
+            let sql = format!(
                 "INSERT INTO agents (tenant_id, id, public_key, key_fingerprint, vnc_password,
-                                     created_at, shadowed) VALUES ",
+                                     created_at, shadowed) VALUES {}",
+                value_rows(chunk.len(), 7)
             );
             let mut values = Vec::with_capacity(chunk.len() * 7);
-            for (n, p) in chunk.iter().enumerate() {
-                let b = n * 7;
-                if n > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!(
-                    "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7
-                ));
+            for p in chunk {
                 let shadowed = active.contains(&(p.id.as_str(), p.fingerprint.as_str()));
                 values.extend([
                     tenant_id.to_value(),
@@ -301,17 +290,21 @@ fn check_each<'a>(
     parsed: &'a [Parsed<'a>],
     errors: &mut Vec<ItemError>,
 ) -> anyhow::Result<HashSet<(&'a str, &'a str)>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT EXISTS(SELECT 1 FROM agents WHERE tenant_id = ?3 AND id = ?1),
+                    (SELECT id FROM agents WHERE tenant_id = ?3 AND key_fingerprint = ?2),
+                    {}",
+            super::agents::ACTIVE_ELSEWHERE
+        )
+    });
     let mut active = HashSet::new();
     for p in parsed {
         let (id, fp) = (p.id.as_str(), p.fingerprint.as_str());
-        let (id_taken, key_owner, active_elsewhere): (bool, Option<String>, bool) = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM agents WHERE tenant_id = ?1 AND id = ?2),
-                    (SELECT id FROM agents WHERE tenant_id = ?1 AND key_fingerprint = ?3),
-                    EXISTS(SELECT 1 FROM agents WHERE id = ?2 AND key_fingerprint = ?3
-                           AND shadowed = 0 AND ssh_ca IS NULL AND tenant_id != ?1)",
-            params![tenant_id, id, fp],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        let (id_taken, key_owner, active_elsewhere): (bool, Option<String>, bool) =
+            tx.query_row(&SQL, params![id, fp, tenant_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
         let message = if id_taken {
             format!("agent {id} is already registered")
         } else if let Some(owner) = key_owner {
@@ -330,22 +323,6 @@ fn check_each<'a>(
         });
     }
     Ok(active)
-}
-
-/// `items` in chunks of [`CHUNK`], then the rest in chunks of decreasing powers of two.
-fn pow2_chunks<T>(items: &[T]) -> Vec<&[T]> {
-    let mut chunks = Vec::new();
-    let mut rest = items;
-    let mut size = CHUNK;
-    while !rest.is_empty() {
-        while size > rest.len() {
-            size /= 2;
-        }
-        let (head, tail) = rest.split_at(size);
-        chunks.push(head);
-        rest = tail;
-    }
-    chunks
 }
 
 #[cfg(test)]

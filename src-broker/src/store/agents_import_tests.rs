@@ -191,8 +191,8 @@ fn a_login_active_in_another_tenant_is_shadowed_as_one_by_one() {
 
 #[test]
 fn chunks_are_powers_of_two_after_full_ones() {
-    let items: Vec<usize> = (0..(CHUNK * 2 + 37)).collect();
-    let sizes: Vec<usize> = pow2_chunks(&items).iter().map(|c| c.len()).collect();
-    assert_eq!(sizes, vec![CHUNK, CHUNK, 32, 4, 1]);
-    assert!(pow2_chunks::<usize>(&[]).is_empty());
+    let items: Vec<usize> = (0..(256 * 2 + 37)).collect();
+    let sizes: Vec<usize> = row_chunks(&items, &CHUNKS).map(<[usize]>::len).collect();
+    assert_eq!(sizes, vec![256, 256, 32, 4, 1]);
+    assert!(row_chunks::<usize>(&[], &CHUNKS).next().is_none());
 }

@@ -189,34 +189,19 @@ pub struct AuditFilter {
 
 /// Columns of an audit row as [`Store::audit_many`] inserts it.
 const AUDIT_COLUMNS: usize = 9;
-/// Rows per `INSERT` of [`Store::audit_many`]: a batch goes in as few statements as these sizes
-/// allow (one statement per row cost PostgreSQL a round trip and an executor start each), and
-/// only these few statements are prepared.
+/// Rows per `INSERT` of [`Store::audit_many`] (see [`sql::row_chunks`]): one statement per row
+/// cost PostgreSQL a round trip and an executor start each.
 const INSERT_ROWS: [usize; 4] = [64, 16, 4, 1];
-
-/// The most rows of [`INSERT_ROWS`] that `left` rows fill.
-fn insert_rows(left: usize) -> usize {
-    INSERT_ROWS.into_iter().find(|&n| n <= left).unwrap_or(1)
-}
 
 /// `INSERT INTO audit ... VALUES (...), (...)` for `rows` rows (one of [`INSERT_ROWS`]).
 fn insert_sql(rows: usize) -> &'static str {
     static SQL: std::sync::LazyLock<Vec<(usize, String)>> = std::sync::LazyLock::new(|| {
-        INSERT_ROWS
-            .into_iter()
+        (INSERT_ROWS.into_iter())
             .map(|n| {
-                let tuples: Vec<String> = (0..n)
-                    .map(|r| {
-                        let p: Vec<String> = (1..=AUDIT_COLUMNS)
-                            .map(|c| format!("?{}", r * AUDIT_COLUMNS + c))
-                            .collect();
-                        format!("({})", p.join(", "))
-                    })
-                    .collect();
                 let sql = format!(
                     "INSERT INTO audit (at, kind, tenant_id, agent, session_id, operator, \
                      peer_addr, api_key, detail) VALUES {}",
-                    tuples.join(", ")
+                    sql::value_rows(n, AUDIT_COLUMNS)
                 );
                 (n, sql)
             })
@@ -244,9 +229,7 @@ impl Store {
             let mut conn = self.conn()?;
             let tx = conn.transaction()?;
             let at = now_ms();
-            let mut rest = &events[..];
-            while !rest.is_empty() {
-                let (rows, after) = rest.split_at(insert_rows(rest.len()));
+            for rows in sql::row_chunks(events, &INSERT_ROWS) {
                 let mut values = Vec::with_capacity(rows.len() * AUDIT_COLUMNS);
                 for event in rows {
                     values.extend(sql::Params::into_values(sql::params![
@@ -262,7 +245,6 @@ impl Store {
                     ]));
                 }
                 tx.execute(insert_sql(rows.len()), values)?;
-                rest = after;
             }
             tx.commit()
         })();
@@ -365,11 +347,10 @@ mod tests {
     #[test]
     fn a_batch_goes_in_whole_and_in_order_over_its_multi_row_inserts() {
         // 87 = 64 + 16 + 4 + 1 + 1 + 1: every size of insert, and repeats of the smallest.
-        assert_eq!(
-            [87, 23, 5, 1].map(insert_rows),
-            [64, 16, 4, 1],
-            "the largest size that fits"
-        );
+        let sizes: Vec<usize> = sql::row_chunks(&[(); 87], &INSERT_ROWS)
+            .map(<[()]>::len)
+            .collect();
+        assert_eq!(sizes, [64, 16, 4, 1, 1, 1], "the largest size that fits");
         crate::store::test_backends::each(|store| {
             let name = TenantName::new("a").unwrap();
             store.create_tenant(&name).unwrap();

@@ -16,7 +16,7 @@ mod value;
 
 use std::sync::MutexGuard;
 
-pub(super) use text::{ddl_for_postgres, placeholders};
+pub(super) use text::{ddl_for_postgres, placeholders, row_chunks, value_rows};
 pub use url::PgUrl;
 pub use value::{FromValue, ToValue};
 

@@ -86,9 +86,50 @@ pub(crate) fn ddl_for_postgres(sql: &str) -> String {
     out
 }
 
+/// `(?1, …, ?C), (?C+1, …, ?2C), …`: the `VALUES` of a multi-row `INSERT` of `rows` rows of
+/// `columns` parameters each.
+pub(crate) fn value_rows(rows: usize, columns: usize) -> String {
+    let row = |r: usize| {
+        let params: Vec<String> = (1..=columns)
+            .map(|c| format!("?{}", r * columns + c))
+            .collect();
+        format!("({})", params.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
+/// `items` cut into slices of the largest of `sizes` (largest first, ending with 1) that what
+/// is left fills: a batch of rows goes in as few multi-row statements as these sizes allow,
+/// and only that many statements are ever prepared.
+pub(crate) fn row_chunks<'a, T>(
+    items: &'a [T],
+    sizes: &'a [usize],
+) -> impl Iterator<Item = &'a [T]> + 'a {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = sizes
+            .iter()
+            .copied()
+            .find(|&n| n > 0 && n <= rest.len())
+            .unwrap_or(1);
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_rows_number_every_parameter_once_in_order() {
+        assert_eq!(value_rows(2, 3), "(?1, ?2, ?3), (?4, ?5, ?6)");
+        assert_eq!(value_rows(1, 1), "(?1)");
+    }
 
     #[test]
     fn placeholders_are_numbered_outside_literals() {
